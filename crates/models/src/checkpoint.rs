@@ -1,0 +1,102 @@
+//! Checkpoints: one safetensors file holding every parameter, with the [`ModelSpec`] as JSON in
+//! its metadata (key `gauntlet.spec`) and in a `.json` file beside it. Names and layouts are
+//! documented in docs/checkpoints.md; a file written by PyTorch's `safetensors.torch.save_file`
+//! with the same names loads when its spec is given beside it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Error, Result};
+
+use crate::spec::build_with;
+use crate::{io::write_atomic, Classifier, ModelSpec, ParamBuilder};
+
+/// Metadata key holding the spec as JSON.
+pub const SPEC_KEY: &str = "gauntlet.spec";
+/// Metadata key holding the format version.
+pub const FORMAT_KEY: &str = "gauntlet.format";
+pub const FORMAT_VERSION: &str = "1";
+
+fn with_path(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Msg(format!("{}: {e}", path.display()))
+}
+
+/// The `.json` file beside a checkpoint.
+pub fn spec_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+/// Saves `model` to `path` (atomically) and its spec to [`spec_path`]`(path)`.
+pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
+    let spec_json = serde_json::to_string_pretty(model.spec()).map_err(|e| with_path(path, e))?;
+    let metadata = HashMap::from([
+        (SPEC_KEY.to_string(), spec_json.clone()),
+        (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
+    ]);
+    let tensors = model.params().tensors();
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+        .map_err(|e| with_path(path, e))?;
+    write_atomic(path, &bytes).map_err(|e| with_path(path, e))?;
+    write_atomic(&spec_path(path), spec_json.as_bytes()).map_err(|e| with_path(&spec_path(path), e))
+}
+
+/// Reads the spec of a checkpoint: from its metadata, else from the `.json` beside it.
+pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| with_path(path, format!("not a safetensors file: {e}")))?;
+    if let Some(json) = header.metadata().as_ref().and_then(|m| m.get(SPEC_KEY)) {
+        return serde_json::from_str(json).map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
+    }
+    let side = spec_path(path);
+    let json = std::fs::read_to_string(&side).map_err(|e| {
+        with_path(path, format!("no `{SPEC_KEY}` metadata and no spec file {} ({e})", side.display()))
+    })?;
+    serde_json::from_str(&json).map_err(|e| with_path(&side, e))
+}
+
+/// Loads a checkpoint: every tensor must match the spec's architecture by name, shape and dtype.
+pub fn load(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
+    let bytes = std::fs::read(path).map_err(|e| with_path(path, e))?;
+    let spec = read_spec(path, &bytes)?;
+    load_with_spec(path, &bytes, &spec, device)
+}
+
+/// Loads the tensors of `bytes` (read from `path`) into a model of architecture `spec`.
+pub fn load_with_spec(path: &Path, bytes: &[u8], spec: &ModelSpec, device: &Device) -> Result<Box<dyn Classifier>> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| with_path(path, e))?;
+    build_with(spec, ParamBuilder::load(&tensors, device)).map_err(|e| with_path(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{build, Arch};
+
+    #[test]
+    fn round_trip_is_bit_exact_and_mismatches_are_named() -> Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let spec = ModelSpec::mnist(Arch::maxout_mlp(vec![8, 6], 3));
+        let model = build(&spec, 11, &Device::Cpu)?;
+        save(model.as_ref(), &path)?;
+        let loaded = load(&path, &Device::Cpu)?;
+        assert_eq!(loaded.spec(), &spec);
+        for ((na, a), (nb, b)) in model.params().tensors().iter().zip(loaded.params().tensors()) {
+            assert_eq!(na, &nb);
+            let (a, b) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{na} differs");
+        }
+
+        // A spec that does not match the stored tensors is an error naming file and tensor.
+        let other = ModelSpec::mnist(Arch::maxout_mlp(vec![9, 6], 3));
+        let bytes = std::fs::read(&path).unwrap();
+        let err = load_with_spec(&path, &bytes, &other, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("m.safetensors") && err.contains("h0.weight"), "{err}");
+        let err = load(&dir.path().join("absent.safetensors"), &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("absent.safetensors"), "{err}");
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = load(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! The [`Classifier`] trait every model implements, and the autograd input gradient.
+
+use candle_core::{Result, Tensor, Var};
+
+use crate::{loss::per_example_cross_entropy, ModelSpec, Params};
+
+/// Whether stochastic layers behave as in training.
+///
+/// Attacks use [`Mode::Eval`]. In [`Mode::Train`] dropout masks are drawn from `seed`, so a
+/// training step is reproducible and two passes with different seeds get independent masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train { seed: u64 },
+}
+
+impl Mode {
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+}
+
+/// Per-example loss, logits and input gradient of one batch.
+#[derive(Clone, Debug)]
+pub struct InputGrad {
+    /// Cross-entropy of each example, `[B]`.
+    pub loss: Tensor,
+    /// `[B, n_classes]`, detached.
+    pub logits: Tensor,
+    /// Gradient of the *sum* of per-example losses with respect to the input, so each row is
+    /// that example's own gradient; same shape as the input, detached.
+    pub grad: Tensor,
+}
+
+/// An image classifier whose inputs live in `[0, 1]`; preprocessing happens inside the model.
+pub trait Classifier: Send + Sync {
+    /// The description this model was built from.
+    fn spec(&self) -> &ModelSpec;
+
+    /// Logits for a batch.
+    ///
+    /// # Shapes
+    /// - `xs`: `(batch, channels, height, width)`, values in `[0, 1]`
+    /// - returns: `(batch, n_classes)`
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The trainable parameters and fixed buffers, in checkpoint order.
+    fn params(&self) -> &Params;
+
+    /// Re-imposes the parameter constraints (max-norm) after an update; a no-op by default.
+    fn apply_constraints(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn n_classes(&self) -> usize {
+        self.spec().n_classes
+    }
+
+    /// Per-example cross-entropy against `labels` and its gradient with respect to `xs`.
+    fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
+        autograd_input_grad(self, xs, labels, mode)
+    }
+}
+
+/// [`Classifier::loss_and_input_grad`] by Candle's autograd: the input becomes a fresh leaf.
+pub fn autograd_input_grad<M: Classifier + ?Sized>(
+    model: &M,
+    xs: &Tensor,
+    labels: &Tensor,
+    mode: Mode,
+) -> Result<InputGrad> {
+    let leaf = Var::from_tensor(&xs.detach())?;
+    let logits = model.forward(leaf.as_tensor(), mode)?;
+    let loss = per_example_cross_entropy(&logits, labels)?;
+    let grads = loss.sum_all()?.backward()?;
+    // No gradient at all means the logits do not depend on the input (a constant model).
+    let grad = match grads.get(leaf.as_tensor()) {
+        Some(g) => g.detach(),
+        None => xs.zeros_like()?,
+    };
+    Ok(InputGrad {
+        loss: loss.detach(),
+        logits: logits.detach(),
+        grad,
+    })
+}

@@ -1,0 +1,46 @@
+//! Classifiers for robustness evaluation.
+//!
+//! Every model implements [`Classifier`]: logits for a batch of `[0, 1]` images in a given
+//! [`Mode`], its parameters, its constraints (max-norm), its [`ModelSpec`], and the gradient of the
+//! per-example loss with respect to the *input*, which attacks and regularizers need. The
+//! default input gradient goes through Candle's autograd ([`autograd_input_grad`]); a model may
+//! override it with a faster hand-written backward.
+//!
+//! Models are built from a serializable [`ModelSpec`] by [`build`], with parameters drawn from
+//! a seeded generator (Candle's CPU random numbers cannot be seeded), and saved or loaded as
+//! safetensors checkpoints ([`checkpoint`]).
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use candle_core::{Device, Tensor};
+//! use gauntlet_models::{build, Arch, Classifier, ModelSpec, Mode};
+//! let spec = ModelSpec::mnist(Arch::maxout_mlp(vec![16, 16], 3));
+//! let model = build(&spec, 7, &Device::Cpu)?;
+//! let xs = Tensor::zeros((2, 1, 28, 28), candle_core::DType::F32, &Device::Cpu)?;
+//! assert_eq!(model.forward(&xs, Mode::Eval)?.dims2()?, (2, 10));
+//! # Ok(()) }
+//! ```
+
+pub mod checkpoint;
+mod classifier;
+mod conv;
+pub mod io;
+pub mod layers;
+mod loss;
+mod maxout;
+mod mlp;
+mod params;
+mod spec;
+
+pub use classifier::{autograd_input_grad, Classifier, InputGrad, Mode};
+pub use conv::{Cnn, CnnSpec, ConvMaxout, ConvMaxoutLayer, ConvMaxoutSpec};
+pub use loss::{accuracy_counts, per_example_cross_entropy};
+pub use maxout::MaxoutMlp;
+pub use mlp::Mlp;
+pub use layers::Dropout;
+pub use params::{ParamBuilder, Params};
+pub use spec::build_with;
+pub use spec::{
+    build, Activation, Arch, MaxoutMlpSpec, MlpSpec,
+    ModelSpec,
+};
