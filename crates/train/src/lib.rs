@@ -1,1 +1,21 @@
-pub fn _x(){}
+//! Training for gauntlet classifiers.
+//!
+//! [`TrainConfig`] (serde, the `[train]` table of a config file) says how long and with which
+//! [`OptimizerConfig`]; [`train`] runs the loop on a [`Splits`](gauntlet_data::Splits): seeded
+//! shuffling and dropout masks, the model's constraints after every update, early stopping on
+//! the validation split with the best weights restored, a NaN/inf guard, and a [`TrainLog`] of
+//! per-epoch records. Progress is reported to an [`Observer`]; the library never prints.
+
+mod config;
+mod error;
+mod eval;
+mod log;
+mod optim;
+mod trainer;
+
+pub use config::{EarlyStopping, OptimizerConfig, TrainConfig};
+pub use error::{Error, Result};
+pub use eval::{evaluate, EvalResult};
+pub use log::{EpochRecord, TrainLog};
+pub use optim::{Adam, Optimizer, SgdMomentum};
+pub use trainer::{train, Observer, SilentObserver};

@@ -1,0 +1,43 @@
+# gauntlet: the two set-up commands are `make run` (the main job) and `make test` (the tests).
+# Both work on a fresh machine: `setup` installs the Rust toolchain components they need.
+
+CARGO ?= cargo
+RUN_CONFIG ?= suites/train/maxout-short.toml
+GAUNTLET := target/release/gauntlet
+
+.PHONY: run test setup build bench fmt lint reproduce-maxout clean
+
+setup:
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+		echo "installing the Rust toolchain (rustup)"; \
+		command -v curl >/dev/null 2>&1 || { apt-get update && apt-get install -y curl; }; \
+		curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt clippy
+
+build: setup
+	$(CARGO) build --release -p gauntlet
+
+# Trains the Maxout MLP on the embedded MNIST and writes results/maxout-short/.
+run: build
+	$(GAUNTLET) train --config $(RUN_CONFIG)
+	$(GAUNTLET) eval --model results/maxout-short/model.safetensors
+
+test: setup
+	$(CARGO) test --workspace --release
+
+bench: build
+	$(CARGO) bench -p gauntlet-train --bench throughput
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The full pylearn2 stage-1 recipe (early stopping with patience 100; hours on 2 cores).
+reproduce-maxout: build
+	$(GAUNTLET) train --config suites/train/maxout-pylearn2.toml
+
+clean:
+	$(CARGO) clean

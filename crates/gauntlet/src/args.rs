@@ -1,0 +1,86 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gauntlet", version, about = "Adversarial-robustness evaluation: train, attack and compare classifiers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from a configuration file and/or flags; writes the checkpoint, the
+    /// training log and the test error.
+    Train(TrainArgs),
+    /// Clean accuracy of a checkpoint on a data set.
+    Eval(EvalArgs),
+}
+
+/// Where data comes from and where tensors live.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Folder holding the data set's files (default: data/<dataset>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// auto, cpu, cuda, cuda:N, metal or metal:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A TOML file with name, seed, [data], [model] and [train] (see suites/train/).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Name of the run (default: the config's, or the architecture's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output folder (default: results/<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// mnist, fashion-mnist or cifar10.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Architecture with its default settings: maxout-mlp, mlp, conv-maxout or cnn.
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate of the configured optimizer.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Validation examples held out from the end of the training set (0: none).
+    #[arg(long)]
+    pub valid_size: Option<usize>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint (.safetensors) written by `gauntlet train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set (default: mnist, or cifar10 for 3×32×32 models).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}

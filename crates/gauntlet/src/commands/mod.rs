@@ -1,0 +1,15 @@
+//! One module per subcommand.
+
+mod eval;
+mod train;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+    }
+}

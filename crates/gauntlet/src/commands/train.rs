@@ -1,0 +1,152 @@
+//! `gauntlet train`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use gauntlet_data::{DataConfig, DatasetName};
+use gauntlet_models::layers::derive_seed;
+use gauntlet_models::{build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec};
+use gauntlet_train::{evaluate, train, OptimizerConfig, TrainConfig};
+use serde::Serialize;
+
+use crate::args::TrainArgs;
+use crate::config::{ModelEntry, RunConfig};
+use crate::output::{write_csv, write_json};
+use crate::progress::TrainProgress;
+use crate::{device, output};
+
+/// Seed stream of the initial weights (shuffling and dropout use the trainer's streams).
+const INIT_STREAM: u64 = 100;
+
+/// What `summary.json` holds.
+#[derive(Serialize)]
+struct Summary<'a> {
+    name: &'a str,
+    dataset: DatasetName,
+    arch: &'a str,
+    n_params: usize,
+    best_epoch: usize,
+    epochs_run: usize,
+    train_seconds: f64,
+    valid_error: Option<f64>,
+    test_error: f64,
+    test_loss: f64,
+    test_n: usize,
+    config: &'a RunConfig,
+}
+
+fn arch_from_name(name: &str) -> Result<Arch> {
+    Ok(match name {
+        "maxout-mlp" => Arch::MaxoutMlp(MaxoutMlpSpec::default()),
+        "mlp" => Arch::Mlp(MlpSpec::default()),
+        "conv-maxout" => Arch::ConvMaxout(ConvMaxoutSpec::default()),
+        "cnn" => Arch::Cnn(CnnSpec::default()),
+        other => return Err(anyhow!("unknown --arch `{other}`, expected maxout-mlp, mlp, conv-maxout or cnn")),
+    })
+}
+
+/// The configuration file (if any) with the flags applied on top.
+fn resolve(args: &TrainArgs) -> Result<RunConfig> {
+    let mut config = match &args.config {
+        Some(path) => RunConfig::from_file(path)?,
+        None => {
+            let arch = arch_from_name(args.arch.as_deref().unwrap_or("maxout-mlp"))?;
+            RunConfig {
+                name: arch.kind().to_string(),
+                seed: 1,
+                data: DataConfig::new(DatasetName::Mnist),
+                model: ModelEntry { arch },
+                train: TrainConfig::default(),
+            }
+        }
+    };
+    if args.config.is_some() {
+        if let Some(arch) = &args.arch {
+            config.model.arch = arch_from_name(arch)?;
+        }
+    }
+    if let Some(name) = &args.name {
+        config.name = name.clone();
+    }
+    if let Some(dataset) = &args.dataset {
+        config.data.dataset = dataset.parse().map_err(|e: String| anyhow!("--dataset: {e}"))?;
+    }
+    if let Some(dir) = &args.common.data_dir {
+        config.data.dir = Some(dir.clone());
+    }
+    config.data.train_limit = args.train_limit.or(config.data.train_limit);
+    config.data.test_limit = args.test_limit.or(config.data.test_limit);
+    config.data.valid_size = args.valid_size.or(config.data.valid_size);
+    config.seed = args.seed.unwrap_or(config.seed);
+    config.train.epochs = args.epochs.unwrap_or(config.train.epochs);
+    config.train.batch_size = args.batch_size.unwrap_or(config.train.batch_size);
+    if let Some(new_lr) = args.lr {
+        match &mut config.train.optimizer {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => *lr = new_lr,
+        }
+    }
+    config.train.seed = config.seed;
+    config.train.validate().context("training settings")?;
+    Ok(config)
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = resolve(&args)?;
+    let device = device::open(&args.common.device)?;
+    let out: PathBuf = args.out.clone().unwrap_or_else(|| PathBuf::from("results").join(&config.name));
+
+    let splits = gauntlet_data::load(&config.data).context("loading the data")?;
+    let (c, h, w) = splits.train.image_shape();
+    let spec = ModelSpec::new(config.model.arch.clone(), [c, h, w], splits.train.n_classes);
+    let model = build(&spec, derive_seed(config.seed, INIT_STREAM), &device).context("building the model")?;
+    eprintln!(
+        "training {} ({}, {} parameters) on {} {} images, validating on {}, {} epochs",
+        config.name,
+        spec.arch.kind(),
+        model.params().n_scalars(),
+        splits.train.len(),
+        config.data.dataset,
+        splits.valid.len(),
+        config.train.epochs
+    );
+
+    let started = Instant::now();
+    let mut progress = TrainProgress::new(&config.name, config.train.epochs);
+    let log = train(model.as_ref(), &splits, &config.train, &device, &mut progress)?;
+    let train_seconds = started.elapsed().as_secs_f64();
+    let test = evaluate(model.as_ref(), &splits.test, 1000, &device)?;
+
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let model_path = out.join("model.safetensors");
+    checkpoint::save(model.as_ref(), &model_path).with_context(|| format!("saving {}", model_path.display()))?;
+    write_csv(&out.join("training.csv"), &log.epochs)?;
+    output::write_json(&out.join("training.json"), &log)?;
+    let summary = Summary {
+        name: &config.name,
+        dataset: config.data.dataset,
+        arch: spec.arch.kind(),
+        n_params: model.params().n_scalars(),
+        best_epoch: log.best_epoch,
+        epochs_run: log.epochs.len(),
+        train_seconds,
+        valid_error: log.epochs.get(log.best_epoch.saturating_sub(1)).and_then(|e| e.valid_error),
+        test_error: test.error,
+        test_loss: test.loss,
+        test_n: test.n,
+        config: &config,
+    };
+    write_json(&out.join("summary.json"), &summary)?;
+    println!(
+        "{}: test error {:.2}% ({} of {} wrong), best epoch {} of {}, trained in {:.0} s; wrote {}",
+        config.name,
+        100.0 * test.error,
+        (test.error * test.n as f64).round() as usize,
+        test.n,
+        log.best_epoch,
+        log.epochs.len(),
+        train_seconds,
+        out.display()
+    );
+    Ok(())
+}

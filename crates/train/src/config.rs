@@ -1,0 +1,186 @@
+//! Training hyper-parameters as data (the `[train]` table of a configuration file).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How to train. Defaults follow pylearn2's Maxout recipe where it has one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TrainConfig {
+    /// Maximum number of epochs.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerConfig,
+    /// Stop when the validation error has not improved for `patience` epochs.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Seed for shuffling and dropout masks; set from the run's top-level `seed`.
+    #[serde(skip)]
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 100,
+            optimizer: OptimizerConfig::default(),
+            early_stopping: None,
+            seed: 1,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(Error::Config(format!(
+                "epochs and batch-size must be at least 1, got {} and {}",
+                self.epochs, self.batch_size
+            )));
+        }
+        if let Some(es) = &self.early_stopping {
+            if es.patience == 0 {
+                return Err(Error::Config("early-stopping patience must be at least 1".into()));
+            }
+        }
+        self.optimizer.validate()
+    }
+}
+
+/// Early stopping on the validation error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EarlyStopping {
+    pub patience: usize,
+}
+
+/// The optimizer and its schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// pylearn2's SGD with momentum: `v ← μv − ηg; θ ← θ + v`, with `η_t = lr / lr_decay^t`
+    /// per mini-batch (floored at `min_lr`) and μ rising linearly from `momentum` at epoch 1
+    /// to `final_momentum` at epoch `momentum_saturate`.
+    #[serde(rename_all = "kebab-case")]
+    Sgd {
+        lr: f64,
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        #[serde(default)]
+        final_momentum: Option<f64>,
+        #[serde(default = "default_saturate")]
+        momentum_saturate: usize,
+        #[serde(default = "default_decay")]
+        lr_decay: f64,
+        #[serde(default = "default_min_lr")]
+        min_lr: f64,
+    },
+    /// Adam (Kingma & Ba 2015).
+    #[serde(rename_all = "kebab-case")]
+    Adam {
+        lr: f64,
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_adam_eps")]
+        eps: f64,
+    },
+}
+
+fn default_momentum() -> f64 {
+    0.5
+}
+fn default_saturate() -> usize {
+    250
+}
+fn default_decay() -> f64 {
+    1.0
+}
+fn default_min_lr() -> f64 {
+    1e-6
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    /// pylearn2's `mnist_pi.yaml`: lr 0.1 decaying by 1.000004 per batch, momentum 0.5 → 0.7.
+    fn default() -> Self {
+        OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.5,
+            final_momentum: Some(0.7),
+            momentum_saturate: 250,
+            lr_decay: 1.000004,
+            min_lr: 1e-6,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        match *self {
+            OptimizerConfig::Sgd { lr, momentum, final_momentum, momentum_saturate, lr_decay, min_lr } => {
+                if !(lr > 0.0) || !(min_lr >= 0.0) {
+                    return bad(format!("sgd lr must be > 0 and min-lr >= 0, got {lr} and {min_lr}"));
+                }
+                for m in std::iter::once(momentum).chain(final_momentum) {
+                    if !(0.0..1.0).contains(&m) {
+                        return bad(format!("sgd momentum must be in [0, 1), got {m}"));
+                    }
+                }
+                if momentum_saturate == 0 || !(lr_decay >= 1.0) {
+                    return bad(format!(
+                        "sgd momentum-saturate must be >= 1 and lr-decay >= 1, got {momentum_saturate} and {lr_decay}"
+                    ));
+                }
+            }
+            OptimizerConfig::Adam { lr, beta1, beta2, eps } => {
+                if !(lr > 0.0) || !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) || !(eps > 0.0) {
+                    return bad(format!(
+                        "adam needs lr > 0, betas in [0, 1) and eps > 0, got lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_toml_with_defaults_and_rejects_typos() {
+        let c: TrainConfig = toml::from_str(
+            "epochs = 3\noptimizer = { kind = \"sgd\", lr = 0.05, final-momentum = 0.9 }\nearly-stopping = { patience = 2 }",
+        )
+        .unwrap();
+        assert_eq!(c.epochs, 3);
+        assert_eq!(c.batch_size, 100);
+        match c.optimizer {
+            OptimizerConfig::Sgd { lr, momentum, final_momentum, .. } => {
+                assert_eq!((lr, momentum, final_momentum), (0.05, 0.5, Some(0.9)))
+            }
+            _ => panic!("expected sgd"),
+        }
+        let err = toml::from_str::<TrainConfig>("epoch = 3").unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
+        let err = toml::from_str::<TrainConfig>("optimizer = { kind = \"sgd\", lr = 1, momentun = 0.9 }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("momentun"), "{err}");
+        let c: TrainConfig = toml::from_str("optimizer = { kind = \"sgd\", lr = 0.1, momentum = 1.5 }").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("momentum"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The training crate's error type.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("training diverged: loss {loss} at epoch {epoch}, batch {batch} (lower the learning rate?)")]
+    Diverged { epoch: usize, batch: usize, loss: f32 },
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Data(#[from] gauntlet_data::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

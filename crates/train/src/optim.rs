@@ -1,0 +1,191 @@
+//! Optimizers. candle-nn's SGD has no momentum, so pylearn2's momentum SGD is written here,
+//! beside Adam. Gradients are detached before they are kept: a kept gradient otherwise holds
+//! its step's whole graph alive (research/candle.md, Q4).
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, Var};
+
+use crate::OptimizerConfig;
+
+/// One update rule over a fixed list of parameters.
+pub trait Optimizer {
+    /// Called before the first batch of each epoch (1-based), for per-epoch schedules.
+    fn start_epoch(&mut self, epoch: usize);
+    /// Applies one update from `grads`; parameters without a gradient are left alone.
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// The learning rate the next step will use.
+    fn learning_rate(&self) -> f64;
+    /// The momentum the next step will use, if the rule has one.
+    fn momentum(&self) -> Option<f64>;
+}
+
+/// Builds the optimizer of `config` over `vars`.
+pub fn build(config: &OptimizerConfig, vars: Vec<Var>) -> Result<Box<dyn Optimizer>> {
+    Ok(match *config {
+        OptimizerConfig::Sgd { lr, momentum, final_momentum, momentum_saturate, lr_decay, min_lr } => {
+            Box::new(SgdMomentum::new(vars, lr, momentum, final_momentum.unwrap_or(momentum), momentum_saturate, lr_decay, min_lr)?)
+        }
+        OptimizerConfig::Adam { lr, beta1, beta2, eps } => Box::new(Adam::new(vars, lr, beta1, beta2, eps)?),
+    })
+}
+
+/// pylearn2's SGD with (Hinton) momentum and its `ExponentialDecay` and `MomentumAdjustor`.
+pub struct SgdMomentum {
+    vars: Vec<Var>,
+    velocity: Vec<Tensor>,
+    lr: f64,
+    decay: f64,
+    min_lr: f64,
+    start_momentum: f64,
+    final_momentum: f64,
+    saturate: usize,
+    momentum: f64,
+    n_steps: u64,
+}
+
+impl SgdMomentum {
+    pub fn new(
+        vars: Vec<Var>,
+        lr: f64,
+        start_momentum: f64,
+        final_momentum: f64,
+        saturate: usize,
+        decay: f64,
+        min_lr: f64,
+    ) -> Result<Self> {
+        let velocity = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+        Ok(Self {
+            vars,
+            velocity,
+            lr,
+            decay,
+            min_lr,
+            start_momentum,
+            final_momentum,
+            saturate,
+            momentum: start_momentum,
+            n_steps: 0,
+        })
+    }
+}
+
+impl Optimizer for SgdMomentum {
+    fn start_epoch(&mut self, epoch: usize) {
+        // pylearn2's MomentumAdjustor: linear from epoch 1 to `saturate`, flat after.
+        let progress = if self.saturate <= 1 {
+            1.0
+        } else {
+            ((epoch.max(1) - 1) as f64 / (self.saturate - 1) as f64).min(1.0)
+        };
+        self.momentum = self.start_momentum + (self.final_momentum - self.start_momentum) * progress;
+    }
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let lr = self.learning_rate();
+        for (var, velocity) in self.vars.iter().zip(self.velocity.iter_mut()) {
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
+            var.set(&(var.as_tensor() + &v)?)?;
+            *velocity = v;
+        }
+        self.n_steps += 1;
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        (self.lr / self.decay.powf(self.n_steps as f64)).max(self.min_lr)
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        Some(self.momentum)
+    }
+}
+
+/// Adam with bias correction.
+pub struct Adam {
+    vars: Vec<Var>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    n_steps: i32,
+}
+
+impl Adam {
+    pub fn new(vars: Vec<Var>, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
+        let m = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+        let v = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+        Ok(Self { vars, m, v, lr, beta1, beta2, eps, n_steps: 0 })
+    }
+}
+
+impl Optimizer for Adam {
+    fn start_epoch(&mut self, _epoch: usize) {}
+
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        self.n_steps += 1;
+        let c1 = 1.0 - self.beta1.powi(self.n_steps);
+        let c2 = 1.0 - self.beta2.powi(self.n_steps);
+        for ((var, m), v) in self.vars.iter().zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
+            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let grad = grad.detach();
+            *m = ((&*m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
+            *v = ((&*v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+            let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.eps)?)?;
+            var.set(&(var.as_tensor() - (update * self.lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn sgd_momentum_follows_the_hinton_form_and_schedules() -> Result<()> {
+        // f(θ) = θ²/2, g = θ. θ0 = 1, lr 0.1, μ 0.5:
+        // v1 = -0.1, θ1 = 0.9; v2 = 0.5·(-0.1) - 0.1·0.9 = -0.14, θ2 = 0.76.
+        let theta = Var::new(&[1f32], &Device::Cpu)?;
+        let mut opt = SgdMomentum::new(vec![theta.clone()], 0.1, 0.5, 0.9, 5, 1.0, 0.0)?;
+        opt.start_epoch(1);
+        for _ in 0..2 {
+            let grads = (theta.as_tensor().sqr()? * 0.5)?.sum_all()?.backward()?;
+            opt.step(&grads)?;
+        }
+        assert!((theta.as_tensor().to_vec1::<f32>()?[0] - 0.76).abs() < 1e-6);
+        opt.start_epoch(3);
+        assert!((opt.momentum().unwrap() - 0.7).abs() < 1e-12);
+        opt.start_epoch(100);
+        assert_eq!(opt.momentum(), Some(0.9));
+
+        let mut decaying = SgdMomentum::new(vec![], 0.1, 0.5, 0.5, 1, 2.0, 0.03)?;
+        decaying.step(&(theta.as_tensor().sum_all()?.backward()?))?;
+        assert!((decaying.learning_rate() - 0.05).abs() < 1e-12);
+        decaying.step(&(theta.as_tensor().sum_all()?.backward()?))?;
+        assert_eq!(decaying.learning_rate(), 0.03);
+        Ok(())
+    }
+
+    #[test]
+    fn adam_first_step_moves_by_lr() -> Result<()> {
+        // With bias correction the first Adam step is lr·sign(g).
+        let theta = Var::new(&[2f32, -3.0], &Device::Cpu)?;
+        let mut opt = Adam::new(vec![theta.clone()], 0.01, 0.9, 0.999, 1e-8)?;
+        opt.step(&theta.as_tensor().sqr()?.sum_all()?.backward()?)?;
+        let got = theta.as_tensor().to_vec1::<f32>()?;
+        assert!((got[0] - 1.99).abs() < 1e-6 && (got[1] + 2.99).abs() < 1e-6, "{got:?}");
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! The training loop.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use gauntlet_data::{Batches, Splits};
+use gauntlet_models::layers::derive_seed;
+use gauntlet_models::{accuracy_counts, per_example_cross_entropy, Classifier, Mode};
+
+use crate::{evaluate, optim, EpochRecord, Error, Result, TrainConfig, TrainLog};
+
+/// Receives progress; the CLI draws bars from it, tests ignore it.
+pub trait Observer {
+    fn batch_done(&mut self, _epoch: usize, _batch: usize, _n_batches: usize, _loss: f32) {}
+    fn epoch_done(&mut self, _record: &EpochRecord) {}
+}
+
+/// An [`Observer`] that ignores everything.
+pub struct SilentObserver;
+impl Observer for SilentObserver {}
+
+/// Seed streams, so that shuffling, dropout and later additions never share random numbers.
+const SHUFFLE_STREAM: u64 = 1;
+const DROPOUT_STREAM: u64 = 2;
+
+/// Trains `model` on `splits.train`, validating on `splits.valid` after every epoch.
+///
+/// With early stopping, training ends once the validation error has not improved for
+/// `patience` epochs and the best epoch's weights are restored.
+pub fn train(
+    model: &dyn Classifier,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    observer: &mut dyn Observer,
+) -> Result<TrainLog> {
+    config.validate()?;
+    if config.early_stopping.is_some() && splits.valid.is_empty() {
+        return Err(Error::Config("early-stopping needs a validation split (valid-size > 0)".into()));
+    }
+    flush_denormals();
+    let vars = model.params().vars().map(|(_, v)| v.clone()).collect();
+    let mut optimizer = optim::build(&config.optimizer, vars)?;
+    let mut log = TrainLog::default();
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let eval_batch = 1000;
+
+    for epoch in 1..=config.epochs {
+        let started = Instant::now();
+        optimizer.start_epoch(epoch);
+        let batches = Batches::new(
+            splits.train.len(),
+            config.batch_size,
+            Some(derive_seed(derive_seed(config.seed, SHUFFLE_STREAM), epoch as u64)),
+        );
+        let epoch_seed = derive_seed(derive_seed(config.seed, DROPOUT_STREAM), epoch as u64);
+        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+        for (batch_idx, batch) in batches.of(&splits.train).enumerate() {
+            let batch = batch?;
+            let xs = batch.images.to_device(device)?;
+            let ys = batch.labels.to_device(device)?;
+            let mode = Mode::Train { seed: derive_seed(epoch_seed, batch_idx as u64) };
+            let logits = model.forward(&xs, mode)?;
+            let loss = per_example_cross_entropy(&logits, &ys)?.mean_all()?;
+            let loss_value = loss.to_scalar::<f32>()?;
+            if !loss_value.is_finite() {
+                return Err(Error::Diverged { epoch, batch: batch_idx + 1, loss: loss_value });
+            }
+            let grads = loss.backward()?;
+            optimizer.step(&grads)?;
+            model.apply_constraints()?;
+
+            let n = batch.len();
+            loss_sum += loss_value as f64 * n as f64;
+            correct += accuracy_counts(&logits, &ys)?.0;
+            seen += n;
+            observer.batch_done(epoch, batch_idx + 1, batches.len(), loss_value);
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        let valid = if splits.valid.is_empty() {
+            None
+        } else {
+            Some(evaluate(model, &splits.valid, eval_batch, device)?)
+        };
+        let record = EpochRecord {
+            epoch,
+            lr: optimizer.learning_rate(),
+            momentum: optimizer.momentum(),
+            train_loss: loss_sum / seen as f64,
+            train_error: 1.0 - correct as f64 / seen as f64,
+            valid_loss: valid.map(|v| v.loss),
+            valid_error: valid.map(|v| v.error),
+            seconds: started.elapsed().as_secs_f64(),
+            examples_per_second: seen as f64 / train_seconds,
+        };
+        observer.epoch_done(&record);
+        log.epochs.push(record);
+        log.best_epoch = epoch;
+
+        if let (Some(es), Some(valid)) = (&config.early_stopping, valid) {
+            let improved = best.as_ref().is_none_or(|(err, _, _)| valid.error < *err);
+            if improved {
+                best = Some((valid.error, epoch, model.params().snapshot()?));
+            } else if epoch - best.as_ref().map_or(0, |b| b.1) >= es.patience {
+                log.stopped_by = "early-stopping".into();
+                break;
+            }
+        }
+    }
+    if log.stopped_by.is_empty() {
+        log.stopped_by = "epochs".into();
+    }
+    if let Some((_, epoch, snapshot)) = best {
+        model.params().restore(&snapshot)?;
+        log.best_epoch = epoch;
+    }
+    Ok(log)
+}
+
+/// Sets flush-to-zero and denormals-are-zero on this thread: momentum buffers of unused maxout
+/// pieces decay geometrically into subnormal floats, which made CPU epochs 25-50× slower in
+/// measurements (research/candle.md, "Denormal floats").
+fn flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: setting the FTZ (bit 15) and DAZ (bit 6) MXCSR flags only changes how this
+    // thread rounds subnormal floats; it cannot violate memory safety.
+    #[allow(deprecated)]
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}

@@ -1,0 +1,105 @@
+//! Short training runs on slices of the embedded MNIST.
+
+use candle_core::{Device, Tensor};
+use gauntlet_data::{load, DataConfig, DatasetName, Splits};
+use gauntlet_models::{build, Arch, Classifier, MaxoutMlpSpec, ModelSpec};
+use gauntlet_train::{evaluate, train, EarlyStopping, OptimizerConfig, SilentObserver, TrainConfig};
+
+fn small_mnist() -> Splits {
+    let mut config = DataConfig::new(DatasetName::Mnist);
+    config.train_limit = Some(2000);
+    config.valid_limit = Some(500);
+    config.test_limit = Some(1000);
+    load(&config).unwrap()
+}
+
+fn small_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 50,
+        optimizer: OptimizerConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.5,
+            final_momentum: Some(0.9),
+            momentum_saturate: 3,
+            lr_decay: 1.0,
+            min_lr: 0.0,
+        },
+        early_stopping: None,
+        seed: 3,
+    }
+}
+
+fn flat(model: &dyn Classifier) -> Vec<f32> {
+    let parts: Vec<Tensor> = model.params().tensors().into_iter().map(|(_, t)| t.flatten_all().unwrap()).collect();
+    Tensor::cat(&parts, 0).unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn maxout_on_2000_images_is_far_above_chance_and_respects_max_norm() {
+    let splits = small_mnist();
+    // A wider init than pylearn2's 0.005 leaves the initial plateau within a few hundred steps.
+    let spec = ModelSpec::mnist(Arch::MaxoutMlp(MaxoutMlpSpec { units: vec![120, 120], pieces: 3, init_range: 0.05, ..Default::default() }));
+    let model = build(&spec, 1, &Device::Cpu).unwrap();
+    let log = train(model.as_ref(), &splits, &small_config(4), &Device::Cpu, &mut SilentObserver).unwrap();
+    for e in &log.epochs { eprintln!("{e:?}"); }
+    assert_eq!(log.epochs.len(), 4);
+    let test = evaluate(model.as_ref(), &splits.test, 500, &Device::Cpu).unwrap();
+    assert!(test.accuracy() > 0.85, "test accuracy {} after 4 epochs on 2000 images", test.accuracy());
+    assert!(log.epochs[3].train_loss < log.epochs[0].train_loss);
+    // Every weight row obeys the max-norm bound after training.
+    for (name, var) in model.params().vars() {
+        if name.ends_with("weight") {
+            let norms = var.as_tensor().sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+            let max = norms.max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(max <= 1.9365 + 1e-4, "{name}: row norm {max}");
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_trains_the_same_weights() {
+    let mut splits = small_mnist();
+    splits.train = splits.train.truncate(Some(300)).unwrap();
+    let spec = ModelSpec::mnist(Arch::maxout_mlp(vec![20], 3));
+    let run = |seed: u64| {
+        let model = build(&spec, 9, &Device::Cpu).unwrap();
+        let mut config = small_config(2);
+        config.seed = seed;
+        train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap();
+        flat(model.as_ref())
+    };
+    let a = run(5);
+    assert_eq!(a, run(5));
+    assert_ne!(a, run(6));
+}
+
+#[test]
+fn early_stopping_restores_the_best_epoch_and_nan_stops_training() {
+    let mut splits = small_mnist();
+    splits.train = splits.train.truncate(Some(500)).unwrap();
+    let spec = ModelSpec::mnist(Arch::maxout_mlp(vec![20], 2));
+    let model = build(&spec, 2, &Device::Cpu).unwrap();
+    let mut config = small_config(30);
+    config.early_stopping = Some(EarlyStopping { patience: 2 });
+    let log = train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap();
+    let best = log.epochs.iter().map(|e| e.valid_error.unwrap()).fold(f64::INFINITY, f64::min);
+    let now = evaluate(model.as_ref(), &splits.valid, 500, &Device::Cpu).unwrap().error;
+    assert!((now - best).abs() < 1e-9, "restored valid error {now}, best {best}");
+    assert_eq!(log.epochs[log.best_epoch - 1].valid_error.unwrap(), best);
+    if log.stopped_by == "early-stopping" {
+        assert_eq!(log.epochs.len(), log.best_epoch + 2);
+    }
+
+    // An absurd learning rate without max-norm overflows: a clear error, not NaN weights.
+    let spec = ModelSpec::new(
+        Arch::Mlp(gauntlet_models::MlpSpec { hidden: vec![32], activation: gauntlet_models::Activation::Relu, ..Default::default() }),
+        [1, 28, 28],
+        10,
+    );
+    let model = build(&spec, 2, &Device::Cpu).unwrap();
+    let mut config = small_config(3);
+    config.optimizer = OptimizerConfig::Sgd { lr: 1e30, momentum: 0.0, final_momentum: None, momentum_saturate: 1, lr_decay: 1.0, min_lr: 0.0 };
+    let err = train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap_err().to_string();
+    assert!(err.contains("diverged") && err.contains("epoch 1"), "{err}");
+}
