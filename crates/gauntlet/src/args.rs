@@ -18,6 +18,60 @@ pub enum Command {
     Train(TrainArgs),
     /// Clean accuracy of a checkpoint on a data set.
     Eval(EvalArgs),
+    /// Attack a checkpoint at a list of ε; prints and writes clean and adversarial accuracy.
+    Attack(AttackArgs),
+    /// Accuracy of a checkpoint under additive Gaussian noise (Lyu et al.'s evaluation).
+    Noise(NoiseArgs),
+}
+
+/// The test images a command evaluates on.
+#[derive(Debug, Args)]
+pub struct EvalDataArgs {
+    /// Checkpoint (.safetensors) written by `gauntlet train`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Data set (default: mnist, or cifar10 for 3×32×32 models).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Use the first N test images only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Output folder for JSON and CSV (default: the checkpoint's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AttackArgs {
+    #[command(flatten)]
+    pub data: EvalDataArgs,
+    /// fast-gradient (FGSM for --norm inf) or pgd.
+    #[arg(long, default_value = "fast-gradient")]
+    pub attack: String,
+    /// Threat model: inf, 2, 1 or any p >= 1.
+    #[arg(long, default_value = "inf")]
+    pub norm: String,
+    /// Comma-separated budgets, e.g. 0.1,0.2,0.3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub eps: Vec<f64>,
+    /// Do not clip adversarial images to [0, 1].
+    #[arg(long)]
+    pub no_clip: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NoiseArgs {
+    #[command(flatten)]
+    pub data: EvalDataArgs,
+    /// Comma-separated standard deviations, e.g. 0.1,0.2,0.3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub sigma: Vec<f64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// Where data comes from and where tensors live.
@@ -70,17 +124,6 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Checkpoint (.safetensors) written by `gauntlet train`.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Data set (default: mnist, or cifar10 for 3×32×32 models).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Evaluate on the first N test images only.
-    #[arg(long)]
-    pub test_limit: Option<usize>,
-    #[arg(long, default_value_t = 1000)]
-    pub batch_size: usize,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub data: EvalDataArgs,
 }

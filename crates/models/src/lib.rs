@@ -23,24 +23,22 @@
 
 pub mod checkpoint;
 mod classifier;
-mod conv;
+pub mod conv;
 pub mod io;
 pub mod layers;
 mod loss;
 mod maxout;
 mod mlp;
 mod params;
+pub mod preprocess;
 mod spec;
 
 pub use classifier::{autograd_input_grad, Classifier, InputGrad, Mode};
-pub use conv::{Cnn, CnnSpec, ConvMaxout, ConvMaxoutLayer, ConvMaxoutSpec};
+pub use conv::{Cnn, CnnLayer, CnnSpec, ConvMaxout, ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec};
+pub use layers::Dropout;
 pub use loss::{accuracy_counts, per_example_cross_entropy};
 pub use maxout::MaxoutMlp;
 pub use mlp::Mlp;
-pub use layers::Dropout;
 pub use params::{ParamBuilder, Params};
-pub use spec::build_with;
-pub use spec::{
-    build, Activation, Arch, MaxoutMlpSpec, MlpSpec,
-    ModelSpec,
-};
+pub use preprocess::Preprocess;
+pub use spec::{build, build_fitted, build_with, Activation, Arch, MaxoutMlpSpec, MlpSpec, ModelSpec};

@@ -56,7 +56,7 @@ impl Classifier for MaxoutMlp {
 
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         let s = Self::arch(&self.spec);
-        let mut h = xs.flatten_from(1)?;
+        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
         for (i, (w, b)) in self.hidden.iter().enumerate() {
             if let Mode::Train { seed } = mode {
                 let dropout = if i == 0 { s.input_dropout } else { s.hidden_dropout };

@@ -47,7 +47,7 @@ impl Classifier for Mlp {
 
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
         let s = Self::arch(&self.spec);
-        let mut h = xs.flatten_from(1)?;
+        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
             if let Mode::Train { seed } = mode {

@@ -1,10 +1,11 @@
 //! [`ModelSpec`]: the serializable description a model is built from (and stored beside its
 //! weights in a checkpoint).
 
-use candle_core::{bail, Device, Result};
+use candle_core::{bail, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::Dropout;
+use crate::preprocess::{self, Preprocess, Zca};
 use crate::{Classifier, Cnn, CnnSpec, ConvMaxout, ConvMaxoutSpec, MaxoutMlp, Mlp, ParamBuilder};
 
 /// The architecture, its hyper-parameters, and the data shape it expects.
@@ -15,11 +16,20 @@ pub struct ModelSpec {
     /// `[channels, height, width]` of one input image.
     pub input: [usize; 3],
     pub n_classes: usize,
+    /// Fixed first layer applied to the `[0, 1]` input; none when absent.
+    #[serde(default)]
+    pub preprocess: Preprocess,
 }
 
 impl ModelSpec {
+    /// A spec without preprocessing.
     pub fn new(arch: Arch, input: [usize; 3], n_classes: usize) -> Self {
-        Self { arch, input, n_classes }
+        Self { arch, input, n_classes, preprocess: Preprocess::None }
+    }
+
+    /// The same spec with `preprocess` as its first layer.
+    pub fn with_preprocess(self, preprocess: Preprocess) -> Self {
+        Self { preprocess, ..self }
     }
 
     /// For 28×28 grey images in 10 classes (MNIST, Fashion-MNIST).
@@ -36,12 +46,7 @@ impl ModelSpec {
         if self.input.contains(&0) || self.n_classes < 2 {
             bail!("input {:?} and n-classes {} must be positive (at least 2 classes)", self.input, self.n_classes)
         }
-        let check_dropout = |what: &str, d: &Dropout| -> Result<()> {
-            if !(d.include > 0.0 && d.include <= 1.0) || !(d.scale > 0.0) {
-                bail!("{what}: include must be in (0, 1] and scale > 0, got include {} scale {}", d.include, d.scale)
-            }
-            Ok(())
-        };
+        self.preprocess.validate()?;
         match &self.arch {
             Arch::MaxoutMlp(s) => {
                 if s.units.is_empty() || s.units.contains(&0) || s.pieces == 0 {
@@ -66,7 +71,14 @@ impl ModelSpec {
     }
 }
 
-fn check_max_norm(max_norm: Option<f64>) -> Result<()> {
+pub(crate) fn check_dropout(what: &str, d: &Dropout) -> Result<()> {
+    if !(d.include > 0.0 && d.include <= 1.0) || !(d.scale > 0.0) {
+        bail!("{what}: include must be in (0, 1] and scale > 0, got include {} scale {}", d.include, d.scale)
+    }
+    Ok(())
+}
+
+pub(crate) fn check_max_norm(max_norm: Option<f64>) -> Result<()> {
     match max_norm {
         Some(c) if !(c > 0.0) => bail!("max-norm must be positive, got {c}"),
         _ => Ok(()),
@@ -159,14 +171,39 @@ impl Default for MlpSpec {
     }
 }
 
-/// Builds a model with fresh parameters drawn from `seed`.
+/// Builds a model with fresh parameters drawn from `seed`. A spec whose preprocessing is
+/// fitted to data ([`Preprocess::GcnZca`]) needs [`build_fitted`] instead.
 pub fn build(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Box<dyn Classifier>> {
     build_with(spec, ParamBuilder::init(seed, device))
 }
 
+/// Builds a model with fresh parameters drawn from `seed`, fitting its preprocessing (ZCA) on
+/// `train_images`, `[n, C, H, W]` in `[0, 1]`. The same seed gives the same weights as
+/// [`build`].
+pub fn build_fitted(
+    spec: &ModelSpec,
+    seed: u64,
+    device: &Device,
+    train_images: &Tensor,
+) -> Result<Box<dyn Classifier>> {
+    spec.validate()?;
+    let dims = train_images.dims();
+    if dims.len() != 4 || dims[1..] != spec.input {
+        bail!("training images: expected (n, {:?}), got {dims:?}", spec.input)
+    }
+    let zca = preprocess::fit(&spec.preprocess, train_images)?;
+    build_inner(spec, ParamBuilder::init(seed, device), zca.as_ref())
+}
+
 /// Builds a model taking its parameters from `params` (fresh or loaded).
 pub fn build_with(spec: &ModelSpec, params: ParamBuilder<'_>) -> Result<Box<dyn Classifier>> {
+    build_inner(spec, params, None)
+}
+
+fn build_inner(spec: &ModelSpec, mut params: ParamBuilder<'_>, zca: Option<&Zca>) -> Result<Box<dyn Classifier>> {
     spec.validate()?;
+    // Buffers draw nothing from the generator: the weights do not depend on preprocessing.
+    preprocess::add_buffers(spec, &mut params, zca)?;
     Ok(match &spec.arch {
         Arch::MaxoutMlp(_) => Box::new(MaxoutMlp::new(spec.clone(), params)?),
         Arch::Mlp(_) => Box::new(Mlp::new(spec.clone(), params)?),

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use gauntlet_attacks::Norm;
+
+use crate::{Error, Regularizer, Result};
 
 /// How to train. Defaults follow pylearn2's Maxout recipe where it has one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -14,6 +16,11 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// Stop when the validation error has not improved for `patience` epochs.
     pub early_stopping: Option<EarlyStopping>,
+    /// The objective: plain cross-entropy or a member of the Lp regularization family.
+    pub regularizer: Regularizer,
+    /// Single-step adversarial error on the first validation images after every epoch, so
+    /// catastrophic overfitting shows in the log. Defaults to the regularizer's norm and ε.
+    pub adversarial_validation: Option<AdversarialValidation>,
     /// Seed for shuffling and dropout masks; set from the run's top-level `seed`.
     #[serde(skip)]
     pub seed: u64,
@@ -26,6 +33,8 @@ impl Default for TrainConfig {
             batch_size: 100,
             optimizer: OptimizerConfig::default(),
             early_stopping: None,
+            regularizer: Regularizer::None,
+            adversarial_validation: None,
             seed: 1,
         }
     }
@@ -44,8 +53,39 @@ impl TrainConfig {
                 return Err(Error::Config("early-stopping patience must be at least 1".into()));
             }
         }
+        if let Some(av) = &self.adversarial_validation {
+            if !(av.eps >= 0.0) || av.n == 0 {
+                return Err(Error::Config(format!(
+                    "adversarial-validation needs eps >= 0 and n >= 1, got eps {} and n {}",
+                    av.eps, av.n
+                )));
+            }
+        }
+        self.regularizer.validate()?;
         self.optimizer.validate()
     }
+
+    /// The adversarial check to run after each epoch: the configured one, else one at the
+    /// regularizer's own norm and ε on 1,000 validation images.
+    pub fn adversarial_check(&self) -> Option<AdversarialValidation> {
+        self.adversarial_validation.clone().or_else(|| {
+            self.regularizer.threat().map(|(p, eps)| AdversarialValidation { p, eps, n: 1000 })
+        })
+    }
+}
+
+/// A fast-gradient attack on the first `n` validation images after every epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdversarialValidation {
+    pub p: Norm,
+    pub eps: f64,
+    #[serde(default = "default_adv_n")]
+    pub n: usize,
+}
+
+fn default_adv_n() -> usize {
+    1000
 }
 
 /// Early stopping on the validation error.

@@ -11,9 +11,11 @@ mod error;
 mod eval;
 mod log;
 mod optim;
+mod regularizer;
 mod trainer;
 
-pub use config::{EarlyStopping, OptimizerConfig, TrainConfig};
+pub use config::{AdversarialValidation, EarlyStopping, OptimizerConfig, TrainConfig};
+pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalResult};
 pub use log::{EpochRecord, TrainLog};

@@ -17,6 +17,9 @@ pub struct EpochRecord {
     /// Clean validation loss and error in eval mode; `None` without a validation split.
     pub valid_loss: Option<f64>,
     pub valid_error: Option<f64>,
+    /// Error under a single-step attack on a fixed validation subset (see
+    /// [`crate::AdversarialValidation`]); `None` when no check is configured.
+    pub valid_adv_error: Option<f64>,
     pub seconds: f64,
     pub examples_per_second: f64,
 }
@@ -30,4 +33,7 @@ pub struct TrainLog {
     pub best_epoch: usize,
     /// Why training ended: "epochs" or "early-stopping".
     pub stopped_by: String,
+    /// The objective, with its first-order penalty weight σ_eff = (1−α)·ε.
+    pub regularizer: crate::Regularizer,
+    pub sigma_eff: Option<f64>,
 }

@@ -5,7 +5,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use gauntlet_data::{Batches, Splits};
 use gauntlet_models::layers::derive_seed;
-use gauntlet_models::{accuracy_counts, per_example_cross_entropy, Classifier, Mode};
+use gauntlet_attacks::{Attack, FastGradient, Goal};
+use gauntlet_models::{accuracy_counts, Classifier, Mode};
 
 use crate::{evaluate, optim, EpochRecord, Error, Result, TrainConfig, TrainLog};
 
@@ -41,7 +42,19 @@ pub fn train(
     flush_denormals();
     let vars = model.params().vars().map(|(_, v)| v.clone()).collect();
     let mut optimizer = optim::build(&config.optimizer, vars)?;
-    let mut log = TrainLog::default();
+    let mut log = TrainLog {
+        regularizer: config.regularizer.clone(),
+        sigma_eff: config.regularizer.sigma_eff(),
+        ..TrainLog::default()
+    };
+    let adv_check = config.adversarial_check();
+    let adv_subset = match &adv_check {
+        Some(check) if !splits.valid.is_empty() => {
+            let subset = splits.valid.truncate(Some(check.n))?;
+            Some((subset.images.to_device(device)?, subset.labels.to_device(device)?))
+        }
+        _ => None,
+    };
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let eval_batch = 1000;
 
@@ -59,16 +72,16 @@ pub fn train(
             let batch = batch?;
             let xs = batch.images.to_device(device)?;
             let ys = batch.labels.to_device(device)?;
-            let mode = Mode::Train { seed: derive_seed(epoch_seed, batch_idx as u64) };
-            let logits = model.forward(&xs, mode)?;
-            let loss = per_example_cross_entropy(&logits, &ys)?.mean_all()?;
-            let loss_value = loss.to_scalar::<f32>()?;
+            let step = config
+                .regularizer
+                .step(model, &xs, &ys, derive_seed(epoch_seed, batch_idx as u64))?;
+            let loss_value = step.loss;
             if !loss_value.is_finite() {
                 return Err(Error::Diverged { epoch, batch: batch_idx + 1, loss: loss_value });
             }
-            let grads = loss.backward()?;
-            optimizer.step(&grads)?;
+            optimizer.step(&step.grads)?;
             model.apply_constraints()?;
+            let logits = step.logits;
 
             let n = batch.len();
             loss_sum += loss_value as f64 * n as f64;
@@ -82,6 +95,15 @@ pub fn train(
         } else {
             Some(evaluate(model, &splits.valid, eval_batch, device)?)
         };
+        let valid_adv_error = match (&adv_check, &adv_subset) {
+            (Some(check), Some((images, labels))) => {
+                let attack = FastGradient::new(check.p);
+                let x_adv = attack.perturb(model, images, &Goal::Untargeted { labels }, check.eps)?;
+                let (correct, _) = accuracy_counts(&model.forward(&x_adv, Mode::Eval)?, labels)?;
+                Some(1.0 - correct as f64 / labels.dims1()? as f64)
+            }
+            _ => None,
+        };
         let record = EpochRecord {
             epoch,
             lr: optimizer.learning_rate(),
@@ -90,6 +112,7 @@ pub fn train(
             train_error: 1.0 - correct as f64 / seen as f64,
             valid_loss: valid.map(|v| v.loss),
             valid_error: valid.map(|v| v.error),
+            valid_adv_error,
             seconds: started.elapsed().as_secs_f64(),
             examples_per_second: seen as f64 / train_seconds,
         };

@@ -1,14 +1,28 @@
-//! `gauntlet eval`: clean accuracy of a checkpoint.
+//! `gauntlet eval`: clean accuracy of a checkpoint; and the checkpoint-plus-test-set loading
+//! that every evaluating command shares.
+
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use gauntlet_data::{DataConfig, DatasetName};
-use gauntlet_models::checkpoint;
+use candle_core::Device;
+use gauntlet_data::{DataConfig, DatasetName, Dataset};
+use gauntlet_models::{checkpoint, Classifier};
 use gauntlet_train::evaluate;
 
-use crate::args::EvalArgs;
+use crate::args::{EvalArgs, EvalDataArgs};
 use crate::device;
 
-pub fn run(args: EvalArgs) -> Result<()> {
+/// A loaded checkpoint with the test images it is evaluated on.
+pub struct Loaded {
+    pub model: Box<dyn Classifier>,
+    pub dataset: DatasetName,
+    pub test: Dataset,
+    pub device: Device,
+    /// Where result files go.
+    pub out: PathBuf,
+}
+
+pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
     let device = device::open(&args.common.device)?;
     let model = checkpoint::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
     let spec = model.spec();
@@ -20,8 +34,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut config = DataConfig::new(dataset);
     config.dir = args.common.data_dir.clone();
     config.test_limit = args.test_limit;
-    let splits = gauntlet_data::load(&config)?;
-    let (c, h, w) = splits.test.image_shape();
+    let test = gauntlet_data::load(&config)?.test;
+    let (c, h, w) = test.image_shape();
     if [c, h, w] != spec.input {
         return Err(anyhow!(
             "{} expects images of shape {:?}, {dataset} has {:?}",
@@ -30,10 +44,24 @@ pub fn run(args: EvalArgs) -> Result<()> {
             [c, h, w]
         ));
     }
-    let res = evaluate(model.as_ref(), &splits.test, args.batch_size, &device)?;
+    if args.batch_size == 0 {
+        return Err(anyhow!("--batch-size must be at least 1"));
+    }
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => args.model.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let test = test.to_device(&device)?;
+    Ok(Loaded { model, dataset, test, device, out })
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let loaded = load(&args.data)?;
+    let res = evaluate(loaded.model.as_ref(), &loaded.test, args.data.batch_size, &loaded.device)?;
     println!(
-        "{}: {dataset} test accuracy {:.2}% (error {:.2}%, n = {}, mean loss {:.4})",
-        args.model.display(),
+        "{}: {} test accuracy {:.2}% (error {:.2}%, n = {}, mean loss {:.4})",
+        args.data.model.display(),
+        loaded.dataset,
         100.0 * res.accuracy(),
         100.0 * res.error,
         res.n,

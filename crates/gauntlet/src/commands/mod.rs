@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+mod attack;
 mod eval;
+mod noise;
 mod train;
 
 use anyhow::Result;
@@ -11,5 +13,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Attack(args) => attack::run(args),
+        Command::Noise(args) => noise::run(args),
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use gauntlet_data::{DataConfig, DatasetName};
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec};
-use gauntlet_train::{evaluate, train, OptimizerConfig, TrainConfig};
+use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig};
 use serde::Serialize;
 
 use crate::args::TrainArgs;
@@ -93,6 +93,11 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = resolve(&args)?;
+    if matches!(config.train.regularizer, Regularizer::GradientPenalty { .. }) {
+        // Candle reads this once per thread at the first backward pass, and none has run yet;
+        // without it second-order gradients are silently wrong (docs/candle-traps.md).
+        std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    }
     let device = device::open(&args.common.device)?;
     let out: PathBuf = args.out.clone().unwrap_or_else(|| PathBuf::from("results").join(&config.name));
 

@@ -1,0 +1,674 @@
+//! Robust evaluation: an [`Attack`] (or the worst case over several, [`evaluate_ensemble`])
+//! swept over ε, or Gaussian noise swept over σ, on a fixed set of images, each setting scored
+//! with `n`, accuracies with Wilson intervals, and the perturbation *measured* on the attack's
+//! output (in its own norm and in L∞, L2, L1), so an attack that breaks its budget shows in
+//! the numbers instead of inflating them. [`evaluate_attack_detailed`] also returns every
+//! example's outcome ([`ExampleOutcome`]).
+
+use std::time::Instant;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+use gauntlet_models::{Classifier, Mode};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::attack::arg_max;
+use crate::batch::{replace_rows, select_rows};
+use crate::norm::check_eps;
+use crate::{wilson_interval, Attack, AttackKind, Goal, Norm};
+
+/// The outcome of one attack at one ε (one row of `robustness.csv`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackRecord {
+    /// [`Attack::name`], or `"ensemble(a+b)"` for [`evaluate_ensemble`].
+    pub attack: String,
+    /// How the attack searches ([`Attack::kind`]); `other` when absent from a file.
+    #[serde(default)]
+    pub kind: AttackKind,
+    /// The attack's threat model, in which the perturbation is measured.
+    pub norm: Norm,
+    pub eps: f64,
+    /// Number of examples.
+    pub n: usize,
+    /// Examples classified correctly without attack.
+    pub clean_correct: usize,
+    pub clean_accuracy: f64,
+    /// Examples classified correctly both clean and attacked. The clean input is itself in
+    /// the ε-ball, so an example counts as robust only if both are right (worst case per
+    /// example); this never exceeds `clean_correct`.
+    pub adversarial_correct: usize,
+    pub adversarial_accuracy: f64,
+    /// Wilson 95% interval of `adversarial_accuracy`.
+    pub adversarial_ci_low: f64,
+    pub adversarial_ci_high: f64,
+    /// Mean and maximum of `‖x_adv − x‖` in [`AttackRecord::norm`], measured on the output.
+    pub mean_perturbation: f64,
+    pub max_perturbation: f64,
+    /// The same in L∞, L2 and L1, whatever the attack's norm, so attacks of different norms
+    /// can be compared on one scale.
+    pub mean_linf: f64,
+    pub max_linf: f64,
+    pub mean_l2: f64,
+    pub max_l2: f64,
+    pub mean_l1: f64,
+    pub max_l1: f64,
+    /// Attacked inputs the model misclassifies.
+    pub mistakes: usize,
+    /// Mean softmax probability of the (wrong) predicted class over those mistakes; `None`
+    /// when there are none.
+    pub mean_confidence_on_mistakes: Option<f64>,
+    /// Wall time of crafting and scoring the attacked inputs, in seconds.
+    pub seconds: f64,
+}
+
+/// Accuracy under additive Gaussian noise of one standard deviation (one row of the noise table).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseRecord {
+    pub sigma: f64,
+    /// Whether the noisy images were clipped to `[0, 1]`.
+    pub clip: bool,
+    pub seed: u64,
+    pub n: usize,
+    /// Noisy examples classified correctly.
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Wilson 95% interval of `accuracy`.
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// `1 − accuracy`.
+    pub error: f64,
+    pub seconds: f64,
+}
+
+/// The outcome of one example under one attack at one ε (one row of a per-example CSV).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleOutcome {
+    pub eps: f64,
+    /// Position of the example in the evaluated images.
+    pub index: usize,
+    pub label: u32,
+    /// Predicted class of the clean and of the attacked input.
+    pub clean_pred: u32,
+    pub adv_pred: u32,
+    /// Classified correctly both clean and attacked (the worst case over the ε-ball, which
+    /// contains the clean input).
+    pub robust: bool,
+    /// `‖x_adv − x‖` in the attack's own norm, then in L∞, L2 and L1.
+    pub perturbation: f64,
+    pub linf: f64,
+    pub l2: f64,
+    pub l1: f64,
+}
+
+/// Runs `attack` (untargeted, against the true labels) at every ε of `eps_list` on `images`,
+/// `batch_size` examples at a time, and scores each ε.
+///
+/// The same as [`evaluate_attack_detailed`] without the per-example outcomes.
+///
+/// # Shapes
+/// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
+///
+/// # Errors
+/// On a negative or non-finite ε (checked before any work), `batch_size = 0`, a label count
+/// different from the image count, an attack output of the wrong shape, and model errors.
+pub fn evaluate_attack(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+) -> Result<Vec<AttackRecord>> {
+    Ok(evaluate_attack_detailed(model, attack, images, labels, eps_list, batch_size)?.0)
+}
+
+/// [`evaluate_attack`], also returning every example's outcome at every ε (ε-major: all
+/// examples at the first ε, then at the second, ...).
+///
+/// # Shapes
+/// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
+///
+/// # Errors
+/// As [`evaluate_attack`].
+pub fn evaluate_attack_detailed(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+    evaluate(
+        model,
+        &[attack],
+        attack.name(),
+        attack.kind(),
+        images,
+        labels,
+        eps_list,
+        batch_size,
+    )
+}
+
+/// The per-example worst case over `attacks` at every ε of `eps_list`: an example is robust
+/// only if it is classified correctly clean and every attack failed on it (DESIGN.md
+/// decision 5).
+///
+/// Following AutoAttack (Croce & Hein 2020, <https://arxiv.org/abs/2003.01690>), the first
+/// attack runs on every example and each later one only on the examples still robust, so the
+/// ensemble costs little more than its first member on a weak model. An example keeps the
+/// output of the attack that broke it, or of the last attack when none did; perturbation sizes
+/// and confidences are measured on that output. The record is named `"ensemble(a+b+…)"` after
+/// the members' names, with [`AttackKind::Ensemble`].
+///
+/// # Shapes
+/// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
+///
+/// # Errors
+/// As [`evaluate_attack`], and on an empty list or members with different norms (the record
+/// measures one threat model).
+pub fn evaluate_ensemble(
+    model: &dyn Classifier,
+    attacks: &[&dyn Attack],
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+) -> Result<Vec<AttackRecord>> {
+    let names: Vec<String> = attacks.iter().map(|a| a.name()).collect();
+    let name = format!("ensemble({})", names.join("+"));
+    let (records, _) = evaluate(
+        model,
+        attacks,
+        name,
+        AttackKind::Ensemble,
+        images,
+        labels,
+        eps_list,
+        batch_size,
+    )?;
+    Ok(records)
+}
+
+/// Running sum and maximum of perturbation sizes.
+#[derive(Clone, Copy, Default)]
+struct SizeStats {
+    sum: f64,
+    max: f64,
+}
+
+impl SizeStats {
+    fn add(&mut self, size: f64) {
+        self.sum += size;
+        // A NaN size (a broken attack) must survive into the record, which f64::max would drop.
+        if size > self.max || size.is_nan() {
+            self.max = size;
+        }
+    }
+
+    fn mean(&self, n: usize) -> f64 {
+        if n == 0 {
+            0.0
+        } else {
+            self.sum / n as f64
+        }
+    }
+}
+
+/// The one evaluation loop: `attacks` in order, later ones on the still-robust examples only.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    model: &dyn Classifier,
+    attacks: &[&dyn Attack],
+    name: String,
+    kind: AttackKind,
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+    let (n, labels, label_ids) = check_inputs(images, labels, batch_size)?;
+    for &eps in eps_list {
+        check_eps(eps)?;
+    }
+    let norm = match attacks {
+        [] => bail!("expected at least one attack, got none"),
+        [first, rest @ ..] => {
+            if let Some(other) = rest.iter().find(|a| a.norm() != first.norm()) {
+                bail!(
+                    "expected attacks sharing one norm, got {} ({}) and {} ({})",
+                    first.name(),
+                    first.norm(),
+                    other.name(),
+                    other.norm()
+                )
+            }
+            first.norm()
+        }
+    };
+    let mut clean_pred = Vec::with_capacity(n);
+    for (start, len) in batches(n, batch_size) {
+        let logits = model.forward(&images.narrow(0, start, len)?, Mode::Eval)?;
+        clean_pred.extend(predictions(&logits)?.iter().map(|&(pred, _)| pred));
+    }
+    let clean_ok: Vec<bool> = clean_pred.iter().zip(&label_ids).map(|(p, y)| p == y).collect();
+    let clean_correct = clean_ok.iter().filter(|&&ok| ok).count();
+
+    let mut records = Vec::with_capacity(eps_list.len());
+    let mut outcomes = Vec::with_capacity(n * eps_list.len());
+    for &eps in eps_list {
+        let timer = Instant::now();
+        let (mut robust, mut mistakes, mut confidence_sum) = (0usize, 0usize, 0f64);
+        // In the attack's own norm, then L∞, L2, L1.
+        let mut sizes = [SizeStats::default(); 4];
+        for (start, len) in batches(n, batch_size) {
+            let xs = images.narrow(0, start, len)?;
+            let ys = labels.narrow(0, start, len)?;
+            let ids = &label_ids[start..start + len];
+            let mut adv = xs.clone();
+            // Every row is overwritten by the first attack, which runs on all of them.
+            let mut preds = vec![(0u32, 0f64); len];
+            for (k, attack) in attacks.iter().enumerate() {
+                let rows: Vec<usize> = (0..len)
+                    .filter(|&i| k == 0 || (clean_ok[start + i] && preds[i].0 == ids[i]))
+                    .collect();
+                if rows.is_empty() {
+                    break;
+                }
+                let sub_xs = select_rows(&xs, &rows)?;
+                let sub_ys = select_rows(&ys, &rows)?;
+                let out =
+                    attack.perturb(model, &sub_xs, &Goal::Untargeted { labels: &sub_ys }, eps)?;
+                if out.dims() != sub_xs.dims() {
+                    bail!(
+                        "attack {} returned shape {:?}, expected {:?}",
+                        attack.name(),
+                        out.dims(),
+                        sub_xs.dims()
+                    )
+                }
+                let sub_preds = predictions(&model.forward(&out, Mode::Eval)?)?;
+                adv = replace_rows(&adv, &rows, &out)?;
+                for (&i, pred) in rows.iter().zip(sub_preds) {
+                    preds[i] = pred;
+                }
+            }
+            let delta = adv.sub(&xs)?;
+            let measured = [norm, Norm::Linf, Norm::L2, Norm::L1]
+                .iter()
+                .map(|m| m.norm(&delta)?.to_dtype(DType::F64)?.to_vec1::<f64>())
+                .collect::<Result<Vec<_>>>()?;
+            for (i, &(pred, confidence)) in preds.iter().enumerate() {
+                let (index, label) = (start + i, ids[i]);
+                if pred == label {
+                    robust += usize::from(clean_ok[index]);
+                } else {
+                    mistakes += 1;
+                    confidence_sum += confidence;
+                }
+                for (stats, values) in sizes.iter_mut().zip(&measured) {
+                    stats.add(values[i]);
+                }
+                outcomes.push(ExampleOutcome {
+                    eps,
+                    index,
+                    label,
+                    clean_pred: clean_pred[index],
+                    adv_pred: pred,
+                    robust: clean_ok[index] && pred == label,
+                    perturbation: measured[0][i],
+                    linf: measured[1][i],
+                    l2: measured[2][i],
+                    l1: measured[3][i],
+                });
+            }
+        }
+        let (ci_low, ci_high) = wilson_interval(robust, n);
+        let [own, linf, l2, l1] = sizes;
+        records.push(AttackRecord {
+            attack: name.clone(),
+            kind,
+            norm,
+            eps,
+            n,
+            clean_correct,
+            clean_accuracy: fraction(clean_correct, n),
+            adversarial_correct: robust,
+            adversarial_accuracy: fraction(robust, n),
+            adversarial_ci_low: ci_low,
+            adversarial_ci_high: ci_high,
+            mean_perturbation: own.mean(n),
+            max_perturbation: own.max,
+            mean_linf: linf.mean(n),
+            max_linf: linf.max,
+            mean_l2: l2.mean(n),
+            max_l2: l2.max,
+            mean_l1: l1.mean(n),
+            max_l1: l1.max,
+            mistakes,
+            mean_confidence_on_mistakes: (mistakes > 0).then(|| confidence_sum / mistakes as f64),
+            seconds: timer.elapsed().as_secs_f64(),
+        });
+    }
+    Ok((records, outcomes))
+}
+
+/// Accuracy of `model` on `x + σ·z`, `z ~ N(0, I)`, for every σ of `sigmas`, clipped to
+/// `[0, 1]` when `clip`.
+///
+/// The noise comes from a generator seeded with `seed`, restarted for every σ: each σ scales
+/// the *same* standard-normal draw (common random numbers), so the accuracy curve over σ is
+/// not made jagged by resampling, and one σ's result does not depend on the others in the list.
+///
+/// # Shapes
+/// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
+pub fn gaussian_noise(
+    model: &dyn Classifier,
+    images: &Tensor,
+    labels: &Tensor,
+    sigmas: &[f64],
+    clip: bool,
+    seed: u64,
+    batch_size: usize,
+) -> Result<Vec<NoiseRecord>> {
+    let (n, _, label_ids) = check_inputs(images, labels, batch_size)?;
+    for &sigma in sigmas {
+        if !(sigma.is_finite() && sigma >= 0.0) {
+            bail!("sigma must be finite and >= 0, got {sigma}")
+        }
+    }
+    let mut records = Vec::with_capacity(sigmas.len());
+    for &sigma in sigmas {
+        let timer = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut correct = 0;
+        for (start, len) in batches(n, batch_size) {
+            let xs = images.narrow(0, start, len)?;
+            let z: Vec<f32> = (0..xs.elem_count())
+                .map(|_| StandardNormal.sample(&mut rng))
+                .collect();
+            let z = Tensor::from_vec(z, xs.shape(), &Device::Cpu)?
+                .to_dtype(xs.dtype())?
+                .to_device(xs.device())?;
+            let mut noisy = xs.add(&z.affine(sigma, 0.0)?)?;
+            if clip {
+                noisy = noisy.clamp(0.0, 1.0)?;
+            }
+            let preds = predictions(&model.forward(&noisy, Mode::Eval)?)?;
+            let ids = &label_ids[start..start + len];
+            correct += preds
+                .iter()
+                .zip(ids)
+                .filter(|((pred, _), y)| pred == *y)
+                .count();
+        }
+        let (ci_low, ci_high) = wilson_interval(correct, n);
+        records.push(NoiseRecord {
+            sigma,
+            clip,
+            seed,
+            n,
+            correct,
+            accuracy: fraction(correct, n),
+            ci_low,
+            ci_high,
+            error: 1.0 - fraction(correct, n),
+            seconds: timer.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(records)
+}
+
+/// Checks the batch size and that there is one label per image; returns `n`, the labels as
+/// u32 and their values.
+fn check_inputs(
+    images: &Tensor,
+    labels: &Tensor,
+    batch_size: usize,
+) -> Result<(usize, Tensor, Vec<u32>)> {
+    if batch_size == 0 {
+        bail!("batch size must be positive, got 0")
+    }
+    let n = images.dim(0)?;
+    let n_labels = labels.dims1()?;
+    if n_labels != n {
+        bail!("expected one label per image ({n}), got {n_labels}")
+    }
+    let labels = labels.to_dtype(DType::U32)?;
+    let ids = labels.to_vec1::<u32>()?;
+    Ok((n, labels, ids))
+}
+
+/// `(start, len)` of consecutive batches covering `0..n`.
+fn batches(n: usize, batch_size: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n)
+        .step_by(batch_size)
+        .map(move |start| (start, batch_size.min(n - start)))
+}
+
+fn fraction(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        k as f64 / n as f64
+    }
+}
+
+/// The arg-max class of each row of `logits` and its softmax probability, in f64.
+fn predictions(logits: &Tensor) -> Result<Vec<(u32, f64)>> {
+    let rows = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            // The attacks' own success checks use the same arg-max, so they agree with this.
+            let arg = arg_max(row);
+            let total: f64 = row.iter().map(|l| (l - row[arg]).exp()).sum();
+            (arg as u32, 1.0 / total)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::LinearModel;
+    use crate::FastGradient;
+
+    /// Class 0 iff x₀ > x₁: logits (x₀ − x₁, x₁ − x₀).
+    fn model_and_data() -> Result<(LinearModel, Tensor, Tensor)> {
+        let model = LinearModel::new(&[[1.0, -1.0], [-1.0, 1.0]])?;
+        // Margins towards the true class: 0.2, 0.5, 0.2, −0.1 (misclassified), 0.8. FGSM
+        // shrinks a margin by 2ε, so the examples fall at ε > 0.1, 0.25, 0.1, –, 0.4.
+        let images = Tensor::new(
+            &[
+                [0.6f32, 0.4],
+                [0.7, 0.2],
+                [0.3, 0.5],
+                [0.45, 0.55],
+                [0.9, 0.1],
+            ],
+            &Device::Cpu,
+        )?;
+        let labels = Tensor::new(&[0u32, 0, 1, 0, 0], &Device::Cpu)?;
+        Ok((model, images, labels))
+    }
+
+    #[test]
+    fn fgsm_on_a_linear_model_gives_the_hand_counted_records() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let eps_list = [0.0, 0.05, 0.15, 0.3, 0.42];
+        let records = evaluate_attack(
+            &model,
+            &FastGradient::fgsm(),
+            &images,
+            &labels,
+            &eps_list,
+            2,
+        )?;
+        let robust: Vec<usize> = records.iter().map(|r| r.adversarial_correct).collect();
+        assert_eq!(robust, [4, 4, 2, 1, 0]);
+        for r in &records {
+            assert_eq!(
+                (r.n, r.clean_correct, r.attack.as_str(), r.norm),
+                (5, 4, "fast-gradient-linf", Norm::Linf)
+            );
+            assert_eq!(
+                (r.adversarial_ci_low, r.adversarial_ci_high),
+                wilson_interval(r.adversarial_correct, 5)
+            );
+            assert!((r.adversarial_accuracy - r.adversarial_correct as f64 / 5.0).abs() < 1e-12);
+            // No pixel reaches the box edge, so every example moves by exactly ε.
+            assert!(
+                (r.max_perturbation - r.eps).abs() < 1e-6
+                    && (r.mean_perturbation - r.eps).abs() < 1e-6,
+                "{r:?}"
+            );
+            assert_eq!(r.mistakes, 5 - r.adversarial_correct);
+        }
+        // Unattacked, the one mistake has logits (−0.1, 0.1): confidence sigmoid(0.2).
+        let sigmoid = 1.0 / (1.0 + (-0.2f64).exp());
+        assert!((records[0].mean_confidence_on_mistakes.unwrap() - sigmoid).abs() < 1e-6);
+        // Batching does not change the outcome.
+        let whole = evaluate_attack(
+            &model,
+            &FastGradient::fgsm(),
+            &images,
+            &labels,
+            &eps_list,
+            5,
+        )?;
+        assert_eq!(
+            whole
+                .iter()
+                .map(|r| r.adversarial_correct)
+                .collect::<Vec<_>>(),
+            robust
+        );
+        Ok(())
+    }
+
+    /// A broken attack that spends twice its budget.
+    struct Overspending(FastGradient);
+
+    impl Attack for Overspending {
+        fn name(&self) -> String {
+            "overspending".to_string()
+        }
+        fn norm(&self) -> Norm {
+            self.0.norm
+        }
+        fn perturb(
+            &self,
+            model: &dyn Classifier,
+            xs: &Tensor,
+            goal: &Goal<'_>,
+            eps: f64,
+        ) -> Result<Tensor> {
+            self.0.perturb(model, xs, goal, 2.0 * eps)
+        }
+    }
+
+    #[test]
+    fn an_attack_over_budget_shows_in_the_measured_perturbation() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let attack = Overspending(FastGradient::new(Norm::L2));
+        let records = evaluate_attack(&model, &attack, &images, &labels, &[0.1], 3)?;
+        assert!(
+            (records[0].max_perturbation - 0.2).abs() < 1e-6,
+            "{:?}",
+            records[0]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_rejected_before_any_work() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let fgsm = FastGradient::fgsm();
+        let err = |r: Result<Vec<AttackRecord>>| r.expect_err("must fail").to_string();
+        assert!(err(evaluate_attack(
+            &model,
+            &fgsm,
+            &images,
+            &labels,
+            &[0.1, -0.1],
+            2
+        ))
+        .contains("eps must be"));
+        assert!(
+            err(evaluate_attack(&model, &fgsm, &images, &labels, &[0.1], 0)).contains("batch size")
+        );
+        let short = labels.narrow(0, 0, 3)?;
+        assert!(
+            err(evaluate_attack(&model, &fgsm, &images, &short, &[0.1], 2))
+                .contains("one label per image")
+        );
+        assert!(gaussian_noise(&model, &images, &labels, &[f64::NAN], true, 1, 2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn gaussian_noise_is_clean_at_zero_and_follows_the_seed() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let sigmas = [0.0, 0.2, 1.0];
+        let run = |clip, seed| gaussian_noise(&model, &images, &labels, &sigmas, clip, seed, 2);
+        let a = run(true, 9)?;
+        assert_eq!((a[0].correct, a[0].n), (4, 5));
+        assert!((a[0].error - 0.2).abs() < 1e-12);
+        assert_eq!(
+            (a[1].ci_low, a[1].ci_high),
+            wilson_interval(a[1].correct, 5)
+        );
+        let b = run(true, 9)?;
+        assert_eq!(
+            a.iter().map(|r| r.correct).collect::<Vec<_>>(),
+            b.iter().map(|r| r.correct).collect::<Vec<_>>()
+        );
+        // Noise drawn from other seeds, clipped or not, changes some outcome at σ = 1.
+        let outcomes: std::collections::HashSet<usize> = (0..8)
+            .flat_map(|s| [run(true, s), run(false, s)])
+            .map(|r| r.unwrap()[2].correct)
+            .collect();
+        assert!(outcomes.len() > 1, "{outcomes:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn records_round_trip_through_json() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let records = evaluate_attack(
+            &model,
+            &FastGradient::new(Norm::Lp(1.5)),
+            &images,
+            &labels,
+            &[0.0, 0.5],
+            5,
+        )?;
+        assert!(records[0].mean_confidence_on_mistakes.is_some());
+        let text = serde_json::to_string(&records).unwrap();
+        assert!(text.contains("\"norm\":1.5"), "{text}");
+        let back: Vec<AttackRecord> = serde_json::from_str(&text).unwrap();
+        // serde_json's default float parsing may differ in the last bit, so floats get a tolerance.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+        for (b, r) in back.iter().zip(&records) {
+            assert_eq!(
+                (&b.attack, b.norm, b.n, b.clean_correct),
+                (&r.attack, r.norm, r.n, r.clean_correct)
+            );
+            assert_eq!(
+                (b.adversarial_correct, b.mistakes),
+                (r.adversarial_correct, r.mistakes)
+            );
+            assert!(close(b.max_perturbation, r.max_perturbation) && close(b.seconds, r.seconds));
+            let (bc, rc) = (b.mean_confidence_on_mistakes, r.mean_confidence_on_mistakes);
+            assert!(
+                bc.zip(rc).is_some_and(|(x, y)| close(x, y)) || bc == rc,
+                "{bc:?} {rc:?}"
+            );
+        }
+        assert_eq!(back.len(), records.len());
+        Ok(())
+    }
+}

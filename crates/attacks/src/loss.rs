@@ -1,0 +1,287 @@
+//! [`AttackLoss`]: the objective an iterative attack ascends — cross-entropy, or the margin
+//! loss of Carlini & Wagner — with its input gradient and its per-example value.
+
+use candle_core::{bail, DType, Result, Tensor, Var};
+use gauntlet_models::{Classifier, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::attack::arg_max;
+use crate::Goal;
+
+/// The objective an attack *ascends*, per example.
+///
+/// For a goal with labels `y` (untargeted) or targets `t` (targeted) and logits `z`:
+///
+/// | loss | untargeted | targeted |
+/// |---|---|---|
+/// | [`AttackLoss::CrossEntropy`] | `CE(z, y)` | `−CE(z, t)` |
+/// | [`AttackLoss::Margin`] | `max_{j≠y} z_j − z_y` | `z_t − max_{j≠t} z_j` |
+///
+/// The margin is positive exactly when the attack has succeeded. Its gradient is a difference
+/// of two logits' gradients, so it does not vanish when the softmax saturates, which is the
+/// point of Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE
+/// S&P 2017, <https://arxiv.org/abs/1608.04644> (their loss f₆ with κ = 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackLoss {
+    #[default]
+    CrossEntropy,
+    Margin,
+}
+
+/// One evaluation of an [`AttackLoss`] on a batch, all detached.
+#[derive(Clone, Debug)]
+pub struct Objective {
+    /// The objective of each example, `(batch,)`, in the dtype of the logits.
+    pub value: Tensor,
+    /// `(batch, n_classes)`.
+    pub logits: Tensor,
+    /// Gradient of the *sum* of the objectives with respect to the input, so each row is that
+    /// example's own gradient; the shape of the input.
+    pub grad: Tensor,
+}
+
+impl AttackLoss {
+    /// Stable identifier: `"cross-entropy"` or `"margin"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttackLoss::CrossEntropy => "cross-entropy",
+            AttackLoss::Margin => "margin",
+        }
+    }
+
+    /// The objective of `goal` at `xs`, its logits and its input gradient, with the model in
+    /// [`Mode::Eval`].
+    ///
+    /// Cross-entropy goes through [`Classifier::loss_and_input_grad`] (so a model's own fast
+    /// backward is used); the margin through Candle's autograd with `xs` as a fresh leaf. A
+    /// model whose logits do not depend on its input gets a zero gradient.
+    ///
+    /// # Shapes
+    /// - `xs`: `(batch, channels, height, width)`; returns [`Objective`] shapes
+    ///
+    /// # Errors
+    /// On a label count different from the batch, labels outside the classes (margin), fewer
+    /// than 2 classes (margin), and model errors.
+    pub fn value_and_input_grad(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        goal: &Goal<'_>,
+    ) -> Result<Objective> {
+        let labels = goal.labels();
+        let (batch, n_labels) = (xs.dim(0)?, labels.dims1()?);
+        if n_labels != batch {
+            bail!("expected one label per example ({batch}), got {n_labels}")
+        }
+        let targeted = matches!(goal, Goal::Targeted { .. });
+        match self {
+            AttackLoss::CrossEntropy => {
+                let res = model.loss_and_input_grad(xs, labels, Mode::Eval)?;
+                let (value, grad) = if targeted {
+                    (res.loss.neg()?, res.grad.neg()?)
+                } else {
+                    (res.loss, res.grad)
+                };
+                Ok(Objective {
+                    value,
+                    logits: res.logits,
+                    grad,
+                })
+            }
+            AttackLoss::Margin => margin_value_and_input_grad(model, xs, labels, targeted),
+        }
+    }
+
+    /// The objective of each row of `logits` for `labels` (targets when `targeted`), in f64.
+    pub(crate) fn values(&self, logits: &[Vec<f64>], labels: &[u32], targeted: bool) -> Vec<f64> {
+        logits
+            .iter()
+            .zip(labels)
+            .map(|(row, &y)| {
+                let y = y as usize;
+                let value = match self {
+                    AttackLoss::CrossEntropy => {
+                        let max = row.iter().fold(f64::NEG_INFINITY, |m, &z| m.max(z));
+                        let log_sum = max + row.iter().map(|z| (z - max).exp()).sum::<f64>().ln();
+                        log_sum - row[y]
+                    }
+                    AttackLoss::Margin => row[arg_max_except(row, y)] - row[y],
+                };
+                // A targeted attack descends the target's loss and climbs its margin over the
+                // rest, which is the negated margin of the target seen as a label.
+                if targeted {
+                    -value
+                } else {
+                    value
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether logits `row` count as a success: a class other than `label` (untargeted) or the
+/// target `label` itself (targeted).
+pub(crate) fn succeeded(row: &[f64], label: u32, targeted: bool) -> bool {
+    (arg_max(row) == label as usize) == targeted
+}
+
+/// The largest entry other than `skip`, the first one on ties.
+fn arg_max_except(row: &[f64], skip: usize) -> usize {
+    let mut best = usize::from(skip == 0);
+    for (j, &z) in row.iter().enumerate() {
+        if j != skip && z > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// The margin objective by autograd: the competing class is chosen on the detached logits,
+/// then `z_plus − z_minus` is differentiated, which is the sub-gradient of the max.
+fn margin_value_and_input_grad(
+    model: &dyn Classifier,
+    xs: &Tensor,
+    labels: &Tensor,
+    targeted: bool,
+) -> Result<Objective> {
+    let leaf = Var::from_tensor(&xs.detach())?;
+    let logits = model.forward(leaf.as_tensor(), Mode::Eval)?;
+    let (batch, n_classes) = logits.dims2()?;
+    if n_classes < 2 {
+        bail!("the margin loss needs at least 2 classes, got {n_classes}")
+    }
+    let rows = logits.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let (mut plus, mut minus) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+    for (row, &y) in rows.iter().zip(&labels) {
+        if y as usize >= n_classes {
+            bail!("expected labels below {n_classes}, got {y}")
+        }
+        let other = arg_max_except(row, y as usize) as u32;
+        let (p, m) = if targeted { (y, other) } else { (other, y) };
+        plus.push(p);
+        minus.push(m);
+    }
+    let pick = |ids: Vec<u32>| -> Result<Tensor> {
+        let ids = Tensor::from_vec(ids, (batch, 1), logits.device())?;
+        logits.gather(&ids, 1)?.squeeze(1)
+    };
+    let value = pick(plus)?.sub(&pick(minus)?)?;
+    let grads = value.sum_all()?.backward()?;
+    // No gradient at all means the logits do not depend on the input (a constant model).
+    let grad = match grads.get(leaf.as_tensor()) {
+        Some(g) => g.detach(),
+        None => xs.detach().zeros_like()?,
+    };
+    Ok(Objective {
+        value: value.detach(),
+        logits: logits.detach(),
+        grad,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{inputs, next_class, small_maxout, LinearModel};
+    use candle_core::Device;
+
+    #[test]
+    fn margin_gradient_of_a_linear_model_is_a_weight_difference() -> Result<()> {
+        // logits = W x, W = [[1, −2, 0.5], [−1, 1, 0.5], [0, 0, 3]]; at x = (0.5, 0.5, 0.5) the
+        // logits are (−0.25, 0.25, 1.5). Label 0: the best other class is 2, so the margin is
+        // 1.75 with gradient W₂ − W₀ = (−1, 2, 2.5). Targeted at 1: z₁ − z₂ = −1.25, gradient
+        // W₁ − W₂ = (−1, 1, −2.5).
+        let model = LinearModel::new(&[[1.0, -2.0, 0.5], [-1.0, 1.0, 0.5], [0.0, 0.0, 3.0]])?;
+        let xs = Tensor::new(&[[0.5f32, 0.5, 0.5]], &Device::Cpu)?;
+        let labels = Tensor::new(&[0u32], &Device::Cpu)?;
+        let targets = Tensor::new(&[1u32], &Device::Cpu)?;
+        let un = AttackLoss::Margin.value_and_input_grad(
+            &model,
+            &xs,
+            &Goal::Untargeted { labels: &labels },
+        )?;
+        assert_eq!(un.value.to_vec1::<f32>()?, [1.75]);
+        assert_eq!(un.grad.to_vec2::<f32>()?, [[-1.0, 2.0, 2.5]]);
+        let ta = AttackLoss::Margin.value_and_input_grad(
+            &model,
+            &xs,
+            &Goal::Targeted { targets: &targets },
+        )?;
+        assert_eq!(ta.value.to_vec1::<f32>()?, [-1.25]);
+        assert_eq!(ta.grad.to_vec2::<f32>()?, [[-1.0, 1.0, -2.5]]);
+        // The f64 bookkeeping values agree with the autograd ones.
+        let rows = un.logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        assert_eq!(AttackLoss::Margin.values(&rows, &[0], false), [1.75]);
+        assert_eq!(AttackLoss::Margin.values(&rows, &[1], true), [-1.25]);
+        Ok(())
+    }
+
+    #[test]
+    fn margin_gradient_matches_finite_differences() -> Result<()> {
+        // The Maxout MLP is piecewise linear, so central differences with a step far below the
+        // distance to the next kink are exact up to f32 rounding of the logits (~1e-7 / h).
+        let model = small_maxout()?;
+        let (xs, labels) = inputs(4, 3)?;
+        let targets = next_class(&labels)?;
+        let h = 1e-3f32;
+        for goal in [
+            Goal::Untargeted { labels: &labels },
+            Goal::Targeted { targets: &targets },
+        ] {
+            let res = AttackLoss::Margin.value_and_input_grad(model.as_ref(), &xs, &goal)?;
+            let grad = res.grad.flatten_from(1)?.to_vec2::<f32>()?;
+            let flat = xs.flatten_from(1)?.to_vec2::<f32>()?;
+            let ids = goal.labels().to_vec1::<u32>()?;
+            let targeted = matches!(goal, Goal::Targeted { .. });
+            let value_at = |row: &[f32], i: usize| -> Result<f64> {
+                let x = Tensor::new(row, &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+                let logits = model
+                    .forward(&x, Mode::Eval)?
+                    .to_dtype(DType::F64)?
+                    .to_vec2::<f64>()?;
+                Ok(AttackLoss::Margin.values(&logits, &ids[i..=i], targeted)[0])
+            };
+            for (i, row) in flat.iter().enumerate() {
+                for j in 0..row.len() {
+                    let (mut up, mut down) = (row.clone(), row.clone());
+                    up[j] += h;
+                    down[j] -= h;
+                    let fd = (value_at(&up, i)? - value_at(&down, i)?) / (2.0 * h as f64);
+                    let g = grad[i][j] as f64;
+                    assert!(
+                        (fd - g).abs() <= 2e-3 * g.abs().max(1.0),
+                        "{goal:?} example {i} pixel {j}: autograd {g}, finite difference {fd}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn cross_entropy_values_match_the_model_loss_and_success_is_the_margin_sign() -> Result<()> {
+        let model = small_maxout()?;
+        let (xs, labels) = inputs(6, 4)?;
+        let goal = Goal::Untargeted { labels: &labels };
+        let res = AttackLoss::CrossEntropy.value_and_input_grad(model.as_ref(), &xs, &goal)?;
+        let rows = res.logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let ids = labels.to_vec1::<u32>()?;
+        let ce = AttackLoss::CrossEntropy.values(&rows, &ids, false);
+        for (a, b) in ce.iter().zip(res.value.to_vec1::<f32>()?) {
+            assert!((a - b as f64).abs() < 1e-5, "{a} vs {b}");
+        }
+        let margin = AttackLoss::Margin.values(&rows, &ids, false);
+        for ((row, &y), m) in rows.iter().zip(&ids).zip(margin) {
+            assert_eq!(succeeded(row, y, false), m > 0.0, "{row:?} label {y}");
+        }
+        let short = labels.narrow(0, 0, 2)?;
+        let err = AttackLoss::Margin
+            .value_and_input_grad(model.as_ref(), &xs, &Goal::Untargeted { labels: &short })
+            .expect_err("label count mismatch")
+            .to_string();
+        assert!(err.contains("expected one label per example (6), got 2"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! Small models and inputs shared by the unit tests.
+
+use candle_core::{DType, Device, Result, Tensor};
+use gauntlet_models::{build, Arch, Classifier, MaxoutMlpSpec, MlpSpec, Mode, ModelSpec, Params};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `logits = W x` with fixed weights `W`, `[n_classes, input_dim]`, and no parameters.
+pub struct LinearModel {
+    weight: Tensor,
+    spec: ModelSpec,
+    params: Params,
+}
+
+impl LinearModel {
+    pub fn new<const N: usize>(weight: &[[f32; N]]) -> Result<Self> {
+        // A hidden-layer-free MLP spec describes the same function.
+        let arch = Arch::Mlp(MlpSpec {
+            hidden: vec![],
+            ..MlpSpec::default()
+        });
+        Ok(Self {
+            weight: Tensor::from_vec(weight.concat(), (weight.len(), N), &Device::Cpu)?,
+            spec: ModelSpec::new(arch, [1, 1, N], weight.len()),
+            params: Params::default(),
+        })
+    }
+}
+
+impl Classifier for LinearModel {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn forward(&self, xs: &Tensor, _mode: Mode) -> Result<Tensor> {
+        xs.flatten_from(1)?.matmul(&self.weight.t()?)
+    }
+
+    fn params(&self) -> &Params {
+        &self.params
+    }
+}
+
+/// A Maxout MLP on 4×4 grey images in 3 classes, 8 units × 3 pieces, with weights large
+/// enough (U(−0.5, 0.5)) that its loss visibly depends on the input.
+pub fn small_maxout() -> Result<Box<dyn Classifier>> {
+    let arch = Arch::MaxoutMlp(MaxoutMlpSpec {
+        units: vec![8],
+        pieces: 3,
+        init_range: 0.5,
+        ..MaxoutMlpSpec::default()
+    });
+    build(&ModelSpec::new(arch, [1, 4, 4], 3), 1, &Device::Cpu)
+}
+
+/// `n` images `[n, 1, 4, 4]` from U(0.2, 0.8) and labels `i mod 3`.
+pub fn inputs(n: usize, seed: u64) -> Result<(Tensor, Tensor)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let pixels: Vec<f32> = (0..n * 16).map(|_| rng.random_range(0.2..0.8)).collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+    Ok((
+        Tensor::from_vec(pixels, (n, 1, 4, 4), &Device::Cpu)?,
+        Tensor::from_vec(labels, n, &Device::Cpu)?.to_dtype(DType::U32)?,
+    ))
+}
+
+/// Targets `label + 1 mod 3`, for the 3-class test models.
+pub fn next_class(labels: &Tensor) -> Result<Tensor> {
+    let ids: Vec<u32> = labels
+        .to_vec1::<u32>()?
+        .iter()
+        .map(|y| (y + 1) % 3)
+        .collect();
+    Tensor::from_vec(ids, labels.dims1()?, labels.device())
+}
+
+/// A model with its logits multiplied by `scale`: with a large scale the softmax is one-hot in
+/// f32, so the cross-entropy input gradient is exactly zero (a masked gradient) while the
+/// decision, and hence the true robustness, is that of the inner model.
+pub struct Saturated {
+    inner: Box<dyn Classifier>,
+    scale: f64,
+}
+
+impl Saturated {
+    pub fn new(inner: Box<dyn Classifier>, scale: f64) -> Self {
+        Self { inner, scale }
+    }
+}
+
+impl Classifier for Saturated {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.inner.forward(xs, mode)?.affine(self.scale, 0.0)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+}

@@ -1,0 +1,88 @@
+//! The command-line tool end to end, on small slices of the embedded MNIST.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gauntlet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn train_then_eval_attack_and_noise_write_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // A small Maxout MLP with a wider init, which leaves the initial plateau within a few
+    // hundred steps (pylearn2's U(±0.005) needs a few thousand).
+    let config = dir.path().join("small.toml");
+    std::fs::write(
+        &config,
+        "name = \"small\"\nseed = 3\n[data]\ndataset = \"mnist\"\n\
+         [model]\narch = { kind = \"maxout-mlp\", units = [64, 64], pieces = 3, init-range = 0.05 }\n\
+         [train]\nbatch-size = 50\noptimizer = { kind = \"sgd\", lr = 0.1, final-momentum = 0.7, momentum-saturate = 3 }\n",
+    )
+    .unwrap();
+    let res = gauntlet(&[
+        "train", "--config", config.to_str().unwrap(), "--epochs", "4", "--train-limit", "2000",
+        "--valid-size", "1000", "--test-limit", "500", "--out", out,
+    ]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    for file in ["model.safetensors", "model.json", "training.csv", "training.json", "summary.json"] {
+        assert!(dir.path().join(file).is_file(), "{file} missing");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["test_n"], 500);
+    let test_error = summary["test_error"].as_f64().unwrap();
+    assert!(test_error < 0.3, "test error {test_error} after 4 epochs on 2000 images");
+    let csv = std::fs::read_to_string(dir.path().join("training.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "a header and one row per epoch:\n{csv}");
+
+    let model = dir.path().join("model.safetensors");
+    let model = model.to_str().unwrap();
+    let res = gauntlet(&["eval", "--model", model, "--test-limit", "500"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let reported = format!("error {:.2}%", 100.0 * test_error);
+    assert!(stdout.contains(&reported), "eval must agree with training's summary ({reported}): {stdout}");
+
+    let res = gauntlet(&["attack", "--model", model, "--test-limit", "200", "--norm", "inf", "--eps", "0,0.1,0.3"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let records: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("attack-fast-gradient-linf.json")).unwrap()).unwrap();
+    let acc: Vec<f64> = records.as_array().unwrap().iter().map(|r| r["adversarial_accuracy"].as_f64().unwrap()).collect();
+    assert_eq!(acc.len(), 3);
+    assert!(acc[2] < acc[0], "FGSM at 0.3 must hurt: {acc:?}");
+    assert!(records[2]["max_perturbation"].as_f64().unwrap() <= 0.3 + 1e-6);
+
+    let res = gauntlet(&["noise", "--model", model, "--test-limit", "200", "--sigma", "0.1,0.5"]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(dir.path().join("noise.csv").is_file());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_not_a_panic() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--config", "no/such/file.toml"], "no/such/file.toml"),
+        (&["train", "--arch", "resnet"], "unknown --arch `resnet`"),
+        (&["train", "--dataset", "imagenet"], "unknown data set `imagenet`"),
+        (&["train", "--epochs", "0"], "epochs"),
+        (&["train", "--device", "tpu", "--epochs", "1", "--train-limit", "10"], "unknown device `tpu`"),
+        (&["eval", "--model", "no/such/model.safetensors"], "no/such/model.safetensors"),
+        (&["attack", "--model", "x.safetensors", "--eps", "-1"], "--eps"),
+        (&["attack", "--model", "x.safetensors", "--eps", "0.1", "--norm", "0.5"], "--norm"),
+    ];
+    for (args, expected) in cases {
+        let res = gauntlet(args);
+        let err = stderr(&res);
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: expected `{expected}` in: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
