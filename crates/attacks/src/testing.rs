@@ -101,3 +101,39 @@ impl Classifier for Saturated {
         self.inner.params()
     }
 }
+
+/// A model whose logits are shifted so that they are all zero at the grey image (every pixel
+/// 0.5): its classes then split the input box between them instead of one class winning
+/// everywhere, as with the raw randomly initialised [`small_maxout`].
+pub struct Centered {
+    inner: Box<dyn Classifier>,
+    offset: Tensor,
+}
+
+impl Centered {
+    pub fn new(inner: Box<dyn Classifier>) -> Result<Self> {
+        let [c, h, w] = inner.spec().input;
+        let grey = Tensor::full(0.5f32, (1, c, h, w), &Device::Cpu)?;
+        let offset = inner.forward(&grey, Mode::Eval)?.detach();
+        Ok(Self { inner, offset })
+    }
+}
+
+impl Classifier for Centered {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.inner.forward(xs, mode)?.broadcast_sub(&self.offset)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+}
+
+/// [`small_maxout`], [`Centered`]: a small nonlinear model with all three classes in use.
+pub fn balanced_maxout() -> Result<Box<dyn Classifier>> {
+    Ok(Box::new(Centered::new(small_maxout()?)?))
+}

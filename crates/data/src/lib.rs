@@ -11,6 +11,8 @@
 mod batch;
 mod cifar10;
 mod error;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod idx;
 mod splits;
 

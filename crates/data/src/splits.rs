@@ -118,6 +118,11 @@ pub fn load(config: &DataConfig) -> Result<Splits> {
         .clone()
         .unwrap_or_else(|| default_data_dir(config.dataset));
     if !dir.is_dir() {
+        #[cfg(feature = "hub")]
+        if config.dir.is_none() {
+            let (train, test) = crate::hub::fetch(config.dataset)?;
+            return split(config, &dir, train, test);
+        }
         return Err(Error::Missing {
             dataset: config.dataset.to_string(),
             dir: dir.clone(),
@@ -132,6 +137,12 @@ pub fn load(config: &DataConfig) -> Result<Splits> {
         ),
         DatasetName::Cifar10 => (cifar10::load_cifar10(&dir, true)?, cifar10::load_cifar10(&dir, false)?),
     };
+    split(config, &dir, full_train, test)
+}
+
+/// Holds out the validation split and applies the limits.
+fn split(config: &DataConfig, dir: &Path, full_train: Dataset, test: Dataset) -> Result<Splits> {
+    let name = config.dataset.as_str();
     let n = full_train.len();
     let valid_size = config
         .valid_size

@@ -28,10 +28,10 @@ pub fn pooled_len(n: usize, pool: usize, stride: usize) -> usize {
 /// `stride < pool`), output size [`pooled_len`] per side; windows that run past the bottom or
 /// right edge take the max of the positions they cover.
 ///
-/// The arg-max of every window is found on the host and the maxima are `gather`ed, so the
-/// gradient goes exactly to each window's arg-max (the first one on ties) through `gather`'s
-/// backward (`scatter_add`), which is itself differentiable for double backprop. It is several
-/// times faster than maxima of shifted views.
+/// The arg-max of every window is found on the host and the maxima are picked with
+/// `index_select`, so the gradient goes exactly to each window's arg-max (the first one on
+/// ties) through `index_select`'s backward (`index_add`), which is itself differentiable for
+/// double backprop. (`gather` is not used: candle 0.11.1's `scatter_add` backward fails on it.)
 ///
 /// # Shapes
 /// - `xs`: `(batch, channels, height, width)`, f32 or f64; returns
@@ -41,6 +41,9 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
         bail!("max pool: expected 0 < stride <= pool, got pool {pool} stride {stride}")
     }
     let (batch, channels, h, w) = xs.dims4()?;
+    if xs.elem_count() > u32::MAX as usize {
+        bail!("max pool: expected at most 2^32 values, got {}", xs.elem_count())
+    }
     if pool == 1 {
         return Ok(xs.clone());
     }
@@ -51,11 +54,8 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
         DType::F64 => geometry.argmax(&xs.flatten_all()?.to_vec1::<f64>()?),
         other => bail!("max pool: expected f32 or f64, got {other:?}"),
     };
-    let index = Tensor::from_vec(index, (batch * channels, oh * ow), xs.device())?;
-    // The reshape gives `gather` an input of its own: candle's `scatter_add` backward masks its
-    // `init`, which would be wrong for a second-order gradient if other gradients had already
-    // been accumulated there.
-    xs.reshape((batch * channels, h * w))?.gather(&index, 1)?.reshape((batch, channels, oh, ow))
+    let index = Tensor::from_vec(index, batch * channels * oh * ow, xs.device())?;
+    xs.flatten_all()?.index_select(&index, 0)?.reshape((batch, channels, oh, ow))
 }
 
 /// Pooling windows over one `h × w` plane.
@@ -69,11 +69,11 @@ struct Windows {
 }
 
 impl Windows {
-    /// For every plane of `values` and every window, the flat in-plane index of its maximum.
+    /// For every plane of `values` and every window, the flat index of its maximum.
     fn argmax<T: PartialOrd + Copy>(&self, values: &[T]) -> Vec<u32> {
         let Windows { h, w, pool, stride, oh, ow } = *self;
         let mut index = Vec::with_capacity(values.len() / (h * w) * oh * ow);
-        for plane in values.chunks_exact(h * w) {
+        for (p, plane) in values.chunks_exact(h * w).enumerate() {
             for i in 0..oh {
                 let rows = i * stride..(i * stride + pool).min(h);
                 for j in 0..ow {
@@ -86,7 +86,7 @@ impl Windows {
                             }
                         }
                     }
-                    index.push(best as u32);
+                    index.push((p * h * w + best) as u32);
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use gauntlet_models::layers::{linear, maxout};
-use gauntlet_models::{build, per_example_cross_entropy, Arch, Classifier, Mode, ModelSpec};
+use gauntlet_models::{build, per_example_cross_entropy, Arch, Mode, ModelSpec};
 
 /// Max relative error between autograd and central differences of `f` at every entry of `vars`.
 fn check_gradients(vars: &[Var], f: impl Fn() -> Result<Tensor>) -> Result<f64> {

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use gauntlet_attacks::Norm;
-use gauntlet_models::{build, Activation, Arch, Classifier, MlpSpec, ModelSpec};
+use gauntlet_models::{build, Activation, Arch, MlpSpec, ModelSpec};
 use gauntlet_train::{double_backprop_works, Regularizer};
 
 #[test]
