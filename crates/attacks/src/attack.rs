@@ -169,12 +169,15 @@ impl TargetSelection {
 pub(crate) fn arg_max(row: &[f64]) -> usize {
     row.iter()
         .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(a, m), (i, &z)| {
-            if z > m {
-                (i, z)
-            } else {
-                (a, m)
-            }
-        })
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |(a, m), (i, &z)| {
+                if z > m {
+                    (i, z)
+                } else {
+                    (a, m)
+                }
+            },
+        )
         .0
 }

@@ -73,8 +73,14 @@ mod tests {
             out.to_vec3::<f32>()?,
             [[[0.3, 0.4]], [[3., 4.]], [[0.1, 0.2]]]
         );
-        assert_eq!(replace_rows(&base, &[], &src)?.to_vec3::<f32>()?, base.to_vec3::<f32>()?);
-        assert_eq!(select_rows(&base, &[0, 1, 2])?.to_vec3::<f32>()?, base.to_vec3::<f32>()?);
+        assert_eq!(
+            replace_rows(&base, &[], &src)?.to_vec3::<f32>()?,
+            base.to_vec3::<f32>()?
+        );
+        assert_eq!(
+            select_rows(&base, &[0, 1, 2])?.to_vec3::<f32>()?,
+            base.to_vec3::<f32>()?
+        );
         Ok(())
     }
 }

@@ -253,7 +253,11 @@ fn evaluate(
         let logits = model.forward(&images.narrow(0, start, len)?, Mode::Eval)?;
         clean_pred.extend(predictions(&logits)?.iter().map(|&(pred, _)| pred));
     }
-    let clean_ok: Vec<bool> = clean_pred.iter().zip(&label_ids).map(|(p, y)| p == y).collect();
+    let clean_ok: Vec<bool> = clean_pred
+        .iter()
+        .zip(&label_ids)
+        .map(|(p, y)| p == y)
+        .collect();
     let clean_correct = clean_ok.iter().filter(|&&ok| ok).count();
 
     let mut records = Vec::with_capacity(eps_list.len());
@@ -654,9 +658,10 @@ mod tests {
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
         for (b, r) in back.iter().zip(&records) {
             assert_eq!(
-                (&b.attack, b.norm, b.n, b.clean_correct),
-                (&r.attack, r.norm, r.n, r.clean_correct)
+                (&b.attack, b.kind, b.norm, b.n, b.clean_correct),
+                (&r.attack, r.kind, r.norm, r.n, r.clean_correct)
             );
+            assert!(close(b.mean_l2, r.mean_l2) && close(b.max_l1, r.max_l1));
             assert_eq!(
                 (b.adversarial_correct, b.mistakes),
                 (r.adversarial_correct, r.mistakes)
@@ -669,6 +674,153 @@ mod tests {
             );
         }
         assert_eq!(back.len(), records.len());
+        Ok(())
+    }
+
+    #[test]
+    fn records_measure_the_perturbation_in_every_norm() -> Result<()> {
+        // Every example moves along ±(−1, 1) without reaching the box edge: FGSM by ε per
+        // pixel (L∞ ε, L2 ε√2, L1 2ε), the L2 method by ε/√2 per pixel (L∞ ε/√2, L1 ε√2).
+        let (model, images, labels) = model_and_data()?;
+        let eps = 0.05;
+        let root2 = 2f64.sqrt();
+        for (attack, linf, l2, l1) in [
+            (FastGradient::fgsm(), eps, eps * root2, 2.0 * eps),
+            (FastGradient::new(Norm::L2), eps / root2, eps, eps * root2),
+        ] {
+            let r = &evaluate_attack(&model, &attack, &images, &labels, &[eps], 5)?[0];
+            for (name, mean, max, want) in [
+                ("linf", r.mean_linf, r.max_linf, linf),
+                ("l2", r.mean_l2, r.max_l2, l2),
+                ("l1", r.mean_l1, r.max_l1, l1),
+            ] {
+                assert!(
+                    (mean - want).abs() < 1e-6 && (max - want).abs() < 1e-6,
+                    "{} {name}: mean {mean} max {max}, want {want}",
+                    r.attack
+                );
+            }
+            assert_eq!(r.kind, AttackKind::SingleStep);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn detailed_outcomes_agree_with_the_records() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let eps_list = [0.05, 0.15];
+        let (records, outcomes) = evaluate_attack_detailed(
+            &model,
+            &FastGradient::fgsm(),
+            &images,
+            &labels,
+            &eps_list,
+            2,
+        )?;
+        assert_eq!(records, {
+            // Wall time aside, the records are those of evaluate_attack.
+            let mut plain = evaluate_attack(
+                &model,
+                &FastGradient::fgsm(),
+                &images,
+                &labels,
+                &eps_list,
+                2,
+            )?;
+            for (p, r) in plain.iter_mut().zip(&records) {
+                p.seconds = r.seconds;
+            }
+            plain
+        });
+        assert_eq!(outcomes.len(), 10);
+        for (r, chunk) in records.iter().zip(outcomes.chunks(5)) {
+            let indices: Vec<usize> = chunk.iter().map(|o| o.index).collect();
+            assert_eq!(indices, [0, 1, 2, 3, 4]);
+            assert!(chunk.iter().all(|o| o.eps == r.eps));
+            let robust = chunk.iter().filter(|o| o.robust).count();
+            assert_eq!(robust, r.adversarial_correct);
+            let wrong = chunk.iter().filter(|o| o.adv_pred != o.label).count();
+            assert_eq!(wrong, r.mistakes);
+            // Example 3 is misclassified clean (class 1 for label 0) and never robust.
+            assert_eq!(
+                (chunk[3].label, chunk[3].clean_pred, chunk[3].robust),
+                (0, 1, false)
+            );
+            for o in chunk {
+                assert!(
+                    (o.linf - r.eps).abs() < 1e-6 && o.perturbation == o.linf,
+                    "{o:?}"
+                );
+                assert!((o.l1 - 2.0 * r.eps).abs() < 1e-6, "{o:?}");
+            }
+        }
+        // ε 0.05 breaks nobody, ε 0.15 examples 0 and 2 (margin 0.2 each).
+        let broken: Vec<usize> = outcomes[5..]
+            .iter()
+            .filter(|o| o.clean_pred == o.label && !o.robust)
+            .map(|o| o.index)
+            .collect();
+        assert_eq!(broken, [0, 2]);
+        let text = serde_json::to_string(&outcomes[5]).unwrap();
+        let back: ExampleOutcome = serde_json::from_str(&text).unwrap();
+        assert_eq!((back.index, back.adv_pred, back.robust), (0, 1, false));
+        Ok(())
+    }
+
+    #[test]
+    fn ensemble_is_the_per_example_worst_case() -> Result<()> {
+        use crate::testing::{balanced_maxout, inputs};
+        use crate::{AttackLoss, Pgd};
+        let model = balanced_maxout()?;
+        let (images, _) = inputs(60, 11)?;
+        let labels = model.forward(&images, Mode::Eval)?.argmax(1)?;
+        // Deterministic members (no random start), so each example's outcome under a member
+        // does not depend on which other examples share its batch.
+        let fgsm = FastGradient::fgsm();
+        let pgd = Pgd {
+            steps: 5,
+            random_start: false,
+            loss: AttackLoss::Margin,
+            ..Pgd::new(Norm::Linf)
+        };
+        let eps_list = [0.02, 0.05];
+        let robust_of = |attack: &dyn Attack| -> Result<Vec<bool>> {
+            let (_, outcomes) =
+                evaluate_attack_detailed(model.as_ref(), attack, &images, &labels, &eps_list, 25)?;
+            Ok(outcomes.iter().map(|o| o.robust).collect())
+        };
+        let (a, b) = (robust_of(&fgsm)?, robust_of(&pgd)?);
+        let members: [&dyn Attack; 2] = [&fgsm, &pgd];
+        let records = evaluate_ensemble(model.as_ref(), &members, &images, &labels, &eps_list, 25)?;
+        for (k, r) in records.iter().enumerate() {
+            let both = (0..60).filter(|&i| a[k * 60 + i] && b[k * 60 + i]).count();
+            assert_eq!(r.adversarial_correct, both, "eps {}", r.eps);
+            assert_eq!(
+                (r.attack.as_str(), r.kind, r.norm),
+                (
+                    "ensemble(fast-gradient-linf+pgd-margin-linf)",
+                    AttackKind::Ensemble,
+                    Norm::Linf
+                )
+            );
+            assert!(r.max_perturbation <= r.eps + 1e-6);
+        }
+        // Each member alone is at least as accurate, and the sweep is not trivial.
+        let only_a = a[60..].iter().filter(|&&x| x).count();
+        let only_b = b[60..].iter().filter(|&&x| x).count();
+        assert!(records[1].adversarial_correct <= only_a.min(only_b));
+        assert!(records[1].adversarial_correct < records[0].adversarial_correct);
+
+        let err = |attacks: &[&dyn Attack]| {
+            evaluate_ensemble(model.as_ref(), attacks, &images, &labels, &eps_list, 25)
+                .expect_err("invalid ensemble")
+                .to_string()
+        };
+        assert!(err(&[]).contains("expected at least one attack, got none"));
+        let l2 = FastGradient::new(Norm::L2);
+        assert!(err(&[&fgsm, &l2]).contains(
+            "expected attacks sharing one norm, got fast-gradient-linf (linf) and fast-gradient-l2 (l2)"
+        ));
         Ok(())
     }
 }

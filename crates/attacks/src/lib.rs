@@ -43,6 +43,7 @@ mod pgd;
 mod stats;
 #[cfg(test)]
 mod testing;
+mod transfer;
 
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use eval::{
@@ -56,3 +57,6 @@ pub use noise::RandomNoise;
 pub use norm::Norm;
 pub use pgd::{Pgd, StepSize};
 pub use stats::wilson_interval;
+pub use transfer::{
+    craft, predict, score_transfer, transfer_matrix, EnsembleModel, TransferRecord,
+};

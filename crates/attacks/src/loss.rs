@@ -281,7 +281,10 @@ mod tests {
             .value_and_input_grad(model.as_ref(), &xs, &Goal::Untargeted { labels: &short })
             .expect_err("label count mismatch")
             .to_string();
-        assert!(err.contains("expected one label per example (6), got 2"), "{err}");
+        assert!(
+            err.contains("expected one label per example (6), got 2"),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -58,7 +58,7 @@ pub struct MaskingFlag {
 
 /// Thresholds of [`masking_checks`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MaskingRules {
     /// Values per example (`channels · height · width`), which fixes [`unbounded_eps`].
     pub input_dim: usize,
@@ -154,7 +154,10 @@ pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<Mas
         }
     }
     for iterative in groups.iter().filter(|g| g[0].kind == AttackKind::Iterative) {
-        for single in groups.iter().filter(|g| g[0].kind == AttackKind::SingleStep) {
+        for single in groups
+            .iter()
+            .filter(|g| g[0].kind == AttackKind::SingleStep)
+        {
             if let Some(flag) = compare(
                 MaskingCheck::IterativeBeatsSingleStep,
                 iterative,
@@ -362,7 +365,11 @@ mod tests {
         assert_eq!(unbounded_eps(Norm::Linf, 784), 1.0);
         assert_eq!(unbounded_eps(Norm::L2, 784), 28.0);
         assert_eq!(unbounded_eps(Norm::L1, 784), 784.0);
-        let diagonal = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let diagonal = Tensor::ones(
+            (1, 1, 4, 4),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )?;
         for p in [1.0, 1.5, 2.0, 3.0, f64::INFINITY] {
             let norm = Norm::new(p)?;
             let measured = norm.norm(&diagonal)?.to_vec1::<f32>()?[0] as f64;
@@ -444,13 +451,20 @@ mod tests {
             },
         ];
         let flags = masking_checks(&apart, &rules);
-        assert!(flags.iter().all(|f| f.check == MaskingCheck::MonotoneInEps), "{flags:#?}");
+        assert!(
+            flags.iter().all(|f| f.check == MaskingCheck::MonotoneInEps),
+            "{flags:#?}"
+        );
         let text = serde_json::to_string(&flags[0]).unwrap();
         assert!(text.contains("\"check\":\"monotone-in-eps\""), "{text}");
     }
 
     /// Records of FGSM, PGD (with a large-ε run) and random noise, all L∞.
-    fn evaluate_all(model: &dyn Classifier, xs: &Tensor, labels: &Tensor) -> Result<Vec<AttackRecord>> {
+    fn evaluate_all(
+        model: &dyn Classifier,
+        xs: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Vec<AttackRecord>> {
         let eps = [0.05, 0.1, 0.2];
         let pgd = Pgd {
             steps: 10,
@@ -461,7 +475,14 @@ mod tests {
         let mut with_large = eps.to_vec();
         with_large.push(unbounded_eps(Norm::Linf, 16));
         records.extend(evaluate_attack(model, &pgd, xs, labels, &with_large, 50)?);
-        records.extend(evaluate_attack(model, &RandomNoise::new(Norm::Linf), xs, labels, &eps, 50)?);
+        records.extend(evaluate_attack(
+            model,
+            &RandomNoise::new(Norm::Linf),
+            xs,
+            labels,
+            &eps,
+            50,
+        )?);
         Ok(records)
     }
 
@@ -480,18 +501,19 @@ mod tests {
         // and noise and the large ε give it away.
         let masked = Saturated::new(balanced_maxout()?, 1e4);
         let flags = masking_checks(&evaluate_all(&masked, &xs, &labels)?, &rules);
-        eprintln!("{flags:#?}");
         let fired = failed(&flags);
         assert!(
             fired.contains(&(MaskingCheck::LargeEpsBreaksModel, "pgd-linf")),
             "{flags:#?}"
         );
         assert!(
-            fired.contains(&(MaskingCheck::AttackBeatsNoise, "pgd-linf vs random-noise-linf"))
-                && fired.contains(&(
-                    MaskingCheck::AttackBeatsNoise,
-                    "fast-gradient-linf vs random-noise-linf"
-                )),
+            fired.contains(&(
+                MaskingCheck::AttackBeatsNoise,
+                "pgd-linf vs random-noise-linf"
+            )) && fired.contains(&(
+                MaskingCheck::AttackBeatsNoise,
+                "fast-gradient-linf vs random-noise-linf"
+            )),
             "{flags:#?}"
         );
         Ok(())

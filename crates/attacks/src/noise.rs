@@ -28,7 +28,7 @@ use crate::{Attack, AttackKind, Goal, Norm};
 /// - `seed`: each call draws from a `ChaCha8Rng` seeded with it (0); since the direction does
 ///   not depend on ε, a sweep over ε scales one draw per batch (common random numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RandomNoise {
     pub norm: Norm,
     pub on_sphere: bool,
@@ -114,13 +114,27 @@ mod tests {
             };
             let adv = noise.perturb(model.as_ref(), &xs, &goal, 0.1)?;
             let sizes = noise.norm.norm(&adv.sub(&xs)?)?.to_vec1::<f32>()?;
-            assert!(sizes.iter().all(|s| (s - 0.1).abs() < 1e-6), "p {p}: {sizes:?}");
+            assert!(
+                sizes.iter().all(|s| (s - 0.1).abs() < 1e-6),
+                "p {p}: {sizes:?}"
+            );
             let again = noise.perturb(model.as_ref(), &xs, &goal, 0.1)?;
-            assert_eq!(adv.flatten_all()?.to_vec1::<f32>()?, again.flatten_all()?.to_vec1::<f32>()?);
-            let other = RandomNoise { seed: 1, ..noise }.perturb(model.as_ref(), &xs, &goal, 0.1)?;
-            assert_ne!(adv.flatten_all()?.to_vec1::<f32>()?, other.flatten_all()?.to_vec1::<f32>()?);
+            assert_eq!(
+                adv.flatten_all()?.to_vec1::<f32>()?,
+                again.flatten_all()?.to_vec1::<f32>()?
+            );
+            let other =
+                RandomNoise { seed: 1, ..noise }.perturb(model.as_ref(), &xs, &goal, 0.1)?;
+            assert_ne!(
+                adv.flatten_all()?.to_vec1::<f32>()?,
+                other.flatten_all()?.to_vec1::<f32>()?
+            );
             // Inside the ball, not on its sphere, when asked.
-            let ball = RandomNoise { on_sphere: false, ..noise }.perturb(model.as_ref(), &xs, &goal, 0.1)?;
+            let ball = RandomNoise {
+                on_sphere: false,
+                ..noise
+            }
+            .perturb(model.as_ref(), &xs, &goal, 0.1)?;
             let sizes = noise.norm.norm(&ball.sub(&xs)?)?.to_vec1::<f32>()?;
             assert!(sizes.iter().all(|&s| s <= 0.1 + 1e-6) && sizes.iter().any(|&s| s < 0.099));
         }

@@ -102,7 +102,7 @@ impl StepSize {
 /// `steps = 1`, `step_size = RelativeToEps(1.0)`, no random start and no early stop is the fast
 /// gradient method, bit for bit ([`Pgd::fast_gradient`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Pgd {
     pub norm: Norm,
     pub steps: usize,
@@ -295,8 +295,8 @@ fn take_rows(adv: &Tensor, rows: &[usize], x: &Tensor, from: &[usize]) -> Result
 fn project_with_slack(norm: Norm, delta: &Tensor, eps: f64) -> Result<Tensor> {
     let limit = eps * (1.0 + BALL_SLACK);
     let sizes = norm.norm(delta)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    // `!(s <= limit)` also projects NaN rows, which projection cannot make worse.
-    let outside: Vec<bool> = sizes.iter().map(|&s| !(s <= limit)).collect();
+    // NaN rows are projected too: projection cannot make them worse.
+    let outside: Vec<bool> = sizes.iter().map(|&s| s.is_nan() || s > limit).collect();
     if !outside.contains(&true) {
         return Ok(delta.clone());
     }
@@ -369,7 +369,11 @@ mod tests {
                         adv.min_all()?.to_scalar::<f32>()?,
                         adv.max_all()?.to_scalar::<f32>()?,
                     );
-                    assert!(lo >= 0.0 && hi <= 1.0, "{}: range [{lo}, {hi}]", attack.name());
+                    assert!(
+                        lo >= 0.0 && hi <= 1.0,
+                        "{}: range [{lo}, {hi}]",
+                        attack.name()
+                    );
                 }
             }
         }
@@ -383,7 +387,10 @@ mod tests {
         // Labels i mod 3 leave some examples misclassified at the start.
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1, 2], &Device::Cpu)?;
         let targets = next_class(&labels)?;
-        let clean = model.forward(&xs, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;
+        let clean = model
+            .forward(&xs, Mode::Eval)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
         for p in PS {
             let norm = Norm::new(p)?;
             for goal in [
@@ -394,7 +401,11 @@ mod tests {
                 let want = want.flatten_from(1)?.to_vec2::<f32>()?;
                 let pgd = Pgd::fast_gradient(norm);
                 let got = pgd.perturb(model.as_ref(), &xs, &goal, 0.2)?;
-                assert_eq!(got.flatten_from(1)?.to_vec2::<f32>()?, want, "{norm} {goal:?}");
+                assert_eq!(
+                    got.flatten_from(1)?.to_vec2::<f32>()?,
+                    want,
+                    "{norm} {goal:?}"
+                );
                 assert_eq!(pgd.kind(), AttackKind::SingleStep);
                 // With early stopping, examples already broken at the start stay clean.
                 let stopping = Pgd {
@@ -406,7 +417,8 @@ mod tests {
                 let x0 = xs.flatten_from(1)?.to_vec2::<f32>()?;
                 let ids = goal.labels().to_vec1::<u32>()?;
                 for i in 0..ids.len() {
-                    let broken_at_start = (clean[i] == ids[i]) == matches!(goal, Goal::Targeted { .. });
+                    let broken_at_start =
+                        (clean[i] == ids[i]) == matches!(goal, Goal::Targeted { .. });
                     let expected = if broken_at_start { &x0[i] } else { &want[i] };
                     assert_eq!(&got[i], expected, "{norm} {goal:?} example {i}");
                 }
@@ -457,7 +469,6 @@ mod tests {
                     counts.push(now.iter().filter(|&&r| r).count());
                     last = Some(now);
                 }
-                eprintln!("{norm} {loss:?} {counts:?}");
                 // The sweep must actually move, or the test proves nothing.
                 assert!(
                     counts[0] > *counts.last().unwrap(),
@@ -496,7 +507,6 @@ mod tests {
             assert!(y >= x, "example {i}: {x} -> {y}");
             improved += usize::from(y > x);
         }
-        eprintln!("improved {improved}");
         assert!(improved > 0);
         Ok(())
     }
@@ -505,7 +515,10 @@ mod tests {
     fn targeted_attack_reaches_its_targets_at_large_eps() -> Result<()> {
         let model = balanced_maxout()?;
         let (xs, labels) = data(model.as_ref(), 30, 5)?;
-        for selection in [TargetSelection::Random { seed: 3 }, TargetSelection::LeastLikely] {
+        for selection in [
+            TargetSelection::Random { seed: 3 },
+            TargetSelection::LeastLikely,
+        ] {
             let targets = selection.targets(model.as_ref(), &xs, &labels)?;
             for loss in [AttackLoss::CrossEntropy, AttackLoss::Margin] {
                 let attack = Pgd {
@@ -515,14 +528,19 @@ mod tests {
                 };
                 let goal = Goal::Targeted { targets: &targets };
                 let adv = attack.perturb(model.as_ref(), &xs, &goal, 0.5)?;
-                let preds = model.forward(&adv, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;
+                let preds = model
+                    .forward(&adv, Mode::Eval)?
+                    .argmax(1)?
+                    .to_vec1::<u32>()?;
                 let hits = preds
                     .iter()
                     .zip(targets.to_vec1::<u32>()?)
                     .filter(|(p, t)| **p == *t)
                     .count();
-                eprintln!("{selection:?} {loss:?} {hits}");
-                assert!(hits >= 27, "{selection:?} {loss:?}: {hits}/30 reach the target");
+                assert!(
+                    hits >= 27,
+                    "{selection:?} {loss:?}: {hits}/30 reach the target"
+                );
             }
         }
         Ok(())
@@ -550,7 +568,6 @@ mod tests {
                 .count())
         };
         let (ce_robust, margin_robust) = (count(&ce)?, count(&margin)?);
-        eprintln!("ce {ce_robust} margin {margin_robust}");
         assert!(ce_robust >= 25, "cross-entropy: {ce_robust}/30 robust");
         assert!(margin_robust <= 5, "margin: {margin_robust}/30 robust");
         Ok(())
@@ -579,8 +596,14 @@ mod tests {
         let logits = model.forward(&xs, Mode::Eval)?.to_vec2::<f32>()?;
         for ((row, &t), &y) in logits.iter().zip(&least).zip(&ids) {
             // Labels are the clean predictions, so the other two classes compete.
-            let min = (0..3).filter(|&j| j != y as usize).map(|j| row[j]).fold(f32::INFINITY, f32::min);
-            assert!(t != y && row[t as usize] == min, "{row:?} label {y} target {t}");
+            let min = (0..3)
+                .filter(|&j| j != y as usize)
+                .map(|j| row[j])
+                .fold(f32::INFINITY, f32::min);
+            assert!(
+                t != y && row[t as usize] == min,
+                "{row:?} label {y} target {t}"
+            );
         }
         let bad = Tensor::new(&[7u32], &Device::Cpu)?;
         let err = TargetSelection::LeastLikely
@@ -612,14 +635,22 @@ mod tests {
         assert!(err(negative, 0.1).contains("step size must be finite and >= 0"));
         assert!(err(pgd, f64::INFINITY).contains("eps must be finite"));
         let short = labels.narrow(0, 0, 1)?;
-        let res = pgd.perturb(model.as_ref(), &xs, &Goal::Untargeted { labels: &short }, 0.1);
+        let res = pgd.perturb(
+            model.as_ref(),
+            &xs,
+            &Goal::Untargeted { labels: &short },
+            0.1,
+        );
         assert!(res
             .expect_err("label count")
             .to_string()
             .contains("expected one label per example (2), got 1"));
         // ε = 0 returns the input whatever the start.
         let same = pgd.perturb(model.as_ref(), &xs, &goal, 0.0)?;
-        assert_eq!(same.flatten_all()?.to_vec1::<f32>()?, xs.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            same.flatten_all()?.to_vec1::<f32>()?,
+            xs.flatten_all()?.to_vec1::<f32>()?
+        );
         assert_eq!(
             (pgd.name(), pgd.kind()),
             ("pgd-l2".to_string(), AttackKind::Iterative)

@@ -61,6 +61,27 @@ pub struct AttackArgs {
     /// Do not clip adversarial images to [0, 1].
     #[arg(long)]
     pub no_clip: bool,
+    /// PGD: gradient steps per restart.
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// PGD: random restarts; an example is robust only if every restart failed.
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// PGD: step size (default 2.5·ε/steps).
+    #[arg(long)]
+    pub step_size: Option<f64>,
+    /// PGD: ce (cross-entropy) or margin (Carlini-Wagner).
+    #[arg(long, default_value = "ce")]
+    pub loss: String,
+    /// PGD: start at the clean image instead of a random point of the ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+    /// Seed of random starts and of the noise baseline.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
+    #[arg(long)]
+    pub no_checks: bool,
 }
 
 #[derive(Debug, Args)]

@@ -38,10 +38,13 @@ impl Observer for TrainProgress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let valid = match r.valid_error {
+        let mut valid = match r.valid_error {
             Some(e) => format!(", valid error {:.2}%", 100.0 * e),
             None => String::new(),
         };
+        if let Some(e) = r.valid_adv_error {
+            valid.push_str(&format!(" (adversarial {:.2}%)", 100.0 * e));
+        }
         eprintln!(
             "{} epoch {:>3}: train loss {:.4}, train error {:.2}%{valid}, lr {:.4}, {:.1} s ({:.0} ex/s)",
             self.label,

@@ -61,6 +61,21 @@ fn train_then_eval_attack_and_noise_write_their_files() {
     assert!(acc[2] < acc[0], "FGSM at 0.3 must hurt: {acc:?}");
     assert!(records[2]["max_perturbation"].as_f64().unwrap() <= 0.3 + 1e-6);
 
+    let res = gauntlet(&[
+        "attack", "--model", model, "--test-limit", "200", "--attack", "pgd", "--steps", "10", "--eps", "0.1,0.3",
+    ]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(stdout.contains("gradient-masking checks"), "{stdout}");
+    let read = |name: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap() };
+    let pgd = read("attack-pgd-linf.json");
+    let pgd_acc = pgd[1]["adversarial_accuracy"].as_f64().unwrap();
+    assert!(pgd_acc <= acc[2], "PGD at 0.3 ({pgd_acc}) must be at least as strong as FGSM ({})", acc[2]);
+    let flags = read("attack-pgd-linf-masking.json");
+    assert!(!flags.as_array().unwrap().is_empty(), "masking checks ran");
+    let examples = std::fs::read_to_string(dir.path().join("attack-pgd-linf-examples.csv")).unwrap();
+    assert_eq!(examples.lines().count(), 1 + 2 * 200, "one row per example and eps");
+
     let res = gauntlet(&["noise", "--model", model, "--test-limit", "200", "--sigma", "0.1,0.5"]);
     assert!(res.status.success(), "{}", stderr(&res));
     assert!(dir.path().join("noise.csv").is_file());

@@ -3,8 +3,8 @@
 //!
 //! Candle's `max_pool2d` is not used: its backward is wrong by 1/k² and it requires
 //! kernel == stride (research/candle.md Q5). [`max_pool`] uses cuda-convnet's output size and
-//! truncated edge windows, as pylearn2's `max_pool_c01b` does, and gathers each window's
-//! maximum so that its gradient is exact.
+//! truncated edge windows, as pylearn2's `max_pool_c01b` does, and picks each window's maximum
+//! by index so that its gradient is exact.
 
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -42,20 +42,32 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
     }
     let (batch, channels, h, w) = xs.dims4()?;
     if xs.elem_count() > u32::MAX as usize {
-        bail!("max pool: expected at most 2^32 values, got {}", xs.elem_count())
+        bail!(
+            "max pool: expected at most u32::MAX values, got {}",
+            xs.elem_count()
+        )
     }
     if pool == 1 {
         return Ok(xs.clone());
     }
     let (oh, ow) = (pooled_len(h, pool, stride), pooled_len(w, pool, stride));
-    let geometry = Windows { h, w, pool, stride, oh, ow };
+    let geometry = Windows {
+        h,
+        w,
+        pool,
+        stride,
+        oh,
+        ow,
+    };
     let index = match xs.dtype() {
         DType::F32 => geometry.argmax(&xs.flatten_all()?.to_vec1::<f32>()?),
         DType::F64 => geometry.argmax(&xs.flatten_all()?.to_vec1::<f64>()?),
         other => bail!("max pool: expected f32 or f64, got {other:?}"),
     };
     let index = Tensor::from_vec(index, batch * channels * oh * ow, xs.device())?;
-    xs.flatten_all()?.index_select(&index, 0)?.reshape((batch, channels, oh, ow))
+    xs.flatten_all()?
+        .index_select(&index, 0)?
+        .reshape((batch, channels, oh, ow))
 }
 
 /// Pooling windows over one `h × w` plane.
@@ -71,7 +83,14 @@ struct Windows {
 impl Windows {
     /// For every plane of `values` and every window, the flat index of its maximum.
     fn argmax<T: PartialOrd + Copy>(&self, values: &[T]) -> Vec<u32> {
-        let Windows { h, w, pool, stride, oh, ow } = *self;
+        let Windows {
+            h,
+            w,
+            pool,
+            stride,
+            oh,
+            ow,
+        } = *self;
         let mut index = Vec::with_capacity(values.len() / (h * w) * oh * ow);
         for (p, plane) in values.chunks_exact(h * w).enumerate() {
             for i in 0..oh {
@@ -107,26 +126,39 @@ fn conv_pool_shape(
 ) -> Result<[usize; 3]> {
     if channels == 0 || kernel == 0 || pool == 0 || pool_stride == 0 {
         bail!(
-            "{what}: channels, kernel, pool and pool-stride must be positive, got {channels}, {kernel}, {pool}, {pool_stride}"
+            "{what}: channels, kernel, pool and pool-stride must be positive, \
+             got {channels}, {kernel}, {pool}, {pool_stride}"
         )
     }
     if pool_stride > pool {
-        bail!("{what}: pool-stride must not exceed pool, got pool {pool} and pool-stride {pool_stride}")
+        bail!("{what}: pool-stride must not exceed pool, got {pool_stride} > {pool}")
     }
     let [_, h, w] = input;
     let (ph, pw) = (h + 2 * pad, w + 2 * pad);
     if ph < kernel || pw < kernel {
-        bail!("{what}: expected the padded input ({ph}×{pw}) to be at least the kernel ({kernel}×{kernel})")
+        bail!(
+            "{what}: expected the padded input ({ph}×{pw}) to be at least the kernel \
+             ({kernel}×{kernel})"
+        )
     }
     let (ch, cw) = (ph - kernel + 1, pw - kernel + 1);
-    Ok([channels, pooled_len(ch, pool, pool_stride), pooled_len(cw, pool, pool_stride)])
+    Ok([
+        channels,
+        pooled_len(ch, pool, pool_stride),
+        pooled_len(cw, pool, pool_stride),
+    ])
 }
 
 /// Fails unless `xs` is `(batch, spec.input)`.
 fn check_input(spec: &ModelSpec, xs: &Tensor) -> Result<()> {
     let dims = xs.dims();
     if dims.len() != 4 || dims[1..] != spec.input {
-        bail!("{}: expected input (batch, {:?}), got {:?}", spec.arch.kind(), spec.input, dims)
+        bail!(
+            "{}: expected input (batch, {:?}), got {:?}",
+            spec.arch.kind(),
+            spec.input,
+            dims
+        )
     }
     Ok(())
 }
@@ -134,7 +166,8 @@ fn check_input(spec: &ModelSpec, xs: &Tensor) -> Result<()> {
 /// `xs` convolved with `weight` `[out, in, k, k]` (zero padding `pad`, stride 1) plus one bias
 /// per output channel.
 fn conv(xs: &Tensor, weight: &Tensor, bias: &Tensor, pad: usize) -> Result<Tensor> {
-    xs.conv2d(weight, pad, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)
+    xs.conv2d(weight, pad, 1, 1, 1)?
+        .broadcast_add(&bias.reshape((1, (), 1, 1))?)
 }
 
 /// Dropout `d` in training mode, with the mask of stream `stream`; the identity in eval mode.
@@ -209,11 +242,18 @@ impl Default for ConvMaxoutSpec {
             max_kernel_norm: Some(max_kernel_norm),
         };
         Self {
-            layers: vec![layer(48, 2, 8, 0, 4, 0.9), layer(48, 2, 8, 3, 4, 1.9365), layer(24, 4, 5, 3, 2, 1.9365)],
+            layers: vec![
+                layer(48, 2, 8, 0, 4, 0.9),
+                layer(48, 2, 8, 3, 4, 1.9365),
+                layer(24, 4, 5, 3, 2, 1.9365),
+            ],
             fc: None,
             init_range: 0.005,
             out_max_norm: Some(1.9365),
-            input_dropout: Dropout { include: 0.8, scale: 1.0 },
+            input_dropout: Dropout {
+                include: 0.8,
+                scale: 1.0,
+            },
             hidden_dropout: Dropout::inverted(0.5),
         }
     }
@@ -226,7 +266,11 @@ impl ConvMaxoutSpec {
     /// [`crate::Preprocess::cifar10`] on `[3, 32, 32]` inputs.
     pub fn cifar10() -> Self {
         let mut s = Self::default();
-        let sizes = [(96, 8, 4, 4, 0.9), (192, 8, 3, 4, 1.9365), (192, 5, 3, 2, 1.9365)];
+        let sizes = [
+            (96, 8, 4, 4, 0.9),
+            (192, 8, 3, 4, 1.9365),
+            (192, 5, 3, 2, 1.9365),
+        ];
         s.layers = sizes
             .iter()
             .map(|&(channels, kernel, pad, pool, norm)| ConvMaxoutLayer {
@@ -239,7 +283,11 @@ impl ConvMaxoutSpec {
                 max_kernel_norm: Some(norm),
             })
             .collect();
-        s.fc = Some(ConvMaxoutFc { units: 500, pieces: 5, max_norm: Some(1.9) });
+        s.fc = Some(ConvMaxoutFc {
+            units: 500,
+            pieces: 5,
+            max_norm: Some(1.9),
+        });
         s
     }
 
@@ -253,7 +301,15 @@ impl ConvMaxoutSpec {
             if l.pieces == 0 {
                 bail!("{what}: pieces must be positive, got 0")
             }
-            shape = conv_pool_shape(&what, shape, l.channels, l.kernel, l.pad, l.pool, l.pool_stride)?;
+            shape = conv_pool_shape(
+                &what,
+                shape,
+                l.channels,
+                l.kernel,
+                l.pad,
+                l.pool,
+                l.pool_stride,
+            )?;
             shapes.push(shape);
         }
         Ok(shapes)
@@ -266,16 +322,24 @@ impl ConvMaxoutSpec {
         }
         self.layer_shapes(input)?;
         for (i, l) in self.layers.iter().enumerate() {
-            check_max_norm(l.max_kernel_norm).map_err(|e| candle_core::Error::Msg(format!("conv-maxout layer {i}: {e}")))?;
+            check_max_norm(l.max_kernel_norm)
+                .map_err(|e| candle_core::Error::Msg(format!("conv-maxout layer {i}: {e}")))?;
         }
         if let Some(fc) = &self.fc {
             if fc.units == 0 || fc.pieces == 0 {
-                bail!("conv-maxout fc: units and pieces must be positive, got {} and {}", fc.units, fc.pieces)
+                bail!(
+                    "conv-maxout fc: units and pieces must be positive, got {} and {}",
+                    fc.units,
+                    fc.pieces
+                )
             }
             check_max_norm(fc.max_norm)?;
         }
         if !(self.init_range > 0.0 && self.init_range.is_finite()) {
-            bail!("conv-maxout init-range must be finite and positive, got {}", self.init_range)
+            bail!(
+                "conv-maxout init-range must be finite and positive, got {}",
+                self.init_range
+            )
         }
         check_max_norm(self.out_max_norm)?;
         check_dropout("conv-maxout input-dropout", &self.input_dropout)?;
@@ -340,12 +404,22 @@ impl ConvMaxout {
             None => None,
         };
         let out = pb.scope("out", |pb| {
-            Ok((pb.uniform("weight", (spec.n_classes, fan_in), range)?, pb.constant("bias", spec.n_classes, 0.0)?))
+            Ok((
+                pb.uniform("weight", (spec.n_classes, fan_in), range)?,
+                pb.constant("bias", spec.n_classes, 0.0)?,
+            ))
         })?;
         if let Some(c) = s.out_max_norm {
             max_norms.push(("out.weight".to_string(), c));
         }
-        Ok(Self { spec, convs, fc, out, max_norms, params: pb.finish()? })
+        Ok(Self {
+            spec,
+            convs,
+            fc,
+            out,
+            max_norms,
+            params: pb.finish()?,
+        })
     }
 
     fn arch(spec: &ModelSpec) -> &ConvMaxoutSpec {
@@ -367,13 +441,19 @@ impl Classifier for ConvMaxout {
         let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
         let mut stream = 0;
         for ((w, b), l) in self.convs.iter().zip(&s.layers) {
-            let d = if stream == 0 { s.input_dropout } else { s.hidden_dropout };
+            let d = if stream == 0 {
+                s.input_dropout
+            } else {
+                s.hidden_dropout
+            };
             h = dropout(h, d, mode, stream)?;
             stream += 1;
             let z = conv(&h, w, b, l.pad)?;
             let (batch, _, height, width) = z.dims4()?;
             // Contiguous pieces per channel, as pylearn2's `z[i::num_pieces]` slices.
-            let z = z.reshape((batch, l.channels, l.pieces, height, width))?.max(2)?;
+            let z = z
+                .reshape((batch, l.channels, l.pieces, height, width))?
+                .max(2)?;
             h = max_pool(&z, l.pool, l.pool_stride)?;
         }
         let mut h = h.flatten_from(1)?;
@@ -430,7 +510,13 @@ pub struct CnnSpec {
 
 impl Default for CnnSpec {
     fn default() -> Self {
-        let layer = |channels| CnnLayer { channels, kernel: 5, pad: 0, pool: 2, pool_stride: 2 };
+        let layer = |channels| CnnLayer {
+            channels,
+            kernel: 5,
+            pad: 0,
+            pool: 2,
+            pool_stride: 2,
+        };
         Self {
             layers: vec![layer(32), layer(64)],
             hidden: Vec::new(),
@@ -449,7 +535,15 @@ impl CnnSpec {
         let mut shapes = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
             let what = format!("cnn layer {i}");
-            shape = conv_pool_shape(&what, shape, l.channels, l.kernel, l.pad, l.pool, l.pool_stride)?;
+            shape = conv_pool_shape(
+                &what,
+                shape,
+                l.channels,
+                l.kernel,
+                l.pad,
+                l.pool,
+                l.pool_stride,
+            )?;
             shapes.push(shape);
         }
         Ok(shapes)
@@ -491,7 +585,11 @@ impl Cnn {
             let range = 1.0 / ((in_channels * l.kernel * l.kernel) as f64).sqrt();
             convs.push(pb.scope(&format!("h{i}"), |pb| {
                 Ok((
-                    pb.uniform("weight", (l.channels, in_channels, l.kernel, l.kernel), range)?,
+                    pb.uniform(
+                        "weight",
+                        (l.channels, in_channels, l.kernel, l.kernel),
+                        range,
+                    )?,
                     pb.uniform("bias", l.channels, range)?,
                 ))
             })?);
@@ -499,17 +597,33 @@ impl Cnn {
         }
         let mut fan_in: usize = shapes.last().unwrap_or(&spec.input).iter().product();
         let mut linears = Vec::new();
-        let sizes = s.hidden.iter().copied().chain(std::iter::once(spec.n_classes));
+        let sizes = s
+            .hidden
+            .iter()
+            .copied()
+            .chain(std::iter::once(spec.n_classes));
         for (j, fan_out) in sizes.enumerate() {
             let i = s.layers.len() + j;
-            let name = if j == s.hidden.len() { "out".to_string() } else { format!("h{i}") };
+            let name = if j == s.hidden.len() {
+                "out".to_string()
+            } else {
+                format!("h{i}")
+            };
             let range = 1.0 / (fan_in as f64).sqrt();
             linears.push(pb.scope(&name, |pb| {
-                Ok((pb.uniform("weight", (fan_out, fan_in), range)?, pb.uniform("bias", fan_out, range)?))
+                Ok((
+                    pb.uniform("weight", (fan_out, fan_in), range)?,
+                    pb.uniform("bias", fan_out, range)?,
+                ))
             })?);
             fan_in = fan_out;
         }
-        Ok(Self { spec, convs, linears, params: pb.finish()? })
+        Ok(Self {
+            spec,
+            convs,
+            linears,
+            params: pb.finish()?,
+        })
     }
 
     fn arch(spec: &ModelSpec) -> &CnnSpec {
@@ -531,7 +645,11 @@ impl Classifier for Cnn {
         let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
         let mut stream = 0;
         let mut next_dropout = |h: Tensor| -> Result<Tensor> {
-            let d = if stream == 0 { s.input_dropout } else { s.hidden_dropout };
+            let d = if stream == 0 {
+                s.input_dropout
+            } else {
+                s.hidden_dropout
+            };
             stream += 1;
             dropout(h, d, mode, stream - 1)
         };
@@ -574,9 +692,20 @@ mod tests {
     #[test]
     fn pooled_len_follows_cuda_convnet() {
         // research/paper.md §2.3-2.4: 21→10, 9→4, 6→3, 33→16, 15→7, 9→5.
-        let cases = [(21, 4, 2, 10), (9, 4, 2, 4), (6, 2, 2, 3), (33, 4, 2, 16), (15, 4, 2, 7), (9, 2, 2, 5)];
+        let cases = [
+            (21, 4, 2, 10),
+            (9, 4, 2, 4),
+            (6, 2, 2, 3),
+            (33, 4, 2, 16),
+            (15, 4, 2, 7),
+            (9, 2, 2, 5),
+        ];
         for (n, pool, stride, expected) in cases {
-            assert_eq!(pooled_len(n, pool, stride), expected, "n {n} pool {pool} stride {stride}");
+            assert_eq!(
+                pooled_len(n, pool, stride),
+                expected,
+                "n {n} pool {pool} stride {stride}"
+            );
         }
         assert_eq!(pooled_len(3, 4, 2), 1);
     }
@@ -584,7 +713,9 @@ mod tests {
     #[test]
     fn max_pool_matches_a_direct_loop_with_truncated_windows() -> Result<()> {
         let (h, w) = (7, 6);
-        let values: Vec<f32> = (0..2 * h * w).map(|i| ((i * 37 % 29) as f32) - 14.0).collect();
+        let values: Vec<f32> = (0..2 * h * w)
+            .map(|i| ((i * 37 % 29) as f32) - 14.0)
+            .collect();
         let xs = Tensor::from_vec(values.clone(), (1, 2, h, w), &Device::Cpu)?;
         for (pool, stride) in [(4, 2), (3, 2), (2, 2), (3, 1), (5, 3)] {
             let got = max_pool(&xs, pool, stride)?;

@@ -8,7 +8,8 @@
 //!
 //! Models are built from a serializable [`ModelSpec`] by [`build`], with parameters drawn from
 //! a seeded generator (Candle's CPU random numbers cannot be seeded), and saved or loaded as
-//! safetensors checkpoints ([`checkpoint`]).
+//! safetensors checkpoints ([`checkpoint`]). Input preprocessing (GCN, ZCA) is a fixed first
+//! layer of every model ([`preprocess`]); [`build_fitted`] fits it on the training images.
 //!
 //! ```
 //! # fn main() -> candle_core::Result<()> {
@@ -41,4 +42,6 @@ pub use maxout::MaxoutMlp;
 pub use mlp::Mlp;
 pub use params::{ParamBuilder, Params};
 pub use preprocess::Preprocess;
-pub use spec::{build, build_fitted, build_with, Activation, Arch, MaxoutMlpSpec, MlpSpec, ModelSpec};
+pub use spec::{
+    build, build_fitted, build_with, Activation, Arch, MaxoutMlpSpec, MlpSpec, ModelSpec,
+};

@@ -38,7 +38,12 @@ impl MaxoutMlp {
                 pb.constant("bias", spec.n_classes, 0.0)?,
             ))
         })?;
-        Ok(Self { spec, hidden, out, params: pb.finish()? })
+        Ok(Self {
+            spec,
+            hidden,
+            out,
+            params: pb.finish()?,
+        })
     }
 
     fn arch(spec: &ModelSpec) -> &MaxoutMlpSpec {
@@ -59,13 +64,19 @@ impl Classifier for MaxoutMlp {
         let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
         for (i, (w, b)) in self.hidden.iter().enumerate() {
             if let Mode::Train { seed } = mode {
-                let dropout = if i == 0 { s.input_dropout } else { s.hidden_dropout };
+                let dropout = if i == 0 {
+                    s.input_dropout
+                } else {
+                    s.hidden_dropout
+                };
                 h = dropout.apply(&h, derive_seed(seed, i as u64))?;
             }
             h = maxout(&linear(&h, w, b)?, s.pieces)?;
         }
         if let Mode::Train { seed } = mode {
-            h = s.hidden_dropout.apply(&h, derive_seed(seed, self.hidden.len() as u64))?;
+            h = s
+                .hidden_dropout
+                .apply(&h, derive_seed(seed, self.hidden.len() as u64))?;
         }
         linear(&h, &self.out.0, &self.out.1)
     }

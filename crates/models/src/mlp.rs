@@ -20,16 +20,31 @@ impl Mlp {
         let s = Self::arch(&spec).clone();
         let mut fan_in = spec.input_dim();
         let mut layers = Vec::new();
-        let sizes = s.hidden.iter().copied().chain(std::iter::once(spec.n_classes));
+        let sizes = s
+            .hidden
+            .iter()
+            .copied()
+            .chain(std::iter::once(spec.n_classes));
         for (i, fan_out) in sizes.enumerate() {
-            let name = if i == s.hidden.len() { "out".to_string() } else { format!("h{i}") };
+            let name = if i == s.hidden.len() {
+                "out".to_string()
+            } else {
+                format!("h{i}")
+            };
             let range = 1.0 / (fan_in as f64).sqrt();
             layers.push(pb.scope(&name, |pb| {
-                Ok((pb.uniform("weight", (fan_out, fan_in), range)?, pb.uniform("bias", fan_out, range)?))
+                Ok((
+                    pb.uniform("weight", (fan_out, fan_in), range)?,
+                    pb.uniform("bias", fan_out, range)?,
+                ))
             })?);
             fan_in = fan_out;
         }
-        Ok(Self { spec, layers, params: pb.finish()? })
+        Ok(Self {
+            spec,
+            layers,
+            params: pb.finish()?,
+        })
     }
 
     fn arch(spec: &ModelSpec) -> &MlpSpec {
@@ -51,7 +66,11 @@ impl Classifier for Mlp {
         let last = self.layers.len() - 1;
         for (i, (w, b)) in self.layers.iter().enumerate() {
             if let Mode::Train { seed } = mode {
-                let dropout = if i == 0 { s.input_dropout } else { s.hidden_dropout };
+                let dropout = if i == 0 {
+                    s.input_dropout
+                } else {
+                    s.hidden_dropout
+                };
                 h = dropout.apply(&h, derive_seed(seed, i as u64))?;
             }
             h = linear(&h, w, b)?;

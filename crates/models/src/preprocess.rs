@@ -58,7 +58,10 @@ fn default_filter_bias() -> f64 {
 impl Preprocess {
     /// pylearn2's CIFAR-10 preprocessing: GCN with scale 55, then ZCA with filter bias 0.1.
     pub fn cifar10() -> Self {
-        Preprocess::GcnZca { scale: CIFAR10_GCN_SCALE, filter_bias: CIFAR10_FILTER_BIAS }
+        Preprocess::GcnZca {
+            scale: CIFAR10_GCN_SCALE,
+            filter_bias: CIFAR10_FILTER_BIAS,
+        }
     }
 
     /// Whether building the model needs training images ([`crate::build_fitted`]).
@@ -110,7 +113,9 @@ pub fn gcn(xs: &Tensor, scale: f64) -> Result<Tensor> {
     // backward would be 0/0.
     let divisor_sq = (centred.sqr()?.sum_keepdim(D::Minus1)? / (scale * scale))?;
     let skip = divisor_sq.lt(1e-16)?;
-    let divisor = skip.where_cond(&divisor_sq.ones_like()?, &divisor_sq)?.sqrt()?;
+    let divisor = skip
+        .where_cond(&divisor_sq.ones_like()?, &divisor_sq)?
+        .sqrt()?;
     centred.broadcast_div(&divisor)
 }
 
@@ -131,43 +136,68 @@ pub struct Zca {
 /// - `xs`: `(n, features)`, any float dtype
 pub fn fit_zca(xs: &Tensor, filter_bias: f64) -> Result<Zca> {
     let (n, d) = xs.dims2()?;
+    fit_zca_chunked(n, d, xs.device(), filter_bias, |start, len| {
+        xs.narrow(0, start, len)?.to_dtype(DType::F64)
+    })
+}
+
+/// [`fit_zca`] on `n` rows of `d` features that `rows(start, len)` computes in f64 on demand,
+/// so that no f64 copy of the whole set is held (CIFAR-10 is 50000 × 3072).
+fn fit_zca_chunked(
+    n: usize,
+    d: usize,
+    device: &Device,
+    filter_bias: f64,
+    rows: impl Fn(usize, usize) -> Result<Tensor>,
+) -> Result<Zca> {
     if n == 0 {
         bail!("zca: expected at least one training row, got 0")
     }
-    // Chunks keep the f64 copies small (CIFAR-10 is 50000 × 3072).
     const CHUNK: usize = 4096;
-    let chunks = || (0..n).step_by(CHUNK).map(move |start| (start, CHUNK.min(n - start)));
-    let mut sum = Tensor::zeros(d, DType::F64, xs.device())?;
+    let chunks = || {
+        (0..n)
+            .step_by(CHUNK)
+            .map(move |start| (start, CHUNK.min(n - start)))
+    };
+    let mut sum = Tensor::zeros(d, DType::F64, device)?;
     for (start, len) in chunks() {
-        sum = (sum + xs.narrow(0, start, len)?.to_dtype(DType::F64)?.sum(0)?)?;
+        sum = (sum + rows(start, len)?.sum(0)?)?;
     }
     let mean = (sum / n as f64)?;
-    let mut cov = Tensor::zeros((d, d), DType::F64, xs.device())?;
+    let mut cov = Tensor::zeros((d, d), DType::F64, device)?;
     for (start, len) in chunks() {
-        let c = xs.narrow(0, start, len)?.to_dtype(DType::F64)?.broadcast_sub(&mean)?;
+        let c = rows(start, len)?.broadcast_sub(&mean)?;
         cov = (cov + c.t()?.matmul(&c)?)?;
     }
     let cov = (cov / n as f64)?.to_device(&Device::Cpu)?;
     let cov = cov.to_vec2::<f64>()?;
-    let c = faer::Mat::<f64>::from_fn(d, d, |i, j| cov[i][j] + if i == j { filter_bias } else { 0.0 });
+    let c = faer::Mat::<f64>::from_fn(d, d, |i, j| {
+        cov[i][j] + if i == j { filter_bias } else { 0.0 }
+    });
     let eigen = c
         .self_adjoint_eigen(faer::Side::Lower)
         .map_err(|e| candle_core::Error::Msg(format!("zca: eigendecomposition failed: {e:?}")))?;
     let (values, vectors) = (eigen.S().column_vector(), eigen.U());
-    let (min, max) = (0..d).fold((f64::INFINITY, 0f64), |(lo, hi), i| (lo.min(values[i]), hi.max(values[i])));
+    let (min, max) = (0..d).fold((f64::INFINITY, 0f64), |(lo, hi), i| {
+        (lo.min(values[i]), hi.max(values[i]))
+    });
     // Eigenvalues at rounding level would turn P into noise amplified by 1/√λ.
-    if !(min > 1e-12 * max) {
+    if min.is_nan() || min <= 1e-12 * max {
         bail!(
             "zca: covariance + filter-bias·I is singular (eigenvalues {min:e} to {max:e}); \
-             expected filter-bias > 0 or more rows than features, got {n} rows of {d} and filter-bias {filter_bias}"
+             expected filter-bias > 0 or more rows than features, \
+             got {n} rows of {d} and filter-bias {filter_bias}"
         )
     }
     let scaled = faer::Mat::<f64>::from_fn(d, d, |i, j| vectors[(i, j)] / values[j].sqrt());
     let p = &scaled * vectors.transpose();
-    let p: Vec<f32> = (0..d).flat_map(|i| (0..d).map(move |j| (i, j))).map(|(i, j)| p[(i, j)] as f32).collect();
+    let p: Vec<f32> = (0..d)
+        .flat_map(|i| (0..d).map(move |j| (i, j)))
+        .map(|(i, j)| p[(i, j)] as f32)
+        .collect();
     Ok(Zca {
-        mean: mean.to_dtype(DType::F32)?.to_device(xs.device())?,
-        p: Tensor::from_vec(p, (d, d), xs.device())?,
+        mean: mean.to_dtype(DType::F32)?,
+        p: Tensor::from_vec(p, (d, d), device)?,
     })
 }
 
@@ -179,32 +209,37 @@ pub fn fit(preprocess: &Preprocess, train_images: &Tensor) -> Result<Option<Zca>
         return Ok(None);
     };
     let rows = train_images.flatten_from(1)?;
-    let (n, _) = rows.dims2()?;
-    // GCN in f64, kept in f64: f32 rounding would hide that GCN'd rows span one dimension
-    // less (singular covariance without filter bias).
-    let mut gcned = Vec::new();
-    for start in (0..n).step_by(4096) {
-        let chunk = rows.narrow(0, start, 4096.min(n - start))?.to_dtype(DType::F64)?;
-        gcned.push(gcn(&chunk, scale)?);
-    }
-    let gcned = if gcned.is_empty() { rows.clone() } else { Tensor::cat(&gcned, 0)? };
-    fit_zca(&gcned, filter_bias).map(Some)
+    let (n, d) = rows.dims2()?;
+    // GCN in f64: f32 rounding would hide that GCN'd rows span one dimension less (a singular
+    // covariance without filter bias).
+    let gcn_rows = |start, len| gcn(&rows.narrow(0, start, len)?.to_dtype(DType::F64)?, scale);
+    fit_zca_chunked(n, d, rows.device(), filter_bias, gcn_rows).map(Some)
 }
 
 /// Registers the buffers the spec's preprocessing needs (`preprocess.mean`, `preprocess.zca`)
 /// in `pb`. When initialising they come from `fitted`; without it, a [`Preprocess::GcnZca`]
 /// spec is an error. When loading they come from the checkpoint.
-pub fn add_buffers(spec: &ModelSpec, pb: &mut ParamBuilder<'_>, fitted: Option<&Zca>) -> Result<()> {
+pub fn add_buffers(
+    spec: &ModelSpec,
+    pb: &mut ParamBuilder<'_>,
+    fitted: Option<&Zca>,
+) -> Result<()> {
     if !spec.preprocess.needs_fit() {
         return Ok(());
     }
     let d = spec.input_dim();
     let missing = || -> Result<Tensor> {
-        bail!("gcn-zca preprocessing is fitted on training images: build the model with build_fitted")
+        bail!(
+            "gcn-zca preprocessing is fitted on training images: build the model with build_fitted"
+        )
     };
     pb.scope("preprocess", |pb| {
-        pb.buffer("mean", d, || fitted.map_or_else(missing, |z| Ok(z.mean.clone())))?;
-        pb.buffer("zca", (d, d), || fitted.map_or_else(missing, |z| Ok(z.p.clone())))?;
+        pb.buffer("mean", d, || {
+            fitted.map_or_else(missing, |z| Ok(z.mean.clone()))
+        })?;
+        pb.buffer("zca", (d, d), || {
+            fitted.map_or_else(missing, |z| Ok(z.p.clone()))
+        })?;
         Ok(())
     })
 }
@@ -231,7 +266,10 @@ pub fn apply(spec: &ModelSpec, params: &Params, xs: &Tensor) -> Result<Tensor> {
 
 fn buffer(params: &Params, name: &str, dtype: DType) -> Result<Tensor> {
     let Some((_, t)) = params.buffers().find(|(n, _)| n == name) else {
-        bail!("preprocessing buffer `{name}` is missing: build the model with build_fitted or load a checkpoint")
+        bail!(
+            "preprocessing buffer `{name}` is missing: \
+             build the model with build_fitted or load a checkpoint"
+        )
     };
     // f64 inputs (gradient checks) meet f32 buffers.
     if t.dtype() == dtype {
@@ -251,7 +289,10 @@ mod tests {
         let xs = Tensor::new(&[[1f64, 3.0], [0.5, 0.5]], &Device::Cpu)?;
         let got = gcn(&xs, 2.0)?.to_vec2::<f64>()?;
         let r = 2f64.sqrt();
-        assert!((got[0][0] + r).abs() < 1e-12 && (got[0][1] - r).abs() < 1e-12, "{got:?}");
+        assert!(
+            (got[0][0] + r).abs() < 1e-12 && (got[0][1] - r).abs() < 1e-12,
+            "{got:?}"
+        );
         assert_eq!(got[1], vec![0.0, 0.0]);
         Ok(())
     }
@@ -273,9 +314,18 @@ mod tests {
         }
         let w: Wrap = toml::from_str("preprocess = { kind = \"gcn-zca\" }").unwrap();
         assert_eq!(w.preprocess, Preprocess::cifar10());
-        let w: Wrap = toml::from_str("preprocess = { kind = \"gcn-zca\", filter-bias = 0.0 }").unwrap();
-        assert_eq!(w.preprocess, Preprocess::GcnZca { scale: 55.0, filter_bias: 0.0 });
-        let err = toml::from_str::<Wrap>("preprocess = { kind = \"gcn\", scael = 1.0 }").err().unwrap();
+        let w: Wrap =
+            toml::from_str("preprocess = { kind = \"gcn-zca\", filter-bias = 0.0 }").unwrap();
+        assert_eq!(
+            w.preprocess,
+            Preprocess::GcnZca {
+                scale: 55.0,
+                filter_bias: 0.0
+            }
+        );
+        let err = toml::from_str::<Wrap>("preprocess = { kind = \"gcn\", scael = 1.0 }")
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("scael"), "{err}");
     }
 }

@@ -24,7 +24,12 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// A spec without preprocessing.
     pub fn new(arch: Arch, input: [usize; 3], n_classes: usize) -> Self {
-        Self { arch, input, n_classes, preprocess: Preprocess::None }
+        Self {
+            arch,
+            input,
+            n_classes,
+            preprocess: Preprocess::None,
+        }
     }
 
     /// The same spec with `preprocess` as its first layer.
@@ -44,13 +49,21 @@ impl ModelSpec {
     /// Checks the hyper-parameters; [`build`] calls it.
     pub fn validate(&self) -> Result<()> {
         if self.input.contains(&0) || self.n_classes < 2 {
-            bail!("input {:?} and n-classes {} must be positive (at least 2 classes)", self.input, self.n_classes)
+            bail!(
+                "input {:?} and n-classes {} must be positive (at least 2 classes)",
+                self.input,
+                self.n_classes
+            )
         }
         self.preprocess.validate()?;
         match &self.arch {
             Arch::MaxoutMlp(s) => {
                 if s.units.is_empty() || s.units.contains(&0) || s.pieces == 0 {
-                    bail!("maxout-mlp: units {:?} and pieces {} must be non-empty and positive", s.units, s.pieces)
+                    bail!(
+                        "maxout-mlp: units {:?} and pieces {} must be non-empty and positive",
+                        s.units,
+                        s.pieces
+                    )
                 }
                 check_dropout("maxout-mlp input-dropout", &s.input_dropout)?;
                 check_dropout("maxout-mlp hidden-dropout", &s.hidden_dropout)?;
@@ -73,7 +86,11 @@ impl ModelSpec {
 
 pub(crate) fn check_dropout(what: &str, d: &Dropout) -> Result<()> {
     if !(d.include > 0.0 && d.include <= 1.0) || !(d.scale > 0.0) {
-        bail!("{what}: include must be in (0, 1] and scale > 0, got include {} scale {}", d.include, d.scale)
+        bail!(
+            "{what}: include must be in (0, 1] and scale > 0, got include {} scale {}",
+            d.include,
+            d.scale
+        )
     }
     Ok(())
 }
@@ -98,7 +115,11 @@ pub enum Arch {
 impl Arch {
     /// A Maxout MLP with pylearn2's other settings (init, max-norm, dropout).
     pub fn maxout_mlp(units: Vec<usize>, pieces: usize) -> Self {
-        Arch::MaxoutMlp(MaxoutMlpSpec { units, pieces, ..MaxoutMlpSpec::default() })
+        Arch::MaxoutMlp(MaxoutMlpSpec {
+            units,
+            pieces,
+            ..MaxoutMlpSpec::default()
+        })
     }
 
     /// Short stable name for result files.
@@ -133,7 +154,10 @@ impl Default for MaxoutMlpSpec {
             pieces: 5,
             init_range: 0.005,
             max_norm: Some(1.9365),
-            input_dropout: Dropout { include: 0.8, scale: 1.0 },
+            input_dropout: Dropout {
+                include: 0.8,
+                scale: 1.0,
+            },
             hidden_dropout: Dropout::inverted(0.5),
         }
     }
@@ -189,7 +213,10 @@ pub fn build_fitted(
     spec.validate()?;
     let dims = train_images.dims();
     if dims.len() != 4 || dims[1..] != spec.input {
-        bail!("training images: expected (n, {:?}), got {dims:?}", spec.input)
+        bail!(
+            "training images: expected (n, {:?}), got {dims:?}",
+            spec.input
+        )
     }
     let zca = preprocess::fit(&spec.preprocess, train_images)?;
     build_inner(spec, ParamBuilder::init(seed, device), zca.as_ref())
@@ -200,7 +227,11 @@ pub fn build_with(spec: &ModelSpec, params: ParamBuilder<'_>) -> Result<Box<dyn 
     build_inner(spec, params, None)
 }
 
-fn build_inner(spec: &ModelSpec, mut params: ParamBuilder<'_>, zca: Option<&Zca>) -> Result<Box<dyn Classifier>> {
+fn build_inner(
+    spec: &ModelSpec,
+    mut params: ParamBuilder<'_>,
+    zca: Option<&Zca>,
+) -> Result<Box<dyn Classifier>> {
     spec.validate()?;
     // Buffers draw nothing from the generator: the weights do not depend on preprocessing.
     preprocess::add_buffers(spec, &mut params, zca)?;
@@ -229,7 +260,10 @@ mod tests {
             .expect("unknown field must be rejected")
             .to_string();
         assert!(err.contains("unitz"), "{err}");
-        let err = toml::from_str::<Wrap>("arch = { kind = \"resnet\" }").err().unwrap().to_string();
+        let err = toml::from_str::<Wrap>("arch = { kind = \"resnet\" }")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("resnet"), "{err}");
     }
 }

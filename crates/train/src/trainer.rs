@@ -36,8 +36,15 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainLog> {
     config.validate()?;
-    if config.early_stopping.is_some() && splits.valid.is_empty() {
-        return Err(Error::Config("early-stopping needs a validation split (valid-size > 0)".into()));
+    if splits.valid.is_empty() {
+        for (set, what) in [
+            (config.early_stopping.is_some(), "early-stopping"),
+            (config.adversarial_validation.is_some(), "adversarial-validation"),
+        ] {
+            if set {
+                return Err(Error::Config(format!("{what} needs a validation split (valid-size > 0)")));
+            }
+        }
     }
     flush_denormals();
     let vars = model.params().vars().map(|(_, v)| v.clone()).collect();

@@ -1,11 +1,18 @@
-//! `gauntlet attack`: robust accuracy of a checkpoint under an attack at several ε.
+//! `gauntlet attack`: robust accuracy of a checkpoint under an attack at several ε, with
+//! per-example outcomes and the gradient-masking checks.
 
 use anyhow::{anyhow, Result};
-use gauntlet_attacks::{evaluate_attack, Attack, FastGradient, Norm};
+use gauntlet_attacks::{
+    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Attack, AttackKind, AttackLoss,
+    AttackRecord, FastGradient, MaskingRules, Norm, Pgd, RandomNoise, StepSize,
+};
 
 use crate::args::AttackArgs;
-use crate::commands::eval::load;
+use crate::commands::eval::{load, Loaded};
 use crate::output::{write_csv, write_json};
+
+/// Examples the masking checks attack at an unbounded ε (a subset keeps them cheap).
+const CHECK_SUBSET: usize = 500;
 
 fn build_attack(args: &AttackArgs, norm: Norm) -> Result<Box<dyn Attack>> {
     match args.attack.as_str() {
@@ -14,8 +21,67 @@ fn build_attack(args: &AttackArgs, norm: Norm) -> Result<Box<dyn Attack>> {
             attack.clip = !args.no_clip;
             Ok(Box::new(attack))
         }
-        other => Err(anyhow!("unknown --attack `{other}`, expected fast-gradient")),
+        "pgd" => {
+            let mut pgd = Pgd::new(norm);
+            pgd.steps = args.steps;
+            pgd.restarts = args.restarts;
+            pgd.random_start = !args.no_random_start;
+            pgd.clip = !args.no_clip;
+            pgd.seed = args.seed;
+            pgd.loss = match args.loss.as_str() {
+                "ce" | "cross-entropy" => AttackLoss::CrossEntropy,
+                "margin" | "cw" => AttackLoss::Margin,
+                other => return Err(anyhow!("unknown --loss `{other}`, expected ce or margin")),
+            };
+            if let Some(step) = args.step_size {
+                pgd.step_size = StepSize::Absolute(step);
+            }
+            if pgd.steps == 0 || pgd.restarts == 0 {
+                return Err(anyhow!("--steps and --restarts must be at least 1"));
+            }
+            Ok(Box::new(pgd))
+        }
+        other => Err(anyhow!("unknown --attack `{other}`, expected fast-gradient or pgd")),
     }
+}
+
+fn print_records(title: &str, records: &[AttackRecord]) {
+    println!("{title}");
+    println!("{:>8}  {:>9}  {:>9}  {:>19}  {:>10}  {:>8}", "eps", "clean", "robust", "95% interval", "max |d|", "seconds");
+    for r in records {
+        println!(
+            "{:>8}  {:>8.2}%  {:>8.2}%  [{:>6.2}%, {:>6.2}%]  {:>10.4}  {:>8.1}",
+            r.eps,
+            100.0 * r.clean_accuracy,
+            100.0 * r.adversarial_accuracy,
+            100.0 * r.adversarial_ci_low,
+            100.0 * r.adversarial_ci_high,
+            r.max_perturbation,
+            r.seconds
+        );
+    }
+}
+
+/// The extra evaluations the masking checks compare against: a single step and random noise at
+/// the same ε, and the attack itself at an ε covering the whole box (on a subset).
+fn masking_records(args: &AttackArgs, attack: &dyn Attack, loaded: &Loaded) -> Result<Vec<AttackRecord>> {
+    let (model, test, batch) = (loaded.model.as_ref(), &loaded.test, args.data.batch_size);
+    let norm = attack.norm();
+    let mut records = Vec::new();
+    if attack.kind() == AttackKind::Iterative {
+        let mut single = FastGradient::new(norm);
+        single.clip = !args.no_clip;
+        records.extend(evaluate_attack(model, &single, &test.images, &test.labels, &args.eps, batch)?);
+    }
+    let mut noise = RandomNoise::new(norm);
+    noise.seed = args.seed;
+    records.extend(evaluate_attack(model, &noise, &test.images, &test.labels, &args.eps, batch)?);
+    if attack.kind() == AttackKind::Iterative {
+        let subset = test.truncate(Some(CHECK_SUBSET))?;
+        let big = unbounded_eps(norm, model.spec().input_dim());
+        records.extend(evaluate_attack(model, attack, &subset.images, &subset.labels, &[big], batch)?);
+    }
+    Ok(records)
 }
 
 pub fn run(args: AttackArgs) -> Result<()> {
@@ -25,7 +91,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     }
     let attack = build_attack(&args, norm)?;
     let loaded = load(&args.data)?;
-    let records = evaluate_attack(
+    let (records, examples) = evaluate_attack_detailed(
         loaded.model.as_ref(),
         attack.as_ref(),
         &loaded.test.images,
@@ -33,22 +99,26 @@ pub fn run(args: AttackArgs) -> Result<()> {
         &args.eps,
         args.data.batch_size,
     )?;
-    println!("{} on {} ({} test images)", attack.name(), args.data.model.display(), loaded.test.len());
-    println!("{:>8}  {:>9}  {:>9}  {:>17}  {:>9}", "eps", "clean", "robust", "95% interval", "max |d|");
-    for r in &records {
-        println!(
-            "{:>8}  {:>8.2}%  {:>8.2}%  [{:>6.2}%, {:>6.2}%]  {:>9.4}",
-            r.eps,
-            100.0 * r.clean_accuracy,
-            100.0 * r.adversarial_accuracy,
-            100.0 * r.adversarial_ci_low,
-            100.0 * r.adversarial_ci_high,
-            r.max_perturbation
-        );
-    }
+    print_records(
+        &format!("{} on {} ({} test images)", attack.name(), args.data.model.display(), loaded.test.len()),
+        &records,
+    );
     let stem = format!("attack-{}", attack.name());
     write_json(&loaded.out.join(format!("{stem}.json")), &records)?;
     write_csv(&loaded.out.join(format!("{stem}.csv")), &records)?;
-    println!("wrote {}/{stem}.json and .csv", loaded.out.display());
+    write_csv(&loaded.out.join(format!("{stem}-examples.csv")), &examples)?;
+
+    if !args.no_checks {
+        let mut all = records.clone();
+        all.extend(masking_records(&args, attack.as_ref(), &loaded)?);
+        let flags = masking_checks(&all, &MaskingRules::new(loaded.model.spec().input_dim()));
+        println!("gradient-masking checks:");
+        for flag in &flags {
+            println!("  [{}] {} ({}): {}", if flag.passed { "ok" } else { "FLAG" }, flag.check.name(), flag.attack, flag.detail);
+        }
+        write_json(&loaded.out.join(format!("{stem}-masking.json")), &flags)?;
+        write_json(&loaded.out.join(format!("{stem}-checks.json")), &all)?;
+    }
+    println!("wrote {}/{stem}.json, .csv and -examples.csv", loaded.out.display());
     Ok(())
 }
