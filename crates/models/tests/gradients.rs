@@ -89,3 +89,26 @@ fn same_seed_same_weights_different_seed_different_weights() -> Result<()> {
     assert_ne!(flat(&a[0].1), flat(&c[0].1));
     Ok(())
 }
+
+#[test]
+fn maxout_hand_written_input_gradient_equals_autograd() -> Result<()> {
+    use gauntlet_models::autograd_input_grad;
+    let spec = ModelSpec::new(Arch::maxout_mlp(vec![9, 7], 3), [1, 4, 4], 5);
+    let model = build(&spec, 8, &Device::Cpu)?;
+    // Include an all-zero image: its pre-activations tie at the bias (zero), the case where a
+    // hand-written max backward most easily disagrees with Candle's.
+    let mut values: Vec<f32> = (0..48).map(|i| ((i * 37 % 17) as f32) / 17.0).collect();
+    values.extend([0f32; 16]);
+    let xs = Tensor::from_vec(values, (4, 1, 4, 4), &Device::Cpu)?;
+    let labels = Tensor::new(&[0u32, 4, 2, 1], &Device::Cpu)?;
+    let fast = model.loss_and_input_grad(&xs, &labels, Mode::Eval)?;
+    let slow = autograd_input_grad(model.as_ref(), &xs, &labels, Mode::Eval)?;
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (name, a, b) in [("grad", &fast.grad, &slow.grad), ("loss", &fast.loss, &slow.loss), ("logits", &fast.logits, &slow.logits)] {
+        assert_eq!(a.dims(), b.dims(), "{name}");
+        for (x, y) in flat(a).iter().zip(flat(b)) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{name}: {x} vs {y}");
+        }
+    }
+    Ok(())
+}
