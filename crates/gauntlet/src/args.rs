@@ -22,6 +22,36 @@ pub enum Command {
     Attack(AttackArgs),
     /// Accuracy of a checkpoint under additive Gaussian noise (Lyu et al.'s evaluation).
     Noise(NoiseArgs),
+    /// Run a benchmark suite (train, attack, transfer, noise), cached and resumable.
+    Run(RunArgs),
+    /// Assemble a suite's results from its finished jobs (after sharded runs).
+    Merge(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The suite file, e.g. suites/quickstart.toml.
+    pub suite: PathBuf,
+    /// Results go to <results>/<suite name>/.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Print the plan (jobs, which are cached) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run a deterministic share i of n (0-based) of every stage's jobs, e.g. --shard 0/2.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Run only this stage: train, evaluate or transfer.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Independent jobs of a stage run side by side on this many threads.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Only errors and the final summary.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// The test images a command evaluates on.

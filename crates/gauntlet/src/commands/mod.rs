@@ -3,6 +3,7 @@
 mod attack;
 mod eval;
 mod noise;
+mod run;
 mod train;
 
 use anyhow::Result;
@@ -15,5 +16,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Attack(args) => attack::run(args),
         Command::Noise(args) => noise::run(args),
+        Command::Run(args) => run::run(args, false),
+        Command::Merge(args) => run::run(args, true),
     }
 }

@@ -1,0 +1,384 @@
+//! What `report.md` and `index.html` say: tables of clean accuracy, robust accuracy per attack
+//! and ε, noise, the transfer matrix, the gradient-masking checks, and the figures.
+
+use std::path::Path;
+
+use crate::doc::{Block, Cell};
+use crate::plot::fmt_num;
+use crate::schema::ResultsDir;
+use crate::series::{AccuracyPanel, NoiseSeries, Point, TransferMatrix};
+use crate::FigureFile;
+
+pub(crate) struct Data<'a> {
+    pub panels: &'a [AccuracyPanel],
+    pub matrices: &'a [TransferMatrix],
+    pub noise: &'a [NoiseSeries],
+}
+
+/// The figures drawn, by section (same order as the data they show).
+pub(crate) struct Figures<'a> {
+    pub accuracy: &'a [FigureFile],
+    pub tradeoff: &'a [FigureFile],
+    pub transfer: &'a [FigureFile],
+    pub noise: Option<&'a FigureFile>,
+    pub training: Option<&'a FigureFile>,
+    pub perturbations: &'a [FigureFile],
+    pub sweeps: &'a [FigureFile],
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+fn with_ci(v: f64, low: f64, high: f64) -> String {
+    format!("{} [{:.1}, {:.1}]", pct(v), low * 100.0, high * 100.0)
+}
+
+fn point_cell(p: &Point) -> Cell {
+    with_ci(p.y, p.low, p.high).into()
+}
+
+fn figure(fig: &FigureFile, report_dir: &Path) -> Block {
+    let rel = |p: &Path| {
+        p.strip_prefix(report_dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    Block::Figure {
+        title: fig.title.clone(),
+        png: rel(&fig.png),
+        svg: rel(&fig.svg),
+    }
+}
+
+/// `dataset = mnist, test-limit = 1000`, from the `data` object of results.json.
+fn describe_data(value: &serde_json::Value) -> Option<String> {
+    let obj = value.as_object()?;
+    let parts: Vec<String> = obj
+        .iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{k} = {s}"),
+            other => format!("{k} = {other}"),
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+pub(crate) fn document(
+    data: &ResultsDir,
+    d: &Data<'_>,
+    figs: &Figures<'_>,
+    report_dir: &Path,
+    notes: &[String],
+) -> Vec<Block> {
+    let r = &data.results;
+    let mut b = vec![Block::Heading(1, format!("gauntlet report: {}", r.suite))];
+    let mut about = Vec::new();
+    if let Some(data) = describe_data(&r.data) {
+        about.push(format!("Data: {data}."));
+    }
+    if let Some(seed) = r.seed {
+        about.push(format!("Seed {seed}."));
+    }
+    match (&r.gauntlet_version, &r.code_version) {
+        (Some(v), Some(c)) => about.push(format!("Written by gauntlet {v} (code version {c}).")),
+        (Some(v), None) => about.push(format!("Written by gauntlet {v}.")),
+        _ => {}
+    }
+    about.push(format!(
+        "Results: {} (schema_version {}). Every accuracy carries its number of examples and a Wilson 95% interval [low, high], in %.",
+        data.dir.display(),
+        r.schema_version
+    ));
+    b.push(Block::Para(about.join(" ")));
+    if !r.missing.is_empty() {
+        let shown: Vec<&str> = r.missing.iter().take(12).map(String::as_str).collect();
+        let more = if r.missing.len() > shown.len() {
+            format!(" and {} more", r.missing.len() - shown.len())
+        } else {
+            String::new()
+        };
+        b.push(Block::Warning(format!(
+            "{} planned job(s) have no output yet, so these results are incomplete: {}{more}.",
+            r.missing.len(),
+            shown.join(", ")
+        )));
+    }
+    let failed = r.masking.iter().filter(|m| !m.passed).count();
+    if failed > 0 {
+        b.push(Block::Warning(format!(
+            "{failed} gradient-masking check(s) failed: some robust accuracies may be overestimates (see \"Gradient-masking checks\")."
+        )));
+    }
+
+    // Clean accuracy.
+    b.push(Block::Heading(2, "Clean accuracy".into()));
+    if r.models.is_empty() {
+        b.push(Block::Para("results.json lists no trained model.".into()));
+    } else {
+        let rows = r
+            .models
+            .iter()
+            .map(|m| {
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+                vec![
+                    Cell::from(m.name.clone()),
+                    opt(m.arch.clone()).into(),
+                    opt(m.n_params.map(|n| n.to_string())).into(),
+                    opt(m.epochs_run.map(|e| match m.best_epoch {
+                        Some(best) => format!("{e} (best {best})"),
+                        None => e.to_string(),
+                    }))
+                    .into(),
+                    opt(m.stopped_by.clone()).into(),
+                    m.test_n.to_string().into(),
+                    with_ci(m.test_accuracy(), m.test_ci_low, m.test_ci_high).into(),
+                    opt(m.test_loss.map(|l| format!("{l:.4}"))).into(),
+                ]
+            })
+            .collect();
+        b.push(Block::Table {
+            header: [
+                "model",
+                "architecture",
+                "parameters",
+                "epochs",
+                "stopped by",
+                "test n",
+                "accuracy [95% CI]",
+                "loss",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+            caption: Some("Accuracy on the clean test split.".into()),
+        });
+    }
+    if let Some(f) = figs.training {
+        b.push(Block::Heading(3, "Training curves".into()));
+        b.push(figure(f, report_dir));
+    }
+
+    // Robust accuracy.
+    b.push(Block::Heading(2, "Robust accuracy".into()));
+    if d.panels.is_empty() {
+        b.push(Block::Para("No attack results.".into()));
+    }
+    for (i, panel) in d.panels.iter().enumerate() {
+        let mut heading = format!("{} ({})", panel.attack, panel.norm);
+        if let Some(m) = &panel.method {
+            heading.push_str(&format!(": {m}"));
+        }
+        if let Some(k) = &panel.kind {
+            heading.push_str(&format!(", {k}"));
+        }
+        b.push(Block::Heading(3, heading));
+        let eps = panel.eps_values();
+        let mut header = vec!["model".to_string(), "clean".to_string()];
+        header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+        let rows = panel
+            .series
+            .iter()
+            .map(|s| {
+                let mut row = vec![Cell::from(s.model.clone())];
+                row.push(match s.points.first().filter(|p| p.x == 0.0) {
+                    Some(p) => point_cell(p),
+                    None => "—".into(),
+                });
+                for x in &eps {
+                    row.push(match s.points.iter().find(|p| p.x == *x) {
+                        Some(p) => point_cell(p),
+                        None => "—".into(),
+                    });
+                }
+                row
+            })
+            .collect();
+        b.push(Block::Table {
+            header,
+            rows,
+            caption: Some(format!(
+                "Accuracy [95% CI] on n = {} examples; an example counts as robust only if classified correctly both clean and attacked.",
+                panel.n
+            )),
+        });
+        if let Some(f) = figs.accuracy.get(i) {
+            b.push(figure(f, report_dir));
+        }
+    }
+    if !figs.tradeoff.is_empty() {
+        b.push(Block::Heading(
+            3,
+            "Robustness against clean accuracy".into(),
+        ));
+        b.push(Block::Para(
+            "One point per model, at the middle ε of each attack's list; bars are Wilson 95% intervals.".into(),
+        ));
+        for f in figs.tradeoff {
+            b.push(figure(f, report_dir));
+        }
+    }
+
+    // Transfer.
+    b.push(Block::Heading(2, "Transfer".into()));
+    if d.matrices.is_empty() {
+        b.push(Block::Para("No transfer results.".into()));
+    }
+    for (i, m) in d.matrices.iter().enumerate() {
+        b.push(Block::Heading(
+            3,
+            format!("{} ({}) at ε = {}", m.attack, m.norm, fmt_num(m.eps)),
+        ));
+        let mut header = vec!["source ↓ / target →".to_string()];
+        header.extend(m.targets.iter().cloned());
+        let rows = m
+            .sources
+            .iter()
+            .zip(&m.cells)
+            .map(|(source, cells)| {
+                let mut row = vec![Cell::from(source.clone())];
+                for (target, cell) in m.targets.iter().zip(cells) {
+                    row.push(match cell {
+                        Some(c) if source == target => {
+                            Cell::strong(format!("{} (white-box)", with_ci(c.error, c.low, c.high)))
+                        }
+                        Some(c) => with_ci(c.error, c.low, c.high).into(),
+                        None => "—".into(),
+                    });
+                }
+                row
+            })
+            .collect();
+        b.push(Block::Table {
+            header,
+            rows,
+            caption: Some(
+                "Error [95% CI] of the target (column) on examples crafted against the source (row); the diagonal, in bold, is white-box."
+                    .into(),
+            ),
+        });
+        let agreement: Vec<String> = m
+            .sources
+            .iter()
+            .zip(&m.cells)
+            .flat_map(|(s, cells)| {
+                m.targets.iter().zip(cells).filter_map(move |(t, c)| {
+                    let a = c.as_ref()?.agreement?;
+                    (s != t).then(|| format!("{s} → {t}: {}", pct(a)))
+                })
+            })
+            .collect();
+        if !agreement.is_empty() {
+            b.push(Block::Para(format!(
+                "Agreement (share of the source's mistakes on which the target predicts the same wrong class): {}.",
+                agreement.join("; ")
+            )));
+        }
+        if let Some(f) = figs.transfer.get(i) {
+            b.push(figure(f, report_dir));
+        }
+    }
+
+    // Noise.
+    if !d.noise.is_empty() {
+        b.push(Block::Heading(2, "Gaussian noise".into()));
+        let mut sigmas: Vec<f64> = d
+            .noise
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.x))
+            .filter(|&x| x > 0.0)
+            .collect();
+        sigmas.sort_by(f64::total_cmp);
+        sigmas.dedup();
+        let mut header = vec!["model".to_string(), "clipped".to_string()];
+        header.extend(sigmas.iter().map(|s| format!("σ = {}", fmt_num(*s))));
+        let rows = d
+            .noise
+            .iter()
+            .map(|s| {
+                let mut row = vec![
+                    Cell::from(s.model.clone()),
+                    if s.clip { "yes" } else { "no" }.into(),
+                ];
+                for x in &sigmas {
+                    row.push(match s.points.iter().find(|p| p.x == *x) {
+                        Some(p) => point_cell(p),
+                        None => "—".into(),
+                    });
+                }
+                row
+            })
+            .collect();
+        b.push(Block::Table {
+            header,
+            rows,
+            caption: Some(
+                "Accuracy [95% CI] on test images plus N(0, σ²) noise, clipped to [0, 1] or not."
+                    .into(),
+            ),
+        });
+        if let Some(f) = figs.noise {
+            b.push(figure(f, report_dir));
+        }
+    }
+
+    // Masking checks.
+    b.push(Block::Heading(2, "Gradient-masking checks".into()));
+    if r.masking.is_empty() {
+        b.push(Block::Para(
+            "results.json has no gradient-masking checks.".into(),
+        ));
+    } else {
+        b.push(Block::Para(format!(
+            "{} of {} checks passed. A failed check is a symptom of gradient masking (an attack that does not work), not proof of robustness.",
+            r.masking.len() - failed,
+            r.masking.len()
+        )));
+        let mut rows: Vec<_> = r.masking.iter().collect();
+        rows.sort_by_key(|m| m.passed);
+        let rows = rows
+            .into_iter()
+            .map(|m| {
+                vec![
+                    Cell::from(m.model.clone()),
+                    m.check.clone().into(),
+                    m.attack.clone().into(),
+                    m.norm
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "—".into())
+                        .into(),
+                    if m.passed {
+                        Cell::from("passed")
+                    } else {
+                        Cell::strong("FAILED")
+                    },
+                    m.detail.clone().into(),
+                ]
+            })
+            .collect();
+        b.push(Block::Table {
+            header: ["model", "check", "attack", "norm", "result", "detail"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            caption: None,
+        });
+    }
+
+    if !figs.perturbations.is_empty() || !figs.sweeps.is_empty() {
+        b.push(Block::Heading(2, "Perturbations".into()));
+        for f in figs.perturbations {
+            b.push(figure(f, report_dir));
+        }
+        for f in figs.sweeps {
+            b.push(figure(f, report_dir));
+        }
+    }
+
+    if !notes.is_empty() {
+        b.push(Block::Heading(2, "Notes".into()));
+        b.push(Block::List(notes.to_vec()));
+    }
+    b
+}

@@ -1,0 +1,923 @@
+//! The figures: each a [`Figure`] drawn from the data in [`crate::series`] or
+//! [`crate::tensors`].
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::FontStyle;
+
+use crate::plot::{
+    diverging, e, fit_text, fmt_num, line_chart, padded_range, palette, sequential, side_legend,
+    text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind, FONT, LEGEND_WIDTH,
+};
+use crate::series::{AccuracyPanel, NoiseSeries, TradeoffPanel, TrainingCurves, TransferMatrix};
+use crate::tensors::{Image, LogitSweep, ModelImages};
+
+const GREY: RGBColor = RGBColor(90, 90, 90);
+
+/// A model's colour: the same in every figure.
+fn model_color(order: &[String], model: &str) -> RGBColor {
+    palette(order.iter().position(|m| m == model).unwrap_or(order.len()))
+}
+
+fn model_entry(order: &[String], model: &str, band: bool, marker: bool) -> LegendItem {
+    LegendItem::Entry {
+        label: model.to_string(),
+        color: model_color(order, model),
+        kind: LineKind::Solid,
+        width: 2,
+        band,
+        marker,
+    }
+}
+
+fn note(text: &str) -> LegendItem {
+    LegendItem::Entry {
+        label: text.to_string(),
+        color: WHITE,
+        kind: LineKind::Solid,
+        width: 0,
+        band: false,
+        marker: false,
+    }
+}
+
+/// Splits `area` into the chart and the legend column on its right.
+fn with_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
+    let (w, _) = area.dim_in_pixel();
+    area.split_horizontally(w.saturating_sub(LEGEND_WIDTH))
+}
+
+fn centered(size: u32) -> TextStyle<'static> {
+    TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center))
+}
+
+/// Accuracy against ε, one line per model, Wilson bands, clean accuracy at ε = 0.
+pub(crate) struct AccuracyFigure<'a> {
+    pub panel: &'a AccuracyPanel,
+    pub order: &'a [String],
+}
+
+impl Figure for AccuracyFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let p = self.panel;
+        let method = p
+            .method
+            .as_deref()
+            .map(|m| format!(", {m}"))
+            .unwrap_or_default();
+        let area = title(
+            root,
+            &format!("Accuracy under attack: {} ({}{method})", p.attack, p.norm),
+        )?;
+        let (chart, legend) = with_legend(&area);
+        let max_eps = p.eps_values().last().copied().unwrap_or(1.0);
+        let lines: Vec<Line> = p
+            .series
+            .iter()
+            .map(|s| {
+                let mut line = Line::new(
+                    s.points.iter().map(|q| (q.x, q.y)).collect(),
+                    model_color(self.order, &s.model),
+                );
+                line.band = s.points.iter().map(|q| (q.x, q.low, q.high)).collect();
+                line
+            })
+            .collect();
+        let axes = Axes {
+            caption: None,
+            x_label: format!("ε ({} budget, pixels in [0, 1])", p.norm),
+            y_label: "accuracy".into(),
+            x: 0.0..max_eps * 1.04,
+            y: -0.015..1.02,
+            x_percent: false,
+            y_percent: true,
+            x_integer: false,
+        };
+        line_chart(&chart, &axes, &lines, &[])?;
+        let mut items = vec![LegendItem::Header("model".into())];
+        items.extend(
+            p.series
+                .iter()
+                .map(|s| model_entry(self.order, &s.model, true, true)),
+        );
+        items.push(LegendItem::Header("notes".into()));
+        items.push(note(&format!("n = {} examples", p.n)));
+        items.push(note("ε = 0: clean accuracy"));
+        items.push(note("shaded: Wilson 95% CI"));
+        if let Some(kind) = &p.kind {
+            items.push(note(&format!("kind: {kind}")));
+        }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Noise robustness: accuracy against σ, clipped (solid) and unclipped (dashed).
+pub(crate) struct NoiseFigure<'a> {
+    pub series: &'a [NoiseSeries],
+    pub order: &'a [String],
+}
+
+impl Figure for NoiseFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let area = title(root, "Accuracy under Gaussian noise")?;
+        let (chart, legend) = with_legend(&area);
+        let max_sigma = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.x))
+            .fold(0.0f64, f64::max);
+        let kind = |clip: bool| {
+            if clip {
+                LineKind::Solid
+            } else {
+                LineKind::Dashed
+            }
+        };
+        // Noise accuracies sit near the clean one: zoom in, to a multiple of 10%.
+        let lowest = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.low))
+            .fold(1.0f64, f64::min);
+        let lowest = (lowest * 10.0).floor() / 10.0;
+        let lines: Vec<Line> = self
+            .series
+            .iter()
+            .map(|s| {
+                let mut line = Line::new(
+                    s.points.iter().map(|q| (q.x, q.y)).collect(),
+                    model_color(self.order, &s.model),
+                );
+                // Bands for the clipped series only: six overlapping bands read as one smear.
+                if s.clip || self.series.iter().all(|t| !t.clip) {
+                    line.band = s.points.iter().map(|q| (q.x, q.low, q.high)).collect();
+                }
+                line.kind = kind(s.clip);
+                line
+            })
+            .collect();
+        let axes = Axes {
+            caption: None,
+            x_label: "σ (noise standard deviation, pixels in [0, 1])".into(),
+            y_label: "accuracy".into(),
+            x: 0.0..(if max_sigma > 0.0 {
+                max_sigma * 1.04
+            } else {
+                1.0
+            }),
+            y: (lowest - 0.05).clamp(-0.015, 0.9)..1.02,
+            x_percent: false,
+            y_percent: true,
+            x_integer: false,
+        };
+        line_chart(&chart, &axes, &lines, &[])?;
+        let mut models: Vec<&str> = Vec::new();
+        for s in self.series {
+            if !models.contains(&s.model.as_str()) {
+                models.push(&s.model);
+            }
+        }
+        let mut items = vec![LegendItem::Header("model".into())];
+        items.extend(
+            models
+                .iter()
+                .map(|m| model_entry(self.order, m, true, true)),
+        );
+        items.push(LegendItem::Header("noisy images".into()));
+        for clip in [true, false] {
+            if self.series.iter().any(|s| s.clip == clip) {
+                let label = if clip {
+                    "clipped to [0, 1]"
+                } else {
+                    "not clipped"
+                };
+                items.push(LegendItem::line(label, GREY, kind(clip)));
+            }
+        }
+        items.push(LegendItem::Header("notes".into()));
+        items.push(note("σ = 0: clean accuracy"));
+        items.push(note("shaded: Wilson 95% CI"));
+        if self.series.iter().any(|s| s.clip) && self.series.iter().any(|s| !s.clip) {
+            items.push(note("(of the clipped series)"));
+        }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Loss and error per epoch: train solid, validation dashed, adversarial validation dotted.
+pub(crate) struct TrainingFigure<'a> {
+    pub curves: &'a [TrainingCurves],
+    pub order: &'a [String],
+}
+
+impl Figure for TrainingFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1400, 600)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let area = title(root, "Training curves")?;
+        let (charts, legend) = with_legend(&area);
+        let panels = charts.split_evenly((1, 2));
+        let max_epoch = self
+            .curves
+            .iter()
+            .flat_map(|c| c.train_loss.iter().map(|p| p.0))
+            .fold(1.0f64, f64::max);
+        let few = max_epoch <= 30.0;
+        let mk = |points: &[(f64, f64)], model: &str, kind: LineKind| {
+            let mut line = Line::new(points.to_vec(), model_color(self.order, model));
+            line.kind = kind;
+            // Markers on the train lines (few epochs), and on any line a single point long.
+            line.markers = (few && kind == LineKind::Solid) || points.len() == 1;
+            line
+        };
+        let mut loss_lines = Vec::new();
+        let mut error_lines = Vec::new();
+        for c in self.curves {
+            loss_lines.push(mk(&c.train_loss, &c.model, LineKind::Solid));
+            loss_lines.push(mk(&c.valid_loss, &c.model, LineKind::Dashed));
+            error_lines.push(mk(&c.train_error, &c.model, LineKind::Solid));
+            error_lines.push(mk(&c.valid_error, &c.model, LineKind::Dashed));
+            error_lines.push(mk(&c.valid_adv_error, &c.model, LineKind::Dotted));
+        }
+        loss_lines.retain(|l| !l.points.is_empty());
+        error_lines.retain(|l| !l.points.is_empty());
+        let top = |lines: &[Line]| {
+            lines
+                .iter()
+                .flat_map(|l| l.points.iter().map(|p| p.1))
+                .fold(0.0f64, f64::max)
+        };
+        let x = 0.5..max_epoch + 0.5;
+        let loss_axes = Axes {
+            caption: Some("loss".into()),
+            x_label: "epoch".into(),
+            y_label: "cross-entropy loss".into(),
+            x: x.clone(),
+            y: 0.0..(top(&loss_lines) * 1.05).max(1e-6),
+            x_percent: false,
+            y_percent: false,
+            x_integer: true,
+        };
+        let error_axes = Axes {
+            caption: Some("error".into()),
+            x_label: "epoch".into(),
+            y_label: "error".into(),
+            x,
+            y: 0.0..(top(&error_lines) * 1.05).max(1e-6),
+            x_percent: false,
+            y_percent: true,
+            x_integer: true,
+        };
+        line_chart(&panels[0], &loss_axes, &loss_lines, &[])?;
+        line_chart(&panels[1], &error_axes, &error_lines, &[])?;
+        let mut items = vec![LegendItem::Header("model".into())];
+        items.extend(
+            self.curves
+                .iter()
+                .map(|c| model_entry(self.order, &c.model, false, few)),
+        );
+        items.push(LegendItem::Header("split".into()));
+        items.push(LegendItem::line("train", GREY, LineKind::Solid));
+        if self
+            .curves
+            .iter()
+            .any(|c| !c.valid_error.is_empty() || !c.valid_loss.is_empty())
+        {
+            items.push(LegendItem::line("validation", GREY, LineKind::Dashed));
+        }
+        if self.curves.iter().any(|c| !c.valid_adv_error.is_empty()) {
+            items.push(LegendItem::line(
+                "validation, adversarial",
+                GREY,
+                LineKind::Dotted,
+            ));
+        }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Robust against clean accuracy, one point per model, with both intervals.
+pub(crate) struct TradeoffFigure<'a> {
+    pub panel: &'a TradeoffPanel,
+    pub order: &'a [String],
+}
+
+impl Figure for TradeoffFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 680)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let p = self.panel;
+        let area = title(
+            root,
+            &format!(
+                "Robust vs clean accuracy: {} ({}) at ε = {}",
+                p.attack,
+                p.norm,
+                fmt_num(p.eps)
+            ),
+        )?;
+        let (chart_area, legend) = with_legend(&area);
+        let clip = |r: std::ops::Range<f64>| r.start.max(0.0)..r.end.min(1.0);
+        let x = clip(padded_range(
+            p.points.iter().flat_map(|q| [q.clean.low, q.clean.high]),
+            0.15,
+        ));
+        let y = clip(padded_range(
+            p.points
+                .iter()
+                .flat_map(|q| [q.robust.low, q.robust.high, 0.0]),
+            0.1,
+        ));
+        // A little room below 0 and left of the lowest bar, so no marker sits on an axis.
+        let y = (y.start - 0.015 * (y.end - y.start))..y.end;
+        let x = (x.start - 0.015 * (x.end - x.start))..x.end;
+        let mut chart = ChartBuilder::on(&chart_area)
+            .margin(12)
+            .margin_right(24)
+            .x_label_area_size(52)
+            .y_label_area_size(72)
+            .build_cartesian_2d(x.clone(), y.clone())
+            .map_err(e)?;
+        let pct = |v: &f64| crate::plot::fmt_pct_tick(*v);
+        chart
+            .configure_mesh()
+            .x_desc("clean accuracy (attacked examples)")
+            .y_desc(format!("robust accuracy at ε = {}", fmt_num(p.eps)))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 17))
+            .x_label_formatter(&pct)
+            .y_label_formatter(&pct)
+            .bold_line_style(RGBColor(220, 220, 220))
+            .light_line_style(RGBColor(242, 242, 242))
+            .draw()
+            .map_err(e)?;
+        // Robust accuracy never exceeds clean accuracy: the diagonal bounds the cloud.
+        let lo = x.start.max(y.start);
+        let hi = x.end.min(y.end);
+        let diagonal = hi > lo;
+        if diagonal {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(lo, lo), (hi, hi)],
+                    6,
+                    4,
+                    GREY.stroke_width(1),
+                ))
+                .map_err(e)?;
+        }
+        let (x_span, y_span) = (x.end - x.start, y.end - y.start);
+        for (i, q) in p.points.iter().enumerate() {
+            let color = model_color(self.order, &q.model);
+            // Stack the labels of points that (nearly) coincide.
+            let crowd = p.points[..i]
+                .iter()
+                .filter(|o| {
+                    (o.clean.value - q.clean.value).abs() < 0.04 * x_span
+                        && (o.robust.value - q.robust.value).abs() < 0.04 * y_span
+                })
+                .count() as i32;
+            let style = color.stroke_width(2);
+            let (cx, cy) = (q.clean.value, q.robust.value);
+            chart
+                .draw_series([
+                    PathElement::new(vec![(q.clean.low, cy), (q.clean.high, cy)], style),
+                    PathElement::new(vec![(cx, q.robust.low), (cx, q.robust.high)], style),
+                ])
+                .map_err(e)?;
+            chart
+                .draw_series(std::iter::once(Circle::new((cx, cy), 7, color.filled())))
+                .map_err(e)?;
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((cx, cy))
+                        + Text::new(
+                            q.model.clone(),
+                            (10, -22 - 18 * crowd),
+                            (FONT, 15).into_font(),
+                        ),
+                ))
+                .map_err(e)?;
+        }
+        let mut items = vec![LegendItem::Header("model".into())];
+        items.extend(
+            p.points
+                .iter()
+                .map(|q| model_entry(self.order, &q.model, false, true)),
+        );
+        items.push(LegendItem::Header("notes".into()));
+        items.push(note("bars: Wilson 95% CIs"));
+        if diagonal {
+            items.push(note("dashed: robust = clean"));
+        }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Target error on examples crafted against the source; white-box diagonal outlined.
+pub(crate) struct TransferFigure<'a> {
+    pub matrix: &'a TransferMatrix,
+}
+
+const CELL_W: u32 = 140;
+const CELL_H: u32 = 80;
+
+impl TransferFigure<'_> {
+    fn left(&self) -> u32 {
+        let longest = self
+            .matrix
+            .sources
+            .iter()
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(4) as u32;
+        (60 + 9 * longest).clamp(220, 320)
+    }
+    const TOP: u32 = 130;
+    const BOTTOM: u32 = 70;
+}
+
+impl Figure for TransferFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        let m = self.matrix;
+        let w = self.left() + CELL_W * m.targets.len().max(1) as u32 + 40;
+        let h = Self::TOP + CELL_H * m.sources.len().max(1) as u32 + Self::BOTTOM;
+        (w.max(720), h)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let m = self.matrix;
+        let (w, _) = self.size();
+        let heading = format!(
+            "Transfer: {} ({}) at ε = {}",
+            m.attack,
+            m.norm,
+            fmt_num(m.eps)
+        );
+        root.draw(&Text::new(
+            heading,
+            (w as i32 / 2, 24),
+            TextStyle::from((FONT, 22, FontStyle::Bold).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Center)),
+        ))
+        .map_err(e)?;
+        let natural = self.left() + CELL_W * m.targets.len().max(1) as u32 + 40;
+        let left = (self.left() + w.saturating_sub(natural) / 2) as i32;
+        let top = Self::TOP as i32;
+        let (cw, ch) = (CELL_W as i32, CELL_H as i32);
+        let grid_w = cw * m.targets.len() as i32;
+        let grid_h = ch * m.sources.len() as i32;
+        // Axis titles.
+        root.draw(&Text::new(
+            "target (classifies the examples)",
+            (left + grid_w / 2, 66),
+            centered(17),
+        ))
+        .map_err(e)?;
+        // Horizontal, above the row labels: a rotated title overflows a grid of one or two rows.
+        let source_title =
+            TextStyle::from((FONT, 17).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+        root.draw(&Text::new(
+            "source (crafted on) ↓",
+            (left - 10, top - 20),
+            source_title,
+        ))
+        .map_err(e)?;
+        let label = TextStyle::from((FONT, 15).into_font());
+        for (j, t) in m.targets.iter().enumerate() {
+            let text = fit_text(root, t, &label, CELL_W - 8);
+            root.draw(&Text::new(
+                text,
+                (left + cw * j as i32 + cw / 2, top - 20),
+                centered(15),
+            ))
+            .map_err(e)?;
+        }
+        let right_aligned =
+            TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Right, VPos::Center));
+        for (i, s) in m.sources.iter().enumerate() {
+            let text = fit_text(root, s, &label, left as u32 - 50);
+            root.draw(&Text::new(
+                text,
+                (left - 10, top + ch * i as i32 + ch / 2),
+                right_aligned.clone(),
+            ))
+            .map_err(e)?;
+        }
+        for (i, row) in m.cells.iter().enumerate() {
+            for (j, cell) in row.iter().enumerate() {
+                let (x0, y0) = (left + cw * j as i32, top + ch * i as i32);
+                let (cx, cy) = (x0 + cw / 2, y0 + ch / 2);
+                match cell {
+                    Some(c) => {
+                        let bg = sequential(c.error);
+                        root.draw(&Rectangle::new([(x0, y0), (x0 + cw, y0 + ch)], bg.filled()))
+                            .map_err(e)?;
+                        let fg = text_on(bg);
+                        let big = TextStyle::from((FONT, 20, FontStyle::Bold).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Center))
+                            .color(&fg);
+                        let small = centered(13).color(&fg);
+                        root.draw(&Text::new(
+                            format!("{:.1}%", c.error * 100.0),
+                            (cx, cy - 14),
+                            big,
+                        ))
+                        .map_err(e)?;
+                        root.draw(&Text::new(
+                            format!("[{:.1}, {:.1}]", c.low * 100.0, c.high * 100.0),
+                            (cx, cy + 8),
+                            small.clone(),
+                        ))
+                        .map_err(e)?;
+                        if m.sources[i] == m.targets[j] {
+                            root.draw(&Text::new("white-box", (cx, cy + 26), small))
+                                .map_err(e)?;
+                        }
+                    }
+                    None => {
+                        root.draw(&Rectangle::new(
+                            [(x0, y0), (x0 + cw, y0 + ch)],
+                            RGBColor(235, 235, 235).filled(),
+                        ))
+                        .map_err(e)?;
+                        root.draw(&Text::new("—", (cx, cy), centered(18)))
+                            .map_err(e)?;
+                    }
+                }
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cw, y0 + ch)],
+                    WHITE.stroke_width(1),
+                ))
+                .map_err(e)?;
+            }
+        }
+        // The white-box diagonal, outlined on top of the grid lines.
+        for (i, s) in m.sources.iter().enumerate() {
+            if let Some(j) = m.targets.iter().position(|t| t == s) {
+                let (x0, y0) = (left + cw * j as i32, top + ch * i as i32);
+                // Four bars rather than a stroked rectangle: the SVG backend ignores stroke widths
+                // of rectangles.
+                let t = 3;
+                for [a, b] in [
+                    [(x0, y0), (x0 + cw, y0 + t)],
+                    [(x0, y0 + ch - t), (x0 + cw, y0 + ch)],
+                    [(x0, y0), (x0 + t, y0 + ch)],
+                    [(x0 + cw - t, y0), (x0 + cw, y0 + ch)],
+                ] {
+                    root.draw(&Rectangle::new([a, b], BLACK.filled()))
+                        .map_err(e)?;
+                }
+            }
+        }
+        let foot = TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        let y = top + grid_h + 26;
+        root.draw(&Text::new(
+            "cell: the target's error on examples crafted against the source [Wilson 95% CI];",
+            (20, y),
+            foot.clone(),
+        ))
+        .map_err(e)?;
+        root.draw(&Text::new(
+            "outlined diagonal: white-box (source = target). Darker = higher error.",
+            (20, y + 20),
+            foot,
+        ))
+        .map_err(e)?;
+        Ok(())
+    }
+}
+
+fn class_label(names: &[String], c: u32) -> String {
+    match names.get(c as usize) {
+        Some(name) => format!("{c} ({name})"),
+        None => c.to_string(),
+    }
+}
+
+/// Per model: each image, then per norm its r* map (diverging, symmetric about 0, scaled by
+/// max|r| of that map) and the adversarial image with its new label and confidence.
+pub(crate) struct PerturbationFigure<'a> {
+    pub model: &'a ModelImages,
+    pub class_names: &'a [String],
+}
+
+impl PerturbationFigure<'_> {
+    const LEFT: u32 = 80;
+    const TOP: u32 = 86;
+    const BOTTOM: u32 = 90;
+
+    /// The norms, in order of first appearance.
+    fn norms(&self) -> Vec<crate::schema::Norm> {
+        let mut norms = Vec::new();
+        for img in &self.model.images {
+            for p in &img.perturbations {
+                if !norms.contains(&p.norm) {
+                    norms.push(p.norm);
+                }
+            }
+        }
+        norms
+    }
+
+    /// Pixels per image pixel, and the side of the image box.
+    fn scale(&self) -> (u32, u32) {
+        let side = self
+            .model
+            .images
+            .iter()
+            .map(|i| i.image.height().max(i.image.width()))
+            .max()
+            .unwrap_or(28)
+            .max(1) as u32;
+        let s = (140 / side).max(1);
+        (s, s * side)
+    }
+
+    fn cell(&self) -> (u32, u32) {
+        let (_, px) = self.scale();
+        ((px + 24).max(150), px + 50)
+    }
+}
+
+fn draw_image<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    img: &Image,
+    origin: (i32, i32),
+    scale: i32,
+    color: impl Fn(&Image, usize, usize) -> RGBColor,
+) -> DrawResult {
+    let (x0, y0) = origin;
+    for y in 0..img.height() {
+        // One rectangle per run of equal colours: keeps the SVG small (backgrounds, L∞ maps).
+        let mut x = 0;
+        while x < img.width() {
+            let c = color(img, y, x);
+            let mut end = x + 1;
+            while end < img.width() && color(img, y, end) == c {
+                end += 1;
+            }
+            let (px, py) = (x0 + x as i32 * scale, y0 + y as i32 * scale);
+            let px_end = x0 + end as i32 * scale;
+            root.draw(&Rectangle::new(
+                [(px, py), (px_end, py + scale)],
+                c.filled(),
+            ))
+            .map_err(e)?;
+            x = end;
+        }
+    }
+    let (w, h) = (img.width() as i32 * scale, img.height() as i32 * scale);
+    root.draw(&Rectangle::new(
+        [(x0 - 1, y0 - 1), (x0 + w, y0 + h)],
+        RGBColor(160, 160, 160).stroke_width(1),
+    ))
+    .map_err(e)
+}
+
+fn pixel_color(img: &Image, y: usize, x: usize) -> RGBColor {
+    let v = |c: usize| (img.at(c, y, x).clamp(0.0, 1.0) * 255.0).round() as u8;
+    if img.channels() == 3 {
+        RGBColor(v(0), v(1), v(2))
+    } else {
+        let g = (img.mean_at(y, x).clamp(0.0, 1.0) * 255.0).round() as u8;
+        RGBColor(g, g, g)
+    }
+}
+
+impl Figure for PerturbationFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        let (cw, ch) = self.cell();
+        let cols = 1 + 2 * self.norms().len() as u32;
+        let rows = self.model.images.len().max(1) as u32;
+        (
+            (Self::LEFT + cols * cw + 20).max(720),
+            Self::TOP + rows * ch + Self::BOTTOM,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let (w, h) = self.size();
+        let (scale, px) = self.scale();
+        let (cw, ch) = self.cell();
+        let norms = self.norms();
+        let bold = TextStyle::from((FONT, 22, FontStyle::Bold).into_font())
+            .pos(Pos::new(HPos::Center, VPos::Center));
+        root.draw(&Text::new(
+            format!("Optimal perturbations r*: {}", self.model.model),
+            (w as i32 / 2, 24),
+            bold,
+        ))
+        .map_err(e)?;
+        let header = centered(16);
+        let col_x = |k: u32| (Self::LEFT + k * cw) as i32;
+        root.draw(&Text::new(
+            "clean x",
+            (col_x(0) + cw as i32 / 2, Self::TOP as i32 - 20),
+            header.clone(),
+        ))
+        .map_err(e)?;
+        for (k, norm) in norms.iter().enumerate() {
+            let k = k as u32;
+            root.draw(&Text::new(
+                format!("r* ({norm})"),
+                (col_x(1 + 2 * k) + cw as i32 / 2, Self::TOP as i32 - 20),
+                header.clone(),
+            ))
+            .map_err(e)?;
+            root.draw(&Text::new(
+                format!("x + r* ({norm})"),
+                (col_x(2 + 2 * k) + cw as i32 / 2, Self::TOP as i32 - 20),
+                header.clone(),
+            ))
+            .map_err(e)?;
+        }
+        let caption = centered(13);
+        for (row, img) in self.model.images.iter().enumerate() {
+            let y0 = (Self::TOP + row as u32 * ch) as i32;
+            let label = img
+                .index
+                .map(|i| format!("#{i}"))
+                .unwrap_or_else(|| format!("{}", row + 1));
+            root.draw(&Text::new(
+                label,
+                (Self::LEFT as i32 / 2, y0 + px as i32 / 2),
+                centered(15),
+            ))
+            .map_err(e)?;
+            let image_x =
+                |k: u32| col_x(k) + (cw as i32 - img.image.width() as i32 * scale as i32) / 2;
+            draw_image(
+                root,
+                &img.image,
+                (image_x(0), y0),
+                scale as i32,
+                pixel_color,
+            )?;
+            let mut text = format!("label {}", class_label(self.class_names, img.label));
+            if let Some(pred) = img.pred {
+                text.push_str(&format!(", pred {pred}"));
+            }
+            let cap_y = y0 + px as i32 + 16;
+            let cap = |k: u32, s: String| {
+                Text::new(s, (col_x(k) + cw as i32 / 2, cap_y), caption.clone())
+            };
+            root.draw(&cap(0, text)).map_err(e)?;
+            for (k, norm) in norms.iter().enumerate() {
+                let k = k as u32;
+                let Some(p) = img.perturbations.iter().find(|p| p.norm == *norm) else {
+                    continue;
+                };
+                let max = p.r.max_abs();
+                let denom = if max > 0.0 { max } else { 1.0 };
+                draw_image(
+                    root,
+                    &p.r,
+                    (image_x(1 + 2 * k), y0),
+                    scale as i32,
+                    |r, y, x| diverging((r.mean_at(y, x) / denom) as f64),
+                )?;
+                root.draw(&cap(1 + 2 * k, format!("max|r| = {}", fmt_num(max as f64))))
+                    .map_err(e)?;
+                draw_image(
+                    root,
+                    &p.adversarial,
+                    (image_x(2 + 2 * k), y0),
+                    scale as i32,
+                    pixel_color,
+                )?;
+                let mut text = match p.adv_label {
+                    Some(l) => format!("→ {}", class_label(self.class_names, l)),
+                    None => "→ ?".to_string(),
+                };
+                if let Some(c) = p.confidence {
+                    text.push_str(&format!(" ({:.0}%)", c * 100.0));
+                }
+                root.draw(&cap(2 + 2 * k, text)).map_err(e)?;
+            }
+        }
+        // Colour bar for the r* maps.
+        let bar_y = (h - Self::BOTTOM + 24) as i32;
+        let (bar_x, bar_w) = (Self::LEFT as i32, 240);
+        for i in 0..bar_w {
+            let t = 2.0 * i as f64 / (bar_w - 1) as f64 - 1.0;
+            root.draw(&Rectangle::new(
+                [(bar_x + i, bar_y), (bar_x + i + 1, bar_y + 14)],
+                diverging(t).filled(),
+            ))
+            .map_err(e)?;
+        }
+        for (text, x) in [
+            ("−max|r|", bar_x),
+            ("0", bar_x + bar_w / 2),
+            ("+max|r|", bar_x + bar_w),
+        ] {
+            root.draw(&Text::new(text, (x, bar_y + 28), centered(13)))
+                .map_err(e)?;
+        }
+        let note = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        root.draw(&Text::new(
+            "r* maps: blue < 0 < red, each scaled by its own max|r|;",
+            (bar_x + bar_w + 40, bar_y + 4),
+            note.clone(),
+        ))
+        .map_err(e)?;
+        root.draw(&Text::new(
+            "images: black = 0, white = 1; → new label (confidence).",
+            (bar_x + bar_w + 40, bar_y + 24),
+            note,
+        ))
+        .map_err(e)?;
+        Ok(())
+    }
+}
+
+/// Goodfellow et al.'s Fig. 4: the logits of one image along a fixed direction, one line per
+/// class, the true class thick.
+pub(crate) struct LogitSweepFigure<'a> {
+    pub sweep: &'a LogitSweep,
+    pub class_names: &'a [String],
+}
+
+impl Figure for LogitSweepFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let s = self.sweep;
+        let index = s.index.map(|i| format!(", image #{i}")).unwrap_or_default();
+        let area = title(
+            root,
+            &format!("Logits along a fixed attack direction: {}{index}", s.model),
+        )?;
+        let (chart, legend) = with_legend(&area);
+        let classes = s.logits[0].len();
+        let lines: Vec<Line> = (0..classes)
+            .map(|c| {
+                let points = s
+                    .eps
+                    .iter()
+                    .zip(&s.logits)
+                    .map(|(&x, row)| (x, row[c]))
+                    .collect();
+                let mut line = Line::new(points, palette(c));
+                line.markers = false;
+                if c as u32 == s.label {
+                    line.width = 4;
+                }
+                line
+            })
+            .collect();
+        // Draw the true class last so that it stays on top.
+        let mut ordered: Vec<Line> = lines
+            .iter()
+            .enumerate()
+            .filter(|(c, _)| *c as u32 != s.label)
+            .map(|(_, l)| l.clone())
+            .collect();
+        ordered.push(lines[s.label as usize].clone());
+        let norm = s.norm.map(|n| format!(" ({n})")).unwrap_or_default();
+        let axes = Axes {
+            caption: None,
+            x_label: format!("ε: x + ε·d, d the steepest-ascent direction{norm} at ε = 0"),
+            y_label: "logit".into(),
+            x: padded_range(s.eps.iter().copied(), 0.02),
+            y: padded_range(s.logits.iter().flatten().copied(), 0.05),
+            x_percent: false,
+            y_percent: false,
+            x_integer: false,
+        };
+        line_chart(&chart, &axes, &ordered, &[0.0])?;
+        let mut items = vec![LegendItem::Header("class".into())];
+        for c in 0..classes {
+            let mut label = class_label(self.class_names, c as u32);
+            if c as u32 == s.label {
+                label.push_str(" (true)");
+            }
+            items.push(LegendItem::Entry {
+                label,
+                color: palette(c),
+                kind: LineKind::Solid,
+                width: if c as u32 == s.label { 4 } else { 2 },
+                band: false,
+                marker: false,
+            });
+        }
+        side_legend(&legend, 60, &items)
+    }
+}

@@ -1,0 +1,266 @@
+//! The report drawn from a small hand-made results folder (tests/fixtures/basic, in the
+//! layout of docs/results.md): every figure kind, decodable PNGs of the stated size, SVGs,
+//! report.md and index.html, schema-version errors, and the data of one plot series against a
+//! golden file (set GAUNTLET_UPDATE_GOLDEN=1 to rewrite it after an intended change).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use gauntlet_report::{read_results_dir, series, write_report, Error, FigureKind};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/basic")
+}
+
+/// A copy of the fixture's `files`, `edit` applied to results.json.
+fn copy_fixture(files: &[&str], edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in files {
+        fs::copy(fixture().join(name), dir.path().join(name)).unwrap();
+    }
+    let path = dir.path().join("results.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+    dir
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    (info.width, info.height)
+}
+
+#[test]
+fn draws_every_figure_kind_and_both_documents() {
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(&fixture(), out.path()).unwrap();
+    for (kind, expected) in [
+        (FigureKind::Accuracy, 3),
+        (FigureKind::Tradeoff, 3),
+        (FigureKind::Transfer, 1),
+        (FigureKind::Training, 1),
+        (FigureKind::Noise, 1),
+        (FigureKind::Perturbations, 2),
+        (FigureKind::LogitSweep, 1),
+    ] {
+        assert_eq!(
+            summary.count(kind),
+            expected,
+            "{kind:?}: {:#?}",
+            summary.figures
+        );
+    }
+    assert!(summary.notes.is_empty(), "{:?}", summary.notes);
+    for fig in &summary.figures {
+        assert!(
+            fig.png.starts_with(out.path().join("figures")),
+            "{}",
+            fig.png.display()
+        );
+        assert!(
+            fs::metadata(&fig.png).unwrap().len() > 1000,
+            "{}",
+            fig.png.display()
+        );
+        assert_eq!(
+            png_size(&fig.png),
+            (fig.width, fig.height),
+            "{}",
+            fig.png.display()
+        );
+        let svg = fs::read_to_string(&fig.svg).unwrap();
+        assert!(svg.contains("<svg"), "{}", fig.svg.display());
+        assert!(
+            svg.contains(&format!("width=\"{}\"", fig.width)),
+            "{}",
+            fig.svg.display()
+        );
+        assert!(svg.contains("<text"), "{}: no text", fig.svg.display());
+    }
+    let accuracy = summary
+        .figures
+        .iter()
+        .find(|f| f.kind == FigureKind::Accuracy)
+        .unwrap();
+    assert_eq!(
+        accuracy.png,
+        out.path().join("figures/accuracy-fgsm-linf.png")
+    );
+    assert_eq!((accuracy.width, accuracy.height), (1000, 620));
+    let transfer = summary
+        .figures
+        .iter()
+        .find(|f| f.kind == FigureKind::Transfer)
+        .unwrap();
+    assert_eq!(
+        transfer.png,
+        out.path().join("figures/transfer-fgsm-linf-eps0.25.png")
+    );
+
+    let md = fs::read_to_string(&summary.report_md).unwrap();
+    for needle in [
+        "# gauntlet report: fixture",
+        "## Clean accuracy",
+        "| maxout | maxout-mlp | 1371610 | 5 (best 5) | epochs | 200 | 95.5% [91.7, 97.6] | 0.1520 |",
+        "### fgsm (L∞): fast-gradient-linf, single-step",
+        "| ε = 0.05 | ε = 0.1 | ε = 0.2 | ε = 0.3 |",
+        "**89.0% [83.9, 92.6] (white-box)**",
+        "**FAILED**",
+        "3 of 4 checks passed",
+        "1 planned job(s) have no output yet",
+        "σ = 0.3",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
+    }
+    let html = fs::read_to_string(&summary.index_html).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains("<style>") && html.contains("<table>") && html.contains("white-box"));
+    // Every figure is linked from both documents, by a relative path that exists.
+    for fig in &summary.figures {
+        for path in [&fig.png, &fig.svg] {
+            let rel = path.strip_prefix(out.path()).unwrap().to_str().unwrap();
+            assert!(
+                md.contains(&format!("({rel})")),
+                "report.md does not link {rel}"
+            );
+            assert!(
+                html.contains(&format!("href=\"{rel}\"")),
+                "index.html does not link {rel}"
+            );
+        }
+    }
+}
+
+#[test]
+fn accuracy_series_match_the_golden_file() {
+    let data = read_results_dir(&fixture()).unwrap();
+    let panels = series::accuracy_panels(&data.results);
+    let got = serde_json::to_string_pretty(&panels).unwrap() + "\n";
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/accuracy-series.json");
+    if std::env::var_os("GAUNTLET_UPDATE_GOLDEN").is_some() {
+        fs::write(&golden, &got).unwrap();
+    }
+    let want = fs::read_to_string(&golden)
+        .expect("golden file; run with GAUNTLET_UPDATE_GOLDEN=1 to create it");
+    assert_eq!(
+        got, want,
+        "accuracy series changed; if intended, rerun with GAUNTLET_UPDATE_GOLDEN=1"
+    );
+
+    // And by hand, the facts the golden file encodes for one series.
+    let fgsm = &panels[0];
+    assert_eq!(
+        (fgsm.attack.as_str(), fgsm.norm.to_string().as_str()),
+        ("fgsm", "L∞")
+    );
+    let models: Vec<&str> = fgsm.series.iter().map(|s| s.model.as_str()).collect();
+    assert_eq!(models, ["maxout", "maxout-fgsm", "maxout-l2"]);
+    let maxout = &fgsm.series[0];
+    let xs: Vec<f64> = maxout.points.iter().map(|p| p.x).collect();
+    assert_eq!(xs, [0.0, 0.05, 0.1, 0.2, 0.3]);
+    let ys: Vec<f64> = maxout.points.iter().map(|p| p.y).collect();
+    assert_eq!(ys, [0.955, 0.6, 0.26, 0.04, 0.005]);
+    // The clean point's interval is Wilson's for 191/200.
+    let (lo, hi) = gauntlet_report::wilson_interval(191, 200);
+    assert_eq!((maxout.points[0].low, maxout.points[0].high), (lo, hi));
+    assert!(maxout.points.iter().all(|p| p.low <= p.y && p.y <= p.high));
+
+    let matrices = series::transfer_matrices(&data.results);
+    assert_eq!(matrices.len(), 1);
+    let m = &matrices[0];
+    assert_eq!(m.sources, ["maxout", "maxout-fgsm", "maxout-l2"]);
+    assert!((m.cells[0][0].unwrap().error - 0.89).abs() < 1e-12);
+    assert!((m.cells[1][0].unwrap().error - 0.41).abs() < 1e-12);
+    let tradeoff = series::tradeoff_panels(&panels);
+    assert_eq!(tradeoff[0].eps, 0.2);
+}
+
+#[test]
+fn unsupported_schema_versions_are_clear_errors() {
+    let files = ["results.json"];
+    for (version, word) in [(0, "older than supported"), (2, "newer than supported")] {
+        let dir = copy_fixture(&files, |v| v["schema_version"] = version.into());
+        let out = tempfile::tempdir().unwrap();
+        let err = write_report(dir.path(), out.path()).unwrap_err();
+        assert!(
+            matches!(err, Error::SchemaVersion { found, supported: 1, .. } if found == version),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("results.json") && msg.contains(word), "{msg}");
+        assert!(msg.contains(&format!("schema_version {version}")), "{msg}");
+        assert!(!out.path().join("report.md").exists());
+    }
+    let dir = copy_fixture(&files, |v| {
+        v.as_object_mut().unwrap().remove("schema_version");
+    });
+    let err = write_report(dir.path(), dir.path().join("report").as_path()).unwrap_err();
+    assert!(matches!(err, Error::MissingSchemaVersion { .. }), "{err:?}");
+    assert!(err.to_string().contains("results.json"), "{err}");
+}
+
+#[test]
+fn optional_files_may_be_absent() {
+    let dir = copy_fixture(&["results.json"], |v| {
+        v["transfer"] = serde_json::json!([]);
+        v["masking"] = serde_json::json!([]);
+    });
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(dir.path(), out.path()).unwrap();
+    assert_eq!(summary.count(FigureKind::Accuracy), 3);
+    for kind in [
+        FigureKind::Training,
+        FigureKind::Transfer,
+        FigureKind::Perturbations,
+        FigureKind::LogitSweep,
+    ] {
+        assert_eq!(summary.count(kind), 0, "{kind:?}");
+    }
+    let notes = summary.notes.join("\n");
+    for needle in [
+        "training.csv",
+        "transfer",
+        "perturbations.json",
+        "logit_sweep.json",
+    ] {
+        assert!(notes.contains(needle), "{notes}");
+    }
+    let md = fs::read_to_string(&summary.report_md).unwrap();
+    assert!(
+        md.contains("results.json has no gradient-masking checks."),
+        "{md}"
+    );
+}
+
+#[test]
+fn inconsistent_tensor_files_name_the_file_and_the_array() {
+    let dir = copy_fixture(&["results.json", "perturbations.json"], |_| {});
+    let path = dir.path().join("perturbations.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    value["models"][0]["images"][1]["perturbations"][0]["r"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    fs::write(&path, value.to_string()).unwrap();
+    let err = write_report(dir.path(), dir.path().join("report").as_path()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("perturbations.json"), "{msg}");
+    assert!(
+        msg.contains("model `maxout` image 1: perturbations[0].r"),
+        "{msg}"
+    );
+    assert!(msg.contains("expected 784 values"), "{msg}");
+}
+
+/// Writes the fixture's report to $GAUNTLET_REPORT_OUT for a person to look at.
+#[test]
+fn write_fixture_report_for_inspection() {
+    if let Some(out) = std::env::var_os("GAUNTLET_REPORT_OUT") {
+        write_report(&fixture(), Path::new(&out)).unwrap();
+    }
+}

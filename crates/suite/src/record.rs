@@ -1,0 +1,273 @@
+//! What the suite writes: each job's output file (`jobs/<kind>-<key>/job.json`) and the rows
+//! of the aggregated `results.json` and CSV tables (docs/results.md documents both).
+
+use gauntlet_attacks::{AttackKind, AttackRecord, MaskingFlag, NoiseRecord, Norm, TransferRecord};
+use gauntlet_data::DataConfig;
+use gauntlet_models::ModelSpec;
+use gauntlet_train::{EpochRecord, EvalResult, TrainConfig, TrainLog};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::JobKind;
+
+/// Version of the layout of `results.json` and the CSV tables; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The file a finished job leaves behind, written last: its presence means the job is done.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobFile<T> {
+    pub id: String,
+    pub kind: JobKind,
+    pub key: String,
+    pub code_version: String,
+    /// The resolved spec the key was computed from.
+    pub spec: Value,
+    /// Keys of the jobs whose outputs this one read.
+    pub inputs: Vec<String>,
+    /// Wall time of the whole job.
+    pub seconds: f64,
+    pub output: T,
+}
+
+/// Output of a training job (beside `model.safetensors` and `model.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOutput {
+    pub model: String,
+    pub n_params: usize,
+    pub train_seconds: f64,
+    pub log: TrainLog,
+    /// Clean loss and error on the whole test split (after `data.test-limit`).
+    pub test: EvalResult,
+}
+
+/// Output of an attack job (beside `examples.csv`, one row per example and ε).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttackOutput {
+    pub model: String,
+    pub attack: String,
+    pub records: Vec<AttackRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NoiseOutput {
+    pub model: String,
+    pub records: Vec<NoiseRecord>,
+}
+
+/// Output of a craft job (beside `x_adv.safetensors`, tensor `x_adv`, f32 `[n, C, H, W]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CraftOutput {
+    pub source: String,
+    pub attack: String,
+    pub eps: f64,
+    pub n: usize,
+    /// The source's predictions on its own adversarial examples.
+    pub source_adv_preds: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScoreOutput {
+    pub record: TransferRecord,
+}
+
+/// `results/NAME/results.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub schema_version: u32,
+    pub suite: String,
+    /// Version of the gauntlet crates that wrote the file.
+    pub gauntlet_version: String,
+    pub code_version: String,
+    pub seed: u64,
+    /// The data set (its folder left out).
+    pub data: DataConfig,
+    pub eval: EvalSettings,
+    pub models: Vec<ModelResult>,
+    pub robustness: Vec<RobustnessEntry>,
+    pub noise: Vec<NoiseRow>,
+    pub transfer: Vec<TransferRecord>,
+    pub masking: Vec<MaskingEntry>,
+    /// Ids of the planned jobs that have no output yet; empty for a complete suite.
+    pub missing: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    pub test_limit: Option<usize>,
+    pub batch_size: usize,
+}
+
+/// One trained model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelResult {
+    pub name: String,
+    pub seed: u64,
+    /// `maxout-mlp`, `mlp`, `conv-maxout`, `cnn`.
+    pub arch: String,
+    pub spec: ModelSpec,
+    pub train: TrainConfig,
+    pub n_params: usize,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub stopped_by: String,
+    pub train_seconds: f64,
+    pub test_n: usize,
+    pub test_error: f64,
+    pub test_loss: f64,
+    /// Wilson 95% interval of the clean test accuracy.
+    pub test_ci_low: f64,
+    pub test_ci_high: f64,
+    /// Relative to the results folder: `models/NAME.safetensors`.
+    pub checkpoint: String,
+    /// Key of the training job.
+    pub job: String,
+}
+
+/// One row of `robustness.csv`: a model under one attack at one ε.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessRow {
+    pub model: String,
+    /// The suite's name for the attack.
+    pub attack: String,
+    /// The attack's own name ([`gauntlet_attacks::Attack::name`]), e.g. `pgd-linf`.
+    pub method: String,
+    pub kind: AttackKind,
+    pub norm: Norm,
+    pub eps: f64,
+    pub n: usize,
+    pub clean_correct: usize,
+    pub clean_accuracy: f64,
+    pub adversarial_correct: usize,
+    pub adversarial_accuracy: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub mean_perturbation: f64,
+    pub max_perturbation: f64,
+    pub mean_linf: f64,
+    pub max_linf: f64,
+    pub mean_l2: f64,
+    pub max_l2: f64,
+    pub mean_l1: f64,
+    pub max_l1: f64,
+    pub mistakes: usize,
+    pub mean_confidence_on_mistakes: Option<f64>,
+    pub seconds: f64,
+    /// The model's seed.
+    pub seed: u64,
+}
+
+impl RobustnessRow {
+    pub fn new(model: &str, attack: &str, seed: u64, r: &AttackRecord) -> Self {
+        Self {
+            model: model.to_string(),
+            attack: attack.to_string(),
+            method: r.attack.clone(),
+            kind: r.kind,
+            norm: r.norm,
+            eps: r.eps,
+            n: r.n,
+            clean_correct: r.clean_correct,
+            clean_accuracy: r.clean_accuracy,
+            adversarial_correct: r.adversarial_correct,
+            adversarial_accuracy: r.adversarial_accuracy,
+            ci_low: r.adversarial_ci_low,
+            ci_high: r.adversarial_ci_high,
+            mean_perturbation: r.mean_perturbation,
+            max_perturbation: r.max_perturbation,
+            mean_linf: r.mean_linf,
+            max_linf: r.max_linf,
+            mean_l2: r.mean_l2,
+            max_l2: r.max_l2,
+            mean_l1: r.mean_l1,
+            max_l1: r.max_l1,
+            mistakes: r.mistakes,
+            mean_confidence_on_mistakes: r.mean_confidence_on_mistakes,
+            seconds: r.seconds,
+            seed,
+        }
+    }
+}
+
+/// A [`RobustnessRow`] in `results.json`, with the attack's resolved spec.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RobustnessEntry {
+    #[serde(flatten)]
+    pub row: RobustnessRow,
+    pub spec: Value,
+}
+
+/// One row of `noise.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseRow {
+    pub model: String,
+    pub sigma: f64,
+    pub clip: bool,
+    pub seed: u64,
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub error: f64,
+    pub seconds: f64,
+}
+
+impl NoiseRow {
+    pub fn new(model: &str, r: &NoiseRecord) -> Self {
+        Self {
+            model: model.to_string(),
+            sigma: r.sigma,
+            clip: r.clip,
+            seed: r.seed,
+            n: r.n,
+            correct: r.correct,
+            accuracy: r.accuracy,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+            error: r.error,
+            seconds: r.seconds,
+        }
+    }
+}
+
+/// One row of `training.csv`: a model's epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRow {
+    pub model: String,
+    pub epoch: usize,
+    pub lr: f64,
+    pub momentum: Option<f64>,
+    pub train_loss: f64,
+    pub train_error: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_error: Option<f64>,
+    pub valid_adv_error: Option<f64>,
+    pub seconds: f64,
+    pub examples_per_second: f64,
+}
+
+impl TrainingRow {
+    pub fn new(model: &str, r: &EpochRecord) -> Self {
+        Self {
+            model: model.to_string(),
+            epoch: r.epoch,
+            lr: r.lr,
+            momentum: r.momentum,
+            train_loss: r.train_loss,
+            train_error: r.train_error,
+            valid_loss: r.valid_loss,
+            valid_error: r.valid_error,
+            valid_adv_error: r.valid_adv_error,
+            seconds: r.seconds,
+            examples_per_second: r.examples_per_second,
+        }
+    }
+}
+
+/// A gradient-masking check on one model's attack records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MaskingEntry {
+    pub model: String,
+    #[serde(flatten)]
+    pub flag: MaskingFlag,
+}

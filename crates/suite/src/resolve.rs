@@ -1,0 +1,469 @@
+//! From the wire types to a checked [`Suite`]: every cross-field invariant (ε non-negative,
+//! names unique and known, options that fit the attack kind, the data folder present) is
+//! checked here once, so the planner and runner never re-validate.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use gauntlet_attacks::{Attack, AttackLoss, FastGradient, Norm, Pgd, StepSize};
+use gauntlet_data::{default_data_dir, DataConfig, DatasetName};
+use gauntlet_models::ModelSpec;
+use gauntlet_train::{Regularizer, TrainConfig};
+use serde::Serialize;
+
+use crate::spec::{self, AttackMethodSpec, AttackSpec, LossSpec, SuiteSpec};
+use crate::{Error, Result};
+
+/// A checked suite, ready to plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Suite {
+    pub name: String,
+    pub seed: u64,
+    /// With `dir` set to the folder that exists.
+    pub data: DataConfig,
+    pub models: Vec<ModelDef>,
+    pub attacks: Vec<AttackDef>,
+    pub transfer: Option<TransferDef>,
+    pub noise: Option<NoiseDef>,
+    pub eval: EvalOptions,
+    /// The file it was read from.
+    pub path: PathBuf,
+}
+
+/// A model to train.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelDef {
+    pub name: String,
+    /// Seed of the initial weights (through [`crate::INIT_STREAM`]), shuffling and dropout.
+    pub seed: u64,
+    pub spec: ModelSpec,
+    /// With `seed` set to the model's seed.
+    pub train: TrainConfig,
+}
+
+/// An attack swept over its ε list.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttackDef {
+    pub name: String,
+    pub method: AttackMethod,
+    pub eps: Vec<f64>,
+}
+
+/// The attack itself, resolved (defaults filled in), as recorded with its results.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AttackMethod {
+    FastGradient { norm: Norm, clip: bool },
+    Pgd(Pgd),
+}
+
+impl AttackMethod {
+    pub fn build(&self) -> Box<dyn Attack> {
+        match *self {
+            AttackMethod::FastGradient { norm, clip } => Box::new(FastGradient { norm, clip }),
+            AttackMethod::Pgd(pgd) => Box::new(pgd),
+        }
+    }
+
+    pub fn norm(&self) -> Norm {
+        match self {
+            AttackMethod::FastGradient { norm, .. } => *norm,
+            AttackMethod::Pgd(pgd) => pgd.norm,
+        }
+    }
+}
+
+/// `[transfer]`, resolved.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferDef {
+    /// Index into [`Suite::attacks`].
+    pub attack: usize,
+    pub eps: Vec<f64>,
+    pub sources: Vec<SourceDef>,
+    /// Indices into [`Suite::models`].
+    pub targets: Vec<usize>,
+}
+
+/// A transfer source: one model, or an ensemble averaging several (named `a+b`).
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceDef {
+    pub name: String,
+    /// Indices into [`Suite::models`].
+    pub members: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NoiseDef {
+    pub sigmas: Vec<f64>,
+    pub clip: bool,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalOptions {
+    pub test_limit: Option<usize>,
+    pub batch_size: usize,
+}
+
+impl Suite {
+    /// Reads, parses and checks a suite file. `data_dir`, when given, replaces `data.dir`.
+    ///
+    /// A relative `data.dir` is relative to the suite file's folder; without one the data
+    /// set's default folder is used ([`gauntlet_data::default_data_dir`]).
+    ///
+    /// # Errors
+    /// [`Error::Toml`] (file:line:column) for syntax and schema errors, [`Error::Invalid`]
+    /// (file and field) for impossible values.
+    pub fn load(path: &Path, data_dir: Option<&Path>) -> Result<Suite> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Suite::from_text(path, &text, data_dir)
+    }
+
+    /// [`Suite::load`] on text already read; `path` locates messages and relative folders.
+    pub fn from_text(path: &Path, text: &str, data_dir: Option<&Path>) -> Result<Suite> {
+        let spec = spec::parse(path, text)?;
+        let models = spec::merge_models(path, text, &spec.models)?;
+        resolve(path, spec, models, data_dir)
+    }
+
+    pub fn model_index(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.name == name)
+    }
+
+    /// Whether some model trains with form A (double backpropagation), which needs
+    /// `CANDLE_GRAD_DO_NOT_DETACH` before the first backward pass.
+    pub fn needs_double_backprop(&self) -> bool {
+        self.models
+            .iter()
+            .any(|m| matches!(m.train.regularizer, Regularizer::GradientPenalty { .. }))
+    }
+
+    /// The data configuration without its folder: what the data *is*, for cache keys, so
+    /// moving the data does not invalidate results.
+    pub fn data_identity(&self) -> DataConfig {
+        DataConfig {
+            dir: None,
+            ..self.data.clone()
+        }
+    }
+}
+
+/// `[channels, height, width]` and classes of a data set's images.
+pub fn data_shape(dataset: DatasetName) -> ([usize; 3], usize) {
+    match dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => ([1, 28, 28], 10),
+        DatasetName::Cifar10 => ([3, 32, 32], 10),
+    }
+}
+
+fn check_name(path: &Path, field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            path,
+            field,
+            format!("`{name}` must be non-empty and use only letters, digits, `-`, `_` and `.` (it names files)"),
+        ))
+    }
+}
+
+fn check_budgets(path: &Path, field: &str, what: &str, values: &[f64]) -> Result<()> {
+    if values.is_empty() {
+        return Err(Error::invalid(
+            path,
+            field,
+            format!("expected at least one {what}, got none"),
+        ));
+    }
+    if let Some((i, bad)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+    {
+        return Err(Error::invalid(
+            path,
+            format!("{field}[{i}]"),
+            format!("{what} must be finite and >= 0, got {bad}"),
+        ));
+    }
+    Ok(())
+}
+
+fn resolve(
+    path: &Path,
+    spec: SuiteSpec,
+    merged: Vec<spec::MergedModel>,
+    data_dir: Option<&Path>,
+) -> Result<Suite> {
+    check_name(path, "name", &spec.name)?;
+    if merged.is_empty() {
+        return Err(Error::invalid(
+            path,
+            "model",
+            "expected at least one [[model]], got none",
+        ));
+    }
+
+    let mut data = spec.data.clone();
+    let dir = match (data_dir, &data.dir) {
+        (Some(dir), _) => dir.to_path_buf(),
+        (None, Some(dir)) if dir.is_relative() => path.parent().unwrap_or(Path::new(".")).join(dir),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => default_data_dir(data.dataset),
+    };
+    if !dir.is_dir() {
+        return Err(Error::invalid(
+            path,
+            "data.dir",
+            format!(
+                "data directory {} does not exist (set data.dir, pass a data directory, or set GAUNTLET_DATA_DIR)",
+                dir.display()
+            ),
+        ));
+    }
+    data.dir = Some(dir);
+    let (input, n_classes) = data_shape(data.dataset);
+
+    let mut models = Vec::with_capacity(merged.len());
+    for m in merged {
+        let field = format!("model `{}`", m.name);
+        check_name(path, &format!("{field}.name"), &m.name)?;
+        if m.name.contains('+') {
+            return Err(Error::invalid(
+                path,
+                format!("{field}.name"),
+                "`+` is reserved for ensembles",
+            ));
+        }
+        let seed = m.seed.unwrap_or(spec.seed);
+        let model_spec = ModelSpec::new(m.arch, input, n_classes).with_preprocess(m.preprocess);
+        model_spec
+            .validate()
+            .map_err(|e| Error::invalid(path, format!("{field}.arch"), e.to_string()))?;
+        let mut train = m.train;
+        train.seed = seed;
+        train
+            .validate()
+            .map_err(|e| Error::invalid(path, format!("{field}.train"), e.to_string()))?;
+        models.push(ModelDef {
+            name: m.name,
+            seed,
+            spec: model_spec,
+            train,
+        });
+    }
+
+    let mut attacks = Vec::with_capacity(spec.attacks.len());
+    let mut names = BTreeSet::new();
+    for a in &spec.attacks {
+        let field = format!("attack `{}`", a.name);
+        check_name(path, &format!("{field}.name"), &a.name)?;
+        if !names.insert(a.name.clone()) {
+            return Err(Error::invalid(path, field, "duplicate attack name"));
+        }
+        check_budgets(path, &format!("{field}.eps"), "eps", &a.eps)?;
+        attacks.push(AttackDef {
+            name: a.name.clone(),
+            method: attack_method(path, &field, a, spec.seed)?,
+            eps: a.eps.clone(),
+        });
+    }
+
+    let model_of = |field: &str, name: &str| {
+        models.iter().position(|m| m.name == name).ok_or_else(|| {
+            Error::invalid(
+                path,
+                field,
+                format!(
+                    "unknown model `{name}` (known: {})",
+                    models
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    };
+    let transfer = match &spec.transfer {
+        None => None,
+        Some(t) => {
+            let attack = attacks
+                .iter()
+                .position(|a| a.name == t.attack)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        path,
+                        "transfer.attack",
+                        format!(
+                            "unknown attack `{}` (known: {})",
+                            t.attack,
+                            attacks
+                                .iter()
+                                .map(|a| a.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?;
+            check_budgets(path, "transfer.eps", "eps", &t.eps)?;
+            let all: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+            let mut sources = Vec::new();
+            for (i, source) in t.sources.as_ref().unwrap_or(&all).iter().enumerate() {
+                let field = format!("transfer.sources[{i}]");
+                let members = source
+                    .split('+')
+                    .map(|name| model_of(&field, name.trim()))
+                    .collect::<Result<Vec<_>>>()?;
+                let name = members
+                    .iter()
+                    .map(|&m| models[m].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+");
+                if sources.iter().any(|s: &SourceDef| s.name == name) {
+                    return Err(Error::invalid(
+                        path,
+                        field,
+                        format!("source `{name}` is listed twice"),
+                    ));
+                }
+                sources.push(SourceDef { name, members });
+            }
+            let mut targets = Vec::new();
+            for (i, target) in t.targets.as_ref().unwrap_or(&all).iter().enumerate() {
+                let m = model_of(&format!("transfer.targets[{i}]"), target)?;
+                if !targets.contains(&m) {
+                    targets.push(m);
+                }
+            }
+            Some(TransferDef {
+                attack,
+                eps: t.eps.clone(),
+                sources,
+                targets,
+            })
+        }
+    };
+
+    let noise = match &spec.noise {
+        None => None,
+        Some(n) => {
+            check_budgets(path, "noise.sigmas", "sigma", &n.sigmas)?;
+            Some(NoiseDef {
+                sigmas: n.sigmas.clone(),
+                clip: n.clip,
+                seed: n.seed.unwrap_or(spec.seed),
+            })
+        }
+    };
+    if spec.eval.batch_size == 0 {
+        return Err(Error::invalid(
+            path,
+            "eval.batch-size",
+            "must be at least 1, got 0",
+        ));
+    }
+    if spec.eval.test_limit == Some(0) {
+        return Err(Error::invalid(
+            path,
+            "eval.test-limit",
+            "must be at least 1, got 0",
+        ));
+    }
+
+    Ok(Suite {
+        name: spec.name,
+        seed: spec.seed,
+        data,
+        models,
+        attacks,
+        transfer,
+        noise,
+        eval: EvalOptions {
+            test_limit: spec.eval.test_limit,
+            batch_size: spec.eval.batch_size,
+        },
+        path: path.to_path_buf(),
+    })
+}
+
+fn attack_method(
+    path: &Path,
+    field: &str,
+    a: &AttackSpec,
+    suite_seed: u64,
+) -> Result<AttackMethod> {
+    match a.kind {
+        AttackMethodSpec::FastGradient => {
+            let pgd_only = [
+                ("steps", a.steps.is_some()),
+                ("restarts", a.restarts.is_some()),
+                ("step-size", a.step_size.is_some()),
+                ("random-start", a.random_start.is_some()),
+                ("loss", a.loss.is_some()),
+                ("early-stop", a.early_stop.is_some()),
+                ("seed", a.seed.is_some()),
+            ];
+            if let Some((key, _)) = pgd_only.iter().find(|(_, given)| *given) {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.{key}"),
+                    "only applies to kind = \"pgd\" (a fast-gradient attack is one step of size eps)",
+                ));
+            }
+            Ok(AttackMethod::FastGradient {
+                norm: a.norm,
+                clip: a.clip.unwrap_or(true),
+            })
+        }
+        AttackMethodSpec::Pgd => {
+            let defaults = Pgd::new(a.norm);
+            let pgd = Pgd {
+                norm: a.norm,
+                steps: a.steps.unwrap_or(defaults.steps),
+                step_size: a.step_size.unwrap_or(defaults.step_size),
+                random_start: a.random_start.unwrap_or(defaults.random_start),
+                restarts: a.restarts.unwrap_or(defaults.restarts),
+                loss: match a.loss {
+                    None => defaults.loss,
+                    Some(LossSpec::CrossEntropy) => AttackLoss::CrossEntropy,
+                    Some(LossSpec::Margin) => AttackLoss::Margin,
+                },
+                early_stop: a.early_stop.unwrap_or(defaults.early_stop),
+                clip: a.clip.unwrap_or(defaults.clip),
+                seed: a.seed.unwrap_or(suite_seed),
+            };
+            if pgd.steps == 0 {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.steps"),
+                    "must be at least 1, got 0",
+                ));
+            }
+            if pgd.restarts == 0 {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.restarts"),
+                    "must be at least 1, got 0",
+                ));
+            }
+            let factor = match pgd.step_size {
+                StepSize::EpsOverSteps(f) | StepSize::RelativeToEps(f) | StepSize::Absolute(f) => f,
+            };
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.step-size"),
+                    format!("must be finite and > 0, got {factor}"),
+                ));
+            }
+            Ok(AttackMethod::Pgd(pgd))
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! Running a plan: the on-disk cache, stage-by-stage execution on worker threads, sharding,
+//! and progress reporting. Each job writes into its own folder,
+//! `results/NAME/jobs/<kind>-<key>/`, every file atomically and `job.json` last; a job whose
+//! `job.json` exists is done and is never run again, so a run killed at any point resumes
+//! where it stopped, and shards writing into one results folder never collide.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use gauntlet_attacks::{
+    craft, evaluate_attack_detailed, gaussian_noise, predict, score_transfer, EnsembleModel,
+};
+use gauntlet_data::Splits;
+use gauntlet_models::io::write_atomic;
+use gauntlet_models::layers::derive_seed;
+use gauntlet_models::{build_fitted, checkpoint, Classifier};
+use gauntlet_train::{evaluate, train, EpochRecord};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::record::{AttackOutput, CraftOutput, JobFile, NoiseOutput, ScoreOutput, TrainOutput};
+use crate::{
+    write, Error, Job, JobKind, Plan, Result, Stage, Suite, Task, CODE_VERSION, INIT_STREAM,
+};
+
+/// The file whose presence marks a finished job.
+pub const JOB_FILE: &str = "job.json";
+/// A training job's checkpoint (its spec is beside it as `model.json`).
+pub const MODEL_FILE: &str = "model.safetensors";
+/// A craft job's adversarial examples.
+pub const CRAFTED_FILE: &str = "x_adv.safetensors";
+/// An attack job's per-example outcomes.
+pub const EXAMPLES_FILE: &str = "examples.csv";
+
+/// How to run a suite.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Results go to `results_root/<suite name>/` (default `results`).
+    pub results_root: PathBuf,
+    /// Replaces the suite's `data.dir`.
+    pub data_dir: Option<PathBuf>,
+    pub device: Device,
+    /// Plan and report what is cached without running or writing anything.
+    pub dry_run: bool,
+    /// `(index, count)`, 0-based: run only this deterministic share of every stage's jobs.
+    pub shard: Option<(usize, usize)>,
+    /// Run only this stage's jobs (earlier stages must be complete).
+    pub stage: Option<Stage>,
+    /// Jobs of one stage run on this many threads (default 1).
+    pub jobs: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            results_root: PathBuf::from("results"),
+            data_dir: None,
+            device: Device::Cpu,
+            dry_run: false,
+            shard: None,
+            stage: None,
+            jobs: 1,
+        }
+    }
+}
+
+/// What happened to a job in a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobStatus {
+    /// Its output was already there.
+    Cached,
+    /// It would run (dry run), or was never reached (an earlier job failed).
+    Pending,
+    /// It ran in this run.
+    Ran,
+    /// Its inputs are missing (another shard's or another stage's jobs that have not run yet).
+    Blocked,
+    /// It belongs to another shard.
+    OtherShard,
+    /// It belongs to a stage this run skips.
+    OtherStage,
+}
+
+/// One job's line in a [`RunSummary`].
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub id: String,
+    pub kind: JobKind,
+    pub key: String,
+    /// The job's folder.
+    pub dir: PathBuf,
+    pub status: JobStatus,
+    /// Wall time, for jobs that ran.
+    pub seconds: Option<f64>,
+}
+
+/// The outcome of [`run_suite`] or [`merge_suite`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub suite: String,
+    pub results_dir: PathBuf,
+    /// In plan order (inputs before the jobs that read them).
+    pub jobs: Vec<JobReport>,
+    /// Aggregated files written (empty for dry runs, sharded and single-stage runs).
+    pub written: Vec<PathBuf>,
+    /// Ids of jobs without output after the run.
+    pub missing: Vec<String>,
+}
+
+impl RunSummary {
+    pub fn count(&self, status: JobStatus) -> usize {
+        self.jobs.iter().filter(|j| j.status == status).count()
+    }
+
+    /// Jobs that ran in this run.
+    pub fn executed(&self) -> usize {
+        self.count(JobStatus::Ran)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Receives progress from a run so a front end can draw it; the library never prints.
+/// Methods may be called from several threads at once (with `jobs > 1`).
+pub trait SuiteObserver: Sync {
+    /// The plan with every job's status before anything runs.
+    fn planned(&self, _jobs: &[JobReport]) {}
+    fn job_started(&self, _job: &Job) {}
+    fn job_finished(&self, _job: &Job, _seconds: f64) {}
+    /// A training job's progress.
+    fn batch_done(&self, _job: &Job, _epoch: usize, _batch: usize, _n_batches: usize, _loss: f32) {}
+    fn epoch_done(&self, _job: &Job, _record: &EpochRecord) {}
+}
+
+/// A [`SuiteObserver`] that ignores everything.
+pub struct NoProgress;
+impl SuiteObserver for NoProgress {}
+
+/// Runs the suite in `path`: every job not already done, then (for an unsharded run of all
+/// stages) the aggregated results. See [`run_suite_with`].
+pub fn run_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
+    run_suite_with(path, options, &NoProgress)
+}
+
+/// [`run_suite`], reporting progress to `observer`.
+///
+/// Stages run in order (train, evaluate, transfer); within a stage, jobs run on
+/// `options.jobs` threads. With `options.shard = Some((i, n))` only the jobs of shard `i`
+/// run, and a job whose inputs another shard has not produced yet is reported
+/// [`JobStatus::Blocked`]: run the shards once per stage (`options.stage`), or repeat them,
+/// then [`merge_suite`]. Aggregation reads only job outputs, so a merge after shards gives
+/// the same files as one unsharded run.
+///
+/// # Errors
+/// Suite file errors before anything runs; the first failing job ([`Error::Job`]) after the
+/// jobs already running have finished (their outputs are kept).
+pub fn run_suite_with(
+    path: &Path,
+    options: &RunOptions,
+    observer: &dyn SuiteObserver,
+) -> Result<RunSummary> {
+    if let Some((index, count)) = options.shard {
+        if count == 0 || index >= count {
+            return Err(Error::invalid(
+                path,
+                "--shard",
+                format!("expected i/n with i < n, got {index}/{count}"),
+            ));
+        }
+    }
+    let suite = Suite::load(path, options.data_dir.as_deref())?;
+    let plan = Plan::new(&suite);
+    let results_dir = options.results_root.join(&suite.name);
+    let jobs_dir = results_dir.join("jobs");
+    let mut reports: Vec<JobReport> = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            let dir = jobs_dir.join(job.dir_name());
+            let status = if dir.join(JOB_FILE).is_file() {
+                JobStatus::Cached
+            } else if options.shard.is_some_and(|(i, n)| !job.in_shard(i, n)) {
+                JobStatus::OtherShard
+            } else if options.stage.is_some_and(|s| s != job.stage()) {
+                JobStatus::OtherStage
+            } else {
+                JobStatus::Pending
+            };
+            JobReport {
+                id: job.id.clone(),
+                kind: job.kind,
+                key: job.key.clone(),
+                dir,
+                status,
+                seconds: None,
+            }
+        })
+        .collect();
+    observer.planned(&reports);
+    let aggregate = options.shard.is_none() && options.stage.is_none() && !options.dry_run;
+    if options.dry_run {
+        return Ok(summary(&suite, &plan, results_dir, reports, vec![]));
+    }
+
+    if reports.iter().any(|r| r.status == JobStatus::Pending) {
+        if suite.needs_double_backprop() {
+            // Candle reads this once per thread at the first backward pass; without it
+            // second-order gradients are silently wrong (docs/candle-traps.md).
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        }
+        let data = LoadedData::load(&suite, &options.device)?;
+        let ctx = Context {
+            suite: &suite,
+            plan: &plan,
+            jobs_dir: &jobs_dir,
+            device: &options.device,
+            data: &data,
+            observer,
+        };
+        for stage in Stage::ALL {
+            let mut runnable = Vec::new();
+            for (i, job) in plan.jobs.iter().enumerate() {
+                if job.stage() != stage || reports[i].status != JobStatus::Pending {
+                    continue;
+                }
+                if job.inputs.iter().all(|&input| ctx.is_done(input)) {
+                    runnable.push(i);
+                } else {
+                    reports[i].status = JobStatus::Blocked;
+                }
+            }
+            let (finished, failure) = run_jobs(&ctx, &runnable, options.jobs);
+            for (i, seconds) in finished {
+                reports[i].status = JobStatus::Ran;
+                reports[i].seconds = Some(seconds);
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+        }
+    }
+    let written = if aggregate {
+        write::aggregate(&suite, &plan, &results_dir)?
+    } else {
+        vec![]
+    };
+    Ok(summary(&suite, &plan, results_dir, reports, written))
+}
+
+/// Aggregates the outputs of the suite's jobs into `results.json`, the CSV tables and
+/// `models/`, running nothing: after sharded runs, this gives the files one unsharded run
+/// would. Jobs without output are listed in [`RunSummary::missing`] (and in `results.json`).
+pub fn merge_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
+    let suite = Suite::load(path, options.data_dir.as_deref())?;
+    let plan = Plan::new(&suite);
+    let results_dir = options.results_root.join(&suite.name);
+    let reports = plan
+        .jobs
+        .iter()
+        .map(|job| {
+            let dir = results_dir.join("jobs").join(job.dir_name());
+            let status = if dir.join(JOB_FILE).is_file() {
+                JobStatus::Cached
+            } else {
+                JobStatus::Pending
+            };
+            JobReport {
+                id: job.id.clone(),
+                kind: job.kind,
+                key: job.key.clone(),
+                dir,
+                status,
+                seconds: None,
+            }
+        })
+        .collect();
+    let written = if options.dry_run {
+        vec![]
+    } else {
+        write::aggregate(&suite, &plan, &results_dir)?
+    };
+    Ok(summary(&suite, &plan, results_dir, reports, written))
+}
+
+fn summary(
+    suite: &Suite,
+    plan: &Plan,
+    results_dir: PathBuf,
+    jobs: Vec<JobReport>,
+    written: Vec<PathBuf>,
+) -> RunSummary {
+    let missing = plan
+        .jobs
+        .iter()
+        .zip(&jobs)
+        .filter(|(_, r)| !r.dir.join(JOB_FILE).is_file())
+        .map(|(j, _)| j.id.clone())
+        .collect();
+    RunSummary {
+        suite: suite.name.clone(),
+        results_dir,
+        jobs,
+        written,
+        missing,
+    }
+}
+
+/// Runs `indices` on `threads` workers; returns the finished jobs with their times, and the
+/// first error (after which no new job starts).
+fn run_jobs(
+    ctx: &Context<'_>,
+    indices: &[usize],
+    threads: usize,
+) -> (Vec<(usize, f64)>, Option<Error>) {
+    let next = AtomicUsize::new(0);
+    let finished = Mutex::new(Vec::new());
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let worker = || loop {
+        if failure.lock().expect("no panics while locked").is_some() {
+            break;
+        }
+        let k = next.fetch_add(1, Ordering::SeqCst);
+        let Some(&i) = indices.get(k) else { break };
+        let job = &ctx.plan.jobs[i];
+        ctx.observer.job_started(job);
+        let started = Instant::now();
+        match execute(ctx, job, started) {
+            Ok(()) => {
+                let seconds = started.elapsed().as_secs_f64();
+                ctx.observer.job_finished(job, seconds);
+                finished
+                    .lock()
+                    .expect("no panics while locked")
+                    .push((i, seconds));
+            }
+            Err(error) => {
+                let mut slot = failure.lock().expect("no panics while locked");
+                slot.get_or_insert(Error::Job {
+                    id: job.id.clone(),
+                    error: Box::new(error),
+                });
+                break;
+            }
+        }
+    };
+    let threads = threads.max(1).min(indices.len());
+    if threads <= 1 {
+        // On the caller's thread: no thread-local state (Candle's gradient settings, the
+        // trainer's float mode) differs from a plain library call.
+        worker();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(worker);
+            }
+        });
+    }
+    let mut finished = finished.into_inner().expect("no panics while locked");
+    finished.sort_by_key(|&(i, _)| i);
+    (
+        finished,
+        failure.into_inner().expect("no panics while locked"),
+    )
+}
+
+/// The data every job of a run shares.
+struct LoadedData {
+    splits: Splits,
+    /// The evaluation images (the first `eval.test-limit` test images) and labels, on the device.
+    images: Tensor,
+    labels: Tensor,
+}
+
+impl LoadedData {
+    fn load(suite: &Suite, device: &Device) -> Result<Self> {
+        let splits = gauntlet_data::load(&suite.data)?;
+        let eval = splits.test.truncate(suite.eval.test_limit)?;
+        Ok(Self {
+            images: eval.images.to_device(device)?,
+            labels: eval.labels.to_device(device)?,
+            splits,
+        })
+    }
+}
+
+struct Context<'a> {
+    suite: &'a Suite,
+    plan: &'a Plan,
+    jobs_dir: &'a Path,
+    device: &'a Device,
+    data: &'a LoadedData,
+    observer: &'a dyn SuiteObserver,
+}
+
+impl Context<'_> {
+    fn dir(&self, job: usize) -> PathBuf {
+        self.jobs_dir.join(self.plan.jobs[job].dir_name())
+    }
+
+    fn is_done(&self, job: usize) -> bool {
+        self.dir(job).join(JOB_FILE).is_file()
+    }
+
+    fn load_model(&self, train_job: usize) -> Result<Box<dyn Classifier>> {
+        Ok(checkpoint::load(
+            &self.dir(train_job).join(MODEL_FILE),
+            self.device,
+        )?)
+    }
+
+    fn finish<T: Serialize>(&self, job: &Job, started: Instant, output: T) -> Result<()> {
+        let file = JobFile {
+            id: job.id.clone(),
+            kind: job.kind,
+            key: job.key.clone(),
+            code_version: CODE_VERSION.to_string(),
+            spec: job.spec.clone(),
+            inputs: job
+                .inputs
+                .iter()
+                .map(|&i| self.plan.jobs[i].key.clone())
+                .collect(),
+            seconds: started.elapsed().as_secs_f64(),
+            output,
+        };
+        let dir = self.jobs_dir.join(job.dir_name());
+        write_json(&dir.join(JOB_FILE), &file)
+    }
+}
+
+/// Reads a finished job's `job.json`.
+pub fn read_job<T: DeserializeOwned>(dir: &Path) -> Result<JobFile<T>> {
+    let path = dir.join(JOB_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|error| Error::Json { path, error })
+}
+
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|error| Error::Json {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
+}
+
+pub(crate) fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let csv_error = |error| Error::Csv {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer.serialize(row).map_err(csv_error)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| csv_error(e.into_error().into()))?;
+    write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
+/// Forwards the trainer's progress to the suite's observer.
+struct TrainProgress<'a> {
+    job: &'a Job,
+    observer: &'a dyn SuiteObserver,
+}
+
+impl gauntlet_train::Observer for TrainProgress<'_> {
+    fn batch_done(&mut self, epoch: usize, batch: usize, n_batches: usize, loss: f32) {
+        self.observer
+            .batch_done(self.job, epoch, batch, n_batches, loss);
+    }
+    fn epoch_done(&mut self, record: &EpochRecord) {
+        self.observer.epoch_done(self.job, record);
+    }
+}
+
+fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
+    let suite = ctx.suite;
+    let dir = ctx.jobs_dir.join(job.dir_name());
+    let (images, labels) = (&ctx.data.images, &ctx.data.labels);
+    let batch_size = suite.eval.batch_size;
+    match job.task {
+        Task::Train { model } => {
+            let def = &suite.models[model];
+            let splits = &ctx.data.splits;
+            let net = build_fitted(
+                &def.spec,
+                derive_seed(def.seed, INIT_STREAM),
+                ctx.device,
+                &splits.train.images,
+            )?;
+            let mut progress = TrainProgress {
+                job,
+                observer: ctx.observer,
+            };
+            let log = train(net.as_ref(), splits, &def.train, ctx.device, &mut progress)?;
+            let train_seconds = started.elapsed().as_secs_f64();
+            let test = evaluate(net.as_ref(), &splits.test, batch_size, ctx.device)?;
+            checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
+            ctx.finish(
+                job,
+                started,
+                TrainOutput {
+                    model: def.name.clone(),
+                    n_params: net.params().n_scalars(),
+                    train_seconds,
+                    log,
+                    test,
+                },
+            )
+        }
+        Task::Attack { model, attack } => {
+            let (def, net) = (&suite.attacks[attack], ctx.load_model(job.inputs[0])?);
+            let method = def.method.build();
+            let (records, outcomes) = evaluate_attack_detailed(
+                net.as_ref(),
+                method.as_ref(),
+                images,
+                labels,
+                &def.eps,
+                batch_size,
+            )?;
+            write_csv(&dir.join(EXAMPLES_FILE), &outcomes)?;
+            ctx.finish(
+                job,
+                started,
+                AttackOutput {
+                    model: suite.models[model].name.clone(),
+                    attack: def.name.clone(),
+                    records,
+                },
+            )
+        }
+        Task::Noise { model } => {
+            let noise = suite.noise.as_ref().expect("noise jobs come from [noise]");
+            let net = ctx.load_model(job.inputs[0])?;
+            let records = gaussian_noise(
+                net.as_ref(),
+                images,
+                labels,
+                &noise.sigmas,
+                noise.clip,
+                noise.seed,
+                batch_size,
+            )?;
+            ctx.finish(
+                job,
+                started,
+                NoiseOutput {
+                    model: suite.models[model].name.clone(),
+                    records,
+                },
+            )
+        }
+        Task::Craft { source, eps } => {
+            let transfer = suite
+                .transfer
+                .as_ref()
+                .expect("craft jobs come from [transfer]");
+            let source = &transfer.sources[source];
+            let attack = &suite.attacks[transfer.attack];
+            let members = job
+                .inputs
+                .iter()
+                .map(|&i| ctx.load_model(i).map(Arc::<dyn Classifier>::from))
+                .collect::<Result<Vec<_>>>()?;
+            let net: Arc<dyn Classifier> = match members.as_slice() {
+                [one] => one.clone(),
+                _ => Arc::new(EnsembleModel::new(members)?),
+            };
+            let x_adv = craft(
+                net.as_ref(),
+                attack.method.build().as_ref(),
+                images,
+                labels,
+                eps,
+                batch_size,
+            )?;
+            let source_adv_preds = predict(net.as_ref(), &x_adv, batch_size)?;
+            let cpu = x_adv.to_device(&Device::Cpu)?;
+            let bytes = safetensors::serialize([("x_adv", &cpu)], None).map_err(|e| {
+                Error::Candle(candle_core::Error::Msg(format!(
+                    "serializing crafted examples: {e}"
+                )))
+            })?;
+            let path = dir.join(CRAFTED_FILE);
+            write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+            ctx.finish(
+                job,
+                started,
+                CraftOutput {
+                    source: source.name.clone(),
+                    attack: attack.name.clone(),
+                    eps,
+                    n: source_adv_preds.len(),
+                    source_adv_preds,
+                },
+            )
+        }
+        Task::Score { craft, target } => {
+            let transfer = suite
+                .transfer
+                .as_ref()
+                .expect("score jobs come from [transfer]");
+            let attack = &suite.attacks[transfer.attack];
+            let crafted: JobFile<CraftOutput> = read_job(&ctx.dir(craft))?;
+            let path = ctx.dir(craft).join(CRAFTED_FILE);
+            let tensors = candle_core::safetensors::load(&path, ctx.device)?;
+            let x_adv = tensors.get("x_adv").ok_or_else(|| {
+                Error::Candle(candle_core::Error::Msg(format!(
+                    "{}: no tensor `x_adv`",
+                    path.display()
+                )))
+            })?;
+            let net = ctx.load_model(job.inputs[1])?;
+            let record = score_transfer(
+                &crafted.output.source,
+                &suite.models[target].name,
+                net.as_ref(),
+                images,
+                x_adv,
+                &crafted.output.source_adv_preds,
+                labels,
+                &attack.name,
+                attack.method.norm(),
+                crafted.output.eps,
+                batch_size,
+            )?;
+            ctx.finish(job, started, ScoreOutput { record })
+        }
+    }
+}

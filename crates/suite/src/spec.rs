@@ -1,0 +1,602 @@
+//! The suite file as written: wire types (`*Spec`, `deny_unknown_fields`, kebab-case keys) and
+//! the one place TOML is read. Model entries may inherit from each other with `like`; that
+//! merge happens on TOML values, before typed deserialisation, so an entry can override a
+//! single field of an inherited table (`train = { epochs = 3 }`). Cross-field checks live in
+//! [`crate::resolve`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use gauntlet_attacks::{Norm, StepSize};
+use gauntlet_data::DataConfig;
+use gauntlet_models::{Arch, Preprocess};
+use gauntlet_train::{Regularizer, TrainConfig};
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
+use toml::{Spanned, Value};
+
+use crate::{Error, Result};
+
+/// A whole suite file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SuiteSpec {
+    /// Names the results folder, `results/<name>/`.
+    pub name: String,
+    /// Every random choice derives from it unless an entry sets its own.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub data: DataConfig,
+    #[serde(rename = "model", default)]
+    pub models: Vec<ModelEntrySpec>,
+    #[serde(rename = "attack", default)]
+    pub attacks: Vec<AttackSpec>,
+    #[serde(default)]
+    pub transfer: Option<TransferSpec>,
+    #[serde(default)]
+    pub noise: Option<NoiseSpec>,
+    #[serde(default)]
+    pub eval: EvalSpec,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// One `[[model]]` entry before inheritance: the tables stay TOML values (with their place in
+/// the file) until [`merge_models`] has applied `like`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModelEntrySpec {
+    pub name: Spanned<String>,
+    /// Another model whose fields this one inherits and overrides.
+    #[serde(default)]
+    pub like: Option<Spanned<String>>,
+    /// Seed of this model's initial weights, shuffling and dropout; the suite's by default.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// [`gauntlet_models::Arch`].
+    #[serde(default)]
+    pub arch: Option<Spanned<Value>>,
+    /// [`gauntlet_models::Preprocess`], none by default.
+    #[serde(default)]
+    pub preprocess: Option<Spanned<Value>>,
+    /// [`gauntlet_train::TrainConfig`].
+    #[serde(default)]
+    pub train: Option<Spanned<Value>>,
+    /// Shorthand for `train.regularizer` ([`gauntlet_train::Regularizer`]).
+    #[serde(default)]
+    pub regularizer: Option<Spanned<Value>>,
+}
+
+/// One `[[attack]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AttackSpec {
+    pub name: String,
+    pub kind: AttackMethodSpec,
+    pub norm: Norm,
+    pub eps: Vec<f64>,
+    /// PGD only: gradient steps per restart (40).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// PGD only: independent runs, the per-example worst case kept (1).
+    #[serde(default)]
+    pub restarts: Option<usize>,
+    /// PGD only: `{ eps-over-steps = 2.5 }` (the default), `{ relative-to-eps = 0.25 }` or
+    /// `{ absolute = 0.01 }`.
+    #[serde(default)]
+    pub step_size: Option<StepSize>,
+    /// PGD only: start from a uniform point of the ball (true).
+    #[serde(default)]
+    pub random_start: Option<bool>,
+    /// PGD only: `ce` (cross-entropy, the default) or `cw` (Carlini & Wagner's margin).
+    #[serde(default)]
+    pub loss: Option<LossSpec>,
+    /// PGD only: freeze an example once broken (true).
+    #[serde(default)]
+    pub early_stop: Option<bool>,
+    /// Clip to `[0, 1]` (true).
+    #[serde(default)]
+    pub clip: Option<bool>,
+    /// PGD only: seed of the random starts; the suite's by default.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackMethodSpec {
+    FastGradient,
+    Pgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossSpec {
+    #[serde(rename = "ce", alias = "cross-entropy")]
+    CrossEntropy,
+    #[serde(rename = "cw", alias = "margin")]
+    Margin,
+}
+
+/// `[transfer]`: examples crafted against each source, scored on every target.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TransferSpec {
+    /// Name of an `[[attack]]` entry; its own `eps` list is not used here.
+    pub attack: String,
+    /// One budget or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub eps: Vec<f64>,
+    /// Model names; `"a+b"` is the ensemble averaging the logits of `a` and `b`. All models
+    /// by default.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    /// Model names; all models by default.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+}
+
+/// `[noise]`: accuracy under additive Gaussian noise.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NoiseSpec {
+    pub sigmas: Vec<f64>,
+    /// Clip the noisy images to `[0, 1]` (true).
+    #[serde(default = "default_true")]
+    pub clip: bool,
+    /// The suite's seed by default.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[eval]`: which test images attacks, noise and transfer use, and how many at a time.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EvalSpec {
+    /// The first `test-limit` images of the test split (after `data.test-limit`); all by default.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            test_limit: None,
+            batch_size: default_eval_batch(),
+        }
+    }
+}
+
+fn default_eval_batch() -> usize {
+    250
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<f64>, D::Error> {
+    struct Visitor;
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Vec<f64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number or a list of numbers")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v])
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v as f64])
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v as f64])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<f64>, A::Error> {
+            let mut res = Vec::new();
+            while let Some(v) = seq.next_element::<f64>()? {
+                res.push(v);
+            }
+            Ok(res)
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
+/// Parses a suite file's text; `path` is only used in messages.
+///
+/// # Errors
+/// [`Error::Toml`] with the line and column of the offending key or value.
+pub fn parse(path: &Path, text: &str) -> Result<SuiteSpec> {
+    toml::from_str(text).map_err(|e| toml_error(path, text, 0, &e))
+}
+
+/// A model entry after `like` inheritance, typed.
+#[derive(Clone, Debug)]
+pub struct MergedModel {
+    pub name: String,
+    pub seed: Option<u64>,
+    pub arch: Arch,
+    pub preprocess: Preprocess,
+    pub train: TrainConfig,
+}
+
+/// Applies `like` to every model entry, in file order.
+///
+/// An entry starts from a copy of the model it is `like` (itself resolved first) and
+/// overrides it key by key: tables merge recursively, anything else (numbers, strings, lists)
+/// replaces. A table whose `kind` differs from the inherited one replaces it whole, since
+/// its other keys belong to another variant. `name` and `like` are never inherited.
+///
+/// # Errors
+/// An unknown model in `like`, a `like` cycle, duplicate names, a missing `arch`, and values
+/// that do not deserialize (located at the entry's own value where possible).
+pub fn merge_models(
+    path: &Path,
+    text: &str,
+    entries: &[ModelEntrySpec],
+) -> Result<Vec<MergedModel>> {
+    let mut index = BTreeMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let name = entry.name.get_ref();
+        if index.insert(name.clone(), i).is_some() {
+            return Err(located(
+                path,
+                text,
+                entry.name.span(),
+                format!("duplicate model name `{name}`"),
+            ));
+        }
+    }
+    // The raw (untyped) fields of every entry after inheritance, filled in dependency order.
+    let mut merged: Vec<Option<RawModel>> = vec![None; entries.len()];
+    for start in 0..entries.len() {
+        let mut chain = vec![start];
+        // Walk up the `like` chain to the first resolved (or root) entry.
+        loop {
+            let current = *chain.last().expect("chain starts non-empty");
+            if merged[current].is_some() {
+                chain.pop();
+                break;
+            }
+            let Some(like) = &entries[current].like else {
+                break;
+            };
+            let Some(&parent) = index.get(like.get_ref()) else {
+                return Err(located(
+                    path,
+                    text,
+                    like.span(),
+                    format!(
+                        "model `{}`: `like` names an unknown model `{}` (known: {})",
+                        entries[current].name.get_ref(),
+                        like.get_ref(),
+                        index.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
+            if let Some(pos) = chain.iter().position(|&c| c == parent) {
+                let names: Vec<&str> = chain[pos..]
+                    .iter()
+                    .chain(std::iter::once(&parent))
+                    .map(|&c| entries[c].name.get_ref().as_str())
+                    .collect();
+                return Err(located(
+                    path,
+                    text,
+                    like.span(),
+                    format!("`like` cycle: {}", names.join(" -> ")),
+                ));
+            }
+            chain.push(parent);
+        }
+        // Resolve from the root down.
+        for &i in chain.iter().rev() {
+            let own = RawModel::own(&entries[i]);
+            let raw = match &entries[i].like {
+                Some(like) => {
+                    let parent = merged[index[like.get_ref()]]
+                        .as_ref()
+                        .expect("parents resolve first");
+                    parent.overridden_by(&own)
+                }
+                None => own,
+            };
+            merged[i] = Some(raw);
+        }
+    }
+    entries
+        .iter()
+        .zip(merged)
+        .map(|(entry, raw)| typed(path, text, entry, raw.expect("every entry resolved")))
+        .collect()
+}
+
+/// The inheritable fields of a model entry as TOML values.
+#[derive(Clone, Debug, Default)]
+struct RawModel {
+    seed: Option<u64>,
+    arch: Option<Value>,
+    preprocess: Option<Value>,
+    train: Option<Value>,
+}
+
+impl RawModel {
+    fn own(entry: &ModelEntrySpec) -> Self {
+        let mut train = entry.train.as_ref().map(|t| t.get_ref().clone());
+        if let Some(reg) = &entry.regularizer {
+            let mut table = toml::Table::new();
+            table.insert("regularizer".into(), reg.get_ref().clone());
+            let over = Value::Table(table);
+            train = Some(match train {
+                Some(t) => merge(&t, &over),
+                None => over,
+            });
+        }
+        Self {
+            seed: entry.seed,
+            arch: entry.arch.as_ref().map(|a| a.get_ref().clone()),
+            preprocess: entry.preprocess.as_ref().map(|p| p.get_ref().clone()),
+            train,
+        }
+    }
+
+    fn overridden_by(&self, own: &RawModel) -> RawModel {
+        let pick = |base: &Option<Value>, over: &Option<Value>| match (base, over) {
+            (Some(b), Some(o)) => Some(merge(b, o)),
+            (b, None) => b.clone(),
+            (None, o) => o.clone(),
+        };
+        RawModel {
+            seed: own.seed.or(self.seed),
+            arch: pick(&self.arch, &own.arch),
+            preprocess: pick(&self.preprocess, &own.preprocess),
+            train: pick(&self.train, &own.train),
+        }
+    }
+}
+
+/// `over` applied on top of `base` (see [`merge_models`]).
+pub fn merge(base: &Value, over: &Value) -> Value {
+    match (base, over) {
+        (Value::Table(b), Value::Table(o)) => {
+            if let (Some(bk), Some(ok)) = (b.get("kind"), o.get("kind")) {
+                if bk != ok {
+                    return over.clone();
+                }
+            }
+            let mut res = b.clone();
+            for (key, value) in o {
+                let merged = match b.get(key) {
+                    Some(bv) => merge(bv, value),
+                    None => value.clone(),
+                };
+                res.insert(key.clone(), merged);
+            }
+            Value::Table(res)
+        }
+        _ => over.clone(),
+    }
+}
+
+fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Result<MergedModel> {
+    let name = entry.name.get_ref().clone();
+    let Some(arch) = raw.arch else {
+        return Err(located(
+            path,
+            text,
+            entry.name.span(),
+            format!("model `{name}`: missing `arch` (give one, or `like` a model that has one)"),
+        ));
+    };
+    let arch: Arch = field(path, text, &name, "arch", arch, &[entry.arch.as_ref()])?;
+    let preprocess = match raw.preprocess {
+        Some(p) => field(
+            path,
+            text,
+            &name,
+            "preprocess",
+            p,
+            &[entry.preprocess.as_ref()],
+        )?,
+        None => Preprocess::None,
+    };
+    let train = match raw.train {
+        Some(t) => {
+            let own = [entry.train.as_ref(), entry.regularizer.as_ref()];
+            // A bad model-level `regularizer` is located against its own type.
+            if let Some(reg) = &entry.regularizer {
+                if let Err(e) = Regularizer::deserialize(reg.get_ref().clone()) {
+                    return Err(own_error::<Regularizer>(
+                        path,
+                        text,
+                        &name,
+                        "regularizer",
+                        reg,
+                        &e,
+                    ));
+                }
+            }
+            field(path, text, &name, "train", t, &own)?
+        }
+        None => TrainConfig::default(),
+    };
+    Ok(MergedModel {
+        name,
+        seed: raw.seed,
+        arch,
+        preprocess,
+        train,
+    })
+}
+
+/// Deserializes a merged value; on failure, locates the error in the entry's own text.
+fn field<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    model: &str,
+    key: &str,
+    value: Value,
+    own: &[Option<&Spanned<Value>>],
+) -> Result<T> {
+    match T::deserialize(value) {
+        Ok(v) => Ok(v),
+        Err(e) => match own.iter().flatten().next() {
+            Some(spanned) => Err(own_error::<T>(path, text, model, key, spanned, &e)),
+            None => Err(Error::Toml {
+                path: path.to_path_buf(),
+                line_col: None,
+                message: format!("model `{model}`: {key}: {}", e.message()),
+            }),
+        },
+    }
+}
+
+/// The error for a model's own value `spanned` of type `T`: re-parsing its text gives the
+/// exact place when the value is wrong on its own; otherwise (it is only wrong once merged
+/// with what it inherits) the value's start and the merged error `merged`.
+fn own_error<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    model: &str,
+    key: &str,
+    spanned: &Spanned<Value>,
+    merged: &toml::de::Error,
+) -> Error {
+    let span = spanned.span();
+    if let Some(slice) = text.get(span.clone()) {
+        let syntactic = Value::deserialize(toml::de::ValueDeserializer::new(slice)).is_ok();
+        if syntactic {
+            if let Err(e) = T::deserialize(toml::de::ValueDeserializer::new(slice)) {
+                if let Some(inner) = e.span() {
+                    return Error::Toml {
+                        path: path.to_path_buf(),
+                        line_col: Some(line_col(text, span.start + inner.start)),
+                        message: format!("model `{model}`: {key}: {}", e.message().trim()),
+                    };
+                }
+            }
+        }
+    }
+    located(
+        path,
+        text,
+        span,
+        format!("model `{model}`: {key}: {}", merged.message().trim()),
+    )
+}
+
+fn located(path: &Path, text: &str, span: Range<usize>, message: String) -> Error {
+    Error::Toml {
+        path: path.to_path_buf(),
+        line_col: Some(line_col(text, span.start)),
+        message,
+    }
+}
+
+fn toml_error(path: &Path, text: &str, offset: usize, e: &toml::de::Error) -> Error {
+    Error::Toml {
+        path: path.to_path_buf(),
+        line_col: e.span().map(|s| line_col(text, offset + s.start)),
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary_compat(offset)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, index: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut index: usize) -> usize {
+        while !self.is_char_boundary(index) {
+            index -= 1;
+        }
+        index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "t"
+data = { dataset = "mnist" }
+
+[[model]]
+name = "a"
+arch = { kind = "maxout-mlp", units = [16], pieces = 2 }
+train = { epochs = 2, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
+"#;
+
+    fn models(extra: &str) -> Result<Vec<MergedModel>> {
+        let text = format!("{BASE}{extra}");
+        let spec = parse(Path::new("s.toml"), &text)?;
+        merge_models(Path::new("s.toml"), &text, &spec.models)
+    }
+
+    #[test]
+    fn like_inherits_and_overrides_single_fields() {
+        let ms = models(
+            "[[model]]\nname = \"b\"\nlike = \"a\"\ntrain = { epochs = 3 }\nregularizer = { kind = \"lp\", p = \"inf\", eps = 0.25 }\n\
+             [[model]]\nname = \"c\"\nlike = \"b\"\narch = { units = [8] }\n",
+        )
+        .unwrap();
+        let b = &ms[1];
+        assert_eq!(b.train.epochs, 3);
+        assert!(
+            matches!(b.train.optimizer, gauntlet_train::OptimizerConfig::Sgd { lr, .. } if lr == 0.1)
+        );
+        assert!(matches!(b.train.regularizer, Regularizer::Lp { eps, .. } if eps == 0.25));
+        let c = &ms[2];
+        match &c.arch {
+            Arch::MaxoutMlp(s) => assert_eq!((s.units.as_slice(), s.pieces), (&[8][..], 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.train.epochs, 3);
+    }
+
+    #[test]
+    fn a_new_kind_replaces_the_inherited_table() {
+        let ms = models(
+            "[[model]]\nname = \"b\"\nlike = \"a\"\narch = { kind = \"mlp\", hidden = [4] }\n",
+        )
+        .unwrap();
+        assert!(matches!(&ms[1].arch, Arch::Mlp(s) if s.hidden == [4]));
+    }
+
+    #[test]
+    fn errors_in_own_values_are_located() {
+        let err = models("[[model]]\nname = \"b\"\nlike = \"a\"\ntrain = { epochz = 3 }\n")
+            .unwrap_err()
+            .to_string();
+        // BASE has 8 lines after its leading newline; the entry's train is on line 12.
+        assert!(
+            err.starts_with("s.toml:12:9:") && err.contains("epochz"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_col("x", 0), (1, 1));
+    }
+}

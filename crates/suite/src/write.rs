@@ -1,0 +1,207 @@
+//! Aggregation: reads the outputs of a plan's jobs (and nothing else) and writes
+//! `results.json`, `robustness.csv`, `noise.csv`, `transfer.csv`, `training.csv`,
+//! `per-example/<model>-<attack>.csv`, `models/<model>.safetensors` (+ `.json`),
+//! `suite.resolved.json` and `plan.json` into the results folder. The layout is documented in
+//! docs/results.md.
+
+use std::path::{Path, PathBuf};
+
+use gauntlet_attacks::{masking_checks, wilson_interval, MaskingRules};
+use gauntlet_models::io::write_atomic;
+use serde::Serialize;
+
+use crate::record::{
+    AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
+    NoiseRow, Results, RobustnessEntry, RobustnessRow, ScoreOutput, TrainOutput, TrainingRow,
+    SCHEMA_VERSION,
+};
+use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, JOB_FILE, MODEL_FILE};
+use crate::{Error, JobKind, Plan, Result, Suite, Task, CODE_VERSION};
+
+/// One line of `plan.json`.
+#[derive(Serialize)]
+struct PlannedJob<'a> {
+    id: &'a str,
+    kind: JobKind,
+    key: &'a str,
+    dir: String,
+    inputs: Vec<&'a str>,
+    done: bool,
+}
+
+/// Writes the aggregated files; returns their paths.
+pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<PathBuf>> {
+    let jobs_dir = results_dir.join("jobs");
+    let dir_of = |i: usize| jobs_dir.join(plan.jobs[i].dir_name());
+    let done = |i: usize| dir_of(i).join(JOB_FILE).is_file();
+    let mut written = Vec::new();
+
+    let mut models = Vec::new();
+    let mut training = Vec::new();
+    let mut robustness = Vec::new();
+    let mut noise = Vec::new();
+    let mut transfer = Vec::new();
+    let mut masking = Vec::new();
+    let mut missing = Vec::new();
+    let mut per_model_records = vec![Vec::new(); suite.models.len()];
+
+    for (i, job) in plan.jobs.iter().enumerate() {
+        if !done(i) {
+            missing.push(job.id.clone());
+            continue;
+        }
+        let dir = dir_of(i);
+        match job.task {
+            Task::Train { model } => {
+                let def = &suite.models[model];
+                let file: JobFile<TrainOutput> = read_job(&dir)?;
+                let out = file.output;
+                let checkpoint = format!("models/{}.safetensors", def.name);
+                copy(&dir.join(MODEL_FILE), &results_dir.join(&checkpoint))?;
+                let spec_file = format!("models/{}.json", def.name);
+                copy(&dir.join("model.json"), &results_dir.join(&spec_file))?;
+                written.push(results_dir.join(&checkpoint));
+                let correct = ((1.0 - out.test.error) * out.test.n as f64).round() as usize;
+                let (test_ci_low, test_ci_high) = wilson_interval(correct, out.test.n);
+                training.extend(
+                    out.log
+                        .epochs
+                        .iter()
+                        .map(|e| TrainingRow::new(&def.name, e)),
+                );
+                models.push(ModelResult {
+                    name: def.name.clone(),
+                    seed: def.seed,
+                    arch: def.spec.arch.kind().to_string(),
+                    spec: def.spec.clone(),
+                    train: def.train.clone(),
+                    n_params: out.n_params,
+                    best_epoch: out.log.best_epoch,
+                    epochs_run: out.log.epochs.len(),
+                    stopped_by: out.log.stopped_by.clone(),
+                    train_seconds: out.train_seconds,
+                    test_n: out.test.n,
+                    test_error: out.test.error,
+                    test_loss: out.test.loss,
+                    test_ci_low,
+                    test_ci_high,
+                    checkpoint,
+                    job: job.key.clone(),
+                });
+            }
+            Task::Attack { model, attack } => {
+                let (def, attack_def) = (&suite.models[model], &suite.attacks[attack]);
+                let file: JobFile<AttackOutput> = read_job(&dir)?;
+                let spec =
+                    serde_json::to_value(&attack_def.method).expect("attack specs serialize");
+                for r in &file.output.records {
+                    robustness.push(RobustnessEntry {
+                        row: RobustnessRow::new(&def.name, &attack_def.name, def.seed, r),
+                        spec: spec.clone(),
+                    });
+                }
+                per_model_records[model].extend(file.output.records);
+                let examples = results_dir
+                    .join("per-example")
+                    .join(format!("{}-{}.csv", def.name, attack_def.name));
+                copy(&dir.join(EXAMPLES_FILE), &examples)?;
+            }
+            Task::Noise { model } => {
+                let file: JobFile<NoiseOutput> = read_job(&dir)?;
+                noise.extend(
+                    file.output
+                        .records
+                        .iter()
+                        .map(|r| NoiseRow::new(&suite.models[model].name, r)),
+                );
+            }
+            Task::Craft { .. } => {
+                // Read to check it parses; its content reaches the results through the scores.
+                let _: JobFile<CraftOutput> = read_job(&dir)?;
+            }
+            Task::Score { .. } => {
+                let file: JobFile<ScoreOutput> = read_job(&dir)?;
+                transfer.push(file.output.record);
+            }
+        }
+    }
+    for (model, records) in per_model_records.iter().enumerate() {
+        let rules = MaskingRules::new(suite.models[model].spec.input_dim());
+        masking.extend(
+            masking_checks(records, &rules)
+                .into_iter()
+                .map(|flag| MaskingEntry {
+                    model: suite.models[model].name.clone(),
+                    flag,
+                }),
+        );
+    }
+
+    let rows: Vec<&RobustnessRow> = robustness.iter().map(|e| &e.row).collect();
+    write_csv(&results_dir.join("robustness.csv"), &rows)?;
+    write_csv(&results_dir.join("noise.csv"), &noise)?;
+    write_csv(&results_dir.join("transfer.csv"), &transfer)?;
+    write_csv(&results_dir.join("training.csv"), &training)?;
+    for name in [
+        "robustness.csv",
+        "noise.csv",
+        "transfer.csv",
+        "training.csv",
+    ] {
+        written.push(results_dir.join(name));
+    }
+    let results = Results {
+        schema_version: SCHEMA_VERSION,
+        suite: suite.name.clone(),
+        gauntlet_version: env!("CARGO_PKG_VERSION").to_string(),
+        code_version: CODE_VERSION.to_string(),
+        seed: suite.seed,
+        data: suite.data_identity(),
+        eval: EvalSettings {
+            test_limit: suite.eval.test_limit,
+            batch_size: suite.eval.batch_size,
+        },
+        models,
+        robustness,
+        noise,
+        transfer,
+        masking,
+        missing,
+    };
+    let planned: Vec<PlannedJob<'_>> = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .map(|(i, job)| PlannedJob {
+            id: &job.id,
+            kind: job.kind,
+            key: &job.key,
+            dir: format!("jobs/{}", job.dir_name()),
+            inputs: job
+                .inputs
+                .iter()
+                .map(|&k| plan.jobs[k].id.as_str())
+                .collect(),
+            done: done(i),
+        })
+        .collect();
+    for (name, value) in [
+        ("results.json", serde_json::to_value(&results)),
+        ("suite.resolved.json", serde_json::to_value(suite)),
+        ("plan.json", serde_json::to_value(&planned)),
+    ] {
+        let path = results_dir.join(name);
+        let value = value.map_err(|error| Error::Json {
+            path: path.clone(),
+            error,
+        })?;
+        write_json(&path, &value)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+    write_atomic(to, &bytes).map_err(|e| Error::io(to, e))
+}

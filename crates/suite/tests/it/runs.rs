@@ -1,0 +1,292 @@
+//! Whole runs of the tiny suite: caching, reruns after edits, result files, sharding.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use gauntlet_attacks::TransferRecord;
+use gauntlet_suite::record::{NoiseRow, Results, RobustnessRow, TrainingRow};
+use gauntlet_suite::{merge_suite, run_suite, JobStatus, RunOptions, RunSummary, Stage};
+
+use crate::{write_suite, TINY, TINY_JOBS};
+
+fn options(root: &Path) -> RunOptions {
+    RunOptions {
+        results_root: root.to_path_buf(),
+        ..RunOptions::default()
+    }
+}
+
+fn statuses(summary: &RunSummary) -> BTreeSet<JobStatus> {
+    summary.jobs.iter().map(|j| j.status).collect()
+}
+
+fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    csv::Reader::from_path(path)
+        .unwrap()
+        .deserialize()
+        .collect::<Result<Vec<T>, _>>()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `results.json` without wall times, which differ between runs.
+fn results_without_times(dir: &Path) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|k, _| !(k.contains("seconds")));
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    strip(&mut value);
+    value
+}
+
+#[test]
+fn a_run_writes_every_result_and_a_rerun_redoes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "tiny.toml", TINY);
+    let root = dir.path().join("results");
+
+    let dry = run_suite(
+        &path,
+        &RunOptions {
+            dry_run: true,
+            ..options(&root)
+        },
+    )
+    .unwrap();
+    assert_eq!(dry.count(JobStatus::Pending), TINY_JOBS);
+    assert!(!root.exists(), "a dry run writes nothing");
+
+    let first = run_suite(&path, &options(&root)).unwrap();
+    assert_eq!(first.executed(), TINY_JOBS, "{:?}", first.jobs);
+    assert!(first.is_complete());
+    let out = root.join("tiny");
+    assert_eq!(first.results_dir, out);
+
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        (results.schema_version, results.suite.as_str()),
+        (1, "tiny")
+    );
+    assert_eq!(results.models.len(), 2);
+    assert!(results.missing.is_empty());
+    // 2 models × (2 + 1 + 1) ε; 2 models × 2 σ; 2 sources × 2 targets.
+    assert_eq!(results.robustness.len(), 8);
+    assert_eq!(results.noise.len(), 4);
+    assert_eq!(results.transfer.len(), 4);
+    for m in &results.models {
+        assert_eq!(m.test_n, 100);
+        assert!(m.test_error < 0.9, "{m:?}");
+        assert!(out.join(&m.checkpoint).is_file());
+    }
+    for e in &results.robustness {
+        assert_eq!(e.row.n, 100);
+        assert!(
+            e.row.ci_low <= e.row.adversarial_accuracy
+                && e.row.adversarial_accuracy <= e.row.ci_high
+        );
+        assert!(
+            e.row.max_perturbation <= e.row.eps * (1.0 + 1e-5),
+            "{:?}",
+            e.row
+        );
+    }
+    // White-box transfer (source = target) equals the white-box fgsm record at that ε.
+    for t in results.transfer.iter().filter(|t| t.source == t.target) {
+        let white = results
+            .robustness
+            .iter()
+            .find(|e| e.row.model == t.source && e.row.attack == "fgsm" && e.row.eps == t.eps)
+            .unwrap();
+        assert_eq!(
+            t.adversarial_correct, white.row.adversarial_correct,
+            "{t:?}"
+        );
+    }
+
+    let robustness: Vec<RobustnessRow> = read_csv(&out.join("robustness.csv"));
+    assert_eq!(
+        robustness,
+        results
+            .robustness
+            .iter()
+            .map(|e| e.row.clone())
+            .collect::<Vec<_>>()
+    );
+    let noise: Vec<NoiseRow> = read_csv(&out.join("noise.csv"));
+    assert_eq!(noise.len(), 4);
+    let transfer: Vec<TransferRecord> = read_csv(&out.join("transfer.csv"));
+    assert_eq!(transfer.len(), 4);
+    let training: Vec<TrainingRow> = read_csv(&out.join("training.csv"));
+    assert_eq!(
+        training
+            .iter()
+            .map(|r| r.model.as_str())
+            .collect::<Vec<_>>(),
+        ["base", "fgsm-trained"]
+    );
+    assert!(out.join("per-example/base-pgd.csv").is_file());
+    assert!(out.join("models/fgsm-trained.json").is_file());
+
+    let again = run_suite(&path, &options(&root)).unwrap();
+    assert_eq!(again.executed(), 0);
+    assert_eq!(again.count(JobStatus::Cached), TINY_JOBS);
+
+    // Editing one attack reruns that attack's jobs only.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("eps = [1.0]", "eps = [1.0, 2.0]"),
+    )
+    .unwrap();
+    let edited = run_suite(&path, &options(&root)).unwrap();
+    let ran: Vec<&str> = edited
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Ran)
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(ran, ["attack/base/fgm-l2", "attack/fgsm-trained/fgm-l2"]);
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results.robustness.len(), 10);
+
+    // A job killed before writing its job.json is redone, and nothing else.
+    let victim = edited.jobs.iter().find(|j| j.id == "noise/base").unwrap();
+    std::fs::remove_file(victim.dir.join("job.json")).unwrap();
+    let resumed = run_suite(&path, &options(&root)).unwrap();
+    let ran: Vec<&str> = resumed
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Ran)
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(ran, ["noise/base"]);
+}
+
+#[test]
+fn shards_then_merge_equal_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "tiny.toml", TINY);
+    let whole_root = dir.path().join("whole");
+    let whole = run_suite(
+        &path,
+        &RunOptions {
+            jobs: 2,
+            ..options(&whole_root)
+        },
+    )
+    .unwrap();
+    assert_eq!(whole.executed(), TINY_JOBS);
+
+    let sharded_root: PathBuf = dir.path().join("sharded");
+    let mut ran = 0;
+    // One pass per stage, each shard in turn, as a job array would run them.
+    for stage in Stage::ALL {
+        for index in 0..2 {
+            let opts = RunOptions {
+                shard: Some((index, 2)),
+                stage: Some(stage),
+                ..options(&sharded_root)
+            };
+            let summary = run_suite(&path, &opts).unwrap();
+            assert!(
+                !statuses(&summary).contains(&JobStatus::Blocked),
+                "{:?}",
+                summary.jobs
+            );
+            assert!(summary.written.is_empty(), "a shard does not aggregate");
+            ran += summary.executed();
+        }
+    }
+    assert_eq!(ran, TINY_JOBS, "every job ran in exactly one shard");
+    let merged = merge_suite(&path, &options(&sharded_root)).unwrap();
+    assert!(merged.is_complete());
+    assert_eq!(
+        results_without_times(&whole_root.join("tiny")),
+        results_without_times(&sharded_root.join("tiny"))
+    );
+    // Without stages, a shard runs what it can and reports the rest as blocked.
+    let eager_root = dir.path().join("eager");
+    let first = run_suite(
+        &path,
+        &RunOptions {
+            shard: Some((0, 2)),
+            ..options(&eager_root)
+        },
+    )
+    .unwrap();
+    let second = run_suite(
+        &path,
+        &RunOptions {
+            shard: Some((1, 2)),
+            ..options(&eager_root)
+        },
+    )
+    .unwrap();
+    // The training jobs ran in whichever shard owns them (both may belong to one).
+    assert!(first.executed() + second.executed() >= 2);
+    let blocked = first.count(JobStatus::Blocked) + second.count(JobStatus::Blocked);
+    let third = run_suite(&path, &options(&eager_root)).unwrap();
+    assert!(third.is_complete());
+    assert_eq!(
+        first.executed() + second.executed() + third.executed(),
+        TINY_JOBS
+    );
+    assert!(third.executed() <= blocked);
+}
+
+#[test]
+fn a_bad_shard_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "tiny.toml", TINY);
+    let err = run_suite(
+        &path,
+        &RunOptions {
+            shard: Some((2, 2)),
+            ..options(dir.path())
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("2/2"), "{err}");
+}
+
+#[test]
+fn the_committed_suites_parse() {
+    let suites = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../suites");
+    let quickstart = suites.join("quickstart.toml");
+    let (suite, plan) = gauntlet_suite::plan_suite(&quickstart, Some(&crate::mnist_dir())).unwrap();
+    assert_eq!(suite.models.len(), 3);
+    assert!(plan.jobs.len() >= 3 + 3 * 3);
+}
+
+#[test]
+fn a_gradient_penalty_model_trains() {
+    // Form A needs CANDLE_GRAD_DO_NOT_DETACH before the thread's first backward pass; the
+    // runner sets it, and the trainer refuses to run without it.
+    let text = TINY
+        .replace(
+            "regularizer = { kind = \"lp\", p = \"inf\", eps = 0.1, alpha = 0.5 }",
+            "regularizer = { kind = \"gradient-penalty\", p = 2, sigma = 0.1 }",
+        )
+        .replace("name = \"tiny\"", "name = \"penalty\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "penalty.toml", &text);
+    let opts = RunOptions {
+        stage: Some(Stage::Train),
+        ..options(dir.path())
+    };
+    let summary = std::thread::spawn(move || run_suite(&path, &opts))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.executed(), 2, "{:?}", summary.jobs);
+}
