@@ -18,10 +18,11 @@ build: setup
 	$(CARGO) build --release -p gauntlet
 
 # The main job: suites/quickstart.toml on the embedded MNIST (three Maxout MLPs trained,
-# attacked, compared by transfer and noise) into results/quickstart/, then the report.
+# attacked, compared by transfer and noise) into results/quickstart/, then the report in
+# report/quickstart/.
 run: build
 	$(GAUNTLET) run $(SUITE)
-	@if $(GAUNTLET) report --help >/dev/null 2>&1; then $(GAUNTLET) report results/$(notdir $(basename $(SUITE))); fi
+	$(GAUNTLET) report results/$(notdir $(basename $(SUITE)))
 
 # The Maxout MLP alone with the short recipe (<= 1.3% test error): results/maxout-short/.
 train-maxout: build

@@ -26,6 +26,17 @@ pub enum Command {
     Run(RunArgs),
     /// Assemble a suite's results from its finished jobs (after sharded runs).
     Merge(RunArgs),
+    /// Draw the figures, report.md and index.html of a results folder.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A suite's results folder, e.g. results/quickstart.
+    pub results: PathBuf,
+    /// Output folder (default: report/<name of the results folder>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 mod attack;
 mod eval;
 mod noise;
+mod report;
 mod run;
 mod train;
 
@@ -18,5 +19,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Noise(args) => noise::run(args),
         Command::Run(args) => run::run(args, false),
         Command::Merge(args) => run::run(args, true),
+        Command::Report(args) => report::run(args),
     }
 }
