@@ -23,7 +23,10 @@ impl Batches {
         if let Some(seed) = seed {
             indices.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         }
-        Self { indices, batch_size }
+        Self {
+            indices,
+            batch_size,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -54,9 +57,17 @@ mod tests {
         let a = Batches::new(103, 10, Some(7));
         assert_eq!(a.len(), 11);
         let mut all: Vec<u32> = a.iter().flatten().copied().collect();
-        let again: Vec<u32> = Batches::new(103, 10, Some(7)).iter().flatten().copied().collect();
+        let again: Vec<u32> = Batches::new(103, 10, Some(7))
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         assert_eq!(all, again);
-        let other: Vec<u32> = Batches::new(103, 10, Some(8)).iter().flatten().copied().collect();
+        let other: Vec<u32> = Batches::new(103, 10, Some(8))
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         assert_ne!(all, other);
         all.sort_unstable();
         assert_eq!(all, (0..103).collect::<Vec<_>>());

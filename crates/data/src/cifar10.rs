@@ -27,7 +27,10 @@ pub fn read_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     let mut pixels = Vec::with_capacity(n * (RECORD - 1));
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] >= 10 {
-            return Err(Error::format(path, format!("record {i} has label {}, expected 0..=9", record[0])));
+            return Err(Error::format(
+                path,
+                format!("record {i} has label {}, expected 0..=9", record[0]),
+            ));
         }
         labels.push(record[0]);
         pixels.extend_from_slice(&record[1..]);
@@ -39,7 +42,9 @@ fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
     let roots = [dir.to_path_buf(), dir.join("cifar-10-batches-bin")];
     for root in &roots {
         let full: Vec<PathBuf> = if train {
-            (1..=5).map(|i| root.join(format!("data_batch_{i}.bin"))).collect()
+            (1..=5)
+                .map(|i| root.join(format!("data_batch_{i}.bin")))
+                .collect()
         } else {
             vec![root.join("test_batch.bin")]
         };
@@ -97,6 +102,9 @@ mod tests {
 
         std::fs::write(dir.path().join("test_batch.bin"), &record[..100]).unwrap();
         let err = load_cifar10(dir.path(), false).unwrap_err().to_string();
-        assert!(err.contains("test_batch.bin") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("test_batch.bin") && err.contains("truncated"),
+            "{err}"
+        );
     }
 }

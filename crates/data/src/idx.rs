@@ -27,12 +27,20 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Header and payload of an IDX file with `n_dims` dimensions and the given magic number.
-fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, n_dims: usize) -> Result<(Vec<usize>, &'a [u8])> {
+fn parse_idx<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: u32,
+    n_dims: usize,
+) -> Result<(Vec<usize>, &'a [u8])> {
     let header = 4 + 4 * n_dims;
     if bytes.len() < header {
         return Err(Error::format(
             path,
-            format!("truncated IDX header: {} bytes, expected at least {header}", bytes.len()),
+            format!(
+                "truncated IDX header: {} bytes, expected at least {header}",
+                bytes.len()
+            ),
         ));
     }
     let found = be_u32(bytes, 0);
@@ -42,7 +50,9 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, n_dims: usize) -> Res
             format!("bad IDX magic number {found:#010x}, expected {magic:#010x}"),
         ));
     }
-    let dims: Vec<usize> = (0..n_dims).map(|i| be_u32(bytes, 4 + 4 * i) as usize).collect();
+    let dims: Vec<usize> = (0..n_dims)
+        .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
+        .collect();
     let payload = dims.iter().product::<usize>();
     let body = &bytes[header..];
     if body.len() != payload {
@@ -51,7 +61,11 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, n_dims: usize) -> Res
             format!(
                 "IDX dimensions {dims:?} need {payload} bytes of data, the file has {}{}",
                 body.len(),
-                if body.len() < payload { " (truncated?)" } else { "" }
+                if body.len() < payload {
+                    " (truncated?)"
+                } else {
+                    ""
+                }
             ),
         ));
     }
@@ -72,7 +86,10 @@ pub fn load_idx_labels(path: &Path, n_classes: usize) -> Result<Vec<u8>> {
     if let Some(pos) = body.iter().position(|&l| l as usize >= n_classes) {
         return Err(Error::format(
             path,
-            format!("label {} at index {pos} is not below {n_classes}", body[pos]),
+            format!(
+                "label {} at index {pos} is not below {n_classes}",
+                body[pos]
+            ),
         ));
     }
     Ok(body.to_vec())
@@ -90,7 +107,12 @@ pub(crate) fn find(dir: &Path, dataset: &str, name: &str) -> Result<PathBuf> {
             dir: dir.to_path_buf(),
             tried: candidates
                 .iter()
-                .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect::<Vec<_>>()
                 .join(" or "),
         })

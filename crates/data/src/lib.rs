@@ -43,7 +43,11 @@ impl Dataset {
         n_classes: usize,
     ) -> Result<Self> {
         let (n, c, h, w) = shape;
-        assert_eq!(pixels.len(), n * c * h * w, "pixel count checked by the caller");
+        assert_eq!(
+            pixels.len(),
+            n * c * h * w,
+            "pixel count checked by the caller"
+        );
         let images: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
         let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         Ok(Self {
@@ -132,7 +136,10 @@ impl Dataset {
         }
         let n = self.images.dims4().map_err(Error::from)?.0;
         if n != self.len() {
-            return Err(Error::Invalid(format!("{n} images but {} labels", self.len())));
+            return Err(Error::Invalid(format!(
+                "{n} images but {} labels",
+                self.len()
+            )));
         }
         Ok(())
     }

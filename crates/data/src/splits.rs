@@ -103,7 +103,11 @@ pub fn default_data_dir(dataset: DatasetName) -> PathBuf {
         candidates.push(Path::new(&root).join(name));
     }
     candidates.push(Path::new("data").join(name));
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name));
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../data")
+            .join(name),
+    );
     candidates
         .iter()
         .find(|p| p.is_dir())
@@ -135,7 +139,10 @@ pub fn load(config: &DataConfig) -> Result<Splits> {
             idx::load_mnist_like(&dir, name, "train")?,
             idx::load_mnist_like(&dir, name, "t10k")?,
         ),
-        DatasetName::Cifar10 => (cifar10::load_cifar10(&dir, true)?, cifar10::load_cifar10(&dir, false)?),
+        DatasetName::Cifar10 => (
+            cifar10::load_cifar10(&dir, true)?,
+            cifar10::load_cifar10(&dir, false)?,
+        ),
     };
     split(config, &dir, full_train, test)
 }
@@ -153,12 +160,19 @@ fn split(config: &DataConfig, dir: &Path, full_train: Dataset, test: Dataset) ->
             dir.display()
         )));
     }
-    let train = full_train.slice(0, n - valid_size)?.truncate(config.train_limit)?;
-    let valid = full_train.slice(n - valid_size, valid_size)?.truncate(config.valid_limit)?;
+    let train = full_train
+        .slice(0, n - valid_size)?
+        .truncate(config.train_limit)?;
+    let valid = full_train
+        .slice(n - valid_size, valid_size)?
+        .truncate(config.valid_limit)?;
     let test = test.truncate(config.test_limit)?;
     for (split, set) in [("train", &train), ("test", &test)] {
         if set.is_empty() {
-            return Err(Error::Invalid(format!("the {split} split of {name} in {} is empty", dir.display())));
+            return Err(Error::Invalid(format!(
+                "the {split} split of {name} in {} is empty",
+                dir.display()
+            )));
         }
     }
     Ok(Splits { train, valid, test })

@@ -26,9 +26,24 @@ fn embedded_mnist_has_the_published_shape_and_label_counts() {
         .zip(splits.valid.class_counts().unwrap())
         .map(|(a, b)| a + b)
         .collect();
-    assert_eq!(train_all, vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
-    let min = splits.test.images.min_all().unwrap().to_scalar::<f32>().unwrap();
-    let max = splits.test.images.max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(
+        train_all,
+        vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    );
+    let min = splits
+        .test
+        .images
+        .min_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let max = splits
+        .test
+        .images
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!((min, max), (0.0, 1.0));
 }
 
@@ -39,7 +54,10 @@ fn limits_apply_after_the_split() {
     config.valid_limit = Some(500);
     config.test_limit = Some(300);
     let splits = load(&config).unwrap();
-    assert_eq!((splits.train.len(), splits.valid.len(), splits.test.len()), (2000, 500, 300));
+    assert_eq!(
+        (splits.train.len(), splits.valid.len(), splits.test.len()),
+        (2000, 500, 300)
+    );
 }
 
 #[test]
@@ -47,7 +65,10 @@ fn missing_directory_is_a_clear_error() {
     let mut config = DataConfig::new(DatasetName::FashionMnist);
     config.dir = Some("/nonexistent/fashion".into());
     let err = load(&config).unwrap_err().to_string();
-    assert!(err.contains("/nonexistent/fashion") && err.contains("fashion-mnist"), "{err}");
+    assert!(
+        err.contains("/nonexistent/fashion") && err.contains("fashion-mnist"),
+        "{err}"
+    );
 }
 
 #[test]

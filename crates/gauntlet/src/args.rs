@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "gauntlet", version, about = "Adversarial-robustness evaluation: train, attack and compare classifiers")]
+#[command(
+    name = "gauntlet",
+    version,
+    about = "Adversarial-robustness evaluation: train, attack and compare classifiers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

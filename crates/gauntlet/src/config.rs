@@ -46,9 +46,14 @@ pub struct ModelEntry {
 impl RunConfig {
     /// Reads and checks a configuration file; errors name the file, line and field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: RunConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        config.train.validate().with_context(|| format!("{}: [train]", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: RunConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config
+            .train
+            .validate()
+            .with_context(|| format!("{}: [train]", path.display()))?;
         Ok(config)
     }
 }
@@ -63,7 +68,10 @@ mod tests {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "name = \"x\"\n[data]\ndataset = \"mnist\"\n[model]\narch = { kind = \"maxout-mlp\" }\n[train]\nepochz = 3\n").unwrap();
         let err = format!("{:#}", RunConfig::from_file(&path).unwrap_err());
-        assert!(err.contains("bad.toml") && err.contains("epochz") && err.contains("line 7"), "{err}");
+        assert!(
+            err.contains("bad.toml") && err.contains("epochz") && err.contains("line 7"),
+            "{err}"
+        );
         std::fs::write(&path, "name = \"x\"\n[data]\ndataset = \"mnist\"\n[model]\narch = { kind = \"maxout-mlp\" }\n[train]\nepochs = 0\n").unwrap();
         let err = format!("{:#}", RunConfig::from_file(&path).unwrap_err());
         assert!(err.contains("bad.toml") && err.contains("epochs"), "{err}");
@@ -80,6 +88,10 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 2, "expected the short and the full recipe in {}", suites.display());
+        assert!(
+            n >= 2,
+            "expected the short and the full recipe in {}",
+            suites.display()
+        );
     }
 }

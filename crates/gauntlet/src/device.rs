@@ -7,7 +7,13 @@ use candle_core::Device;
 /// absent is an error, never a silent fall-back, except for `auto`.
 pub fn open(name: &str) -> Result<Device> {
     let (kind, index) = match name.split_once(':') {
-        Some((k, i)) => (k, Some(i.parse::<usize>().with_context(|| format!("device index in `{name}` is not a number"))?)),
+        Some((k, i)) => (
+            k,
+            Some(
+                i.parse::<usize>()
+                    .with_context(|| format!("device index in `{name}` is not a number"))?,
+            ),
+        ),
         None => (name, None),
     };
     match (kind, index) {
@@ -17,13 +23,15 @@ pub fn open(name: &str) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("device `{name}`: this gauntlet was built without CUDA (rebuild with `--features cuda`)")
             }
-            Device::new_cuda(i.unwrap_or(0)).with_context(|| format!("opening CUDA device `{name}`"))
+            Device::new_cuda(i.unwrap_or(0))
+                .with_context(|| format!("opening CUDA device `{name}`"))
         }
         ("metal", i) => {
             if !cfg!(feature = "metal") {
                 bail!("device `{name}`: this gauntlet was built without Metal (rebuild with `--features metal`)")
             }
-            Device::new_metal(i.unwrap_or(0)).with_context(|| format!("opening Metal device `{name}`"))
+            Device::new_metal(i.unwrap_or(0))
+                .with_context(|| format!("opening Metal device `{name}`"))
         }
         _ => bail!("unknown device `{name}`, expected auto, cpu, cuda, cuda:N, metal or metal:N"),
     }

@@ -12,7 +12,11 @@ pub struct TrainProgress {
 
 impl TrainProgress {
     pub fn new(label: &str, n_epochs: usize) -> Self {
-        Self { bar: None, n_epochs, label: label.to_string() }
+        Self {
+            bar: None,
+            n_epochs,
+            label: label.to_string(),
+        }
     }
 }
 
@@ -21,9 +25,11 @@ impl Observer for TrainProgress {
         let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new(n_batches as u64);
             bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({eta})")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({eta})",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             bar
         });

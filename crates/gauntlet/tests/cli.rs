@@ -30,19 +30,44 @@ fn train_then_eval_attack_and_noise_write_their_files() {
     )
     .unwrap();
     let res = gauntlet(&[
-        "train", "--config", config.to_str().unwrap(), "--epochs", "4", "--train-limit", "2000",
-        "--valid-size", "1000", "--test-limit", "500", "--out", out,
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--train-limit",
+        "2000",
+        "--valid-size",
+        "1000",
+        "--test-limit",
+        "500",
+        "--out",
+        out,
     ]);
     assert!(res.status.success(), "{}", stderr(&res));
-    for file in ["model.safetensors", "model.json", "training.csv", "training.json", "summary.json"] {
+    for file in [
+        "model.safetensors",
+        "model.json",
+        "training.csv",
+        "training.json",
+        "summary.json",
+    ] {
         assert!(dir.path().join(file).is_file(), "{file} missing");
     }
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["test_n"], 500);
     let test_error = summary["test_error"].as_f64().unwrap();
-    assert!(test_error < 0.3, "test error {test_error} after 4 epochs on 2000 images");
+    assert!(
+        test_error < 0.3,
+        "test error {test_error} after 4 epochs on 2000 images"
+    );
     let csv = std::fs::read_to_string(dir.path().join("training.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 5, "a header and one row per epoch:\n{csv}");
+    assert_eq!(
+        csv.lines().count(),
+        5,
+        "a header and one row per epoch:\n{csv}"
+    );
 
     let model = dir.path().join("model.safetensors");
     let model = model.to_str().unwrap();
@@ -50,33 +75,82 @@ fn train_then_eval_attack_and_noise_write_their_files() {
     assert!(res.status.success(), "{}", stderr(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
     let reported = format!("error {:.2}%", 100.0 * test_error);
-    assert!(stdout.contains(&reported), "eval must agree with training's summary ({reported}): {stdout}");
+    assert!(
+        stdout.contains(&reported),
+        "eval must agree with training's summary ({reported}): {stdout}"
+    );
 
-    let res = gauntlet(&["attack", "--model", model, "--test-limit", "200", "--norm", "inf", "--eps", "0,0.1,0.3"]);
+    let res = gauntlet(&[
+        "attack",
+        "--model",
+        model,
+        "--test-limit",
+        "200",
+        "--norm",
+        "inf",
+        "--eps",
+        "0,0.1,0.3",
+    ]);
     assert!(res.status.success(), "{}", stderr(&res));
-    let records: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("attack-fast-gradient-linf.json")).unwrap()).unwrap();
-    let acc: Vec<f64> = records.as_array().unwrap().iter().map(|r| r["adversarial_accuracy"].as_f64().unwrap()).collect();
+    let records: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("attack-fast-gradient-linf.json")).unwrap(),
+    )
+    .unwrap();
+    let acc: Vec<f64> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["adversarial_accuracy"].as_f64().unwrap())
+        .collect();
     assert_eq!(acc.len(), 3);
     assert!(acc[2] < acc[0], "FGSM at 0.3 must hurt: {acc:?}");
     assert!(records[2]["max_perturbation"].as_f64().unwrap() <= 0.3 + 1e-6);
 
     let res = gauntlet(&[
-        "attack", "--model", model, "--test-limit", "200", "--attack", "pgd", "--steps", "10", "--eps", "0.1,0.3",
+        "attack",
+        "--model",
+        model,
+        "--test-limit",
+        "200",
+        "--attack",
+        "pgd",
+        "--steps",
+        "10",
+        "--eps",
+        "0.1,0.3",
     ]);
     assert!(res.status.success(), "{}", stderr(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(stdout.contains("gradient-masking checks"), "{stdout}");
-    let read = |name: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap() };
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
+    };
     let pgd = read("attack-pgd-linf.json");
     let pgd_acc = pgd[1]["adversarial_accuracy"].as_f64().unwrap();
-    assert!(pgd_acc <= acc[2], "PGD at 0.3 ({pgd_acc}) must be at least as strong as FGSM ({})", acc[2]);
+    assert!(
+        pgd_acc <= acc[2],
+        "PGD at 0.3 ({pgd_acc}) must be at least as strong as FGSM ({})",
+        acc[2]
+    );
     let flags = read("attack-pgd-linf-masking.json");
     assert!(!flags.as_array().unwrap().is_empty(), "masking checks ran");
-    let examples = std::fs::read_to_string(dir.path().join("attack-pgd-linf-examples.csv")).unwrap();
-    assert_eq!(examples.lines().count(), 1 + 2 * 200, "one row per example and eps");
+    let examples =
+        std::fs::read_to_string(dir.path().join("attack-pgd-linf-examples.csv")).unwrap();
+    assert_eq!(
+        examples.lines().count(),
+        1 + 2 * 200,
+        "one row per example and eps"
+    );
 
-    let res = gauntlet(&["noise", "--model", model, "--test-limit", "200", "--sigma", "0.1,0.5"]);
+    let res = gauntlet(&[
+        "noise",
+        "--model",
+        model,
+        "--test-limit",
+        "200",
+        "--sigma",
+        "0.1,0.5",
+    ]);
     assert!(res.status.success(), "{}", stderr(&res));
     assert!(dir.path().join("noise.csv").is_file());
 }
@@ -84,20 +158,57 @@ fn train_then_eval_attack_and_noise_write_their_files() {
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
     let cases: &[(&[&str], &str)] = &[
-        (&["train", "--config", "no/such/file.toml"], "no/such/file.toml"),
+        (
+            &["train", "--config", "no/such/file.toml"],
+            "no/such/file.toml",
+        ),
         (&["train", "--arch", "resnet"], "unknown --arch `resnet`"),
-        (&["train", "--dataset", "imagenet"], "unknown data set `imagenet`"),
+        (
+            &["train", "--dataset", "imagenet"],
+            "unknown data set `imagenet`",
+        ),
         (&["train", "--epochs", "0"], "epochs"),
-        (&["train", "--device", "tpu", "--epochs", "1", "--train-limit", "10"], "unknown device `tpu`"),
-        (&["eval", "--model", "no/such/model.safetensors"], "no/such/model.safetensors"),
-        (&["attack", "--model", "x.safetensors", "--eps", "-1"], "--eps"),
-        (&["attack", "--model", "x.safetensors", "--eps", "0.1", "--norm", "0.5"], "--norm"),
+        (
+            &[
+                "train",
+                "--device",
+                "tpu",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "10",
+            ],
+            "unknown device `tpu`",
+        ),
+        (
+            &["eval", "--model", "no/such/model.safetensors"],
+            "no/such/model.safetensors",
+        ),
+        (
+            &["attack", "--model", "x.safetensors", "--eps", "-1"],
+            "--eps",
+        ),
+        (
+            &[
+                "attack",
+                "--model",
+                "x.safetensors",
+                "--eps",
+                "0.1",
+                "--norm",
+                "0.5",
+            ],
+            "--norm",
+        ),
     ];
     for (args, expected) in cases {
         let res = gauntlet(args);
         let err = stderr(&res);
         assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(expected), "{args:?}: expected `{expected}` in: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected `{expected}` in: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }

@@ -34,8 +34,9 @@ pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
         (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
     ]);
     let tensors = model.params().tensors();
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-        .map_err(|e| with_path(path, e))?;
+    let bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
+            .map_err(|e| with_path(path, e))?;
     write_atomic(path, &bytes).map_err(|e| with_path(path, e))?;
     write_atomic(&spec_path(path), spec_json.as_bytes()).map_err(|e| with_path(&spec_path(path), e))
 }
@@ -45,11 +46,18 @@ pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| with_path(path, format!("not a safetensors file: {e}")))?;
     if let Some(json) = header.metadata().as_ref().and_then(|m| m.get(SPEC_KEY)) {
-        return serde_json::from_str(json).map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
+        return serde_json::from_str(json)
+            .map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
     }
     let side = spec_path(path);
     let json = std::fs::read_to_string(&side).map_err(|e| {
-        with_path(path, format!("no `{SPEC_KEY}` metadata and no spec file {} ({e})", side.display()))
+        with_path(
+            path,
+            format!(
+                "no `{SPEC_KEY}` metadata and no spec file {} ({e})",
+                side.display()
+            ),
+        )
     })?;
     serde_json::from_str(&json).map_err(|e| with_path(&side, e))
 }
@@ -62,8 +70,14 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
 }
 
 /// Loads the tensors of `bytes` (read from `path`) into a model of architecture `spec`.
-pub fn load_with_spec(path: &Path, bytes: &[u8], spec: &ModelSpec, device: &Device) -> Result<Box<dyn Classifier>> {
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| with_path(path, e))?;
+pub fn load_with_spec(
+    path: &Path,
+    bytes: &[u8],
+    spec: &ModelSpec,
+    device: &Device,
+) -> Result<Box<dyn Classifier>> {
+    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| with_path(path, e))?;
     build_with(spec, ParamBuilder::load(&tensors, device)).map_err(|e| with_path(path, e))
 }
 
@@ -81,18 +95,38 @@ mod tests {
         save(model.as_ref(), &path)?;
         let loaded = load(&path, &Device::Cpu)?;
         assert_eq!(loaded.spec(), &spec);
-        for ((na, a), (nb, b)) in model.params().tensors().iter().zip(loaded.params().tensors()) {
+        for ((na, a), (nb, b)) in model
+            .params()
+            .tensors()
+            .iter()
+            .zip(loaded.params().tensors())
+        {
             assert_eq!(na, &nb);
-            let (a, b) = (a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{na} differs");
+            let (a, b) = (
+                a.flatten_all()?.to_vec1::<f32>()?,
+                b.flatten_all()?.to_vec1::<f32>()?,
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{na} differs"
+            );
         }
 
         // A spec that does not match the stored tensors is an error naming file and tensor.
         let other = ModelSpec::mnist(Arch::maxout_mlp(vec![9, 6], 3));
         let bytes = std::fs::read(&path).unwrap();
-        let err = load_with_spec(&path, &bytes, &other, &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("m.safetensors") && err.contains("h0.weight"), "{err}");
-        let err = load(&dir.path().join("absent.safetensors"), &Device::Cpu).err().unwrap().to_string();
+        let err = load_with_spec(&path, &bytes, &other, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("m.safetensors") && err.contains("h0.weight"),
+            "{err}"
+        );
+        let err = load(&dir.path().join("absent.safetensors"), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("absent.safetensors"), "{err}");
         std::fs::write(&path, b"garbage").unwrap();
         let err = load(&path, &Device::Cpu).err().unwrap().to_string();

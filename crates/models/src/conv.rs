@@ -9,7 +9,7 @@
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{apply_max_norm, derive_seed, linear, maxout, Dropout};
+use crate::layers::{apply_max_norm, derive_seed, linear, linear_stack, maxout, Dropout};
 use crate::spec::{check_dropout, check_max_norm};
 use crate::{preprocess, Arch, Classifier, Mode, ModelSpec, ParamBuilder, Params};
 
@@ -595,29 +595,8 @@ impl Cnn {
             })?);
             in_channels = l.channels;
         }
-        let mut fan_in: usize = shapes.last().unwrap_or(&spec.input).iter().product();
-        let mut linears = Vec::new();
-        let sizes = s
-            .hidden
-            .iter()
-            .copied()
-            .chain(std::iter::once(spec.n_classes));
-        for (j, fan_out) in sizes.enumerate() {
-            let i = s.layers.len() + j;
-            let name = if j == s.hidden.len() {
-                "out".to_string()
-            } else {
-                format!("h{i}")
-            };
-            let range = 1.0 / (fan_in as f64).sqrt();
-            linears.push(pb.scope(&name, |pb| {
-                Ok((
-                    pb.uniform("weight", (fan_out, fan_in), range)?,
-                    pb.uniform("bias", fan_out, range)?,
-                ))
-            })?);
-            fan_in = fan_out;
-        }
+        let fan_in: usize = shapes.last().unwrap_or(&spec.input).iter().product();
+        let linears = linear_stack(&mut pb, s.layers.len(), fan_in, &s.hidden, spec.n_classes)?;
         Ok(Self {
             spec,
             convs,

@@ -6,6 +6,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::{ParamBuilder, Params};
+
 /// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]` as PyTorch stores it.
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     xs.matmul(&weight.t()?)?.broadcast_add(bias)
@@ -18,7 +20,8 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// - `zs`: `(batch, units * pieces)`; returns `(batch, units)`
 pub fn maxout(zs: &Tensor, pieces: usize) -> Result<Tensor> {
     let (batch, features) = zs.dims2()?;
-    zs.reshape((batch, features / pieces, pieces))?.max(D::Minus1)
+    zs.reshape((batch, features / pieces, pieces))?
+        .max(D::Minus1)
 }
 
 /// Dropout as pylearn2 defines it: keep each input with probability `include`, multiply kept
@@ -33,11 +36,17 @@ pub struct Dropout {
 
 impl Dropout {
     /// No dropout.
-    pub const NONE: Dropout = Dropout { include: 1.0, scale: 1.0 };
+    pub const NONE: Dropout = Dropout {
+        include: 1.0,
+        scale: 1.0,
+    };
 
     /// Inverted dropout keeping `include` of the inputs.
     pub fn inverted(include: f64) -> Self {
-        Self { include, scale: 1.0 / include }
+        Self {
+            include,
+            scale: 1.0 / include,
+        }
     }
 
     pub fn is_identity(&self) -> bool {
@@ -52,7 +61,13 @@ impl Dropout {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (include, scale) = (self.include, self.scale as f32);
         let mask: Vec<f32> = (0..xs.elem_count())
-            .map(|_| if rng.random::<f64>() < include { scale } else { 0.0 })
+            .map(|_| {
+                if rng.random::<f64>() < include {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?.to_device(xs.device())?;
         xs.mul(&mask)
@@ -80,6 +95,46 @@ pub fn apply_max_norm(weight: &Var, max_norm: f64) -> Result<()> {
     weight.set(&flat.broadcast_mul(&scale)?.reshape(w.shape())?)
 }
 
+/// Applies [`apply_max_norm`] with bound `max_norm` to every trainable `*.weight` of `params`.
+pub fn max_norm_all_weights(params: &Params, max_norm: Option<f64>) -> Result<()> {
+    if let Some(c) = max_norm {
+        for (name, var) in params.vars() {
+            if name.ends_with("weight") {
+                apply_max_norm(var, c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fully connected layers from `fan_in` through `hidden` to `n_classes`, named `h{first}`,
+/// `h{first+1}`, … and `out`, with PyTorch's `nn.Linear` initialisation U(±1/√fan_in).
+pub fn linear_stack(
+    pb: &mut ParamBuilder<'_>,
+    first: usize,
+    mut fan_in: usize,
+    hidden: &[usize],
+    n_classes: usize,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let mut layers = Vec::with_capacity(hidden.len() + 1);
+    for (j, &fan_out) in hidden.iter().chain(std::iter::once(&n_classes)).enumerate() {
+        let name = if j == hidden.len() {
+            "out".to_string()
+        } else {
+            format!("h{}", first + j)
+        };
+        let range = 1.0 / (fan_in as f64).sqrt();
+        layers.push(pb.scope(&name, |pb| {
+            Ok((
+                pb.uniform("weight", (fan_out, fan_in), range)?,
+                pb.uniform("bias", fan_out, range)?,
+            ))
+        })?);
+        fan_in = fan_out;
+    }
+    Ok(layers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,13 +155,19 @@ mod tests {
     #[test]
     fn dropout_masks_follow_the_seed_and_the_rates() -> Result<()> {
         let xs = Tensor::ones((100, 100), candle_core::DType::F32, &Device::Cpu)?;
-        let d = Dropout { include: 0.8, scale: 1.0 };
+        let d = Dropout {
+            include: 0.8,
+            scale: 1.0,
+        };
         let a = d.apply(&xs, 3)?;
         assert_eq!(a.to_vec2::<f32>()?, d.apply(&xs, 3)?.to_vec2::<f32>()?);
         assert_ne!(a.to_vec2::<f32>()?, d.apply(&xs, 4)?.to_vec2::<f32>()?);
         let kept = a.sum_all()?.to_scalar::<f32>()? / 10_000.0;
         assert!((kept - 0.8).abs() < 0.02, "kept {kept}");
-        let inv = Dropout::inverted(0.5).apply(&xs, 5)?.mean_all()?.to_scalar::<f32>()?;
+        let inv = Dropout::inverted(0.5)
+            .apply(&xs, 5)?
+            .mean_all()?
+            .to_scalar::<f32>()?;
         assert!((inv - 1.0).abs() < 0.05, "mean {inv}");
         Ok(())
     }

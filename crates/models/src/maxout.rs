@@ -2,8 +2,11 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::layers::{apply_max_norm, derive_seed, linear, maxout};
-use crate::{autograd_input_grad, Arch, Classifier, InputGrad, MaxoutMlpSpec, Mode, ModelSpec, ParamBuilder, Params};
+use crate::layers::{derive_seed, linear, max_norm_all_weights, maxout};
+use crate::{
+    autograd_input_grad, Arch, Classifier, InputGrad, MaxoutMlpSpec, Mode, ModelSpec, ParamBuilder,
+    Params,
+};
 
 /// `input → maxout(units[0] × pieces) → … → softmax(n_classes)`, dropout before every layer.
 ///
@@ -108,27 +111,32 @@ impl Classifier for MaxoutMlp {
         let logits = linear(&h, &self.out.0, &self.out.1)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let labels = labels.to_dtype(DType::U32)?;
-        let loss = log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+        let loss = log_probs
+            .gather(&labels.unsqueeze(1)?, 1)?
+            .squeeze(1)?
+            .neg()?;
         let classes = Tensor::arange(0u32, self.spec.n_classes as u32, xs.device())?;
-        let onehot = labels.unsqueeze(1)?.broadcast_eq(&classes.unsqueeze(0)?)?.to_dtype(logits.dtype())?;
+        let onehot = labels
+            .unsqueeze(1)?
+            .broadcast_eq(&classes.unsqueeze(0)?)?
+            .to_dtype(logits.dtype())?;
         // d(sum of per-example CE)/d logits = softmax − one-hot, row by row.
         let mut grad = (log_probs.exp()? - onehot)?.matmul(&self.out.0)?;
         for ((w, _), mask) in self.hidden.iter().zip(&masks).rev() {
             let (batch, units, pieces) = mask.dims3()?;
-            let grad_z = mask.broadcast_mul(&grad.unsqueeze(2)?)?.reshape((batch, units * pieces))?;
+            let grad_z = mask
+                .broadcast_mul(&grad.unsqueeze(2)?)?
+                .reshape((batch, units * pieces))?;
             grad = grad_z.matmul(w)?;
         }
-        Ok(InputGrad { loss, logits, grad: grad.reshape(xs.shape())? })
+        Ok(InputGrad {
+            loss,
+            logits,
+            grad: grad.reshape(xs.shape())?,
+        })
     }
 
     fn apply_constraints(&self) -> Result<()> {
-        if let Some(c) = Self::arch(&self.spec).max_norm {
-            for (name, var) in self.params.vars() {
-                if name.ends_with("weight") {
-                    apply_max_norm(var, c)?;
-                }
-            }
-        }
-        Ok(())
+        max_norm_all_weights(&self.params, Self::arch(&self.spec).max_norm)
     }
 }

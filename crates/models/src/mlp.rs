@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::layers::{apply_max_norm, derive_seed, linear};
+use crate::layers::{derive_seed, linear, linear_stack, max_norm_all_weights};
 use crate::{Activation, Arch, Classifier, MlpSpec, Mode, ModelSpec, ParamBuilder, Params};
 
 /// `input → act(hidden[0]) → … → softmax(n_classes)`.
@@ -18,28 +18,7 @@ pub struct Mlp {
 impl Mlp {
     pub fn new(spec: ModelSpec, mut pb: ParamBuilder<'_>) -> Result<Self> {
         let s = Self::arch(&spec).clone();
-        let mut fan_in = spec.input_dim();
-        let mut layers = Vec::new();
-        let sizes = s
-            .hidden
-            .iter()
-            .copied()
-            .chain(std::iter::once(spec.n_classes));
-        for (i, fan_out) in sizes.enumerate() {
-            let name = if i == s.hidden.len() {
-                "out".to_string()
-            } else {
-                format!("h{i}")
-            };
-            let range = 1.0 / (fan_in as f64).sqrt();
-            layers.push(pb.scope(&name, |pb| {
-                Ok((
-                    pb.uniform("weight", (fan_out, fan_in), range)?,
-                    pb.uniform("bias", fan_out, range)?,
-                ))
-            })?);
-            fan_in = fan_out;
-        }
+        let layers = linear_stack(&mut pb, 0, spec.input_dim(), &s.hidden, spec.n_classes)?;
         Ok(Self {
             spec,
             layers,
@@ -89,13 +68,6 @@ impl Classifier for Mlp {
     }
 
     fn apply_constraints(&self) -> Result<()> {
-        if let Some(c) = Self::arch(&self.spec).max_norm {
-            for (name, var) in self.params.vars() {
-                if name.ends_with("weight") {
-                    apply_max_norm(var, c)?;
-                }
-            }
-        }
-        Ok(())
+        max_norm_all_weights(&self.params, Self::arch(&self.spec).max_norm)
     }
 }

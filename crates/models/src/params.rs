@@ -33,20 +33,30 @@ impl Params {
 
     /// Every tensor by name, detached: what a checkpoint stores.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        let vars = self.vars.iter().map(|(n, v)| (n.clone(), v.as_detached_tensor()));
+        let vars = self
+            .vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()));
         vars.chain(self.buffers.iter().map(|(n, t)| (n.clone(), t.clone())))
             .collect()
     }
 
     /// A deep copy of the trainable values (for keeping the best model during training).
     pub fn snapshot(&self) -> Result<Vec<Tensor>> {
-        self.vars.iter().map(|(_, v)| v.as_detached_tensor().copy()).collect()
+        self.vars
+            .iter()
+            .map(|(_, v)| v.as_detached_tensor().copy())
+            .collect()
     }
 
     /// Restores values taken by [`Params::snapshot`].
     pub fn restore(&self, snapshot: &[Tensor]) -> Result<()> {
         if snapshot.len() != self.vars.len() {
-            bail!("snapshot has {} tensors, the model {}", snapshot.len(), self.vars.len())
+            bail!(
+                "snapshot has {} tensors, the model {}",
+                snapshot.len(),
+                self.vars.len()
+            )
         }
         for ((_, var), value) in self.vars.iter().zip(snapshot) {
             var.set(value)?;
@@ -113,7 +123,10 @@ impl<'a> ParamBuilder<'a> {
             bail!("tensor `{full}` is missing (expected shape {shape:?})")
         };
         if t.shape() != shape {
-            bail!("tensor `{full}` has shape {:?}, expected {shape:?}", t.shape())
+            bail!(
+                "tensor `{full}` has shape {:?}, expected {shape:?}",
+                t.shape()
+            )
         }
         if t.dtype() != DType::F32 {
             bail!("tensor `{full}` has dtype {:?}, expected f32", t.dtype())
@@ -128,7 +141,11 @@ impl<'a> ParamBuilder<'a> {
         Ok(t)
     }
 
-    fn drawn(&mut self, shape: &Shape, mut draw: impl FnMut(&mut ChaCha8Rng) -> f32) -> Result<Tensor> {
+    fn drawn(
+        &mut self,
+        shape: &Shape,
+        mut draw: impl FnMut(&mut ChaCha8Rng) -> f32,
+    ) -> Result<Tensor> {
         let Source::Init(rng) = &mut self.source else {
             unreachable!("only called when initialising")
         };
@@ -136,7 +153,12 @@ impl<'a> ParamBuilder<'a> {
         Tensor::from_vec(values, shape.clone(), &self.device)
     }
 
-    fn param(&mut self, name: &str, shape: Shape, draw: impl FnMut(&mut ChaCha8Rng) -> f32) -> Result<Tensor> {
+    fn param(
+        &mut self,
+        name: &str,
+        shape: Shape,
+        draw: impl FnMut(&mut ChaCha8Rng) -> f32,
+    ) -> Result<Tensor> {
         let full = self.full_name(name);
         let value = match self.loaded(&full, &shape)? {
             Some(t) => t,
@@ -153,7 +175,8 @@ impl<'a> ParamBuilder<'a> {
 
     /// A trainable tensor initialised from N(0, std²).
     pub fn normal(&mut self, name: &str, shape: impl Into<Shape>, std: f64) -> Result<Tensor> {
-        let normal = Normal::new(0f32, std as f32).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let normal =
+            Normal::new(0f32, std as f32).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         self.param(name, shape.into(), |rng| normal.sample(rng))
     }
 
@@ -163,7 +186,12 @@ impl<'a> ParamBuilder<'a> {
     }
 
     /// A fixed tensor: `compute` gives its value when initialising; loading takes the stored one.
-    pub fn buffer(&mut self, name: &str, shape: impl Into<Shape>, compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    pub fn buffer(
+        &mut self,
+        name: &str,
+        shape: impl Into<Shape>,
+        compute: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let full = self.full_name(name);
         let value = match self.loaded(&full, &shape)? {
@@ -171,7 +199,10 @@ impl<'a> ParamBuilder<'a> {
             None => {
                 let t = compute()?.to_device(&self.device)?;
                 if t.shape() != &shape {
-                    bail!("buffer `{full}` computed with shape {:?}, expected {shape:?}", t.shape())
+                    bail!(
+                        "buffer `{full}` computed with shape {:?}, expected {shape:?}",
+                        t.shape()
+                    )
                 }
                 t
             }
@@ -194,10 +225,17 @@ impl<'a> ParamBuilder<'a> {
                 .map(|(n, _)| n.as_str())
                 .chain(self.params.buffers.iter().map(|(n, _)| n.as_str()))
                 .collect();
-            let mut unused: Vec<&str> = tensors.keys().map(String::as_str).filter(|n| !used.contains(n)).collect();
+            let mut unused: Vec<&str> = tensors
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !used.contains(n))
+                .collect();
             if !unused.is_empty() {
                 unused.sort_unstable();
-                bail!("tensors not used by the architecture: {}", unused.join(", "))
+                bail!(
+                    "tensors not used by the architecture: {}",
+                    unused.join(", ")
+                )
             }
         }
         Ok(self.params)

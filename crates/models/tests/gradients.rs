@@ -10,13 +10,19 @@ fn check_gradients(vars: &[Var], f: impl Fn() -> Result<Tensor>) -> Result<f64> 
     let h = 1e-6;
     let mut worst = 0f64;
     for var in vars {
-        let analytic = grads.get(var.as_tensor()).expect("every input gets a gradient");
+        let analytic = grads
+            .get(var.as_tensor())
+            .expect("every input gets a gradient");
         let analytic = analytic.flatten_all()?.to_vec1::<f64>()?;
         let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
         for (i, a) in analytic.iter().enumerate() {
             let mut bumped = base.clone();
             bumped[i] += h;
-            var.set(&Tensor::from_vec(bumped.clone(), var.shape(), &Device::Cpu)?)?;
+            var.set(&Tensor::from_vec(
+                bumped.clone(),
+                var.shape(),
+                &Device::Cpu,
+            )?)?;
             let up = f()?.to_scalar::<f64>()?;
             bumped[i] -= 2.0 * h;
             var.set(&Tensor::from_vec(bumped, var.shape(), &Device::Cpu)?)?;
@@ -32,7 +38,11 @@ fn check_gradients(vars: &[Var], f: impl Fn() -> Result<Tensor>) -> Result<f64> 
 fn random(shape: (usize, usize), seed: u64) -> Result<Var> {
     // A deterministic, tie-free fill: distinct values spread over [-1, 1].
     let n = shape.0 * shape.1;
-    let values: Vec<f64> = (0..n).map(|i| (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 500.0) - 1.0 + i as f64 * 1e-4).collect();
+    let values: Vec<f64> = (0..n)
+        .map(|i| {
+            (((i as u64 * 2654435761 + seed * 97) % 1000) as f64 / 500.0) - 1.0 + i as f64 * 1e-4
+        })
+        .collect();
     Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
@@ -43,7 +53,10 @@ fn maxout_layer_gradient_matches_finite_differences() -> Result<()> {
     let b = random((1, 12), 3)?;
     let labels = Tensor::new(&[0u32, 3, 1], &Device::Cpu)?;
     let f = || {
-        let h = maxout(&linear(x.as_tensor(), w.as_tensor(), &b.as_tensor().squeeze(0)?)?, 3)?;
+        let h = maxout(
+            &linear(x.as_tensor(), w.as_tensor(), &b.as_tensor().squeeze(0)?)?,
+            3,
+        )?;
         per_example_cross_entropy(&h, &labels)?.sum_all()
     };
     let err = check_gradients(&[x.clone(), w.clone(), b.clone()], f)?;
@@ -56,12 +69,21 @@ fn model_input_gradient_matches_finite_differences() -> Result<()> {
     // A small Maxout MLP in f32: the input gradient agrees with f64 differences of its loss.
     let spec = ModelSpec::new(Arch::maxout_mlp(vec![7, 5], 3), [1, 2, 3], 4);
     let model = build(&spec, 5, &Device::Cpu)?;
-    let xs = Tensor::from_vec((0..12).map(|i| (i as f32 * 0.37).sin().abs()).collect::<Vec<_>>(), (2, 1, 2, 3), &Device::Cpu)?;
+    let xs = Tensor::from_vec(
+        (0..12)
+            .map(|i| (i as f32 * 0.37).sin().abs())
+            .collect::<Vec<_>>(),
+        (2, 1, 2, 3),
+        &Device::Cpu,
+    )?;
     let labels = Tensor::new(&[1u32, 2], &Device::Cpu)?;
     let ig = model.loss_and_input_grad(&xs, &labels, Mode::Eval)?;
     let grad = ig.grad.flatten_all()?.to_vec1::<f32>()?;
     let loss_at = |x: &Tensor| -> Result<f64> {
-        per_example_cross_entropy(&model.forward(x, Mode::Eval)?, &labels)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()
+        per_example_cross_entropy(&model.forward(x, Mode::Eval)?, &labels)?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()
     };
     let base = xs.flatten_all()?.to_vec1::<f32>()?;
     let h = 1e-2f32;
@@ -73,7 +95,11 @@ fn model_input_gradient_matches_finite_differences() -> Result<()> {
         let up = loss_at(&Tensor::from_vec(up, xs.shape(), &Device::Cpu)?)?;
         let down = loss_at(&Tensor::from_vec(down, xs.shape(), &Device::Cpu)?)?;
         let numeric = (up - down) / (2.0 * h as f64);
-        assert!((numeric - grad[i] as f64).abs() < 1e-3 * numeric.abs().max(1e-2), "entry {i}: {numeric} vs {}", grad[i]);
+        assert!(
+            (numeric - grad[i] as f64).abs() < 1e-3 * numeric.abs().max(1e-2),
+            "entry {i}: {numeric} vs {}",
+            grad[i]
+        );
     }
     Ok(())
 }
@@ -104,10 +130,17 @@ fn maxout_hand_written_input_gradient_equals_autograd() -> Result<()> {
     let fast = model.loss_and_input_grad(&xs, &labels, Mode::Eval)?;
     let slow = autograd_input_grad(model.as_ref(), &xs, &labels, Mode::Eval)?;
     let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    for (name, a, b) in [("grad", &fast.grad, &slow.grad), ("loss", &fast.loss, &slow.loss), ("logits", &fast.logits, &slow.logits)] {
+    for (name, a, b) in [
+        ("grad", &fast.grad, &slow.grad),
+        ("loss", &fast.loss, &slow.loss),
+        ("logits", &fast.logits, &slow.logits),
+    ] {
         assert_eq!(a.dims(), b.dims(), "{name}");
         for (x, y) in flat(a).iter().zip(flat(b)) {
-            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{name}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                "{name}: {x} vs {y}"
+            );
         }
     }
     Ok(())

@@ -34,7 +34,11 @@ fn main() -> anyhow::Result<()> {
     let mut data = DataConfig::new(DatasetName::Mnist);
     data.train_limit = Some(BATCH * STEPS);
     let splits = load(&data)?;
-    let model = build(&ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5)), 1, &Device::Cpu)?;
+    let model = build(
+        &ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5)),
+        1,
+        &Device::Cpu,
+    )?;
     let vars: Vec<_> = model.params().vars().map(|(_, v)| v.clone()).collect();
     let mut sgd = SgdMomentum::new(vars, 0.01, 0.5, 0.5, 1, 1.0, 0.0)?;
     let train_batches = batches(&splits.train, BATCH)?;
@@ -97,11 +101,25 @@ fn main() -> anyhow::Result<()> {
     let mut medians = Vec::new();
     for (name, t) in names.iter().zip(times.iter_mut()) {
         let m = median(t);
-        let batch = if name.contains("500") { ATTACK_BATCH } else { BATCH };
-        println!("{name:<42} {:>8.2} ms/batch {:>9.0} ex/s", 1e3 * m, batch as f64 / m);
+        let batch = if name.contains("500") {
+            ATTACK_BATCH
+        } else {
+            BATCH
+        };
+        println!(
+            "{name:<42} {:>8.2} ms/batch {:>9.0} ex/s",
+            1e3 * m,
+            batch as f64 / m
+        );
         medians.push(m);
     }
-    println!("ratio FGSM adversarial step / plain step: {:.2}", medians[3] / medians[2]);
-    println!("ratio input gradient / forward:            {:.2}", medians[1] / medians[0]);
+    println!(
+        "ratio FGSM adversarial step / plain step: {:.2}",
+        medians[3] / medians[2]
+    );
+    println!(
+        "ratio input gradient / forward:            {:.2}",
+        medians[1] / medians[0]
+    );
     Ok(())
 }

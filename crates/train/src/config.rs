@@ -50,7 +50,9 @@ impl TrainConfig {
         }
         if let Some(es) = &self.early_stopping {
             if es.patience == 0 {
-                return Err(Error::Config("early-stopping patience must be at least 1".into()));
+                return Err(Error::Config(
+                    "early-stopping patience must be at least 1".into(),
+                ));
             }
         }
         if let Some(av) = &self.adversarial_validation {
@@ -69,7 +71,9 @@ impl TrainConfig {
     /// regularizer's own norm and ε on 1,000 validation images.
     pub fn adversarial_check(&self) -> Option<AdversarialValidation> {
         self.adversarial_validation.clone().or_else(|| {
-            self.regularizer.threat().map(|(p, eps)| AdversarialValidation { p, eps, n: 1000 })
+            self.regularizer
+                .threat()
+                .map(|(p, eps)| AdversarialValidation { p, eps, n: 1000 })
         })
     }
 }
@@ -169,9 +173,18 @@ impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
         match *self {
-            OptimizerConfig::Sgd { lr, momentum, final_momentum, momentum_saturate, lr_decay, min_lr } => {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                final_momentum,
+                momentum_saturate,
+                lr_decay,
+                min_lr,
+            } => {
                 if !(lr > 0.0) || !(min_lr >= 0.0) {
-                    return bad(format!("sgd lr must be > 0 and min-lr >= 0, got {lr} and {min_lr}"));
+                    return bad(format!(
+                        "sgd lr must be > 0 and min-lr >= 0, got {lr} and {min_lr}"
+                    ));
                 }
                 for m in std::iter::once(momentum).chain(final_momentum) {
                     if !(0.0..1.0).contains(&m) {
@@ -184,8 +197,17 @@ impl OptimizerConfig {
                     ));
                 }
             }
-            OptimizerConfig::Adam { lr, beta1, beta2, eps } => {
-                if !(lr > 0.0) || !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) || !(eps > 0.0) {
+            OptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            } => {
+                if !(lr > 0.0)
+                    || !(0.0..1.0).contains(&beta1)
+                    || !(0.0..1.0).contains(&beta2)
+                    || !(eps > 0.0)
+                {
                     return bad(format!(
                         "adam needs lr > 0, betas in [0, 1) and eps > 0, got lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"
                     ));
@@ -209,18 +231,27 @@ mod tests {
         assert_eq!(c.epochs, 3);
         assert_eq!(c.batch_size, 100);
         match c.optimizer {
-            OptimizerConfig::Sgd { lr, momentum, final_momentum, .. } => {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                final_momentum,
+                ..
+            } => {
                 assert_eq!((lr, momentum, final_momentum), (0.05, 0.5, Some(0.9)))
             }
             _ => panic!("expected sgd"),
         }
-        let err = toml::from_str::<TrainConfig>("epoch = 3").unwrap_err().to_string();
-        assert!(err.contains("epoch"), "{err}");
-        let err = toml::from_str::<TrainConfig>("optimizer = { kind = \"sgd\", lr = 1, momentun = 0.9 }")
+        let err = toml::from_str::<TrainConfig>("epoch = 3")
             .unwrap_err()
             .to_string();
+        assert!(err.contains("epoch"), "{err}");
+        let err =
+            toml::from_str::<TrainConfig>("optimizer = { kind = \"sgd\", lr = 1, momentun = 0.9 }")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("momentun"), "{err}");
-        let c: TrainConfig = toml::from_str("optimizer = { kind = \"sgd\", lr = 0.1, momentum = 1.5 }").unwrap();
+        let c: TrainConfig =
+            toml::from_str("optimizer = { kind = \"sgd\", lr = 0.1, momentum = 1.5 }").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("momentum"));
     }
 }

@@ -2,8 +2,14 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("training diverged: loss {loss} at epoch {epoch}, batch {batch} (lower the learning rate?)")]
-    Diverged { epoch: usize, batch: usize, loss: f32 },
+    #[error(
+        "training diverged: loss {loss} at epoch {epoch}, batch {batch} (lower the learning rate?)"
+    )]
+    Diverged {
+        epoch: usize,
+        batch: usize,
+        loss: f32,
+    },
     #[error("invalid training configuration: {0}")]
     Config(String),
     #[error(transparent)]

@@ -20,7 +20,12 @@ impl EvalResult {
 }
 
 /// Mean cross-entropy and error of `model` on `data`, in batches of `batch_size`.
-pub fn evaluate(model: &dyn Classifier, data: &Dataset, batch_size: usize, device: &Device) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &dyn Classifier,
+    data: &Dataset,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalResult> {
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     let n = data.len();
     let mut start = 0;
@@ -37,5 +42,9 @@ pub fn evaluate(model: &dyn Classifier, data: &Dataset, batch_size: usize, devic
         start += len;
     }
     let denom = n.max(1) as f64;
-    Ok(EvalResult { n, loss: loss_sum / denom, error: 1.0 - correct as f64 / denom })
+    Ok(EvalResult {
+        n,
+        loss: loss_sum / denom,
+        error: 1.0 - correct as f64 / denom,
+    })
 }

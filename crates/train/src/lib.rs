@@ -15,9 +15,9 @@ mod regularizer;
 mod trainer;
 
 pub use config::{AdversarialValidation, EarlyStopping, OptimizerConfig, TrainConfig};
-pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalResult};
 pub use log::{EpochRecord, TrainLog};
 pub use optim::{Adam, Optimizer, SgdMomentum};
+pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
 pub use trainer::{train, Observer, SilentObserver};

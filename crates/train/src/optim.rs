@@ -22,10 +22,28 @@ pub trait Optimizer {
 /// Builds the optimizer of `config` over `vars`.
 pub fn build(config: &OptimizerConfig, vars: Vec<Var>) -> Result<Box<dyn Optimizer>> {
     Ok(match *config {
-        OptimizerConfig::Sgd { lr, momentum, final_momentum, momentum_saturate, lr_decay, min_lr } => {
-            Box::new(SgdMomentum::new(vars, lr, momentum, final_momentum.unwrap_or(momentum), momentum_saturate, lr_decay, min_lr)?)
-        }
-        OptimizerConfig::Adam { lr, beta1, beta2, eps } => Box::new(Adam::new(vars, lr, beta1, beta2, eps)?),
+        OptimizerConfig::Sgd {
+            lr,
+            momentum,
+            final_momentum,
+            momentum_saturate,
+            lr_decay,
+            min_lr,
+        } => Box::new(SgdMomentum::new(
+            vars,
+            lr,
+            momentum,
+            final_momentum.unwrap_or(momentum),
+            momentum_saturate,
+            lr_decay,
+            min_lr,
+        )?),
+        OptimizerConfig::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+        } => Box::new(Adam::new(vars, lr, beta1, beta2, eps)?),
     })
 }
 
@@ -77,13 +95,16 @@ impl Optimizer for SgdMomentum {
         } else {
             ((epoch.max(1) - 1) as f64 / (self.saturate - 1) as f64).min(1.0)
         };
-        self.momentum = self.start_momentum + (self.final_momentum - self.start_momentum) * progress;
+        self.momentum =
+            self.start_momentum + (self.final_momentum - self.start_momentum) * progress;
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let lr = self.learning_rate();
         for (var, velocity) in self.vars.iter().zip(self.velocity.iter_mut()) {
-            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
             var.set(&(var.as_tensor() + &v)?)?;
             *velocity = v;
@@ -117,7 +138,16 @@ impl Adam {
     pub fn new(vars: Vec<Var>, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
         let m = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
         let v = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
-        Ok(Self { vars, m, v, lr, beta1, beta2, eps, n_steps: 0 })
+        Ok(Self {
+            vars,
+            m,
+            v,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            n_steps: 0,
+        })
     }
 }
 
@@ -128,8 +158,15 @@ impl Optimizer for Adam {
         self.n_steps += 1;
         let c1 = 1.0 - self.beta1.powi(self.n_steps);
         let c2 = 1.0 - self.beta2.powi(self.n_steps);
-        for ((var, m), v) in self.vars.iter().zip(self.m.iter_mut()).zip(self.v.iter_mut()) {
-            let Some(grad) = grads.get(var.as_tensor()) else { continue };
+        for ((var, m), v) in self
+            .vars
+            .iter()
+            .zip(self.m.iter_mut())
+            .zip(self.v.iter_mut())
+        {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let grad = grad.detach();
             *m = ((&*m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
             *v = ((&*v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
@@ -185,7 +222,10 @@ mod tests {
         let mut opt = Adam::new(vec![theta.clone()], 0.01, 0.9, 0.999, 1e-8)?;
         opt.step(&theta.as_tensor().sqr()?.sum_all()?.backward()?)?;
         let got = theta.as_tensor().to_vec1::<f32>()?;
-        assert!((got[0] - 1.99).abs() < 1e-6 && (got[1] + 2.99).abs() < 1e-6, "{got:?}");
+        assert!(
+            (got[0] - 1.99).abs() < 1e-6 && (got[1] + 2.99).abs() < 1e-6,
+            "{got:?}"
+        );
         Ok(())
     }
 }

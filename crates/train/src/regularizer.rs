@@ -91,7 +91,9 @@ impl Regularizer {
             }
             Regularizer::GradientPenalty { sigma, .. } => {
                 if !(sigma >= 0.0) {
-                    return Err(Error::Config(format!("gradient-penalty sigma must be >= 0, got {sigma}")));
+                    return Err(Error::Config(format!(
+                        "gradient-penalty sigma must be >= 0, got {sigma}"
+                    )));
                 }
                 Ok(())
             }
@@ -117,24 +119,44 @@ impl Regularizer {
 
     /// Computes the objective of one batch and its parameter gradients. `seed` drives the
     /// dropout masks; each pass gets its own.
-    pub fn step(&self, model: &dyn Classifier, xs: &Tensor, ys: &Tensor, seed: u64) -> Result<StepOutput> {
-        let clean_mode = Mode::Train { seed: derive_seed(seed, 0) };
+    pub fn step(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        ys: &Tensor,
+        seed: u64,
+    ) -> Result<StepOutput> {
+        let clean_mode = Mode::Train {
+            seed: derive_seed(seed, 0),
+        };
         match *self {
             Regularizer::None => {
                 let logits = model.forward(xs, clean_mode)?;
                 let loss = per_example_cross_entropy(&logits, ys)?.mean_all()?;
                 let value = loss.to_scalar::<f32>()?;
                 let grads = loss.backward()?;
-                Ok(StepOutput { loss: value, logits: logits.detach(), grads })
+                Ok(StepOutput {
+                    loss: value,
+                    logits: logits.detach(),
+                    grads,
+                })
             }
-            Regularizer::Lp { p, eps, alpha, labels, perturb_mode, clip } => {
+            Regularizer::Lp {
+                p,
+                eps,
+                alpha,
+                labels,
+                perturb_mode,
+                clip,
+            } => {
                 let x_var = Var::from_tensor(&xs.detach())?;
                 let logits = model.forward(x_var.as_tensor(), clean_mode)?;
                 let clean = per_example_cross_entropy(&logits, ys)?.mean_all()?;
                 let clean_value = clean.to_scalar::<f32>()?;
                 let mut grads = clean.backward()?;
                 // r* is invariant to scaling the gradient, so the batch-mean loss serves.
-                let reuse_clean_pass = labels == PerturbLabels::True && perturb_mode == PerturbMode::Train;
+                let reuse_clean_pass =
+                    labels == PerturbLabels::True && perturb_mode == PerturbMode::Train;
                 let gx = if reuse_clean_pass {
                     grads.remove(x_var.as_tensor()).map(|g| g.detach())
                 } else {
@@ -143,7 +165,9 @@ impl Regularizer {
                         PerturbLabels::Predicted => logits.argmax(candle_core::D::Minus1)?,
                     };
                     let mode = match perturb_mode {
-                        PerturbMode::Train => Mode::Train { seed: derive_seed(seed, 2) },
+                        PerturbMode::Train => Mode::Train {
+                            seed: derive_seed(seed, 2),
+                        },
                         PerturbMode::Eval => Mode::Eval,
                     };
                     Some(model.loss_and_input_grad(xs, &target, mode)?.grad)
@@ -156,13 +180,22 @@ impl Regularizer {
                 if clip {
                     x_adv = x_adv.clamp(0f32, 1f32)?;
                 }
-                let adv_logits = model.forward(&x_adv.detach(), Mode::Train { seed: derive_seed(seed, 1) })?;
+                let adv_logits = model.forward(
+                    &x_adv.detach(),
+                    Mode::Train {
+                        seed: derive_seed(seed, 1),
+                    },
+                )?;
                 let adv = per_example_cross_entropy(&adv_logits, ys)?.mean_all()?;
                 let adv_value = adv.to_scalar::<f32>()?;
                 let adv_grads = adv.backward()?;
                 mix_grads(model, &mut grads, &adv_grads, alpha)?;
                 let value = alpha as f32 * clean_value + (1.0 - alpha as f32) * adv_value;
-                Ok(StepOutput { loss: value, logits: logits.detach(), grads })
+                Ok(StepOutput {
+                    loss: value,
+                    logits: logits.detach(),
+                    grads,
+                })
             }
             Regularizer::GradientPenalty { p, sigma } => {
                 if !double_backprop_works()? {
@@ -186,14 +219,23 @@ impl Regularizer {
                 let loss = (ce.mean_all()? + (penalty.mean_all()? * sigma)?)?;
                 let value = loss.to_scalar::<f32>()?;
                 let grads = loss.backward()?;
-                Ok(StepOutput { loss: value, logits: logits.detach(), grads })
+                Ok(StepOutput {
+                    loss: value,
+                    logits: logits.detach(),
+                    grads,
+                })
             }
         }
     }
 }
 
 /// Replaces every parameter gradient in `clean` by `α·clean + (1−α)·adv`.
-fn mix_grads(model: &dyn Classifier, clean: &mut GradStore, adv: &GradStore, alpha: f64) -> CandleResult<()> {
+fn mix_grads(
+    model: &dyn Classifier,
+    clean: &mut GradStore,
+    adv: &GradStore,
+    alpha: f64,
+) -> CandleResult<()> {
     for (_, var) in model.params().vars() {
         let t = var.as_tensor();
         let mixed = match (clean.get(t), adv.get(t)) {
@@ -227,7 +269,9 @@ pub fn double_backprop_works() -> CandleResult<bool> {
     let x = Var::new(2.0f64, &device)?;
     let f = (w.as_tensor() * x.as_tensor().sqr()?)?;
     let first = f.backward()?;
-    let Some(gx) = first.get(x.as_tensor()) else { return Ok(false) };
+    let Some(gx) = first.get(x.as_tensor()) else {
+        return Ok(false);
+    };
     let second = gx.sqr()?.backward()?;
     Ok(match second.get(w.as_tensor()) {
         Some(gw) => (gw.to_scalar::<f64>()? - 48.0).abs() < 1e-9,

@@ -3,9 +3,9 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use gauntlet_attacks::{Attack, FastGradient, Goal};
 use gauntlet_data::{Batches, Splits};
 use gauntlet_models::layers::derive_seed;
-use gauntlet_attacks::{Attack, FastGradient, Goal};
 use gauntlet_models::{accuracy_counts, Classifier, Mode};
 
 use crate::{evaluate, optim, EpochRecord, Error, Result, TrainConfig, TrainLog};
@@ -39,10 +39,15 @@ pub fn train(
     if splits.valid.is_empty() {
         for (set, what) in [
             (config.early_stopping.is_some(), "early-stopping"),
-            (config.adversarial_validation.is_some(), "adversarial-validation"),
+            (
+                config.adversarial_validation.is_some(),
+                "adversarial-validation",
+            ),
         ] {
             if set {
-                return Err(Error::Config(format!("{what} needs a validation split (valid-size > 0)")));
+                return Err(Error::Config(format!(
+                    "{what} needs a validation split (valid-size > 0)"
+                )));
             }
         }
     }
@@ -58,7 +63,10 @@ pub fn train(
     let adv_subset = match &adv_check {
         Some(check) if !splits.valid.is_empty() => {
             let subset = splits.valid.truncate(Some(check.n))?;
-            Some((subset.images.to_device(device)?, subset.labels.to_device(device)?))
+            Some((
+                subset.images.to_device(device)?,
+                subset.labels.to_device(device)?,
+            ))
         }
         _ => None,
     };
@@ -71,7 +79,10 @@ pub fn train(
         let batches = Batches::new(
             splits.train.len(),
             config.batch_size,
-            Some(derive_seed(derive_seed(config.seed, SHUFFLE_STREAM), epoch as u64)),
+            Some(derive_seed(
+                derive_seed(config.seed, SHUFFLE_STREAM),
+                epoch as u64,
+            )),
         );
         let epoch_seed = derive_seed(derive_seed(config.seed, DROPOUT_STREAM), epoch as u64);
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
@@ -79,12 +90,19 @@ pub fn train(
             let batch = batch?;
             let xs = batch.images.to_device(device)?;
             let ys = batch.labels.to_device(device)?;
-            let step = config
-                .regularizer
-                .step(model, &xs, &ys, derive_seed(epoch_seed, batch_idx as u64))?;
+            let step = config.regularizer.step(
+                model,
+                &xs,
+                &ys,
+                derive_seed(epoch_seed, batch_idx as u64),
+            )?;
             let loss_value = step.loss;
             if !loss_value.is_finite() {
-                return Err(Error::Diverged { epoch, batch: batch_idx + 1, loss: loss_value });
+                return Err(Error::Diverged {
+                    epoch,
+                    batch: batch_idx + 1,
+                    loss: loss_value,
+                });
             }
             optimizer.step(&step.grads)?;
             model.apply_constraints()?;
@@ -105,7 +123,8 @@ pub fn train(
         let valid_adv_error = match (&adv_check, &adv_subset) {
             (Some(check), Some((images, labels))) => {
                 let attack = FastGradient::new(check.p);
-                let x_adv = attack.perturb(model, images, &Goal::Untargeted { labels }, check.eps)?;
+                let x_adv =
+                    attack.perturb(model, images, &Goal::Untargeted { labels }, check.eps)?;
                 let (correct, _) = accuracy_counts(&model.forward(&x_adv, Mode::Eval)?, labels)?;
                 Some(1.0 - correct as f64 / labels.dims1()? as f64)
             }

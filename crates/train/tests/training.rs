@@ -3,7 +3,9 @@
 use candle_core::{Device, Tensor};
 use gauntlet_data::{load, DataConfig, DatasetName, Splits};
 use gauntlet_models::{build, Arch, Classifier, MaxoutMlpSpec, ModelSpec};
-use gauntlet_train::{evaluate, train, EarlyStopping, OptimizerConfig, SilentObserver, TrainConfig};
+use gauntlet_train::{
+    evaluate, train, EarlyStopping, OptimizerConfig, SilentObserver, TrainConfig,
+};
 
 fn small_mnist() -> Splits {
     let mut config = DataConfig::new(DatasetName::Mnist);
@@ -31,7 +33,12 @@ fn small_config(epochs: usize) -> TrainConfig {
 }
 
 fn flat(model: &dyn Classifier) -> Vec<f32> {
-    let parts: Vec<Tensor> = model.params().tensors().into_iter().map(|(_, t)| t.flatten_all().unwrap()).collect();
+    let parts: Vec<Tensor> = model
+        .params()
+        .tensors()
+        .into_iter()
+        .map(|(_, t)| t.flatten_all().unwrap())
+        .collect();
     Tensor::cat(&parts, 0).unwrap().to_vec1().unwrap()
 }
 
@@ -39,17 +46,40 @@ fn flat(model: &dyn Classifier) -> Vec<f32> {
 fn maxout_on_2000_images_is_far_above_chance_and_respects_max_norm() {
     let splits = small_mnist();
     // A wider init than pylearn2's 0.005 leaves the initial plateau within a few hundred steps.
-    let spec = ModelSpec::mnist(Arch::MaxoutMlp(MaxoutMlpSpec { units: vec![120, 120], pieces: 3, init_range: 0.05, ..Default::default() }));
+    let spec = ModelSpec::mnist(Arch::MaxoutMlp(MaxoutMlpSpec {
+        units: vec![120, 120],
+        pieces: 3,
+        init_range: 0.05,
+        ..Default::default()
+    }));
     let model = build(&spec, 1, &Device::Cpu).unwrap();
-    let log = train(model.as_ref(), &splits, &small_config(8), &Device::Cpu, &mut SilentObserver).unwrap();
+    let log = train(
+        model.as_ref(),
+        &splits,
+        &small_config(8),
+        &Device::Cpu,
+        &mut SilentObserver,
+    )
+    .unwrap();
     assert_eq!(log.epochs.len(), 8);
     let test = evaluate(model.as_ref(), &splits.test, 500, &Device::Cpu).unwrap();
-    assert!(test.accuracy() > 0.85, "test accuracy {} after 8 epochs on 2000 images", test.accuracy());
+    assert!(
+        test.accuracy() > 0.85,
+        "test accuracy {} after 8 epochs on 2000 images",
+        test.accuracy()
+    );
     assert!(log.epochs[7].train_loss < log.epochs[0].train_loss);
     // Every weight row obeys the max-norm bound after training.
     for (name, var) in model.params().vars() {
         if name.ends_with("weight") {
-            let norms = var.as_tensor().sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+            let norms = var
+                .as_tensor()
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .sqrt()
+                .unwrap();
             let max = norms.max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(max <= 1.9365 + 1e-4, "{name}: row norm {max}");
         }
@@ -65,7 +95,14 @@ fn the_same_seed_trains_the_same_weights() {
         let model = build(&spec, 9, &Device::Cpu).unwrap();
         let mut config = small_config(2);
         config.seed = seed;
-        train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap();
+        train(
+            model.as_ref(),
+            &splits,
+            &config,
+            &Device::Cpu,
+            &mut SilentObserver,
+        )
+        .unwrap();
         flat(model.as_ref())
     };
     let a = run(5);
@@ -81,10 +118,26 @@ fn early_stopping_restores_the_best_epoch_and_nan_stops_training() {
     let model = build(&spec, 2, &Device::Cpu).unwrap();
     let mut config = small_config(30);
     config.early_stopping = Some(EarlyStopping { patience: 2 });
-    let log = train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap();
-    let best = log.epochs.iter().map(|e| e.valid_error.unwrap()).fold(f64::INFINITY, f64::min);
-    let now = evaluate(model.as_ref(), &splits.valid, 500, &Device::Cpu).unwrap().error;
-    assert!((now - best).abs() < 1e-9, "restored valid error {now}, best {best}");
+    let log = train(
+        model.as_ref(),
+        &splits,
+        &config,
+        &Device::Cpu,
+        &mut SilentObserver,
+    )
+    .unwrap();
+    let best = log
+        .epochs
+        .iter()
+        .map(|e| e.valid_error.unwrap())
+        .fold(f64::INFINITY, f64::min);
+    let now = evaluate(model.as_ref(), &splits.valid, 500, &Device::Cpu)
+        .unwrap()
+        .error;
+    assert!(
+        (now - best).abs() < 1e-9,
+        "restored valid error {now}, best {best}"
+    );
     assert_eq!(log.epochs[log.best_epoch - 1].valid_error.unwrap(), best);
     if log.stopped_by == "early-stopping" {
         assert_eq!(log.epochs.len(), log.best_epoch + 2);
@@ -92,14 +145,33 @@ fn early_stopping_restores_the_best_epoch_and_nan_stops_training() {
 
     // An absurd learning rate without max-norm overflows: a clear error, not NaN weights.
     let spec = ModelSpec::new(
-        Arch::Mlp(gauntlet_models::MlpSpec { hidden: vec![32], activation: gauntlet_models::Activation::Relu, ..Default::default() }),
+        Arch::Mlp(gauntlet_models::MlpSpec {
+            hidden: vec![32],
+            activation: gauntlet_models::Activation::Relu,
+            ..Default::default()
+        }),
         [1, 28, 28],
         10,
     );
     let model = build(&spec, 2, &Device::Cpu).unwrap();
     let mut config = small_config(3);
-    config.optimizer = OptimizerConfig::Sgd { lr: 1e30, momentum: 0.0, final_momentum: None, momentum_saturate: 1, lr_decay: 1.0, min_lr: 0.0 };
-    let err = train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap_err().to_string();
+    config.optimizer = OptimizerConfig::Sgd {
+        lr: 1e30,
+        momentum: 0.0,
+        final_momentum: None,
+        momentum_saturate: 1,
+        lr_decay: 1.0,
+        min_lr: 0.0,
+    };
+    let err = train(
+        model.as_ref(),
+        &splits,
+        &config,
+        &Device::Cpu,
+        &mut SilentObserver,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("diverged") && err.contains("epoch 1"), "{err}");
 }
 
@@ -108,13 +180,29 @@ fn fgsm_adversarial_training_beats_the_baseline_under_fgsm() {
     use gauntlet_attacks::Norm;
     use gauntlet_train::Regularizer;
     let splits = small_mnist();
-    let spec = ModelSpec::mnist(Arch::MaxoutMlp(MaxoutMlpSpec { units: vec![100, 100], pieces: 3, init_range: 0.05, ..Default::default() }));
+    let spec = ModelSpec::mnist(Arch::MaxoutMlp(MaxoutMlpSpec {
+        units: vec![100, 100],
+        pieces: 3,
+        init_range: 0.05,
+        ..Default::default()
+    }));
     let run = |regularizer: Regularizer| {
         let model = build(&spec, 1, &Device::Cpu).unwrap();
         let mut config = small_config(5);
         config.regularizer = regularizer;
-        config.adversarial_validation = Some(gauntlet_train::AdversarialValidation { p: Norm::Linf, eps: 0.1, n: 500 });
-        let log = train(model.as_ref(), &splits, &config, &Device::Cpu, &mut SilentObserver).unwrap();
+        config.adversarial_validation = Some(gauntlet_train::AdversarialValidation {
+            p: Norm::Linf,
+            eps: 0.1,
+            n: 500,
+        });
+        let log = train(
+            model.as_ref(),
+            &splits,
+            &config,
+            &Device::Cpu,
+            &mut SilentObserver,
+        )
+        .unwrap();
         log.epochs.last().unwrap().valid_adv_error.unwrap()
     };
     let baseline = run(Regularizer::None);
@@ -126,7 +214,10 @@ fn fgsm_adversarial_training_beats_the_baseline_under_fgsm() {
         perturb_mode: Default::default(),
         clip: false,
     });
-    assert!(adversarial + 0.15 < baseline, "FGSM(0.1) validation error: baseline {baseline}, adversarially trained {adversarial}");
+    assert!(
+        adversarial + 0.15 < baseline,
+        "FGSM(0.1) validation error: baseline {baseline}, adversarially trained {adversarial}"
+    );
 }
 
 #[test]
@@ -135,15 +226,46 @@ fn lp_with_alpha_one_is_plain_training() {
     use gauntlet_train::Regularizer;
     let splits = small_mnist();
     let batch = splits.train.slice(0, 20).unwrap();
-    let model = build(&ModelSpec::mnist(Arch::maxout_mlp(vec![10], 2)), 1, &Device::Cpu).unwrap();
-    let plain = Regularizer::None.step(model.as_ref(), &batch.images, &batch.labels, 4).unwrap();
-    let lp = Regularizer::Lp { p: Norm::L2, eps: 1.0, alpha: 1.0, labels: Default::default(), perturb_mode: Default::default(), clip: false }
+    let model = build(
+        &ModelSpec::mnist(Arch::maxout_mlp(vec![10], 2)),
+        1,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let plain = Regularizer::None
         .step(model.as_ref(), &batch.images, &batch.labels, 4)
         .unwrap();
+    let lp = Regularizer::Lp {
+        p: Norm::L2,
+        eps: 1.0,
+        alpha: 1.0,
+        labels: Default::default(),
+        perturb_mode: Default::default(),
+        clip: false,
+    }
+    .step(model.as_ref(), &batch.images, &batch.labels, 4)
+    .unwrap();
     assert_eq!(plain.loss, lp.loss);
     for (name, var) in model.params().vars() {
-        let a = plain.grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = lp.grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-7), "{name}");
+        let a = plain
+            .grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = lp
+            .grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-7),
+            "{name}"
+        );
     }
 }

@@ -3,8 +3,8 @@
 
 use anyhow::{anyhow, Result};
 use gauntlet_attacks::{
-    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Attack, AttackKind, AttackLoss,
-    AttackRecord, FastGradient, MaskingRules, Norm, Pgd, RandomNoise, StepSize,
+    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Attack, AttackKind,
+    AttackLoss, AttackRecord, FastGradient, MaskingRules, Norm, Pgd, RandomNoise, StepSize,
 };
 
 use crate::args::AttackArgs;
@@ -41,13 +41,18 @@ fn build_attack(args: &AttackArgs, norm: Norm) -> Result<Box<dyn Attack>> {
             }
             Ok(Box::new(pgd))
         }
-        other => Err(anyhow!("unknown --attack `{other}`, expected fast-gradient or pgd")),
+        other => Err(anyhow!(
+            "unknown --attack `{other}`, expected fast-gradient or pgd"
+        )),
     }
 }
 
 fn print_records(title: &str, records: &[AttackRecord]) {
     println!("{title}");
-    println!("{:>8}  {:>9}  {:>9}  {:>19}  {:>10}  {:>8}", "eps", "clean", "robust", "95% interval", "max |d|", "seconds");
+    println!(
+        "{:>8}  {:>9}  {:>9}  {:>19}  {:>10}  {:>8}",
+        "eps", "clean", "robust", "95% interval", "max |d|", "seconds"
+    );
     for r in records {
         println!(
             "{:>8}  {:>8.2}%  {:>8.2}%  [{:>6.2}%, {:>6.2}%]  {:>10.4}  {:>8.1}",
@@ -64,28 +69,56 @@ fn print_records(title: &str, records: &[AttackRecord]) {
 
 /// The extra evaluations the masking checks compare against: a single step and random noise at
 /// the same ε, and the attack itself at an ε covering the whole box (on a subset).
-fn masking_records(args: &AttackArgs, attack: &dyn Attack, loaded: &Loaded) -> Result<Vec<AttackRecord>> {
+fn masking_records(
+    args: &AttackArgs,
+    attack: &dyn Attack,
+    loaded: &Loaded,
+) -> Result<Vec<AttackRecord>> {
     let (model, test, batch) = (loaded.model.as_ref(), &loaded.test, args.data.batch_size);
     let norm = attack.norm();
     let mut records = Vec::new();
     if attack.kind() == AttackKind::Iterative {
         let mut single = FastGradient::new(norm);
         single.clip = !args.no_clip;
-        records.extend(evaluate_attack(model, &single, &test.images, &test.labels, &args.eps, batch)?);
+        records.extend(evaluate_attack(
+            model,
+            &single,
+            &test.images,
+            &test.labels,
+            &args.eps,
+            batch,
+        )?);
     }
     let mut noise = RandomNoise::new(norm);
     noise.seed = args.seed;
-    records.extend(evaluate_attack(model, &noise, &test.images, &test.labels, &args.eps, batch)?);
+    records.extend(evaluate_attack(
+        model,
+        &noise,
+        &test.images,
+        &test.labels,
+        &args.eps,
+        batch,
+    )?);
     if attack.kind() == AttackKind::Iterative {
         let subset = test.truncate(Some(CHECK_SUBSET))?;
         let big = unbounded_eps(norm, model.spec().input_dim());
-        records.extend(evaluate_attack(model, attack, &subset.images, &subset.labels, &[big], batch)?);
+        records.extend(evaluate_attack(
+            model,
+            attack,
+            &subset.images,
+            &subset.labels,
+            &[big],
+            batch,
+        )?);
     }
     Ok(records)
 }
 
 pub fn run(args: AttackArgs) -> Result<()> {
-    let norm: Norm = args.norm.parse().map_err(|e| anyhow!("--norm `{}`: {e}", args.norm))?;
+    let norm: Norm = args
+        .norm
+        .parse()
+        .map_err(|e| anyhow!("--norm `{}`: {e}", args.norm))?;
     if let Some(bad) = args.eps.iter().find(|e| !(**e >= 0.0 && e.is_finite())) {
         return Err(anyhow!("--eps values must be finite and >= 0, got {bad}"));
     }
@@ -100,7 +133,12 @@ pub fn run(args: AttackArgs) -> Result<()> {
         args.data.batch_size,
     )?;
     print_records(
-        &format!("{} on {} ({} test images)", attack.name(), args.data.model.display(), loaded.test.len()),
+        &format!(
+            "{} on {} ({} test images)",
+            attack.name(),
+            args.data.model.display(),
+            loaded.test.len()
+        ),
         &records,
     );
     let stem = format!("attack-{}", attack.name());
@@ -114,11 +152,20 @@ pub fn run(args: AttackArgs) -> Result<()> {
         let flags = masking_checks(&all, &MaskingRules::new(loaded.model.spec().input_dim()));
         println!("gradient-masking checks:");
         for flag in &flags {
-            println!("  [{}] {} ({}): {}", if flag.passed { "ok" } else { "FLAG" }, flag.check.name(), flag.attack, flag.detail);
+            println!(
+                "  [{}] {} ({}): {}",
+                if flag.passed { "ok" } else { "FLAG" },
+                flag.check.name(),
+                flag.attack,
+                flag.detail
+            );
         }
         write_json(&loaded.out.join(format!("{stem}-masking.json")), &flags)?;
         write_json(&loaded.out.join(format!("{stem}-checks.json")), &all)?;
     }
-    println!("wrote {}/{stem}.json, .csv and -examples.csv", loaded.out.display());
+    println!(
+        "wrote {}/{stem}.json, .csv and -examples.csv",
+        loaded.out.display()
+    );
     Ok(())
 }

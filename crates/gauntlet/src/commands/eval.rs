@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
-use gauntlet_data::{DataConfig, DatasetName, Dataset};
+use gauntlet_data::{DataConfig, Dataset, DatasetName};
 use gauntlet_models::{checkpoint, Classifier};
 use gauntlet_train::evaluate;
 
@@ -24,10 +24,13 @@ pub struct Loaded {
 
 pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
     let device = device::open(&args.common.device)?;
-    let model = checkpoint::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let model = checkpoint::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
     let spec = model.spec();
     let dataset = match &args.dataset {
-        Some(name) => name.parse().map_err(|e: String| anyhow!("--dataset: {e}"))?,
+        Some(name) => name
+            .parse()
+            .map_err(|e: String| anyhow!("--dataset: {e}"))?,
         None if spec.input == [3, 32, 32] => DatasetName::Cifar10,
         None => DatasetName::Mnist,
     };
@@ -49,15 +52,30 @@ pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
     }
     let out = match &args.out {
         Some(dir) => dir.clone(),
-        None => args.model.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+        None => args
+            .model
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
     };
     let test = test.to_device(&device)?;
-    Ok(Loaded { model, dataset, test, device, out })
+    Ok(Loaded {
+        model,
+        dataset,
+        test,
+        device,
+        out,
+    })
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let loaded = load(&args.data)?;
-    let res = evaluate(loaded.model.as_ref(), &loaded.test, args.data.batch_size, &loaded.device)?;
+    let res = evaluate(
+        loaded.model.as_ref(),
+        &loaded.test,
+        args.data.batch_size,
+        &loaded.device,
+    )?;
     println!(
         "{}: {} test accuracy {:.2}% (error {:.2}%, n = {}, mean loss {:.4})",
         args.data.model.display(),

@@ -24,8 +24,15 @@ pub fn run(args: NoiseArgs) -> Result<()> {
             args.data.batch_size,
         )?);
     }
-    println!("Gaussian noise on {} ({} test images)", args.data.model.display(), loaded.test.len());
-    println!("{:>8}  {:>7}  {:>9}  {:>17}", "sigma", "clipped", "accuracy", "95% interval");
+    println!(
+        "Gaussian noise on {} ({} test images)",
+        args.data.model.display(),
+        loaded.test.len()
+    );
+    println!(
+        "{:>8}  {:>7}  {:>9}  {:>17}",
+        "sigma", "clipped", "accuracy", "95% interval"
+    );
     for r in &records {
         println!(
             "{:>8}  {:>7}  {:>8.2}%  [{:>6.2}%, {:>6.2}%]",

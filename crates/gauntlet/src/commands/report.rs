@@ -11,10 +11,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let out = match args.out {
         Some(dir) => dir,
         None => {
-            let name = args
-                .results
-                .file_name()
-                .ok_or_else(|| anyhow!("{}: expected a results folder such as results/quickstart", args.results.display()))?;
+            let name = args.results.file_name().ok_or_else(|| {
+                anyhow!(
+                    "{}: expected a results folder such as results/quickstart",
+                    args.results.display()
+                )
+            })?;
             PathBuf::from("report").join(name)
         }
     };

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
-use gauntlet_suite::{merge_suite, run_suite_with, Job, JobReport, JobStatus, RunOptions, RunSummary, Stage, SuiteObserver};
+use gauntlet_suite::{
+    merge_suite, run_suite_with, Job, JobReport, JobStatus, RunOptions, RunSummary, Stage,
+    SuiteObserver,
+};
 use gauntlet_train::EpochRecord;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -26,7 +29,11 @@ impl Progress {
         } else {
             ProgressDrawTarget::stderr()
         };
-        Self { bars: MultiProgress::with_draw_target(target), overall: Mutex::new(None), quiet }
+        Self {
+            bars: MultiProgress::with_draw_target(target),
+            overall: Mutex::new(None),
+            quiet,
+        }
     }
 
     fn line(&self, text: String) {
@@ -43,14 +50,25 @@ impl Progress {
 
 impl SuiteObserver for Progress {
     fn planned(&self, jobs: &[JobReport]) {
-        let todo = jobs.iter().filter(|j| j.status == JobStatus::Pending).count();
-        let cached = jobs.iter().filter(|j| j.status == JobStatus::Cached).count();
-        self.line(format!("{} jobs: {todo} to run, {cached} cached", jobs.len()));
+        let todo = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Pending)
+            .count();
+        let cached = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Cached)
+            .count();
+        self.line(format!(
+            "{} jobs: {todo} to run, {cached} cached",
+            jobs.len()
+        ));
         let bar = self.bars.add(ProgressBar::new(todo as u64));
         bar.set_style(
-            ProgressStyle::with_template("[{elapsed_precise}] [{bar:30}] {pos}/{len} jobs (eta {eta}) {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "[{elapsed_precise}] [{bar:30}] {pos}/{len} jobs (eta {eta}) {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         *self.overall.lock().expect("not poisoned") = Some(bar);
     }
@@ -69,8 +87,12 @@ impl SuiteObserver for Progress {
     }
 
     fn epoch_done(&self, job: &Job, r: &EpochRecord) {
-        let valid = r.valid_error.map_or(String::new(), |e| format!(", valid error {:.2}%", 100.0 * e));
-        let adv = r.valid_adv_error.map_or(String::new(), |e| format!(" (adversarial {:.2}%)", 100.0 * e));
+        let valid = r.valid_error.map_or(String::new(), |e| {
+            format!(", valid error {:.2}%", 100.0 * e)
+        });
+        let adv = r.valid_adv_error.map_or(String::new(), |e| {
+            format!(" (adversarial {:.2}%)", 100.0 * e)
+        });
         self.line(format!(
             "  {} epoch {}: train loss {:.4}, train error {:.2}%{valid}{adv}, {:.1} s",
             job.id,
@@ -88,16 +110,23 @@ fn parse_shard(text: &str) -> Result<(usize, usize)> {
         .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
     match parsed {
         Some((i, n)) if n > 0 && i < n => Ok((i, n)),
-        _ => Err(anyhow!("--shard `{text}`: expected i/n with 0 <= i < n, e.g. 0/2")),
+        _ => Err(anyhow!(
+            "--shard `{text}`: expected i/n with 0 <= i < n, e.g. 0/2"
+        )),
     }
 }
 
 /// The headline numbers of a finished suite, read back from its results.json.
 fn print_table(results_dir: &Path) -> Result<()> {
     let path = results_dir.join("results.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let results: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    println!("{:<16} {:>11}   robust accuracy (attack@eps)", "model", "test error");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let results: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    println!(
+        "{:<16} {:>11}   robust accuracy (attack@eps)",
+        "model", "test error"
+    );
     for model in results["models"].as_array().into_iter().flatten() {
         let name = model["name"].as_str().unwrap_or("?");
         let robust: Vec<String> = results["robustness"]
@@ -150,7 +179,10 @@ pub fn run(args: RunArgs, merge_only: bool) -> Result<()> {
         stage: args
             .stage
             .as_deref()
-            .map(|s| s.parse::<Stage>().map_err(|e| anyhow!("--stage `{s}`: {e}")))
+            .map(|s| {
+                s.parse::<Stage>()
+                    .map_err(|e| anyhow!("--stage `{s}`: {e}"))
+            })
             .transpose()?,
         jobs: args.jobs,
     };

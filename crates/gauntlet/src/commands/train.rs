@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use gauntlet_data::{DataConfig, DatasetName};
 use gauntlet_models::layers::derive_seed;
-use gauntlet_models::{build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec};
+use gauntlet_models::{
+    build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
+};
 use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig};
 use serde::Serialize;
 
@@ -42,7 +44,11 @@ fn arch_from_name(name: &str) -> Result<Arch> {
         "mlp" => Arch::Mlp(MlpSpec::default()),
         "conv-maxout" => Arch::ConvMaxout(ConvMaxoutSpec::default()),
         "cnn" => Arch::Cnn(CnnSpec::default()),
-        other => return Err(anyhow!("unknown --arch `{other}`, expected maxout-mlp, mlp, conv-maxout or cnn")),
+        other => {
+            return Err(anyhow!(
+                "unknown --arch `{other}`, expected maxout-mlp, mlp, conv-maxout or cnn"
+            ))
+        }
     })
 }
 
@@ -70,7 +76,9 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
         config.name = name.clone();
     }
     if let Some(dataset) = &args.dataset {
-        config.data.dataset = dataset.parse().map_err(|e: String| anyhow!("--dataset: {e}"))?;
+        config.data.dataset = dataset
+            .parse()
+            .map_err(|e: String| anyhow!("--dataset: {e}"))?;
     }
     if let Some(dir) = &args.common.data_dir {
         config.data.dir = Some(dir.clone());
@@ -93,18 +101,25 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let config = resolve(&args)?;
-    if matches!(config.train.regularizer, Regularizer::GradientPenalty { .. }) {
+    if matches!(
+        config.train.regularizer,
+        Regularizer::GradientPenalty { .. }
+    ) {
         // Candle reads this once per thread at the first backward pass, and none has run yet;
         // without it second-order gradients are silently wrong (docs/candle-traps.md).
         std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     }
     let device = device::open(&args.common.device)?;
-    let out: PathBuf = args.out.clone().unwrap_or_else(|| PathBuf::from("results").join(&config.name));
+    let out: PathBuf = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(&config.name));
 
     let splits = gauntlet_data::load(&config.data).context("loading the data")?;
     let (c, h, w) = splits.train.image_shape();
     let spec = ModelSpec::new(config.model.arch.clone(), [c, h, w], splits.train.n_classes);
-    let model = build(&spec, derive_seed(config.seed, INIT_STREAM), &device).context("building the model")?;
+    let model = build(&spec, derive_seed(config.seed, INIT_STREAM), &device)
+        .context("building the model")?;
     eprintln!(
         "training {} ({}, {} parameters) on {} {} images, validating on {}, {} epochs",
         config.name,
@@ -118,13 +133,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let started = Instant::now();
     let mut progress = TrainProgress::new(&config.name, config.train.epochs);
-    let log = train(model.as_ref(), &splits, &config.train, &device, &mut progress)?;
+    let log = train(
+        model.as_ref(),
+        &splits,
+        &config.train,
+        &device,
+        &mut progress,
+    )?;
     let train_seconds = started.elapsed().as_secs_f64();
     let test = evaluate(model.as_ref(), &splits.test, 1000, &device)?;
 
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let model_path = out.join("model.safetensors");
-    checkpoint::save(model.as_ref(), &model_path).with_context(|| format!("saving {}", model_path.display()))?;
+    checkpoint::save(model.as_ref(), &model_path)
+        .with_context(|| format!("saving {}", model_path.display()))?;
     write_csv(&out.join("training.csv"), &log.epochs)?;
     output::write_json(&out.join("training.json"), &log)?;
     let summary = Summary {
@@ -135,7 +157,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         best_epoch: log.best_epoch,
         epochs_run: log.epochs.len(),
         train_seconds,
-        valid_error: log.epochs.get(log.best_epoch.saturating_sub(1)).and_then(|e| e.valid_error),
+        valid_error: log
+            .epochs
+            .get(log.best_epoch.saturating_sub(1))
+            .and_then(|e| e.valid_error),
         test_error: test.error,
         test_loss: test.loss,
         test_n: test.n,
