@@ -13,6 +13,10 @@ use gauntlet_data::{load, Batches, DataConfig, DatasetName};
 use gauntlet_models::{build, Arch, Mode, ModelSpec};
 use gauntlet_train::{Optimizer, Regularizer, SgdMomentum};
 
+// The same allocator as the gauntlet binary, so the figures are what users get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 100;
 const ATTACK_BATCH: usize = 500;
 const ROUNDS: usize = 5;
