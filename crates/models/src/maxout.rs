@@ -120,8 +120,12 @@ impl Classifier for MaxoutMlp {
             .unsqueeze(1)?
             .broadcast_eq(&classes.unsqueeze(0)?)?
             .to_dtype(logits.dtype())?;
-        // d(sum of per-example CE)/d logits = softmax − one-hot, row by row.
-        let mut grad = (log_probs.exp()? - onehot)?.matmul(&self.out.0)?;
+        // d(sum of per-example CE)/d logits = softmax − one-hot, row by row. The true class's
+        // entry, p_y − 1, is taken as −Σ_{j≠y} p_j: a confident model has p_y within f32
+        // rounding of 1, and p_y − 1 would lose all of the (tiny) gradient.
+        let others = log_probs.exp()?.mul(&(1.0 - &onehot)?)?;
+        let grad_logits = (&others - onehot.broadcast_mul(&others.sum_keepdim(1)?)?)?;
+        let mut grad = grad_logits.matmul(&self.out.0)?;
         for ((w, _), mask) in self.hidden.iter().zip(&masks).rev() {
             let (batch, units, pieces) = mask.dims3()?;
             let grad_z = mask
