@@ -48,8 +48,12 @@ impl Observer for TrainProgress {
             Some(e) => format!(", valid error {:.2}%", 100.0 * e),
             None => String::new(),
         };
-        if let Some(e) = r.valid_adv_error {
-            valid.push_str(&format!(" (adversarial {:.2}%)", 100.0 * e));
+        if let (Some(e), Some(p)) = (r.valid_adv_error, r.valid_pgd_error) {
+            valid.push_str(&format!(
+                " (single-step {:.2}%, PGD-10 {:.2}%)",
+                100.0 * e,
+                100.0 * p
+            ));
         }
         eprintln!(
             "{} epoch {:>3}: train loss {:.4}, train error {:.2}%{valid}, lr {:.4}, {:.1} s ({:.0} ex/s)",

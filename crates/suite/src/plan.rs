@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::Suite;
 
 /// Bump when a change in the code changes what a job computes: every key changes with it.
-pub const CODE_VERSION: &str = "2";
+pub const CODE_VERSION: &str = "3";
 
 /// Seed stream of a model's initial weights (the same as `gauntlet train`'s, so a suite model
 /// and a model trained alone with the same seed and recipe are the same model).

@@ -242,6 +242,7 @@ pub struct TrainingRow {
     pub valid_loss: Option<f64>,
     pub valid_error: Option<f64>,
     pub valid_adv_error: Option<f64>,
+    pub valid_pgd_error: Option<f64>,
     pub seconds: f64,
     pub examples_per_second: f64,
 }
@@ -258,6 +259,7 @@ impl TrainingRow {
             valid_loss: r.valid_loss,
             valid_error: r.valid_error,
             valid_adv_error: r.valid_adv_error,
+            valid_pgd_error: r.valid_pgd_error,
             seconds: r.seconds,
             examples_per_second: r.examples_per_second,
         }

@@ -20,6 +20,9 @@ pub struct EpochRecord {
     /// Error under a single-step attack on a fixed validation subset (see
     /// [`crate::AdversarialValidation`]); `None` when no check is configured.
     pub valid_adv_error: Option<f64>,
+    /// Error under a 10-step PGD at the same norm and ε on the same images.
+    #[serde(default)]
+    pub valid_pgd_error: Option<f64>,
     pub seconds: f64,
     pub examples_per_second: f64,
 }

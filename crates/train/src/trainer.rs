@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use gauntlet_attacks::{Attack, FastGradient, Goal};
+use gauntlet_attacks::{Attack, FastGradient, Goal, Pgd};
 use gauntlet_data::{Batches, Splits};
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{accuracy_counts, Classifier, Mode};
@@ -23,6 +23,9 @@ impl Observer for SilentObserver {}
 /// Seed streams, so that shuffling, dropout and later additions never share random numbers.
 const SHUFFLE_STREAM: u64 = 1;
 const DROPOUT_STREAM: u64 = 2;
+
+/// Steps of the PGD run in the per-epoch adversarial check.
+const PGD_CHECK_STEPS: usize = 10;
 
 /// Trains `model` on `splits.train`, validating on `splits.valid` after every epoch.
 ///
@@ -120,15 +123,25 @@ pub fn train(
         } else {
             Some(evaluate(model, &splits.valid, eval_batch, device)?)
         };
-        let valid_adv_error = match (&adv_check, &adv_subset) {
+        // Single-step and a short PGD on the same images: single-step training can overfit
+        // to its own attack ("catastrophic overfitting"), which only the PGD column shows.
+        let (valid_adv_error, valid_pgd_error) = match (&adv_check, &adv_subset) {
             (Some(check), Some((images, labels))) => {
-                let attack = FastGradient::new(check.p);
-                let x_adv =
-                    attack.perturb(model, images, &Goal::Untargeted { labels }, check.eps)?;
-                let (correct, _) = accuracy_counts(&model.forward(&x_adv, Mode::Eval)?, labels)?;
-                Some(1.0 - correct as f64 / labels.dims1()? as f64)
+                let mut pgd = Pgd::new(check.p);
+                pgd.steps = PGD_CHECK_STEPS;
+                pgd.seed = config.seed;
+                let single = FastGradient::new(check.p);
+                let mut errors = [0f64; 2];
+                for (error, attack) in errors.iter_mut().zip([&single as &dyn Attack, &pgd]) {
+                    let x_adv =
+                        attack.perturb(model, images, &Goal::Untargeted { labels }, check.eps)?;
+                    let (correct, _) =
+                        accuracy_counts(&model.forward(&x_adv, Mode::Eval)?, labels)?;
+                    *error = 1.0 - correct as f64 / labels.dims1()? as f64;
+                }
+                (Some(errors[0]), Some(errors[1]))
             }
-            _ => None,
+            _ => (None, None),
         };
         let record = EpochRecord {
             epoch,
@@ -139,6 +152,7 @@ pub fn train(
             valid_loss: valid.map(|v| v.loss),
             valid_error: valid.map(|v| v.error),
             valid_adv_error,
+            valid_pgd_error,
             seconds: started.elapsed().as_secs_f64(),
             examples_per_second: seen as f64 / train_seconds,
         };
