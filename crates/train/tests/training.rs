@@ -203,7 +203,14 @@ fn fgsm_adversarial_training_beats_the_baseline_under_fgsm() {
             &mut SilentObserver,
         )
         .unwrap();
-        log.epochs.last().unwrap().valid_adv_error.unwrap()
+        let last = log.epochs.last().unwrap();
+        let (single, pgd) = (last.valid_adv_error.unwrap(), last.valid_pgd_error.unwrap());
+        // The per-epoch PGD check is the stronger attack on the same images.
+        assert!(
+            pgd + 0.02 >= single,
+            "PGD-10 error {pgd} below single-step error {single}"
+        );
+        single
     };
     let baseline = run(Regularizer::None);
     let adversarial = run(Regularizer::Lp {
