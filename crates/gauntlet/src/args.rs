@@ -26,6 +26,8 @@ pub enum Command {
     Attack(AttackArgs),
     /// Accuracy of a checkpoint under additive Gaussian noise (Lyu et al.'s evaluation).
     Noise(NoiseArgs),
+    /// Transfer matrix: examples crafted on each model, classified by every model.
+    Transfer(TransferArgs),
     /// Run a benchmark suite (train, attack, transfer, noise), cached and resumable.
     Run(RunArgs),
     /// Assemble a suite's results from its finished jobs (after sharded runs).
@@ -94,15 +96,25 @@ pub struct EvalDataArgs {
 pub struct AttackArgs {
     #[command(flatten)]
     pub data: EvalDataArgs,
+    #[command(flatten)]
+    pub attack: AttackOptions,
+    /// Comma-separated budgets, e.g. 0.1,0.2,0.3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub eps: Vec<f64>,
+    /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
+    #[arg(long)]
+    pub no_checks: bool,
+}
+
+/// Which attack, in which threat model, with which settings.
+#[derive(Debug, Args)]
+pub struct AttackOptions {
     /// fast-gradient (FGSM for --norm inf) or pgd.
     #[arg(long, default_value = "fast-gradient")]
     pub attack: String,
     /// Threat model: inf, 2, 1 or any p >= 1.
     #[arg(long, default_value = "inf")]
     pub norm: String,
-    /// Comma-separated budgets, e.g. 0.1,0.2,0.3.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub eps: Vec<f64>,
     /// Do not clip adversarial images to [0, 1].
     #[arg(long)]
     pub no_clip: bool,
@@ -124,9 +136,33 @@ pub struct AttackArgs {
     /// Seed of random starts and of the noise baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
+}
+
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Comma-separated checkpoints; each is a source and a target.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<PathBuf>,
+    /// Names for the models, in the same order (default: each checkpoint's folder name).
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub attack: AttackOptions,
     #[arg(long)]
-    pub no_checks: bool,
+    pub eps: f64,
+    /// Data set (default: mnist, or cifar10 for 3×32×32 models).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Use the first N test images only.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Output folder for transfer.csv and transfer.json (default: results/transfer-cli).
+    #[arg(long, default_value = "results/transfer-cli")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 #[derive(Debug, Args)]

@@ -142,6 +142,35 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         "one row per example and eps"
     );
 
+    // The same checkpoint twice: every cell is the white-box FGSM number.
+    let res = gauntlet(&[
+        "transfer",
+        "--models",
+        &format!("{model},{model}"),
+        "--names",
+        "a,b",
+        "--eps",
+        "0.3",
+        "--test-limit",
+        "200",
+        "--out",
+        out,
+    ]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let matrix = read("transfer.json");
+    let cells: Vec<f64> = matrix["error"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    assert_eq!(cells.len(), 4);
+    assert!(
+        cells.iter().all(|c| (c - (1.0 - acc[2])).abs() < 1e-9),
+        "{cells:?} vs white-box error {}",
+        1.0 - acc[2]
+    );
+
     let res = gauntlet(&[
         "noise",
         "--model",
@@ -199,6 +228,18 @@ fn bad_input_is_a_clear_error_not_a_panic() {
                 "0.5",
             ],
             "--norm",
+        ),
+        (
+            &[
+                "transfer",
+                "--models",
+                "a.safetensors,b.safetensors",
+                "--names",
+                "a",
+                "--eps",
+                "0.1",
+            ],
+            "--names has 1 entries",
         ),
     ];
     for (args, expected) in cases {

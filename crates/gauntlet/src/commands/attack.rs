@@ -7,14 +7,19 @@ use gauntlet_attacks::{
     AttackLoss, AttackRecord, FastGradient, MaskingRules, Norm, Pgd, RandomNoise, StepSize,
 };
 
-use crate::args::AttackArgs;
+use crate::args::{AttackArgs, AttackOptions};
 use crate::commands::eval::{load, Loaded};
 use crate::output::{write_csv, write_json};
 
 /// Examples the masking checks attack at an unbounded ε (a subset keeps them cheap).
 const CHECK_SUBSET: usize = 500;
 
-fn build_attack(args: &AttackArgs, norm: Norm) -> Result<Box<dyn Attack>> {
+/// The attack the options describe, with its norm parsed and checked.
+pub fn build_attack(args: &AttackOptions) -> Result<Box<dyn Attack>> {
+    let norm: Norm = args
+        .norm
+        .parse()
+        .map_err(|e| anyhow!("--norm `{}`: {e}", args.norm))?;
     match args.attack.as_str() {
         "fast-gradient" | "fgsm" | "fgm" => {
             let mut attack = FastGradient::new(norm);
@@ -79,7 +84,7 @@ fn masking_records(
     let mut records = Vec::new();
     if attack.kind() == AttackKind::Iterative {
         let mut single = FastGradient::new(norm);
-        single.clip = !args.no_clip;
+        single.clip = !args.attack.no_clip;
         records.extend(evaluate_attack(
             model,
             &single,
@@ -90,7 +95,7 @@ fn masking_records(
         )?);
     }
     let mut noise = RandomNoise::new(norm);
-    noise.seed = args.seed;
+    noise.seed = args.attack.seed;
     records.extend(evaluate_attack(
         model,
         &noise,
@@ -115,14 +120,10 @@ fn masking_records(
 }
 
 pub fn run(args: AttackArgs) -> Result<()> {
-    let norm: Norm = args
-        .norm
-        .parse()
-        .map_err(|e| anyhow!("--norm `{}`: {e}", args.norm))?;
     if let Some(bad) = args.eps.iter().find(|e| !(**e >= 0.0 && e.is_finite())) {
         return Err(anyhow!("--eps values must be finite and >= 0, got {bad}"));
     }
-    let attack = build_attack(&args, norm)?;
+    let attack = build_attack(&args.attack)?;
     let loaded = load(&args.data)?;
     let (records, examples) = evaluate_attack_detailed(
         loaded.model.as_ref(),

@@ -1,12 +1,12 @@
 //! `gauntlet eval`: clean accuracy of a checkpoint; and the checkpoint-plus-test-set loading
 //! that every evaluating command shares.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use gauntlet_data::{DataConfig, Dataset, DatasetName};
-use gauntlet_models::{checkpoint, Classifier};
+use gauntlet_models::{checkpoint, Classifier, ModelSpec};
 use gauntlet_train::evaluate;
 
 use crate::args::{EvalArgs, EvalDataArgs};
@@ -22,12 +22,17 @@ pub struct Loaded {
     pub out: PathBuf,
 }
 
-pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
-    let device = device::open(&args.common.device)?;
-    let model = checkpoint::load(&args.model, &device)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let spec = model.spec();
-    let dataset = match &args.dataset {
+/// The test split a model of `spec` is evaluated on: `dataset` if given, else MNIST (or
+/// CIFAR-10 for 3×32×32 inputs); the images must have the model's input shape.
+pub fn test_set(
+    model_path: &Path,
+    spec: &ModelSpec,
+    dataset: Option<&str>,
+    data_dir: Option<&Path>,
+    test_limit: Option<usize>,
+    device: &Device,
+) -> Result<(DatasetName, Dataset)> {
+    let dataset = match dataset {
         Some(name) => name
             .parse()
             .map_err(|e: String| anyhow!("--dataset: {e}"))?,
@@ -35,21 +40,39 @@ pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
         None => DatasetName::Mnist,
     };
     let mut config = DataConfig::new(dataset);
-    config.dir = args.common.data_dir.clone();
-    config.test_limit = args.test_limit;
+    config.dir = data_dir.map(Path::to_path_buf);
+    config.test_limit = test_limit;
     let test = gauntlet_data::load(&config)?.test;
     let (c, h, w) = test.image_shape();
     if [c, h, w] != spec.input {
         return Err(anyhow!(
             "{} expects images of shape {:?}, {dataset} has {:?}",
-            args.model.display(),
+            model_path.display(),
             spec.input,
             [c, h, w]
         ));
     }
+    Ok((dataset, test.to_device(device)?))
+}
+
+pub fn load_model(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
+    checkpoint::load(path, device).with_context(|| format!("loading {}", path.display()))
+}
+
+pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
+    let device = device::open(&args.common.device)?;
+    let model = load_model(&args.model, &device)?;
     if args.batch_size == 0 {
         return Err(anyhow!("--batch-size must be at least 1"));
     }
+    let (dataset, test) = test_set(
+        &args.model,
+        model.spec(),
+        args.dataset.as_deref(),
+        args.common.data_dir.as_deref(),
+        args.test_limit,
+        &device,
+    )?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => args
@@ -58,7 +81,6 @@ pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(".")),
     };
-    let test = test.to_device(&device)?;
     Ok(Loaded {
         model,
         dataset,

@@ -6,6 +6,7 @@ mod noise;
 mod report;
 mod run;
 mod train;
+mod transfer;
 
 use anyhow::Result;
 
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Attack(args) => attack::run(args),
         Command::Noise(args) => noise::run(args),
+        Command::Transfer(args) => transfer::run(args),
         Command::Run(args) => run::run(args, false),
         Command::Merge(args) => run::run(args, true),
         Command::Report(args) => report::run(args),

@@ -1,0 +1,142 @@
+//! `gauntlet transfer`: the transfer matrix between checkpoints.
+
+use anyhow::{anyhow, Result};
+use gauntlet_attacks::transfer_matrix;
+use gauntlet_models::Classifier;
+use serde::Serialize;
+
+use crate::args::TransferArgs;
+use crate::commands::attack::build_attack;
+use crate::commands::eval::{load_model, test_set};
+use crate::device;
+use crate::output::{write_csv, write_json};
+
+/// transfer.json: the names and the error matrix (rows: sources, columns: targets) beside
+/// the long-form records of transfer.csv.
+#[derive(Serialize)]
+struct Matrix<'a> {
+    attack: String,
+    eps: f64,
+    n: usize,
+    models: &'a [String],
+    error: Vec<Vec<f64>>,
+    records: &'a [gauntlet_attacks::TransferRecord],
+}
+
+pub fn run(args: TransferArgs) -> Result<()> {
+    if !(args.eps >= 0.0 && args.eps.is_finite()) {
+        return Err(anyhow!("--eps must be finite and >= 0, got {}", args.eps));
+    }
+    if !args.names.is_empty() && args.names.len() != args.models.len() {
+        return Err(anyhow!(
+            "--names has {} entries for {} --models",
+            args.names.len(),
+            args.models.len()
+        ));
+    }
+    if args.batch_size == 0 {
+        return Err(anyhow!("--batch-size must be at least 1"));
+    }
+    let attack = build_attack(&args.attack)?;
+    let device = device::open(&args.common.device)?;
+    let names: Vec<String> = if args.names.is_empty() {
+        args.models
+            .iter()
+            .map(|p| {
+                let dir = p.parent().and_then(|d| d.file_name()).or(p.file_stem());
+                dir.map_or_else(
+                    || p.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                )
+            })
+            .collect()
+    } else {
+        args.names.clone()
+    };
+    let models = args
+        .models
+        .iter()
+        .map(|p| load_model(p, &device))
+        .collect::<Result<Vec<_>>>()?;
+    for (path, model) in args.models.iter().zip(&models).skip(1) {
+        if model.spec().input != models[0].spec().input {
+            return Err(anyhow!(
+                "{} takes inputs {:?}, {} takes {:?}: a transfer matrix needs one input shape",
+                path.display(),
+                model.spec().input,
+                args.models[0].display(),
+                models[0].spec().input
+            ));
+        }
+    }
+    let (_, test) = test_set(
+        &args.models[0],
+        models[0].spec(),
+        args.dataset.as_deref(),
+        args.common.data_dir.as_deref(),
+        args.test_limit,
+        &device,
+    )?;
+    let named: Vec<(&str, &dyn Classifier)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(models.iter().map(|m| m.as_ref()))
+        .collect();
+    let records = transfer_matrix(
+        &named,
+        &named,
+        attack.as_ref(),
+        &test.images,
+        &test.labels,
+        args.eps,
+        args.batch_size,
+    )?;
+
+    let error: Vec<Vec<f64>> = names
+        .iter()
+        .map(|s| {
+            names
+                .iter()
+                .map(|t| {
+                    records
+                        .iter()
+                        .find(|r| &r.source == s && &r.target == t)
+                        .map_or(f64::NAN, |r| r.error)
+                })
+                .collect()
+        })
+        .collect();
+    println!(
+        "{} at eps {}: target error (%) on {} test images; rows craft, columns classify",
+        attack.name(),
+        args.eps,
+        test.len()
+    );
+    print!("{:>16}", "source \\ target");
+    for t in &names {
+        print!(" {t:>14}");
+    }
+    println!();
+    for (s, row) in names.iter().zip(&error) {
+        print!("{s:>16}");
+        for e in row {
+            print!(" {:>14.1}", 100.0 * e);
+        }
+        println!();
+    }
+    write_csv(&args.out.join("transfer.csv"), &records)?;
+    let matrix = Matrix {
+        attack: attack.name(),
+        eps: args.eps,
+        n: test.len(),
+        models: &names,
+        error,
+        records: &records,
+    };
+    write_json(&args.out.join("transfer.json"), &matrix)?;
+    println!(
+        "wrote {}/transfer.csv and transfer.json",
+        args.out.display()
+    );
+    Ok(())
+}
