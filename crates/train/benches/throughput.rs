@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use gauntlet_attacks::{Attack, FastGradient, Goal, Norm};
+use gauntlet_attacks::{Attack, FastGradient, Goal, Norm, Pgd};
 use gauntlet_data::{load, Batches, DataConfig, DatasetName};
 use gauntlet_models::{build, Arch, Mode, ModelSpec};
 use gauntlet_train::{Optimizer, Regularizer, SgdMomentum};
@@ -21,6 +21,7 @@ const BATCH: usize = 100;
 const ATTACK_BATCH: usize = 500;
 const ROUNDS: usize = 5;
 const STEPS: usize = 30;
+const PGD_STEPS: usize = 10;
 
 fn batches(data: &gauntlet_data::Dataset, size: usize) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
     Ok(Batches::new(data.len(), size, Some(1))
@@ -56,6 +57,10 @@ fn main() -> anyhow::Result<()> {
         clip: false,
     };
     let attack = FastGradient::fgsm();
+    // Every example runs every step: no early stop, so the time is per step and image.
+    let mut pgd = Pgd::new(Norm::Linf);
+    pgd.steps = PGD_STEPS;
+    pgd.early_stop = false;
 
     let names = [
         "forward (eval), batch 100",
@@ -63,10 +68,11 @@ fn main() -> anyhow::Result<()> {
         "train step, batch 100",
         "FGSM adversarial train step, batch 100",
         "FGSM attack, batch 500",
+        "PGD L-inf step (10-step run / 10), batch 500",
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for round in 0..=ROUNDS {
-        let mut t = [0f64; 5];
+        let mut t = [0f64; 6];
         let start = Instant::now();
         for (xs, _) in &train_batches {
             model.forward(xs, Mode::Eval)?.to_vec2::<f32>()?;
@@ -91,6 +97,11 @@ fn main() -> anyhow::Result<()> {
             attack.perturb(model.as_ref(), xs, &Goal::Untargeted { labels: ys }, 0.1)?;
         }
         t[4] = start.elapsed().as_secs_f64() / attack_batches.len() as f64;
+        let start = Instant::now();
+        for (xs, ys) in &attack_batches {
+            pgd.perturb(model.as_ref(), xs, &Goal::Untargeted { labels: ys }, 0.1)?;
+        }
+        t[5] = start.elapsed().as_secs_f64() / (attack_batches.len() * PGD_STEPS) as f64;
         if round > 0 {
             // Round 0 warms caches and the allocator.
             for (k, v) in t.iter().enumerate() {
