@@ -220,6 +220,11 @@ pub struct TrainArgs {
     /// Validation examples held out from the end of the training set (0: none).
     #[arg(long)]
     pub valid_size: Option<usize>,
+    /// Continue from the results folder of an earlier run (pylearn2's second Maxout stage):
+    /// start from its model.safetensors and stop once the training objective falls to the
+    /// earlier run's at its best epoch (from its training.json).
+    #[arg(long)]
+    pub continue_from: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -69,6 +69,55 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         "a header and one row per epoch:\n{csv}"
     );
 
+    // Stage-2 style continuation: starts from the trained weights, stops at the target.
+    let more = tempfile::tempdir().unwrap();
+    let res = gauntlet(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--train-limit",
+        "2000",
+        "--valid-size",
+        "1000",
+        "--test-limit",
+        "500",
+        "--continue-from",
+        out,
+        "--out",
+        more.path().to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("training.json")).unwrap()).unwrap();
+    let second: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(more.path().join("training.json")).unwrap()).unwrap();
+    let loss = |log: &serde_json::Value, i: usize| log["epochs"][i]["train_loss"].as_f64().unwrap();
+    assert!(
+        loss(&second, 0) < 0.8 * loss(&first, 0),
+        "continued run starts from the trained weights"
+    );
+    let target = loss(&first, first["best_epoch"].as_u64().unwrap() as usize - 1);
+    let n = second["epochs"].as_array().unwrap().len();
+    match second["stopped_by"].as_str().unwrap() {
+        "train-loss-target" => assert!(loss(&second, n - 1) <= target),
+        "epochs" => assert!((0..n).all(|i| loss(&second, i) > target)),
+        other => panic!("unexpected stop {other}"),
+    }
+    let res = gauntlet(&[
+        "train",
+        "--arch",
+        "mlp",
+        "--epochs",
+        "1",
+        "--continue-from",
+        out,
+        "--out",
+        more.path().to_str().unwrap(),
+    ]);
+    assert!(stderr(&res).contains("different model"), "{}", stderr(&res));
+
     let model = dir.path().join("model.safetensors");
     let model = model.to_str().unwrap();
     let res = gauntlet(&["eval", "--model", model, "--test-limit", "500"]);

@@ -16,6 +16,10 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
     /// Stop when the validation error has not improved for `patience` epochs.
     pub early_stopping: Option<EarlyStopping>,
+    /// Stop after the first epoch whose mean training objective is at most this value:
+    /// pylearn2's second Maxout stage, which continues on all the data until the objective
+    /// reaches the first stage's training objective at its best epoch.
+    pub stop_at_train_loss: Option<f64>,
     /// The objective: plain cross-entropy or a member of the Lp regularization family.
     pub regularizer: Regularizer,
     /// Single-step adversarial error on the first validation images after every epoch, so
@@ -33,6 +37,7 @@ impl Default for TrainConfig {
             batch_size: 100,
             optimizer: OptimizerConfig::default(),
             early_stopping: None,
+            stop_at_train_loss: None,
             regularizer: Regularizer::None,
             adversarial_validation: None,
             seed: 1,

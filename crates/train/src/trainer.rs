@@ -157,8 +157,16 @@ pub fn train(
             examples_per_second: seen as f64 / train_seconds,
         };
         observer.epoch_done(&record);
+        let train_loss = record.train_loss;
         log.epochs.push(record);
         log.best_epoch = epoch;
+        if config
+            .stop_at_train_loss
+            .is_some_and(|target| train_loss <= target)
+        {
+            log.stopped_by = "train-loss-target".into();
+            break;
+        }
 
         if let (Some(es), Some(valid)) = (&config.early_stopping, valid) {
             let improved = best.as_ref().is_none_or(|(err, _, _)| valid.error < *err);

@@ -276,3 +276,40 @@ fn lp_with_alpha_one_is_plain_training() {
         );
     }
 }
+
+#[test]
+fn training_stops_once_the_objective_reaches_its_target() {
+    let mut splits = small_mnist();
+    splits.train = splits.train.truncate(Some(300)).unwrap();
+    let model = build(
+        &ModelSpec::mnist(Arch::maxout_mlp(vec![20], 2)),
+        2,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut config = small_config(5);
+    // Any first epoch's objective is below 100: the run must stop after it.
+    config.stop_at_train_loss = Some(100.0);
+    let log = train(
+        model.as_ref(),
+        &splits,
+        &config,
+        &Device::Cpu,
+        &mut SilentObserver,
+    )
+    .unwrap();
+    assert_eq!(
+        (log.epochs.len(), log.stopped_by.as_str()),
+        (1, "train-loss-target")
+    );
+    config.stop_at_train_loss = Some(0.0);
+    let log = train(
+        model.as_ref(),
+        &splits,
+        &config,
+        &Device::Cpu,
+        &mut SilentObserver,
+    )
+    .unwrap();
+    assert_eq!((log.epochs.len(), log.stopped_by.as_str()), (5, "epochs"));
+}

@@ -9,7 +9,7 @@ use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{
     build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
 };
-use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig};
+use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig, TrainLog};
 use serde::Serialize;
 
 use crate::args::TrainArgs;
@@ -95,8 +95,33 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
         }
     }
     config.train.seed = config.seed;
+    if let Some(dir) = &args.continue_from {
+        if config.train.stop_at_train_loss.is_none() {
+            config.train.stop_at_train_loss = Some(best_train_loss(dir)?);
+        }
+    }
     config.train.validate().context("training settings")?;
     Ok(config)
+}
+
+/// The training objective of an earlier run at the epoch whose weights it kept.
+fn best_train_loss(dir: &std::path::Path) -> Result<f64> {
+    let path = dir.join("training.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let log: TrainLog =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    log.epochs
+        .iter()
+        .find(|e| e.epoch == log.best_epoch)
+        .map(|e| e.train_loss)
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: no record of its best epoch {}",
+                path.display(),
+                log.best_epoch
+            )
+        })
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -118,8 +143,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let splits = gauntlet_data::load(&config.data).context("loading the data")?;
     let (c, h, w) = splits.train.image_shape();
     let spec = ModelSpec::new(config.model.arch.clone(), [c, h, w], splits.train.n_classes);
-    let model = build(&spec, derive_seed(config.seed, INIT_STREAM), &device)
-        .context("building the model")?;
+    let model = match &args.continue_from {
+        None => build(&spec, derive_seed(config.seed, INIT_STREAM), &device)
+            .context("building the model")?,
+        Some(dir) => {
+            let path = dir.join("model.safetensors");
+            let model = checkpoint::load(&path, &device)
+                .with_context(|| format!("loading {}", path.display()))?;
+            if model.spec() != &spec {
+                return Err(anyhow!(
+                    "{} is a different model from the one configured: {:?} vs {:?}",
+                    path.display(),
+                    model.spec().arch,
+                    spec.arch
+                ));
+            }
+            model
+        }
+    };
     eprintln!(
         "training {} ({}, {} parameters) on {} {} images, validating on {}, {} epochs",
         config.name,
