@@ -9,17 +9,15 @@ use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{
     build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
 };
+use gauntlet_suite::INIT_STREAM;
 use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig, TrainLog};
 use serde::Serialize;
 
 use crate::args::TrainArgs;
 use crate::config::{ModelEntry, RunConfig};
+use crate::device;
 use crate::output::{write_csv, write_json};
 use crate::progress::TrainProgress;
-use crate::{device, output};
-
-/// Seed stream of the initial weights (shuffling and dropout use the trainer's streams).
-const INIT_STREAM: u64 = 100;
 
 /// What `summary.json` holds.
 #[derive(Serialize)]
@@ -189,7 +187,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     checkpoint::save(model.as_ref(), &model_path)
         .with_context(|| format!("saving {}", model_path.display()))?;
     write_csv(&out.join("training.csv"), &log.epochs)?;
-    output::write_json(&out.join("training.json"), &log)?;
+    write_json(&out.join("training.json"), &log)?;
     let summary = Summary {
         name: &config.name,
         dataset: config.data.dataset,
