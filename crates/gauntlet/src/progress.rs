@@ -35,7 +35,7 @@ impl Observer for TrainProgress {
         });
         bar.set_prefix(format!("{} epoch {epoch}/{}", self.label, self.n_epochs));
         bar.set_position(batch as u64);
-        if batch % 20 == 0 || batch == n_batches {
+        if batch.is_multiple_of(20) || batch == n_batches {
             bar.set_message(format!("{loss:.4}"));
         }
     }

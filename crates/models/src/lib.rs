@@ -22,6 +22,9 @@
 //! # Ok(()) }
 //! ```
 
+// `!(x > 0.0)` is deliberate throughout: unlike `x <= 0.0`, it also rejects NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod checkpoint;
 mod classifier;
 pub mod conv;

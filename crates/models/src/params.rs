@@ -66,7 +66,8 @@ impl Params {
 }
 
 enum Source<'a> {
-    Init(ChaCha8Rng),
+    // Boxed: the generator's state is large and the enum lives in every builder.
+    Init(Box<ChaCha8Rng>),
     Load(&'a HashMap<String, Tensor>),
 }
 
@@ -83,7 +84,7 @@ impl<'a> ParamBuilder<'a> {
     /// Fresh parameters drawn from a generator seeded with `seed`.
     pub fn init(seed: u64, device: &Device) -> Self {
         Self {
-            source: Source::Init(ChaCha8Rng::seed_from_u64(seed)),
+            source: Source::Init(Box::new(ChaCha8Rng::seed_from_u64(seed))),
             device: device.clone(),
             prefix: Vec::new(),
             params: Params::default(),

@@ -85,7 +85,7 @@ impl ModelSpec {
 }
 
 pub(crate) fn check_dropout(what: &str, d: &Dropout) -> Result<()> {
-    if !(d.include > 0.0 && d.include <= 1.0) || !(d.scale > 0.0) {
+    if !(d.include > 0.0 && d.include <= 1.0 && d.scale > 0.0) {
         bail!(
             "{what}: include must be in (0, 1] and scale > 0, got include {} scale {}",
             d.include,
