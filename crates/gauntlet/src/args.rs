@@ -77,6 +77,16 @@ pub struct EvalDataArgs {
     /// Checkpoint (.safetensors) written by `gauntlet train`.
     #[arg(long)]
     pub model: PathBuf,
+    /// Output folder for JSON and CSV (default: the checkpoint's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub test: TestSetArgs,
+}
+
+/// Which test images, in batches of what size, on which device.
+#[derive(Debug, Args)]
+pub struct TestSetArgs {
     /// Data set (default: mnist, or cifar10 for 3×32×32 models).
     #[arg(long)]
     pub dataset: Option<String>,
@@ -85,9 +95,6 @@ pub struct EvalDataArgs {
     pub test_limit: Option<usize>,
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
-    /// Output folder for JSON and CSV (default: the checkpoint's folder).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -150,19 +157,11 @@ pub struct TransferArgs {
     pub attack: AttackOptions,
     #[arg(long)]
     pub eps: f64,
-    /// Data set (default: mnist, or cifar10 for 3×32×32 models).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// Use the first N test images only.
-    #[arg(long)]
-    pub test_limit: Option<usize>,
-    #[arg(long, default_value_t = 500)]
-    pub batch_size: usize,
     /// Output folder for transfer.csv and transfer.json (default: results/transfer-cli).
     #[arg(long, default_value = "results/transfer-cli")]
     pub out: PathBuf,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub test: TestSetArgs,
 }
 
 #[derive(Debug, Args)]

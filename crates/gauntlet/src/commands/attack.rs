@@ -79,7 +79,11 @@ fn masking_records(
     attack: &dyn Attack,
     loaded: &Loaded,
 ) -> Result<Vec<AttackRecord>> {
-    let (model, test, batch) = (loaded.model.as_ref(), &loaded.test, args.data.batch_size);
+    let (model, test, batch) = (
+        loaded.model.as_ref(),
+        &loaded.test,
+        args.data.test.batch_size,
+    );
     let norm = attack.norm();
     let mut records = Vec::new();
     if attack.kind() == AttackKind::Iterative {
@@ -120,9 +124,7 @@ fn masking_records(
 }
 
 pub fn run(args: AttackArgs) -> Result<()> {
-    if let Some(bad) = args.eps.iter().find(|e| !(**e >= 0.0 && e.is_finite())) {
-        return Err(anyhow!("--eps values must be finite and >= 0, got {bad}"));
-    }
+    super::check_budgets("--eps", &args.eps)?;
     let attack = build_attack(&args.attack)?;
     let loaded = load(&args.data)?;
     let (records, examples) = evaluate_attack_detailed(
@@ -131,7 +133,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         &loaded.test.images,
         &loaded.test.labels,
         &args.eps,
-        args.data.batch_size,
+        args.data.test.batch_size,
     )?;
     print_records(
         &format!(

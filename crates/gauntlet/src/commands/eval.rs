@@ -9,7 +9,7 @@ use gauntlet_data::{DataConfig, Dataset, DatasetName};
 use gauntlet_models::{checkpoint, Classifier, ModelSpec};
 use gauntlet_train::evaluate;
 
-use crate::args::{EvalArgs, EvalDataArgs};
+use crate::args::{EvalArgs, EvalDataArgs, TestSetArgs};
 use crate::device;
 
 /// A loaded checkpoint with the test images it is evaluated on.
@@ -27,12 +27,13 @@ pub struct Loaded {
 pub fn test_set(
     model_path: &Path,
     spec: &ModelSpec,
-    dataset: Option<&str>,
-    data_dir: Option<&Path>,
-    test_limit: Option<usize>,
+    args: &TestSetArgs,
     device: &Device,
 ) -> Result<(DatasetName, Dataset)> {
-    let dataset = match dataset {
+    if args.batch_size == 0 {
+        return Err(anyhow!("--batch-size must be at least 1"));
+    }
+    let dataset = match &args.dataset {
         Some(name) => name
             .parse()
             .map_err(|e: String| anyhow!("--dataset: {e}"))?,
@@ -40,8 +41,8 @@ pub fn test_set(
         None => DatasetName::Mnist,
     };
     let mut config = DataConfig::new(dataset);
-    config.dir = data_dir.map(Path::to_path_buf);
-    config.test_limit = test_limit;
+    config.dir = args.common.data_dir.clone();
+    config.test_limit = args.test_limit;
     let test = gauntlet_data::load(&config)?.test;
     let (c, h, w) = test.image_shape();
     if [c, h, w] != spec.input {
@@ -60,19 +61,9 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
 }
 
 pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
-    let device = device::open(&args.common.device)?;
+    let device = device::open(&args.test.common.device)?;
     let model = load_model(&args.model, &device)?;
-    if args.batch_size == 0 {
-        return Err(anyhow!("--batch-size must be at least 1"));
-    }
-    let (dataset, test) = test_set(
-        &args.model,
-        model.spec(),
-        args.dataset.as_deref(),
-        args.common.data_dir.as_deref(),
-        args.test_limit,
-        &device,
-    )?;
+    let (dataset, test) = test_set(&args.model, model.spec(), &args.test, &device)?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => args
@@ -95,7 +86,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let res = evaluate(
         loaded.model.as_ref(),
         &loaded.test,
-        args.data.batch_size,
+        args.data.test.batch_size,
         &loaded.device,
     )?;
     println!(

@@ -8,7 +8,7 @@ mod run;
 mod train;
 mod transfer;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 use crate::args::{Cli, Command};
 
@@ -22,5 +22,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args, false),
         Command::Merge(args) => run::run(args, true),
         Command::Report(args) => report::run(args),
+    }
+}
+
+/// Checks that every value of a budget flag (`--eps`, `--sigma`) is finite and non-negative.
+fn check_budgets(flag: &str, values: &[f64]) -> Result<()> {
+    match values.iter().find(|v| !(**v >= 0.0 && v.is_finite())) {
+        Some(bad) => Err(anyhow!("{flag} values must be finite and >= 0, got {bad}")),
+        None => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! `gauntlet noise`: accuracy under additive Gaussian noise, clipped to [0, 1] and not.
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use gauntlet_attacks::gaussian_noise;
 
 use crate::args::NoiseArgs;
@@ -8,9 +8,7 @@ use crate::commands::eval::load;
 use crate::output::{write_csv, write_json};
 
 pub fn run(args: NoiseArgs) -> Result<()> {
-    if let Some(bad) = args.sigma.iter().find(|s| !(**s >= 0.0 && s.is_finite())) {
-        return Err(anyhow!("--sigma values must be finite and >= 0, got {bad}"));
-    }
+    super::check_budgets("--sigma", &args.sigma)?;
     let loaded = load(&args.data)?;
     let mut records = Vec::new();
     for clip in [false, true] {
@@ -21,7 +19,7 @@ pub fn run(args: NoiseArgs) -> Result<()> {
             &args.sigma,
             clip,
             args.seed,
-            args.data.batch_size,
+            args.data.test.batch_size,
         )?);
     }
     println!(

@@ -24,9 +24,7 @@ struct Matrix<'a> {
 }
 
 pub fn run(args: TransferArgs) -> Result<()> {
-    if !(args.eps >= 0.0 && args.eps.is_finite()) {
-        return Err(anyhow!("--eps must be finite and >= 0, got {}", args.eps));
-    }
+    super::check_budgets("--eps", &[args.eps])?;
     if !args.names.is_empty() && args.names.len() != args.models.len() {
         return Err(anyhow!(
             "--names has {} entries for {} --models",
@@ -34,11 +32,8 @@ pub fn run(args: TransferArgs) -> Result<()> {
             args.models.len()
         ));
     }
-    if args.batch_size == 0 {
-        return Err(anyhow!("--batch-size must be at least 1"));
-    }
     let attack = build_attack(&args.attack)?;
-    let device = device::open(&args.common.device)?;
+    let device = device::open(&args.test.common.device)?;
     let names: Vec<String> = if args.names.is_empty() {
         args.models
             .iter()
@@ -69,14 +64,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
             ));
         }
     }
-    let (_, test) = test_set(
-        &args.models[0],
-        models[0].spec(),
-        args.dataset.as_deref(),
-        args.common.data_dir.as_deref(),
-        args.test_limit,
-        &device,
-    )?;
+    let (_, test) = test_set(&args.models[0], models[0].spec(), &args.test, &device)?;
     let named: Vec<(&str, &dyn Classifier)> = names
         .iter()
         .map(String::as_str)
@@ -89,7 +77,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
         &test.images,
         &test.labels,
         args.eps,
-        args.batch_size,
+        args.test.batch_size,
     )?;
 
     let error: Vec<Vec<f64>> = names
