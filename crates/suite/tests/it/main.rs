@@ -4,6 +4,7 @@
 mod errors;
 mod plan;
 mod runs;
+mod shipped;
 
 use std::path::{Path, PathBuf};
 
