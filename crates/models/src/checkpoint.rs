@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Error, Result};
 
+use crate::io::{canonical_safetensors, write_atomic};
 use crate::spec::build_with;
-use crate::{io::write_atomic, Classifier, ModelSpec, ParamBuilder};
+use crate::{Classifier, ModelSpec, ParamBuilder};
 
 /// Metadata key holding the spec as JSON.
 pub const SPEC_KEY: &str = "gauntlet.spec";
@@ -37,6 +38,7 @@ pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
     let bytes =
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
             .map_err(|e| with_path(path, e))?;
+    let bytes = canonical_safetensors(bytes).map_err(|e| with_path(path, e))?;
     write_atomic(path, &bytes).map_err(|e| with_path(path, e))?;
     write_atomic(&spec_path(path), spec_json.as_bytes()).map_err(|e| with_path(&spec_path(path), e))
 }

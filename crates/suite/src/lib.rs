@@ -24,6 +24,7 @@
 //! # Ok::<(), gauntlet_suite::Error>(())
 //! ```
 
+mod cache;
 mod error;
 mod plan;
 pub mod record;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::JobKind;
 
 /// Version of the layout of `results.json` and the CSV tables; bumped on any incompatible change.
+/// (Wall times moved to `timings.csv` within version 1: no reader used them.)
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The file a finished job leaves behind, written last: its presence means the job is done.
@@ -85,7 +86,7 @@ pub struct Results {
     pub models: Vec<ModelResult>,
     pub robustness: Vec<RobustnessEntry>,
     pub noise: Vec<NoiseRow>,
-    pub transfer: Vec<TransferRecord>,
+    pub transfer: Vec<TransferRow>,
     pub masking: Vec<MaskingEntry>,
     /// Ids of the planned jobs that have no output yet; empty for a complete suite.
     pub missing: Vec<String>,
@@ -110,7 +111,6 @@ pub struct ModelResult {
     pub best_epoch: usize,
     pub epochs_run: usize,
     pub stopped_by: String,
-    pub train_seconds: f64,
     pub test_n: usize,
     pub test_error: f64,
     pub test_loss: f64,
@@ -151,7 +151,6 @@ pub struct RobustnessRow {
     pub max_l1: f64,
     pub mistakes: usize,
     pub mean_confidence_on_mistakes: Option<f64>,
-    pub seconds: f64,
     /// The model's seed.
     pub seed: u64,
 }
@@ -182,7 +181,6 @@ impl RobustnessRow {
             max_l1: r.max_l1,
             mistakes: r.mistakes,
             mean_confidence_on_mistakes: r.mean_confidence_on_mistakes,
-            seconds: r.seconds,
             seed,
         }
     }
@@ -209,7 +207,6 @@ pub struct NoiseRow {
     pub ci_low: f64,
     pub ci_high: f64,
     pub error: f64,
-    pub seconds: f64,
 }
 
 impl NoiseRow {
@@ -225,7 +222,6 @@ impl NoiseRow {
             ci_low: r.ci_low,
             ci_high: r.ci_high,
             error: r.error,
-            seconds: r.seconds,
         }
     }
 }
@@ -243,8 +239,6 @@ pub struct TrainingRow {
     pub valid_error: Option<f64>,
     pub valid_adv_error: Option<f64>,
     pub valid_pgd_error: Option<f64>,
-    pub seconds: f64,
-    pub examples_per_second: f64,
 }
 
 impl TrainingRow {
@@ -260,8 +254,6 @@ impl TrainingRow {
             valid_error: r.valid_error,
             valid_adv_error: r.valid_adv_error,
             valid_pgd_error: r.valid_pgd_error,
-            seconds: r.seconds,
-            examples_per_second: r.examples_per_second,
         }
     }
 }
@@ -272,4 +264,74 @@ pub struct MaskingEntry {
     pub model: String,
     #[serde(flatten)]
     pub flag: MaskingFlag,
+}
+
+/// One row of `transfer.csv`: a [`TransferRecord`] without its wall time (in `timings.csv`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferRow {
+    pub source: String,
+    pub target: String,
+    pub attack: String,
+    pub norm: Norm,
+    pub eps: f64,
+    pub n: usize,
+    pub clean_correct: usize,
+    pub adversarial_correct: usize,
+    pub accuracy: f64,
+    pub error: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub target_mistakes: usize,
+    pub mean_confidence_on_mistakes: Option<f64>,
+    pub source_mistakes: usize,
+    pub agreement: Option<f64>,
+    pub agreement_when_both_wrong: Option<f64>,
+}
+
+impl From<&TransferRecord> for TransferRow {
+    fn from(r: &TransferRecord) -> Self {
+        Self {
+            source: r.source.clone(),
+            target: r.target.clone(),
+            attack: r.attack.clone(),
+            norm: r.norm,
+            eps: r.eps,
+            n: r.n,
+            clean_correct: r.clean_correct,
+            adversarial_correct: r.adversarial_correct,
+            accuracy: r.accuracy,
+            error: r.error,
+            ci_low: r.ci_low,
+            ci_high: r.ci_high,
+            target_mistakes: r.target_mistakes,
+            mean_confidence_on_mistakes: r.mean_confidence_on_mistakes,
+            source_mistakes: r.source_mistakes,
+            agreement: r.agreement,
+            agreement_when_both_wrong: r.agreement_when_both_wrong,
+        }
+    }
+}
+
+/// One row of `timings.csv`: the wall time of a job or of one part of it. Kept apart from
+/// the results, which are then identical from run to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimingRow {
+    /// The job's id, e.g. `attack/baseline/fgsm`.
+    pub job: String,
+    /// `job` (the whole job), `training`, `epoch N`, `eps E`, `sigma S` or `scoring`.
+    pub part: String,
+    pub seconds: f64,
+    /// Training epochs only.
+    pub examples_per_second: Option<f64>,
+}
+
+impl TimingRow {
+    pub fn new(job: &str, part: impl Into<String>, seconds: f64) -> Self {
+        Self {
+            job: job.to_string(),
+            part: part.into(),
+            seconds,
+            examples_per_second: None,
+        }
+    }
 }

@@ -369,6 +369,14 @@ fn resolve(
             "must be at least 1, got 0",
         ));
     }
+    for (field, limit) in [
+        ("data.train-limit", spec.data.train_limit),
+        ("data.test-limit", spec.data.test_limit),
+    ] {
+        if limit == Some(0) {
+            return Err(Error::invalid(path, field, "must be at least 1, got 0"));
+        }
+    }
     if spec.eval.test_limit == Some(0) {
         return Err(Error::invalid(
             path,

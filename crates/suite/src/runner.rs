@@ -17,10 +17,11 @@ use gauntlet_data::Splits;
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{build_fitted, checkpoint, Classifier};
-use gauntlet_train::{evaluate, train, EpochRecord};
+use gauntlet_train::{evaluate, train_resumable, EpochRecord};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cache::is_finished;
 use crate::record::{AttackOutput, CraftOutput, JobFile, NoiseOutput, ScoreOutput, TrainOutput};
 use crate::{
     write, Error, Job, JobKind, Plan, Result, Stage, Suite, Task, CODE_VERSION, INIT_STREAM,
@@ -34,6 +35,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CRAFTED_FILE: &str = "x_adv.safetensors";
 /// An attack job's per-example outcomes.
 pub const EXAMPLES_FILE: &str = "examples.csv";
+/// A training job's resumable state while it runs (deleted once `job.json` is written).
+pub const TRAIN_STATE_FILE: &str = "train-state.safetensors";
 
 /// How to run a suite.
 #[derive(Clone, Debug)]
@@ -136,6 +139,8 @@ pub trait SuiteObserver: Sync {
     /// A training job's progress.
     fn batch_done(&self, _job: &Job, _epoch: usize, _batch: usize, _n_batches: usize, _loss: f32) {}
     fn epoch_done(&self, _job: &Job, _record: &EpochRecord) {}
+    /// A training job continued from the state an interrupted run saved after `epoch`.
+    fn train_resumed(&self, _job: &Job, _epoch: usize) {}
 }
 
 /// A [`SuiteObserver`] that ignores everything.
@@ -183,7 +188,7 @@ pub fn run_suite_with(
         .iter()
         .map(|job| {
             let dir = jobs_dir.join(job.dir_name());
-            let status = if dir.join(JOB_FILE).is_file() {
+            let status = if is_finished(&dir, &job.key) {
                 JobStatus::Cached
             } else if options.shard.is_some_and(|(i, n)| !job.in_shard(i, n)) {
                 JobStatus::OtherShard
@@ -214,6 +219,8 @@ pub fn run_suite_with(
             // second-order gradients are silently wrong (docs/candle-traps.md).
             std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
         }
+        // Before any work: an unwritable results folder must not cost a training run.
+        std::fs::create_dir_all(&jobs_dir).map_err(|e| Error::io(&jobs_dir, e))?;
         let data = LoadedData::load(&suite, &options.device)?;
         let ctx = Context {
             suite: &suite,
@@ -265,7 +272,7 @@ pub fn merge_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|job| {
             let dir = results_dir.join("jobs").join(job.dir_name());
-            let status = if dir.join(JOB_FILE).is_file() {
+            let status = if is_finished(&dir, &job.key) {
                 JobStatus::Cached
             } else {
                 JobStatus::Pending
@@ -299,7 +306,7 @@ fn summary(
         .jobs
         .iter()
         .zip(&jobs)
-        .filter(|(_, r)| !r.dir.join(JOB_FILE).is_file())
+        .filter(|(_, r)| !is_finished(&r.dir, &r.key))
         .map(|(j, _)| j.id.clone())
         .collect();
     RunSummary {
@@ -404,7 +411,7 @@ impl Context<'_> {
     }
 
     fn is_done(&self, job: usize) -> bool {
-        self.dir(job).join(JOB_FILE).is_file()
+        is_finished(&self.dir(job), &self.plan.jobs[job].key)
     }
 
     fn load_model(&self, train_job: usize) -> Result<Box<dyn Classifier>> {
@@ -479,6 +486,9 @@ impl gauntlet_train::Observer for TrainProgress<'_> {
     fn epoch_done(&mut self, record: &EpochRecord) {
         self.observer.epoch_done(self.job, record);
     }
+    fn resumed(&mut self, epoch: usize) {
+        self.observer.train_resumed(self.job, epoch);
+    }
 }
 
 fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
@@ -500,7 +510,16 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 job,
                 observer: ctx.observer,
             };
-            let log = train(net.as_ref(), splits, &def.train, ctx.device, &mut progress)?;
+            // Saved after every epoch, so a killed run resumes this job where it stopped.
+            let state = dir.join(TRAIN_STATE_FILE);
+            let log = train_resumable(
+                net.as_ref(),
+                splits,
+                &def.train,
+                ctx.device,
+                &mut progress,
+                &state,
+            )?;
             let train_seconds = started.elapsed().as_secs_f64();
             let test = evaluate(net.as_ref(), &splits.test, batch_size, ctx.device)?;
             checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
@@ -514,7 +533,12 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                     log,
                     test,
                 },
-            )
+            )?;
+            // Another process running the same job may have removed it already.
+            match std::fs::remove_file(&state) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
+                _ => Ok(()),
+            }
         }
         Task::Attack { model, attack } => {
             let (def, net) = (&suite.attacks[attack], ctx.load_model(job.inputs[0])?);

@@ -1,5 +1,6 @@
 //! Aggregation: reads the outputs of a plan's jobs (and nothing else) and writes
 //! `results.json`, `robustness.csv`, `noise.csv`, `transfer.csv`, `training.csv`,
+//! `timings.csv` (every wall time, so the other files are identical from run to run),
 //! `per-example/<model>-<attack>.csv`, `models/<model>.safetensors` (+ `.json`),
 //! `suite.resolved.json` and `plan.json` into the results folder. The layout is documented in
 //! docs/results.md.
@@ -12,10 +13,10 @@ use serde::Serialize;
 
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
-    NoiseRow, Results, RobustnessEntry, RobustnessRow, ScoreOutput, TrainOutput, TrainingRow,
-    SCHEMA_VERSION,
+    NoiseRow, Results, RobustnessEntry, RobustnessRow, ScoreOutput, TimingRow, TrainOutput,
+    TrainingRow, TransferRow, SCHEMA_VERSION,
 };
-use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, JOB_FILE, MODEL_FILE};
+use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, MODEL_FILE};
 use crate::{Error, JobKind, Plan, Result, Suite, Task, CODE_VERSION};
 
 /// One line of `plan.json`.
@@ -33,7 +34,7 @@ struct PlannedJob<'a> {
 pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<PathBuf>> {
     let jobs_dir = results_dir.join("jobs");
     let dir_of = |i: usize| jobs_dir.join(plan.jobs[i].dir_name());
-    let done = |i: usize| dir_of(i).join(JOB_FILE).is_file();
+    let done = |i: usize| crate::cache::is_finished(&dir_of(i), &plan.jobs[i].key);
     let mut written = Vec::new();
 
     let mut models = Vec::new();
@@ -43,6 +44,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     let mut transfer = Vec::new();
     let mut masking = Vec::new();
     let mut missing = Vec::new();
+    let mut timings = Vec::new();
     let mut per_model_records = vec![Vec::new(); suite.models.len()];
 
     for (i, job) in plan.jobs.iter().enumerate() {
@@ -51,6 +53,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
             continue;
         }
         let dir = dir_of(i);
+        let job_seconds = read_job::<serde::de::IgnoredAny>(&dir)?.seconds;
+        timings.push(TimingRow::new(&job.id, "job", job_seconds));
         match job.task {
             Task::Train { model } => {
                 let def = &suite.models[model];
@@ -69,6 +73,11 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                         .iter()
                         .map(|e| TrainingRow::new(&def.name, e)),
                 );
+                timings.push(TimingRow::new(&job.id, "training", out.train_seconds));
+                timings.extend(out.log.epochs.iter().map(|e| TimingRow {
+                    examples_per_second: Some(e.examples_per_second),
+                    ..TimingRow::new(&job.id, format!("epoch {}", e.epoch), e.seconds)
+                }));
                 models.push(ModelResult {
                     name: def.name.clone(),
                     seed: def.seed,
@@ -79,7 +88,6 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     best_epoch: out.log.best_epoch,
                     epochs_run: out.log.epochs.len(),
                     stopped_by: out.log.stopped_by.clone(),
-                    train_seconds: out.train_seconds,
                     test_n: out.test.n,
                     test_error: out.test.error,
                     test_loss: out.test.loss,
@@ -95,6 +103,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 let spec =
                     serde_json::to_value(&attack_def.method).expect("attack specs serialize");
                 for r in &file.output.records {
+                    timings.push(TimingRow::new(&job.id, format!("eps {}", r.eps), r.seconds));
                     robustness.push(RobustnessEntry {
                         row: RobustnessRow::new(&def.name, &attack_def.name, def.seed, r),
                         spec: spec.clone(),
@@ -108,6 +117,12 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
             }
             Task::Noise { model } => {
                 let file: JobFile<NoiseOutput> = read_job(&dir)?;
+                timings.extend(
+                    file.output
+                        .records
+                        .iter()
+                        .map(|r| TimingRow::new(&job.id, format!("sigma {}", r.sigma), r.seconds)),
+                );
                 noise.extend(
                     file.output
                         .records
@@ -121,7 +136,9 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
             }
             Task::Score { .. } => {
                 let file: JobFile<ScoreOutput> = read_job(&dir)?;
-                transfer.push(file.output.record);
+                let record = file.output.record;
+                timings.push(TimingRow::new(&job.id, "scoring", record.seconds));
+                transfer.push(TransferRow::from(&record));
             }
         }
     }
@@ -142,11 +159,13 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     write_csv(&results_dir.join("noise.csv"), &noise)?;
     write_csv(&results_dir.join("transfer.csv"), &transfer)?;
     write_csv(&results_dir.join("training.csv"), &training)?;
+    write_csv(&results_dir.join("timings.csv"), &timings)?;
     for name in [
         "robustness.csv",
         "noise.csv",
         "transfer.csv",
         "training.csv",
+        "timings.csv",
     ] {
         written.push(results_dir.join(name));
     }

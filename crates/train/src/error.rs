@@ -12,6 +12,15 @@ pub enum Error {
     },
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A saved training state that cannot be resumed.
+    #[error("training state {}: {message}", path.display())]
+    State {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    /// The observer asked to stop; the state of `epoch` is saved when the run is resumable.
+    #[error("training stopped on request after epoch {epoch}")]
+    Interrupted { epoch: usize },
     #[error(transparent)]
     Data(#[from] gauntlet_data::Error),
     #[error(transparent)]

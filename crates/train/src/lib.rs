@@ -15,12 +15,13 @@ mod eval;
 mod log;
 mod optim;
 mod regularizer;
+mod state;
 mod trainer;
 
 pub use config::{AdversarialValidation, EarlyStopping, OptimizerConfig, TrainConfig};
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalResult};
 pub use log::{EpochRecord, TrainLog};
-pub use optim::{Adam, Optimizer, SgdMomentum};
+pub use optim::{Adam, Optimizer, OptimizerState, SgdMomentum};
 pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
-pub use trainer::{train, Observer, SilentObserver};
+pub use trainer::{train, train_resumable, Observer, SilentObserver};

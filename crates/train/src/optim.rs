@@ -3,7 +3,7 @@
 //! its step's whole graph alive (research/candle.md, Q4).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{bail, Result, Tensor, Var};
 
 use crate::OptimizerConfig;
 
@@ -17,6 +17,43 @@ pub trait Optimizer {
     fn learning_rate(&self) -> f64;
     /// The momentum the next step will use, if the rule has one.
     fn momentum(&self) -> Option<f64>;
+    /// Everything the rule carries between steps, so a resumed run continues exactly.
+    fn state(&self) -> OptimizerState;
+    /// Restores a [`Optimizer::state`] of an optimizer built with the same settings and
+    /// parameters (checked by count and shape).
+    fn set_state(&mut self, state: OptimizerState) -> Result<()>;
+}
+
+/// An optimizer's state between steps: its step count (the learning-rate schedule position)
+/// and its per-parameter buffers (SGD's velocities; Adam's first then second moments).
+#[derive(Clone, Debug)]
+pub struct OptimizerState {
+    pub steps: u64,
+    pub tensors: Vec<Tensor>,
+}
+
+/// Replaces `buffers` by `new`, which must match them in count and shapes.
+fn restore_buffers(what: &str, buffers: &mut [Tensor], new: &[Tensor]) -> Result<()> {
+    if new.len() != buffers.len() {
+        bail!(
+            "{what}: saved state has {} buffers, expected {}",
+            new.len(),
+            buffers.len()
+        )
+    }
+    for (i, (old, new)) in buffers.iter().zip(new).enumerate() {
+        if old.shape() != new.shape() {
+            bail!(
+                "{what}: saved buffer {i} has shape {:?}, expected {:?}",
+                new.shape(),
+                old.shape()
+            )
+        }
+    }
+    for (old, new) in buffers.iter_mut().zip(new) {
+        *old = new.to_dtype(old.dtype())?.to_device(old.device())?;
+    }
+    Ok(())
 }
 
 /// Builds the optimizer of `config` over `vars`.
@@ -120,6 +157,19 @@ impl Optimizer for SgdMomentum {
     fn momentum(&self) -> Option<f64> {
         Some(self.momentum)
     }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState {
+            steps: self.n_steps,
+            tensors: self.velocity.clone(),
+        }
+    }
+
+    fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        restore_buffers("sgd", &mut self.velocity, &state.tensors)?;
+        self.n_steps = state.steps;
+        Ok(())
+    }
 }
 
 /// Adam with bias correction.
@@ -182,6 +232,31 @@ impl Optimizer for Adam {
 
     fn momentum(&self) -> Option<f64> {
         None
+    }
+
+    fn state(&self) -> OptimizerState {
+        OptimizerState {
+            steps: self.n_steps as u64,
+            tensors: self.m.iter().chain(&self.v).cloned().collect(),
+        }
+    }
+
+    fn set_state(&mut self, state: OptimizerState) -> Result<()> {
+        let n = self.m.len();
+        if state.tensors.len() != 2 * n {
+            bail!(
+                "adam: saved state has {} buffers, expected {}",
+                state.tensors.len(),
+                2 * n
+            )
+        }
+        let Ok(steps) = i32::try_from(state.steps) else {
+            bail!("adam: saved step count {} is out of range", state.steps)
+        };
+        restore_buffers("adam first moments", &mut self.m, &state.tensors[..n])?;
+        restore_buffers("adam second moments", &mut self.v, &state.tensors[n..])?;
+        self.n_steps = steps;
+        Ok(())
     }
 }
 

@@ -1,19 +1,27 @@
 //! The training loop.
 
+use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use gauntlet_attacks::{Attack, FastGradient, Goal, Pgd};
 use gauntlet_data::{Batches, Splits};
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{accuracy_counts, Classifier, Mode};
 
-use crate::{evaluate, optim, EpochRecord, Error, Result, TrainConfig, TrainLog};
+use crate::{evaluate, optim, state, EpochRecord, Error, Result, TrainConfig, TrainLog};
 
 /// Receives progress; the CLI draws bars from it, tests ignore it.
 pub trait Observer {
     fn batch_done(&mut self, _epoch: usize, _batch: usize, _n_batches: usize, _loss: f32) {}
     fn epoch_done(&mut self, _record: &EpochRecord) {}
+    /// A resumable run continued from a saved state after `epoch` finished epochs.
+    fn resumed(&mut self, _epoch: usize) {}
+    /// Asked after every epoch (once its state is saved): `true` ends training with
+    /// [`Error::Interrupted`]; a resumable run started again continues from there.
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
 
 /// An [`Observer`] that ignores everything.
@@ -37,6 +45,36 @@ pub fn train(
     config: &TrainConfig,
     device: &Device,
     observer: &mut dyn Observer,
+) -> Result<TrainLog> {
+    train_inner(model, splits, config, device, observer, None)
+}
+
+/// [`train`], saving the whole training state to `state` (atomically) after every epoch and,
+/// when `state` already holds the state of the same run, continuing from it: a run killed at
+/// any point and started again ends with the same weights and log (timings aside) as one
+/// never interrupted. The model must be freshly built the same way both times. The file is
+/// left in place; callers delete it once they have saved what they need.
+///
+/// # Errors
+/// [`Error::State`] when `state` exists but is unreadable or belongs to another run.
+pub fn train_resumable(
+    model: &dyn Classifier,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    observer: &mut dyn Observer,
+    state: &Path,
+) -> Result<TrainLog> {
+    train_inner(model, splits, config, device, observer, Some(state))
+}
+
+fn train_inner(
+    model: &dyn Classifier,
+    splits: &Splits,
+    config: &TrainConfig,
+    device: &Device,
+    observer: &mut dyn Observer,
+    state_path: Option<&Path>,
 ) -> Result<TrainLog> {
     config.validate()?;
     if splits.valid.is_empty() {
@@ -73,10 +111,28 @@ pub fn train(
         }
         _ => None,
     };
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut best: Option<state::Best> = None;
     let eval_batch = 1000;
+    let fingerprint = match state_path {
+        Some(_) => Some(state::Fingerprint::new(
+            config,
+            model,
+            splits.train.len(),
+            splits.valid.len(),
+        )?),
+        None => None,
+    };
+    let mut first_epoch = 1;
+    if let (Some(path), Some(fingerprint)) = (state_path, &fingerprint) {
+        if let Some(restored) = state::load(path, fingerprint, model, optimizer.as_mut())? {
+            first_epoch = restored.epoch + 1;
+            log = restored.log;
+            best = restored.best;
+            observer.resumed(restored.epoch);
+        }
+    }
 
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
         let started = Instant::now();
         optimizer.start_epoch(epoch);
         let batches = Batches::new(
@@ -176,6 +232,17 @@ pub fn train(
                 log.stopped_by = "early-stopping".into();
                 break;
             }
+        }
+        if let (Some(path), Some(fingerprint)) = (state_path, &fingerprint) {
+            let snapshot = state::Snapshot {
+                epoch,
+                log: &log,
+                best: best.as_ref(),
+            };
+            state::save(path, fingerprint, model, optimizer.as_ref(), &snapshot)?;
+        }
+        if observer.should_stop() {
+            return Err(Error::Interrupted { epoch });
         }
     }
     if log.stopped_by.is_empty() {

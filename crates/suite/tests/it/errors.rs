@@ -5,7 +5,7 @@ use gauntlet_suite::{Error, Suite};
 use crate::{write_suite, TINY};
 
 /// Loads [`TINY`] with `from` replaced by `to` and returns the error message.
-fn error_of(from: &str, to: &str) -> (Error, String) {
+pub fn error_of(from: &str, to: &str) -> (Error, String) {
     assert!(TINY.contains(from), "the fixture must contain {from:?}");
     let dir = tempfile::tempdir().unwrap();
     let path = write_suite(dir.path(), "bad.toml", &TINY.replacen(from, to, 1));

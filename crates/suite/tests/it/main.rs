@@ -3,6 +3,7 @@
 
 mod errors;
 mod plan;
+mod reliability;
 mod runs;
 mod shipped;
 

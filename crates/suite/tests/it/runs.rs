@@ -3,8 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use gauntlet_attacks::TransferRecord;
-use gauntlet_suite::record::{NoiseRow, Results, RobustnessRow, TrainingRow};
+use gauntlet_suite::record::{NoiseRow, Results, RobustnessRow, TrainingRow, TransferRow};
 use gauntlet_suite::{merge_suite, run_suite, JobStatus, RunOptions, RunSummary, Stage};
 
 use crate::{write_suite, TINY, TINY_JOBS};
@@ -122,7 +121,7 @@ fn a_run_writes_every_result_and_a_rerun_redoes_nothing() {
     );
     let noise: Vec<NoiseRow> = read_csv(&out.join("noise.csv"));
     assert_eq!(noise.len(), 4);
-    let transfer: Vec<TransferRecord> = read_csv(&out.join("transfer.csv"));
+    let transfer: Vec<TransferRow> = read_csv(&out.join("transfer.csv"));
     assert_eq!(transfer.len(), 4);
     let training: Vec<TrainingRow> = read_csv(&out.join("training.csv"));
     assert_eq!(
