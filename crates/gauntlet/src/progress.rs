@@ -66,4 +66,11 @@ impl Observer for TrainProgress {
             r.examples_per_second
         );
     }
+
+    fn resumed(&mut self, epoch: usize) {
+        eprintln!(
+            "{} resumed after epoch {epoch} from its saved training state",
+            self.label
+        );
+    }
 }

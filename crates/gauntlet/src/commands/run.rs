@@ -102,6 +102,10 @@ impl SuiteObserver for Progress {
             r.seconds
         ));
     }
+
+    fn train_resumed(&self, job: &Job, epoch: usize) {
+        self.line(format!("  {} resumed after epoch {epoch}", job.id));
+    }
 }
 
 fn parse_shard(text: &str) -> Result<(usize, usize)> {

@@ -9,8 +9,11 @@ use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{
     build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
 };
+use gauntlet_suite::runner::TRAIN_STATE_FILE;
 use gauntlet_suite::INIT_STREAM;
-use gauntlet_train::{evaluate, train, OptimizerConfig, Regularizer, TrainConfig, TrainLog};
+use gauntlet_train::{
+    evaluate, train_resumable, OptimizerConfig, Regularizer, TrainConfig, TrainLog,
+};
 use serde::Serialize;
 
 use crate::args::TrainArgs;
@@ -170,19 +173,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.train.epochs
     );
 
+    // Created first: an unwritable output folder must not cost a training run.
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Saved after every epoch; a run killed and started again with the same settings and
+    // --out continues from its last finished epoch.
+    let state = out.join(TRAIN_STATE_FILE);
     let started = Instant::now();
     let mut progress = TrainProgress::new(&config.name, config.train.epochs);
-    let log = train(
+    let log = train_resumable(
         model.as_ref(),
         &splits,
         &config.train,
         &device,
         &mut progress,
+        &state,
     )?;
     let train_seconds = started.elapsed().as_secs_f64();
     let test = evaluate(model.as_ref(), &splits.test, 1000, &device)?;
 
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let model_path = out.join("model.safetensors");
     checkpoint::save(model.as_ref(), &model_path)
         .with_context(|| format!("saving {}", model_path.display()))?;
@@ -206,6 +214,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config: &config,
     };
     write_json(&out.join("summary.json"), &summary)?;
+    // Absent when training stopped in its first epoch (a stop target reached).
+    match std::fs::remove_file(&state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", state.display()))?
+        }
+        _ => {}
+    }
     println!(
         "{}: test error {:.2}% ({} of {} wrong), best epoch {} of {}, trained in {:.0} s; wrote {}",
         config.name,
