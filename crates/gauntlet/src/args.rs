@@ -34,6 +34,24 @@ pub enum Command {
     Merge(RunArgs),
     /// Draw the figures, report.md and index.html of a results folder.
     Report(ReportArgs),
+    /// Delete a suite's cached job folders that its current plan no longer uses, and the
+    /// temporary files of interrupted writes.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The suite file, e.g. suites/quickstart.toml.
+    pub suite: PathBuf,
+    /// Results root: the cache is <results>/<suite name>/jobs/.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// List what would be deleted and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Folder holding the data set's files (replaces the suite's data.dir).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@
 mod cache;
 mod error;
 mod plan;
+mod prune;
 pub mod record;
 pub mod resolve;
 pub mod runner;
@@ -42,6 +43,7 @@ pub use runner::{
     merge_suite, run_suite, run_suite_with, JobReport, JobStatus, NoProgress, RunOptions,
     RunSummary, SuiteObserver,
 };
+pub use prune::{prune, PruneReport};
 pub use spec::SuiteSpec;
 
 /// Plans a suite without touching the results folder: its jobs, ids and keys.

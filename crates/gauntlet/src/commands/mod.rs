@@ -3,6 +3,7 @@
 mod attack;
 mod eval;
 mod noise;
+mod prune;
 mod report;
 mod run;
 mod train;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args, false),
         Command::Merge(args) => run::run(args, true),
         Command::Report(args) => report::run(args),
+        Command::Prune(args) => prune::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod errors;
 mod plan;
+mod prune;
 mod reliability;
 mod runs;
 mod shipped;
