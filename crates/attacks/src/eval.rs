@@ -461,7 +461,7 @@ fn fraction(k: usize, n: usize) -> f64 {
 }
 
 /// The arg-max class of each row of `logits` and its softmax probability, in f64.
-fn predictions(logits: &Tensor) -> Result<Vec<(u32, f64)>> {
+pub(crate) fn predictions(logits: &Tensor) -> Result<Vec<(u32, f64)>> {
     let rows = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
     Ok(rows
         .iter()

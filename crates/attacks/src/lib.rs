@@ -17,6 +17,8 @@
 //! [`gaussian_noise`] sweeps noise over σ, returning serializable records with `n`, Wilson
 //! intervals ([`wilson_interval`]) and the perturbation measured on the attack's output.
 //! [`masking_checks`] reads those records for the symptoms of gradient masking.
+//! [`perturbation_views`] and [`logit_sweep`] give the numbers behind the report's pictures of
+//! r* and of the logits along an attack direction.
 //!
 //! ```
 //! # fn main() -> candle_core::Result<()> {
@@ -44,6 +46,7 @@ mod stats;
 #[cfg(test)]
 mod testing;
 mod transfer;
+mod visuals;
 
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use eval::{
@@ -59,4 +62,7 @@ pub use pgd::{Pgd, StepSize};
 pub use stats::wilson_interval;
 pub use transfer::{
     craft, predict, score_transfer, transfer_matrix, EnsembleModel, TransferRecord,
+};
+pub use visuals::{
+    first_correct_per_class, logit_sweep, perturbation_views, ImageView, PerturbationView,
 };

@@ -264,3 +264,34 @@ fn write_fixture_report_for_inspection() {
         write_report(&fixture(), Path::new(&out)).unwrap();
     }
 }
+
+#[test]
+fn tensor_files_of_another_schema_version_are_clear_errors() {
+    for name in ["perturbations.json", "logit_sweep.json"] {
+        let dir = copy_fixture(&["results.json", name], |_| {});
+        let path = dir.path().join(name);
+        let mut value: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        value["schema_version"] = 0.into();
+        fs::write(&path, value.to_string()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let err = write_report(dir.path(), out.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::SchemaVersion {
+                    found: 0,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{name}: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(name) && msg.contains("older than supported"),
+            "{msg}"
+        );
+        assert!(!out.path().join("report.md").exists());
+    }
+}

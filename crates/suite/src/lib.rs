@@ -14,7 +14,8 @@
 //!   skipped; stages run in order, a stage's jobs on `jobs` threads; `--shard i/n` runs a
 //!   deterministic share of every stage; progress goes to a [`SuiteObserver`].
 //! - [`write`]: aggregation of the job outputs into `results.json` and the CSV tables
-//!   ([`merge_suite`] runs it alone, after shards).
+//!   ([`merge_suite`] runs it alone, after shards); [`visuals`] writes the report's
+//!   `perturbations.json` and `logit_sweep.json`.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -32,12 +33,14 @@ pub mod record;
 pub mod resolve;
 pub mod runner;
 pub mod spec;
+pub mod visuals;
 pub mod write;
 
 pub use error::{Error, Result};
 pub use plan::{canonical_json, Job, JobKind, Plan, Stage, Task, CODE_VERSION, INIT_STREAM};
 pub use resolve::{
-    AttackDef, AttackMethod, EvalOptions, ModelDef, NoiseDef, SourceDef, Suite, TransferDef,
+    AttackDef, AttackMethod, Budget, EvalOptions, ModelDef, NoiseDef, SourceDef, Suite, SweepDef,
+    TransferDef, VisualsDef,
 };
 pub use runner::{
     merge_suite, run_suite, run_suite_with, JobReport, JobStatus, NoProgress, RunOptions,

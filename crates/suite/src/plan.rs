@@ -5,6 +5,7 @@
 //!              ──► noise(model)
 //!              ──► craft(source, attack, ε) ──► score(source, target, attack, ε)
 //!                                 train(target) ─┘
+//! train(models shown) ──► visuals (r* maps, logit sweep)
 //! ```
 //!
 //! A job's *id* names it for people and for sharding (`attack/baseline/fgsm`); its *key* is
@@ -40,6 +41,8 @@ pub enum JobKind {
     Craft,
     /// Crafted examples scored on one target.
     Score,
+    /// r* maps and logit sweeps of the `[visuals]` models.
+    Visuals,
 }
 
 impl JobKind {
@@ -50,13 +53,14 @@ impl JobKind {
             JobKind::Noise => "noise",
             JobKind::Craft => "craft",
             JobKind::Score => "score",
+            JobKind::Visuals => "visuals",
         }
     }
 
     pub fn stage(self) -> Stage {
         match self {
             JobKind::Train => Stage::Train,
-            JobKind::Attack | JobKind::Noise | JobKind::Craft => Stage::Evaluate,
+            JobKind::Attack | JobKind::Noise | JobKind::Craft | JobKind::Visuals => Stage::Evaluate,
             JobKind::Score => Stage::Transfer,
         }
     }
@@ -136,13 +140,15 @@ pub enum Task {
         craft: usize,
         target: usize,
     },
+    /// Its inputs are the training jobs of [`crate::VisualsDef::models`], in that order.
+    Visuals,
 }
 
 /// One unit of work.
 #[derive(Clone, Debug)]
 pub struct Job {
     /// Stable and readable: `train/NAME`, `attack/MODEL/ATTACK`, `noise/MODEL`,
-    /// `craft/ATTACK/EPS/SOURCE`, `score/ATTACK/EPS/SOURCE/TARGET`.
+    /// `craft/ATTACK/EPS/SOURCE`, `score/ATTACK/EPS/SOURCE/TARGET`, `visuals`.
     pub id: String,
     pub kind: JobKind,
     /// 16 hex digits of the SHA-256 of the job's canonical description.
@@ -248,6 +254,20 @@ impl Plan {
                     }
                 }
             }
+        }
+        if let Some(visuals) = &suite.visuals {
+            let names: Vec<&str> = visuals
+                .models
+                .iter()
+                .map(|&m| suite.models[m].name.as_str())
+                .collect();
+            planner.push(
+                "visuals".to_string(),
+                JobKind::Visuals,
+                json!({ "models": names, "budgets": visuals.budgets, "sweep": visuals.sweep, "eval": eval }),
+                visuals.models.iter().map(|&m| train_jobs[m]).collect(),
+                Task::Visuals,
+            );
         }
         Plan { jobs: planner.jobs }
     }

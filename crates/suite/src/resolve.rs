@@ -26,6 +26,8 @@ pub struct Suite {
     pub transfer: Option<TransferDef>,
     pub noise: Option<NoiseDef>,
     pub eval: EvalOptions,
+    /// `None` when `[visuals]` sets `enabled = false`.
+    pub visuals: Option<VisualsDef>,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -97,6 +99,44 @@ pub struct NoiseDef {
     pub sigmas: Vec<f64>,
     pub clip: bool,
     pub seed: u64,
+}
+
+/// `[visuals]`, resolved: r* maps of the first correctly classified test image of each class
+/// and a logit sweep, per model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VisualsDef {
+    /// Indices into [`Suite::models`].
+    pub models: Vec<usize>,
+    /// One r* map per budget, norms distinct.
+    pub budgets: Vec<Budget>,
+    pub sweep: SweepDef,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Budget {
+    pub norm: Norm,
+    pub eps: f64,
+}
+
+/// The logit sweep: `points` values of ε evenly spaced in `[-eps_max, eps_max]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SweepDef {
+    pub norm: Norm,
+    pub eps_max: f64,
+    pub points: usize,
+    /// Index among the evaluated test images; `None`: the first image of the r* maps.
+    pub image: Option<usize>,
+}
+
+impl SweepDef {
+    /// The ε values, from `-eps_max` to `eps_max`; the middle one is exactly 0 when `points`
+    /// is odd.
+    pub fn eps(&self) -> Vec<f64> {
+        let last = (self.points - 1) as f64;
+        (0..self.points)
+            .map(|i| self.eps_max * (2.0 * i as f64 / last - 1.0))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -385,6 +425,14 @@ fn resolve(
         ));
     }
 
+    let visuals = resolve_visuals(
+        path,
+        spec.visuals.as_ref(),
+        &models,
+        input.iter().product(),
+        &model_of,
+    )?;
+
     Ok(Suite {
         name: spec.name,
         seed: spec.seed,
@@ -397,8 +445,113 @@ fn resolve(
             test_limit: spec.eval.test_limit,
             batch_size: spec.eval.batch_size,
         },
+        visuals,
         path: path.to_path_buf(),
     })
+}
+
+/// `[visuals]` with its defaults; `input_dim` sets the default budgets.
+fn resolve_visuals(
+    path: &Path,
+    spec: Option<&spec::VisualsSpec>,
+    models: &[ModelDef],
+    input_dim: usize,
+    model_of: &dyn Fn(&str, &str) -> Result<usize>,
+) -> Result<Option<VisualsDef>> {
+    let default = spec::VisualsSpec::default();
+    let spec = spec.unwrap_or(&default);
+    if spec.enabled == Some(false) {
+        return Ok(None);
+    }
+    let chosen = match &spec.models {
+        Some(names) => {
+            let mut chosen = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let m = model_of(&format!("visuals.models[{i}]"), name)?;
+                if !chosen.contains(&m) {
+                    chosen.push(m);
+                }
+            }
+            if chosen.is_empty() {
+                return Err(Error::invalid(
+                    path,
+                    "visuals.models",
+                    "expected at least one model, got none (set `enabled = false` for no visuals)",
+                ));
+            }
+            chosen
+        }
+        // The baseline and what regularizing it changed.
+        None => (0..models.len())
+            .filter(|&i| i == 0 || !matches!(models[i].train.regularizer, Regularizer::None))
+            .collect(),
+    };
+    let budgets = match &spec.budgets {
+        Some(budgets) => budgets.clone(),
+        None => [Norm::Linf, Norm::L2, Norm::L1]
+            .map(|norm| spec::BudgetSpec { norm, eps: None })
+            .to_vec(),
+    };
+    if budgets.is_empty() {
+        return Err(Error::invalid(
+            path,
+            "visuals.budgets",
+            "expected at least one { norm, eps }, got none",
+        ));
+    }
+    let mut resolved: Vec<Budget> = Vec::with_capacity(budgets.len());
+    for (i, b) in budgets.iter().enumerate() {
+        let field = format!("visuals.budgets[{i}]");
+        if resolved.iter().any(|r| r.norm == b.norm) {
+            return Err(Error::invalid(
+                path,
+                format!("{field}.norm"),
+                format!(
+                    "norm {} is listed twice (one r* map per norm)",
+                    b.norm.name()
+                ),
+            ));
+        }
+        let eps = b
+            .eps
+            .unwrap_or_else(|| 0.25 * (input_dim as f64).powf(1.0 / b.norm.p()));
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(Error::invalid(
+                path,
+                format!("{field}.eps"),
+                format!("eps must be finite and > 0, got {eps}"),
+            ));
+        }
+        resolved.push(Budget { norm: b.norm, eps });
+    }
+    let sweep = SweepDef {
+        norm: spec.sweep_norm.unwrap_or(Norm::Linf),
+        eps_max: spec.sweep_eps.unwrap_or(10.0),
+        points: spec.sweep_points.unwrap_or(201),
+        image: spec.sweep_image,
+    };
+    if !(sweep.eps_max.is_finite() && sweep.eps_max > 0.0) {
+        return Err(Error::invalid(
+            path,
+            "visuals.sweep-eps",
+            format!("must be finite and > 0, got {}", sweep.eps_max),
+        ));
+    }
+    if sweep.points < 2 {
+        return Err(Error::invalid(
+            path,
+            "visuals.sweep-points",
+            format!(
+                "must be at least 2 (both ends of the sweep), got {}",
+                sweep.points
+            ),
+        ));
+    }
+    Ok(Some(VisualsDef {
+        models: chosen,
+        budgets: resolved,
+        sweep,
+    }))
 }
 
 fn attack_method(

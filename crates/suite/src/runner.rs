@@ -659,5 +659,18 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
             )?;
             ctx.finish(job, started, ScoreOutput { record })
         }
+        Task::Visuals => {
+            let def = suite
+                .visuals
+                .as_ref()
+                .expect("visuals jobs come from [visuals]");
+            let nets = job
+                .inputs
+                .iter()
+                .map(|&i| ctx.load_model(i))
+                .collect::<Result<Vec<_>>>()?;
+            let output = crate::visuals::run(suite, def, &nets, images, labels, &dir)?;
+            ctx.finish(job, started, output)
+        }
     }
 }

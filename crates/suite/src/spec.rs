@@ -38,6 +38,9 @@ pub struct SuiteSpec {
     pub noise: Option<NoiseSpec>,
     #[serde(default)]
     pub eval: EvalSpec,
+    /// Absent: the defaults of [`VisualsSpec`].
+    #[serde(default)]
+    pub visuals: Option<VisualsSpec>,
 }
 
 fn default_seed() -> u64 {
@@ -177,6 +180,46 @@ impl Default for EvalSpec {
 
 fn default_eval_batch() -> usize {
     250
+}
+
+/// `[visuals]`: the r* maps and the logit sweep the report draws (`perturbations.json`,
+/// `logit_sweep.json`); every key has a default, and a suite without the section gets them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VisualsSpec {
+    /// False: no visuals job (true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Model names; the first model and every regularized one by default.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// `{ norm, eps }` per r* map; p = inf, 2, 1 by default, each with `eps` defaulting to
+    /// 0.25·d^(1/p) for d input values (the L∞ ball of radius 0.25's corner: 0.25, 7, 196 on
+    /// MNIST).
+    #[serde(default)]
+    pub budgets: Option<Vec<BudgetSpec>>,
+    /// The logit sweep's direction (`"inf"`: FGSM's `sign(∇ₓL)`).
+    #[serde(default)]
+    pub sweep_norm: Option<Norm>,
+    /// The sweep runs over ε in `[-sweep-eps, sweep-eps]` (10).
+    #[serde(default)]
+    pub sweep_eps: Option<f64>,
+    /// Evenly spaced ε values, both ends included (201).
+    #[serde(default)]
+    pub sweep_points: Option<usize>,
+    /// Index of the swept image among the evaluated test images; by default the first image
+    /// shown in the r* maps.
+    #[serde(default)]
+    pub sweep_image: Option<usize>,
+}
+
+/// One r* map's norm and budget.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BudgetSpec {
+    pub norm: Norm,
+    #[serde(default)]
+    pub eps: Option<f64>,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(

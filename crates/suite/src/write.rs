@@ -2,6 +2,7 @@
 //! `results.json`, `robustness.csv`, `noise.csv`, `transfer.csv`, `training.csv`,
 //! `timings.csv` (every wall time, so the other files are identical from run to run),
 //! `per-example/<model>-<attack>.csv`, `models/<model>.safetensors` (+ `.json`),
+//! `perturbations.json` and `logit_sweep.json` (from the visuals job),
 //! `suite.resolved.json` and `plan.json` into the results folder. The layout is documented in
 //! docs/results.md.
 
@@ -17,6 +18,7 @@ use crate::record::{
     TrainingRow, TransferRow, SCHEMA_VERSION,
 };
 use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, MODEL_FILE};
+use crate::visuals::{VisualsOutput, LOGIT_SWEEP_FILE, PERTURBATIONS_FILE};
 use crate::{Error, JobKind, Plan, Result, Suite, Task, CODE_VERSION};
 
 /// One line of `plan.json`.
@@ -46,6 +48,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     let mut missing = Vec::new();
     let mut timings = Vec::new();
     let mut per_model_records = vec![Vec::new(); suite.models.len()];
+    let mut visuals_done = false;
 
     for (i, job) in plan.jobs.iter().enumerate() {
         if !done(i) {
@@ -139,6 +142,23 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 let record = file.output.record;
                 timings.push(TimingRow::new(&job.id, "scoring", record.seconds));
                 transfer.push(TransferRow::from(&record));
+            }
+            Task::Visuals => {
+                let _: JobFile<VisualsOutput> = read_job(&dir)?;
+                for name in [PERTURBATIONS_FILE, LOGIT_SWEEP_FILE] {
+                    copy(&dir.join(name), &results_dir.join(name))?;
+                    written.push(results_dir.join(name));
+                }
+                visuals_done = true;
+            }
+        }
+    }
+    if !visuals_done {
+        // Pictures of an earlier run's models would pass for these ones.
+        for name in [PERTURBATIONS_FILE, LOGIT_SWEEP_FILE] {
+            let path = results_dir.join(name);
+            if path.is_file() {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
     }

@@ -7,6 +7,7 @@ mod prune;
 mod reliability;
 mod runs;
 mod shipped;
+mod visuals;
 
 use std::path::{Path, PathBuf};
 
@@ -63,8 +64,9 @@ sigmas = [0.1, 0.3]
 batch-size = 50
 "#;
 
-/// Number of jobs in [`TINY`]: 2 train, 2 × 3 attack, 2 noise, 2 craft, 2 × 2 score.
-pub const TINY_JOBS: usize = 16;
+/// Number of jobs in [`TINY`]: 2 train, 2 × 3 attack, 2 noise, 2 craft, 2 × 2 score, and the
+/// default visuals job.
+pub const TINY_JOBS: usize = 17;
 
 /// Writes `text` (with `{data}` replaced) to `dir/name` and returns its path.
 pub fn write_suite(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -35,10 +35,11 @@ fn the_plan_has_every_job_with_inputs_first() {
             JobKind::Attack,
             JobKind::Noise,
             JobKind::Craft,
-            JobKind::Score
+            JobKind::Score,
+            JobKind::Visuals
         ]
         .map(count),
-        [2, 6, 2, 2, 4]
+        [2, 6, 2, 2, 4, 1]
     );
     let score = plan.job("score/fgsm/0.1/base/fgsm-trained").unwrap();
     let inputs: Vec<&str> = score

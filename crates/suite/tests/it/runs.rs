@@ -213,6 +213,10 @@ fn shards_then_merge_equal_one_run() {
         results_without_times(&whole_root.join("tiny")),
         results_without_times(&sharded_root.join("tiny"))
     );
+    for name in ["perturbations.json", "logit_sweep.json"] {
+        let read = |root: &Path| std::fs::read(root.join("tiny").join(name)).unwrap();
+        assert_eq!(read(&whole_root), read(&sharded_root), "{name}");
+    }
     // Without stages, a shard runs what it can and reports the rest as blocked.
     let eager_root = dir.path().join("eager");
     let first = run_suite(
