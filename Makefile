@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUITE ?= suites/quickstart.toml
 GAUNTLET := target/release/gauntlet
 
-.PHONY: run test setup build bench fmt lint train-maxout reproduce-maxout clean
+.PHONY: run test setup build bench fmt lint train-maxout reproduce-maxout clean bench-venv bench-compare
 
 setup:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -31,8 +31,32 @@ train-maxout: build
 test: setup
 	$(CARGO) test --workspace --release
 
-bench: build
-	$(CARGO) bench -p gauntlet-train --bench throughput
+# Throughput of the training and attack workloads (crates/bench; BENCHMARKS.md says what is
+# measured). Run it on an idle machine. THREADS sets the compute threads of gauntlet and of
+# PyTorch alike; BENCH_ARGS passes options to both (e.g. --models maxout-mlp --rounds 3).
+THREADS ?= $(shell nproc 2>/dev/null || echo 1)
+BENCH_ARGS ?=
+BENCH_OUT := target/bench
+VENV_BENCH := .venv-bench
+
+bench: setup
+	$(CARGO) build --release -p gauntlet-bench
+	target/release/gauntlet-bench --threads $(THREADS) --json $(BENCH_OUT)/gauntlet-$(THREADS)t.jsonl $(BENCH_ARGS)
+
+# PyTorch (pinned, from PyPI) in .venv-bench for the comparison: about 5 GB.
+bench-venv: $(VENV_BENCH)/.installed
+
+$(VENV_BENCH)/.installed:
+	python3 -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/pip install --no-input torch==2.15.0 numpy==2.4.6
+	touch $@
+
+# gauntlet's benchmark, then the same workloads in PyTorch (one after the other, never side
+# by side), then the table of throughput ratios gauntlet / PyTorch.
+bench-compare: bench-venv
+	$(MAKE) bench
+	$(VENV_BENCH)/bin/python bench/torch_reference.py --threads $(THREADS) --json $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl $(BENCH_ARGS)
+	python3 bench/compare.py $(BENCH_OUT)/gauntlet-$(THREADS)t.jsonl $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl
 
 fmt:
 	$(CARGO) fmt --all

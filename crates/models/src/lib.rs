@@ -36,6 +36,7 @@ mod mlp;
 mod params;
 pub mod preprocess;
 mod spec;
+pub mod threads;
 
 pub use classifier::{autograd_input_grad, Classifier, InputGrad, Mode};
 pub use conv::{Cnn, CnnLayer, CnnSpec, ConvMaxout, ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec};

@@ -1,0 +1,136 @@
+//! Floating-point operations per example, counted from the architecture.
+//!
+//! Only the multiply-adds of the linear maps are counted, two FLOPs each: a fully connected
+//! layer `in → out` costs `2·in·out`, a convolution `2·C_out·C_in·k²·H_out·W_out` (output size
+//! before pooling), a ZCA layer `2·D²`. Bias additions, maxout and pooling maxima, dropout,
+//! the loss and the optimizer update are left out: they are memory-bound and below 2% of the
+//! total for every model benchmarked here.
+//!
+//! With `F` the forward count and `F₁` the first layer's share, a backward pass costs `F` for
+//! the weight gradients and `F` for the gradients of every layer's input, of which a training
+//! step skips the first (`F − F₁`): the data need no gradient. Hence per example:
+//!
+//! | workload | FLOPs |
+//! | --- | --- |
+//! | forward | `F` |
+//! | input gradient (weights skipped) | `2F` |
+//! | training step | `3F − F₁` |
+//! | FGSM adversarial training step (r* from the clean pass) | `(3F) + (3F − F₁) = 6F − F₁` |
+//! | FGSM attack | `2F` |
+//! | one PGD step of `s` (plus the last forward shared over the steps) | `2F + F/s` |
+//! | transfer (craft FGSM, source forward, target clean and adversarial forward) | `5F` |
+
+use anyhow::{bail, Result};
+use gauntlet_models::{Arch, ModelSpec, Preprocess};
+
+/// Forward FLOPs of one example: all layers, and the first weight layer alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ForwardFlops {
+    pub total: f64,
+    pub first: f64,
+}
+
+/// Counts `spec`'s forward multiply-adds (×2), layer by layer.
+pub fn forward(spec: &ModelSpec) -> Result<ForwardFlops> {
+    let d = spec.input_dim() as f64;
+    let mut layers: Vec<f64> = Vec::new();
+    match spec.preprocess {
+        Preprocess::None | Preprocess::Gcn { .. } => {}
+        Preprocess::GcnZca { .. } => layers.push(2.0 * d * d),
+    }
+    let dense = |layers: &mut Vec<f64>, mut fan_in: usize, sizes: &[usize]| -> usize {
+        for &out in sizes {
+            layers.push(2.0 * (fan_in * out) as f64);
+            fan_in = out;
+        }
+        fan_in
+    };
+    match &spec.arch {
+        Arch::MaxoutMlp(s) => {
+            let mut fan_in = spec.input_dim();
+            for &units in &s.units {
+                layers.push(2.0 * (fan_in * units * s.pieces) as f64);
+                fan_in = units;
+            }
+            dense(&mut layers, fan_in, &[spec.n_classes]);
+        }
+        Arch::Mlp(s) => {
+            let fan_in = dense(&mut layers, spec.input_dim(), &s.hidden);
+            dense(&mut layers, fan_in, &[spec.n_classes]);
+        }
+        Arch::ConvMaxout(s) => {
+            let pooled = s.layer_shapes(spec.input)?;
+            let mut input = spec.input;
+            for (l, out) in s.layers.iter().zip(&pooled) {
+                let (h, w) = conv_out(input, l.kernel, l.pad)?;
+                let c_out = l.channels * l.pieces;
+                layers.push(2.0 * (c_out * input[0] * l.kernel * l.kernel * h * w) as f64);
+                input = *out;
+            }
+            let mut fan_in: usize = input.iter().product();
+            if let Some(fc) = &s.fc {
+                layers.push(2.0 * (fan_in * fc.units * fc.pieces) as f64);
+                fan_in = fc.units;
+            }
+            dense(&mut layers, fan_in, &[spec.n_classes]);
+        }
+        Arch::Cnn(s) => {
+            let pooled = s.layer_shapes(spec.input)?;
+            let mut input = spec.input;
+            for (l, out) in s.layers.iter().zip(&pooled) {
+                let (h, w) = conv_out(input, l.kernel, l.pad)?;
+                layers.push(2.0 * (l.channels * input[0] * l.kernel * l.kernel * h * w) as f64);
+                input = *out;
+            }
+            let fan_in = dense(&mut layers, input.iter().product(), &s.hidden);
+            dense(&mut layers, fan_in, &[spec.n_classes]);
+        }
+    }
+    let Some(&first) = layers.first() else {
+        bail!("{}: no weight layer to count", spec.arch.kind())
+    };
+    Ok(ForwardFlops {
+        total: layers.iter().sum(),
+        first,
+    })
+}
+
+/// Output height and width of a stride-1 convolution with zero padding `pad`.
+fn conv_out(input: [usize; 3], kernel: usize, pad: usize) -> Result<(usize, usize)> {
+    let (h, w) = (input[1] + 2 * pad, input[2] + 2 * pad);
+    if h < kernel || w < kernel {
+        bail!("kernel {kernel} larger than the padded input {h}×{w}")
+    }
+    Ok((h - kernel + 1, w - kernel + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gauntlet_models::{CnnSpec, ConvMaxoutSpec};
+
+    #[test]
+    fn maxout_mlp_counts_every_piece() {
+        // 784·1200 + 240·1200 + 240·10 multiply-adds.
+        let f = forward(&ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5))).unwrap();
+        assert_eq!(f.total, 2.0 * (784.0 * 1200.0 + 240.0 * 1200.0 + 2400.0));
+        assert_eq!(f.first, 2.0 * 784.0 * 1200.0);
+    }
+
+    #[test]
+    fn conv_nets_count_convolutions_before_pooling() {
+        // Small CNN: 32·25·24² + 64·32·25·8² + 1024·10 multiply-adds.
+        let f = forward(&ModelSpec::mnist(Arch::Cnn(CnnSpec::default()))).unwrap();
+        let macs = 32.0 * 25.0 * 576.0 + 64.0 * 800.0 * 64.0 + 10240.0;
+        assert_eq!(f.total, 2.0 * macs);
+        // Conv maxout MNIST recipe: 28 → 21 (pool 10) → 9 (pool 4) → 6 (pool 3), 216 → 10.
+        let f = forward(&ModelSpec::mnist(Arch::ConvMaxout(
+            ConvMaxoutSpec::default(),
+        )))
+        .unwrap();
+        let macs =
+            96.0 * 64.0 * 441.0 + 96.0 * 48.0 * 64.0 * 81.0 + 96.0 * 48.0 * 25.0 * 36.0 + 2160.0;
+        assert_eq!(f.total, 2.0 * macs);
+        assert_eq!(f.first, 2.0 * 96.0 * 64.0 * 441.0);
+    }
+}

@@ -1,0 +1,238 @@
+//! The benchmarked workloads of one model, each a closure that processes one batch, and the
+//! interleaved timing loop.
+//!
+//! bench/torch_reference.py implements the same workloads, names and batch accounting in
+//! PyTorch; keep the two in step.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use gauntlet_attacks::{transfer_matrix, Attack, FastGradient, Goal, Norm, Pgd};
+use gauntlet_models::{accuracy_counts, Classifier, Mode};
+use gauntlet_train::{Optimizer, Regularizer, SgdMomentum};
+
+use crate::flops::ForwardFlops;
+
+/// Workload names in report order.
+pub const ALL: [&str; 7] = [
+    "forward",
+    "input-grad",
+    "train",
+    "train-fgsm",
+    "fgsm",
+    "pgd-step",
+    "transfer",
+];
+
+/// Steps of the PGD run; its throughput counts steps × images.
+pub const PGD_STEPS: usize = 10;
+/// ε of the attacks (pixel space) and of FGSM adversarial training.
+const ATTACK_EPS: f64 = 0.1;
+const TRAIN_EPS: f64 = 0.25;
+
+/// Processes one batch of images and labels.
+type RunBatch<'a> = Box<dyn FnMut(&Tensor, &Tensor) -> Result<()> + 'a>;
+
+/// One benchmarked operation.
+pub struct Workload<'a> {
+    pub name: &'static str,
+    /// What the throughput counts: "examples/s" or "images/s" or "steps*images/s".
+    pub unit: &'static str,
+    /// Units of work in one call of `run`.
+    pub per_batch: usize,
+    /// FLOPs per unit of work.
+    pub flops_per_unit: f64,
+    run: RunBatch<'a>,
+}
+
+/// The workloads named in `names`, on `model` (trained by the training workloads) and `target`
+/// (the transfer target).
+pub fn build<'a>(
+    names: &[String],
+    model: &'a dyn Classifier,
+    target: &'a dyn Classifier,
+    batch: usize,
+    flops: ForwardFlops,
+) -> Result<Vec<Workload<'a>>> {
+    let f = flops.total;
+    let mut out = Vec::new();
+    for name in names {
+        let w = match name.as_str() {
+            "forward" => Workload {
+                name: "forward",
+                unit: "images/s",
+                per_batch: batch,
+                flops_per_unit: f,
+                run: Box::new(move |xs, _| {
+                    model.forward(xs, Mode::Eval)?;
+                    Ok(())
+                }),
+            },
+            "input-grad" => Workload {
+                name: "input-grad",
+                unit: "images/s",
+                per_batch: batch,
+                flops_per_unit: 2.0 * f,
+                run: Box::new(move |xs, ys| {
+                    model.loss_and_input_grad(xs, ys, Mode::Eval)?;
+                    Ok(())
+                }),
+            },
+            "train" => Workload {
+                name: "train",
+                unit: "examples/s",
+                per_batch: batch,
+                flops_per_unit: 3.0 * f - flops.first,
+                run: train_step(model, Regularizer::None)?,
+            },
+            "train-fgsm" => Workload {
+                name: "train-fgsm",
+                unit: "examples/s",
+                per_batch: batch,
+                flops_per_unit: 6.0 * f - flops.first,
+                run: train_step(
+                    model,
+                    Regularizer::Lp {
+                        p: Norm::Linf,
+                        eps: TRAIN_EPS,
+                        alpha: 0.5,
+                        labels: Default::default(),
+                        perturb_mode: Default::default(),
+                        clip: false,
+                    },
+                )?,
+            },
+            "fgsm" => {
+                let attack = FastGradient::fgsm();
+                Workload {
+                    name: "fgsm",
+                    unit: "images/s",
+                    per_batch: batch,
+                    flops_per_unit: 2.0 * f,
+                    run: Box::new(move |xs, ys| {
+                        attack.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
+                        Ok(())
+                    }),
+                }
+            }
+            "pgd-step" => {
+                // Every image runs every step: no early stop.
+                let mut pgd = Pgd::new(Norm::Linf);
+                pgd.steps = PGD_STEPS;
+                pgd.early_stop = false;
+                Workload {
+                    name: "pgd-step",
+                    unit: "steps*images/s",
+                    per_batch: batch * PGD_STEPS,
+                    flops_per_unit: 2.0 * f + f / PGD_STEPS as f64,
+                    run: Box::new(move |xs, ys| {
+                        pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
+                        Ok(())
+                    }),
+                }
+            }
+            "transfer" => {
+                let attack = FastGradient::fgsm();
+                Workload {
+                    name: "transfer",
+                    unit: "images/s",
+                    per_batch: batch,
+                    flops_per_unit: 5.0 * f,
+                    run: Box::new(move |xs, ys| {
+                        transfer_matrix(
+                            &[("source", model)],
+                            &[("target", target)],
+                            &attack,
+                            xs,
+                            ys,
+                            ATTACK_EPS,
+                            batch,
+                        )?;
+                        Ok(())
+                    }),
+                }
+            }
+            other => anyhow::bail!(
+                "unknown workload {other:?}, expected one of {}",
+                ALL.join(", ")
+            ),
+        };
+        out.push(w);
+    }
+    Ok(out)
+}
+
+/// What the trainer does per batch: the objective's step, momentum SGD, the constraints, and
+/// the running training error.
+fn train_step<'a>(model: &'a dyn Classifier, regularizer: Regularizer) -> Result<RunBatch<'a>> {
+    let vars = model.params().vars().map(|(_, v)| v.clone()).collect();
+    let mut sgd = SgdMomentum::new(vars, 0.01, 0.5, 0.5, 1, 1.0, 0.0)?;
+    let mut seed = 0u64;
+    Ok(Box::new(move |xs, ys| {
+        seed += 1;
+        let step = regularizer.step(model, xs, ys, seed)?;
+        anyhow::ensure!(
+            step.loss.is_finite(),
+            "training diverged: loss {}",
+            step.loss
+        );
+        sgd.step(&step.grads)?;
+        model.apply_constraints()?;
+        accuracy_counts(&step.logits, ys)?;
+        Ok(())
+    }))
+}
+
+/// How long each workload runs per round.
+#[derive(Clone, Copy, Debug)]
+pub enum Budget {
+    /// Batches until at least this many seconds have passed (at least one batch).
+    Seconds(f64),
+    /// Exactly this many batches (repeatable instruction counts under callgrind).
+    Batches(usize),
+}
+
+/// Per-batch seconds of every workload, one entry per measured round.
+///
+/// Round 0 warms caches and the allocator and is not kept. Workloads are interleaved round
+/// by round, so a change in machine load affects them all alike.
+pub fn measure(
+    workloads: &mut [Workload<'_>],
+    batches: &[(Tensor, Tensor)],
+    rounds: usize,
+    budget: Budget,
+) -> Result<Vec<Vec<f64>>> {
+    let mut times = vec![Vec::with_capacity(rounds); workloads.len()];
+    let mut cursor = 0;
+    for round in 0..=rounds {
+        for (w, t) in workloads.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            let mut n = 0usize;
+            loop {
+                let (xs, ys) = &batches[cursor % batches.len()];
+                cursor += 1;
+                (w.run)(xs, ys).with_context(|| format!("workload {}", w.name))?;
+                n += 1;
+                let done = match budget {
+                    Budget::Seconds(s) => start.elapsed().as_secs_f64() >= s,
+                    Budget::Batches(b) => n >= b,
+                };
+                if done {
+                    break;
+                }
+            }
+            if round > 0 {
+                t.push(start.elapsed().as_secs_f64() / n as f64);
+            }
+        }
+    }
+    Ok(times)
+}
+
+/// The median of `values` (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
