@@ -31,6 +31,13 @@ train-maxout: build
 test: setup
 	$(CARGO) test --workspace --release
 
+# The Slurm scale-out test (docs/scale-out.md): a real one-node Slurm cluster on this machine
+# runs suites/ci-slurm.toml as job arrays and the merged results must equal one process's.
+# Needs root; installs Debian's slurm-wlm and munge if missing. About a minute once built.
+.PHONY: test-slurm
+test-slurm: setup
+	CARGO=$(CARGO) scripts/slurm-test.sh
+
 # Throughput of the training and attack workloads (crates/bench; BENCHMARKS.md says what is
 # measured). Run it on an idle machine. THREADS sets the compute threads of gauntlet and of
 # PyTorch alike; BENCH_ARGS passes options to both (e.g. --models maxout-mlp --rounds 3).

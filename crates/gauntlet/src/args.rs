@@ -37,6 +37,9 @@ pub enum Command {
     /// Delete a suite's cached job folders that its current plan no longer uses, and the
     /// temporary files of interrupted writes.
     Prune(PruneArgs),
+    /// Write (and with --submit, submit) sbatch scripts that run a suite as Slurm job arrays,
+    /// one per stage, chained with afterok dependencies.
+    Slurm(SlurmArgs),
 }
 
 #[derive(Debug, Args)]
@@ -250,4 +253,53 @@ pub struct TrainArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub data: EvalDataArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SlurmArgs {
+    /// The suite file, e.g. suites/quickstart.toml.
+    pub suite: PathBuf,
+    /// Array tasks per stage: task i runs shard i/N of the stage's jobs.
+    #[arg(long)]
+    pub shards: usize,
+    /// Folder for the scripts and the tasks' logs (default: slurm/<suite name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Results root on the shared filesystem: results go to <results-dir>/<suite name>/.
+    #[arg(long, visible_alias = "results", default_value = "results")]
+    pub results_dir: PathBuf,
+    /// Where the final job draws the report (default: report/<suite name>).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// The gauntlet binary the tasks run (default: this one); the compute nodes must see it.
+    #[arg(long)]
+    pub gauntlet: Option<PathBuf>,
+    /// Slurm partition of every job.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Time limit of each task, in any Slurm format, e.g. 2:00:00.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// CPUs per task; the task's Candle thread pool uses this many.
+    #[arg(long, default_value_t = 1)]
+    pub cpus_per_task: usize,
+    /// GPUs per task; the tasks then run on --device cuda unless --device says otherwise.
+    #[arg(long)]
+    pub gpus_per_task: Option<usize>,
+    /// Memory per task, as Slurm's --mem, e.g. 4G.
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Another sbatch option for every script, e.g. --sbatch-option=--account=abc (repeatable).
+    #[arg(long = "sbatch-option", allow_hyphen_values = true)]
+    pub sbatch_options: Vec<String>,
+    /// Folder holding the data set's files, as the compute nodes see it.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Device of the array tasks (default: cpu, or cuda with --gpus-per-task).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Submit the scripts with sbatch, each stage after the previous one succeeded, and print
+    /// the job ids.
+    #[arg(long)]
+    pub submit: bool,
 }

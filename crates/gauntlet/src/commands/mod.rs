@@ -6,6 +6,7 @@ mod noise;
 mod prune;
 mod report;
 mod run;
+mod slurm;
 mod train;
 mod transfer;
 
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Merge(args) => run::run(args, true),
         Command::Report(args) => report::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Slurm(args) => slurm::run(args),
     }
 }
 
