@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUITE ?= suites/quickstart.toml
 GAUNTLET := target/release/gauntlet
 
-.PHONY: run test setup build bench fmt lint train-maxout reproduce-maxout clean bench-venv bench-compare
+.PHONY: run test setup build bench fmt lint train-maxout reproduce-maxout clean check-cuda bench-venv bench-compare
 
 setup:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -37,6 +37,12 @@ test: setup
 .PHONY: test-slurm
 test-slurm: setup
 	CARGO=$(CARGO) scripts/slurm-test.sh
+
+# The `cuda` feature built (binary + every test) with nvcc but no GPU, in target/cuda; installs
+# Debian's nvidia-cuda-toolkit if nvcc is missing. CUDA_COMPUTE_CAP=86 etc. overrides the
+# default 80; CHECK_CUDA_MODE=check only type-checks. See scripts/check-cuda.sh.
+check-cuda: setup
+	CARGO=$(CARGO) scripts/check-cuda.sh
 
 # Throughput of the training and attack workloads (crates/bench; BENCHMARKS.md says what is
 # measured). Run it on an idle machine. THREADS sets the compute threads of gauntlet and of

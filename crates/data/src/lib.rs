@@ -90,7 +90,7 @@ impl Dataset {
 
     /// The rows listed in `indices`, in that order.
     pub fn select(&self, indices: &[u32]) -> Result<Self> {
-        let idx = Tensor::from_slice(indices, indices.len(), &Device::Cpu)?;
+        let idx = Tensor::from_slice(indices, indices.len(), self.images.device())?;
         Ok(Self {
             images: self.images.index_select(&idx, 0)?,
             labels: self.labels.index_select(&idx, 0)?,

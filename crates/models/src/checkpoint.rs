@@ -34,7 +34,14 @@ pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
         (SPEC_KEY.to_string(), spec_json.clone()),
         (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
     ]);
-    let tensors = model.params().tensors();
+    // Copied to the host first, so a model trained on a GPU saves the same file (and a failed
+    // copy is an error here, not a panic inside the serializer).
+    let tensors = model
+        .params()
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?)))
+        .collect::<Result<Vec<_>>>()?;
     let bytes =
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
             .map_err(|e| with_path(path, e))?;
