@@ -31,6 +31,14 @@ train-maxout: build
 test: setup
 	$(CARGO) test --workspace --release
 
+# Long fuzzing run (proptest) of the suite parser and the data and checkpoint loaders:
+# FUZZ_CASES inputs per property (`make test` tries 256); prints the counts of each outcome.
+FUZZ_CASES ?= 100000
+.PHONY: fuzz
+fuzz: setup
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gauntlet-suite --test it fuzz -- --nocapture
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p gauntlet-data -p gauntlet-models --test fuzz -- --nocapture
+
 # The Slurm scale-out test (docs/scale-out.md): a real one-node Slurm cluster on this machine
 # runs suites/ci-slurm.toml as job arrays and the merged results must equal one process's.
 # Needs root; installs Debian's slurm-wlm and munge if missing. About a minute once built.

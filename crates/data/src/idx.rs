@@ -53,8 +53,14 @@ fn parse_idx<'a>(
     let dims: Vec<usize> = (0..n_dims)
         .map(|i| be_u32(bytes, 4 + 4 * i) as usize)
         .collect();
-    let payload = dims.iter().product::<usize>();
     let body = &bytes[header..];
+    // Checked: dimensions from a damaged header may overflow (and wrap to a plausible size).
+    let Some(payload) = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) else {
+        return Err(Error::format(
+            path,
+            format!("IDX dimensions {dims:?} are too large (damaged header?)"),
+        ));
+    };
     if body.len() != payload {
         return Err(Error::format(
             path,

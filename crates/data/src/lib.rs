@@ -43,11 +43,16 @@ impl Dataset {
         n_classes: usize,
     ) -> Result<Self> {
         let (n, c, h, w) = shape;
-        assert_eq!(
-            pixels.len(),
-            n * c * h * w,
-            "pixel count checked by the caller"
-        );
+        let expected = [n, c, h, w]
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if expected != Some(pixels.len()) || labels.len() != n {
+            return Err(Error::Invalid(format!(
+                "{} pixels and {} labels do not fit {n} images of shape {c}x{h}x{w}",
+                pixels.len(),
+                labels.len()
+            )));
+        }
         let images: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
         let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         Ok(Self {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::doc::{Block, Cell};
 use crate::plot::fmt_num;
-use crate::schema::ResultsDir;
+use crate::schema::{ReportSection, ResultsDir};
 use crate::series::{AccuracyPanel, NoiseSeries, Point, TransferMatrix};
 use crate::FigureFile;
 
@@ -65,6 +65,47 @@ fn describe_data(value: &serde_json::Value) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// The suite's published numbers beside ours, then its protocol notes.
+fn references(report: &ReportSection, b: &mut Vec<Block>) {
+    if !report.references.is_empty() {
+        b.push(Block::Heading(2, "Published numbers beside ours".into()));
+        let pct2 = |v: f64| format!("{:.2}%", v * 100.0);
+        let rows = report
+            .references
+            .iter()
+            .map(|r| {
+                let ours = match (r.ours, r.ci_low, r.ci_high) {
+                    (Some(v), Some(lo), Some(hi)) => {
+                        format!("{} [{:.2}, {:.2}]", pct2(v), lo * 100.0, hi * 100.0)
+                    }
+                    (Some(v), _, _) => pct2(v),
+                    _ => "not run yet".into(),
+                };
+                vec![
+                    Cell::from(r.what.clone()),
+                    pct2(r.published).into(),
+                    ours.into(),
+                    r.n.map_or_else(|| "—".into(), |n| n.to_string()).into(),
+                    r.source.clone().into(),
+                ]
+            })
+            .collect();
+        b.push(Block::Table {
+            header: ["quantity (error rate)", "published", "ours [95% CI]", "n", "published in"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            caption: Some(
+                "Error rates; ours with its Wilson 95% interval on n test examples. Differences in protocol are listed below.".into(),
+            ),
+        });
+    }
+    if !report.notes.is_empty() {
+        b.push(Block::Heading(2, "Protocol notes".into()));
+        b.push(Block::List(report.notes.clone()));
+    }
+}
+
 pub(crate) fn document(
     data: &ResultsDir,
     d: &Data<'_>,
@@ -111,6 +152,8 @@ pub(crate) fn document(
             "{failed} gradient-masking check(s) failed: some robust accuracies may be overestimates (see \"Gradient-masking checks\")."
         )));
     }
+
+    references(&r.report, &mut b);
 
     // Clean accuracy.
     b.push(Block::Heading(2, "Clean accuracy".into()));

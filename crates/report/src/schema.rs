@@ -131,6 +131,35 @@ pub struct Results {
     pub masking: Vec<MaskingRow>,
     #[serde(default)]
     pub missing: Vec<String>,
+    /// The suite's protocol notes and published numbers (absent before gauntlet 0.1's
+    /// `[report]` section: empty).
+    #[serde(default)]
+    pub report: ReportSection,
+}
+
+/// `report` in `results.json`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ReportSection {
+    #[serde(default)]
+    pub notes: Vec<String>,
+    #[serde(default)]
+    pub references: Vec<ReferenceRow>,
+}
+
+/// A published error rate beside this suite's (`ours` is `None` while its job has not run).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ReferenceRow {
+    pub what: String,
+    pub source: String,
+    pub published: f64,
+    #[serde(default)]
+    pub ours: Option<f64>,
+    #[serde(default)]
+    pub ci_low: Option<f64>,
+    #[serde(default)]
+    pub ci_high: Option<f64>,
+    #[serde(default)]
+    pub n: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -241,6 +270,9 @@ pub struct TrainingRow {
     pub valid_error: Option<f64>,
     #[serde(default)]
     pub valid_adv_error: Option<f64>,
+    /// The 10-step PGD check beside the single-step one (absent in older files).
+    #[serde(default)]
+    pub valid_pgd_error: Option<f64>,
 }
 
 /// Everything read from a results folder.

@@ -30,6 +30,7 @@ mod error;
 mod plan;
 mod prune;
 pub mod record;
+pub mod references;
 pub mod resolve;
 pub mod runner;
 pub mod spec;

@@ -90,6 +90,9 @@ pub struct Results {
     pub masking: Vec<MaskingEntry>,
     /// Ids of the planned jobs that have no output yet; empty for a complete suite.
     pub missing: Vec<String>,
+    /// The suite's `[report]`: protocol notes and published numbers beside ours.
+    #[serde(default)]
+    pub report: crate::references::ReportSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,8 @@ pub struct Suite {
     pub eval: EvalOptions,
     /// `None` when `[visuals]` sets `enabled = false`.
     pub visuals: Option<VisualsDef>,
+    /// `[report]`, checked against the models, attacks, transfer and noise above.
+    pub report: crate::references::ReportSpec,
     /// The file it was read from.
     pub path: PathBuf,
 }
@@ -433,7 +435,7 @@ fn resolve(
         &model_of,
     )?;
 
-    Ok(Suite {
+    let suite = Suite {
         name: spec.name,
         seed: spec.seed,
         data,
@@ -446,8 +448,11 @@ fn resolve(
             batch_size: spec.eval.batch_size,
         },
         visuals,
+        report: spec.report,
         path: path.to_path_buf(),
-    })
+    };
+    crate::references::check(path, &suite.report, &suite)?;
+    Ok(suite)
 }
 
 /// `[visuals]` with its defaults; `input_dim` sets the default budgets.

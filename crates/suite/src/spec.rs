@@ -41,6 +41,9 @@ pub struct SuiteSpec {
     /// Absent: the defaults of [`VisualsSpec`].
     #[serde(default)]
     pub visuals: Option<VisualsSpec>,
+    /// Published numbers and protocol notes for the report.
+    #[serde(default)]
+    pub report: crate::references::ReportSpec,
 }
 
 fn default_seed() -> u64 {

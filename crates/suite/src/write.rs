@@ -189,6 +189,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     ] {
         written.push(results_dir.join(name));
     }
+    let report = crate::references::section(&suite.report, &models, &robustness, &transfer, &noise);
     let results = Results {
         schema_version: SCHEMA_VERSION,
         suite: suite.name.clone(),
@@ -206,6 +207,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         transfer,
         masking,
         missing,
+        report,
     };
     let planned: Vec<PlannedJob<'_>> = plan
         .jobs

@@ -39,6 +39,9 @@ pub fn build_attack(args: &AttackOptions) -> Result<Box<dyn Attack>> {
                 other => return Err(anyhow!("unknown --loss `{other}`, expected ce or margin")),
             };
             if let Some(step) = args.step_size {
+                if !(step.is_finite() && step > 0.0) {
+                    return Err(anyhow!("--step-size must be finite and > 0, got {step}"));
+                }
                 pgd.step_size = StepSize::Absolute(step);
             }
             if pgd.steps == 0 || pgd.restarts == 0 {

@@ -2,6 +2,7 @@
 //! trained briefly on the first 500 MNIST images of the repository's data/mnist.
 
 mod errors;
+mod fuzz;
 mod plan;
 mod prune;
 mod reliability;
