@@ -5,6 +5,7 @@ mod errors;
 mod fuzz;
 mod plan;
 mod prune;
+mod references;
 mod reliability;
 mod runs;
 mod shipped;
