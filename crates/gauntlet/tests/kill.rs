@@ -3,12 +3,14 @@
 //! (timings aside) and never repeats a finished job; two runs of one suite into one results
 //! folder at the same time leave the results of one run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use gauntlet_suite::reproducible::first_difference;
 
 /// Two models (one adversarially trained), two attacks, noise and transfer on small slices.
 const SUITE: &str = r#"
@@ -143,34 +145,9 @@ fn done(lines: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Every file of a results folder except wall times (`timings.csv`, and `job.json`, which
-/// holds its job's duration), by relative path.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if !path.ends_with("timings.csv") && !path.ends_with("job.json") {
-                let rel = path.strip_prefix(root).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 fn assert_same_results(got: &Path, clean: &Path) {
-    let (got, clean) = (files(got), files(clean));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        clean.keys().collect::<Vec<_>>(),
-        "the same files (no training state left behind)"
-    );
-    for (name, bytes) in &clean {
-        assert!(&got[name] == bytes, "{} differs", name.display());
+    if let Some(difference) = first_difference(got, clean).unwrap() {
+        panic!("{difference} (no training state may be left behind)");
     }
 }
 

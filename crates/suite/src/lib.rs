@@ -31,6 +31,7 @@ mod plan;
 mod prune;
 pub mod record;
 pub mod references;
+pub mod reproducible;
 pub mod resolve;
 pub mod runner;
 pub mod spec;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use gauntlet_suite::reproducible::{first_difference, reproducible_files};
 use gauntlet_suite::{run_suite, JobStatus, RunOptions, RunSummary};
 
 use crate::errors::error_of;
@@ -50,35 +51,14 @@ fn ran(summary: &RunSummary) -> Vec<&str> {
         .collect()
 }
 
-/// Every file under `dir` by relative path, except wall times: `timings.csv` and the job
-/// files (`job.json`, which records its job's duration).
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if !path.ends_with("timings.csv") && !path.ends_with("job.json") {
-                let bytes = std::fs::read(&path).unwrap();
-                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), bytes);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
+    reproducible_files(dir).unwrap()
 }
 
-/// Asserts two results folders hold the same files with the same bytes.
+/// Asserts two results folders hold the same files with the same bytes, timings aside.
 fn assert_same_files(a: &Path, b: &Path) {
-    let (fa, fb) = (files(a), files(b));
-    assert_eq!(
-        fa.keys().collect::<Vec<_>>(),
-        fb.keys().collect::<Vec<_>>(),
-        "the same files"
-    );
-    for (name, bytes) in &fa {
-        assert!(bytes == &fb[name], "{} differs", name.display());
+    if let Some(difference) = first_difference(a, b).unwrap() {
+        panic!("{difference}");
     }
 }
 
