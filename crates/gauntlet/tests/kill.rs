@@ -257,3 +257,68 @@ fn two_runs_into_one_results_folder_at_once_leave_the_results_of_one() {
     b.finish();
     assert_same_results(&root.join("kill"), &clean.results);
 }
+
+/// `gauntlet train` killed after its first epoch continues from its saved state when run again
+/// and writes the same checkpoint, bit for bit, as a run never interrupted.
+#[test]
+fn a_killed_training_command_resumes_and_ends_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo().join("data/mnist");
+    let train = |out: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
+        command
+            .args([
+                "train",
+                "--epochs",
+                "4",
+                "--train-limit",
+                "1500",
+                "--valid-size",
+                "1000",
+            ])
+            .args(["--test-limit", "100", "--seed", "7", "--data-dir"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let (clean, killed) = (dir.path().join("clean"), dir.path().join("killed"));
+    let first = train(&clean).output().unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+
+    let mut child = train(&killed).spawn().unwrap();
+    let state = killed.join("train-state.safetensors");
+    let started = Instant::now();
+    while !state.is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before its first epoch was saved"
+        );
+        assert!(started.elapsed() < PATIENCE, "no training state in time");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+
+    let rerun = train(&killed).output().unwrap();
+    let stderr = String::from_utf8_lossy(&rerun.stderr);
+    assert!(rerun.status.success(), "{stderr}");
+    assert!(stderr.contains("resumed after epoch"), "{stderr}");
+    assert!(
+        !state.exists(),
+        "the state is removed once the model is saved"
+    );
+    let read = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(
+        read(&killed) == read(&clean),
+        "the resumed run's weights differ"
+    );
+}
