@@ -40,7 +40,7 @@ fn prune_removes_what_the_plan_no_longer_uses_and_nothing_else() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("attack-")), "{names:?}");
-    assert_eq!(dry.orphan_temps, [dead.clone()]);
+    assert_eq!(dry.orphan_temps, std::slice::from_ref(&dead));
     assert!(dry.bytes > 0);
     assert!(dry.stale_jobs.iter().all(|p| p.exists()), "a dry run deletes nothing");
 
