@@ -52,7 +52,6 @@ if [[ -n "$(missing_tools)" ]]; then
     install_seconds=$((SECONDS - t0))
     [[ -z "$(missing_tools)" ]] || cannot_run "still missing after apt-get: $(missing_tools | tr '\n' ' ')"
 fi
-command -v python3 >/dev/null || fail "python3 is needed to compare the results"
 
 # --- the binary --------------------------------------------------------------------------
 "${CARGO:-cargo}" build --release -p gauntlet
@@ -181,7 +180,9 @@ say "one-node cluster up in ${cluster_seconds} s (node $node, $cpus CPUs, ports 
 
 # --- the same suite in one process -----------------------------------------------------
 t0=$SECONDS
-"$gauntlet" run "$suite" --results "$shared/single" --quiet
+# From the tasks' working directory, so that the data folder is found by the same path and
+# suite.resolved.json (which records it) can be compared byte for byte.
+(cd "$shared" && "$gauntlet" run "$suite" --results "$shared/single" --quiet)
 single_seconds=$((SECONDS - t0))
 
 # --- on Slurm ------------------------------------------------------------------------------
@@ -225,7 +226,15 @@ first_ids=("${ids[@]}")
 
 # --- merged results == one process ---------------------------------------------------------
 [[ -f "$shared/report/index.html" ]] || fail "the merge job drew no report ($shared/report)"
-python3 "$repo/scripts/compare-results.py" "$shared/single/ci-slurm" "$shared/sharded/ci-slurm"
+# Every file byte for byte, the job folders (checkpoints, crafted examples, per-example
+# outcomes) included, except those that hold wall times and nothing else reproducible:
+# timings.csv and each job's job.json (as gauntlet_suite::reproducible_files).
+if ! diff -r -q -x timings.csv -x job.json "$shared/single/ci-slurm" "$shared/sharded/ci-slurm" >&2; then
+    dump_logs
+    fail "the merged Slurm results differ from the single-process run (files above)"
+fi
+compared=$(find "$shared/sharded/ci-slurm" -type f ! -name timings.csv ! -name job.json | wc -l)
+say "merged results equal the single-process run byte for byte ($compared files)"
 
 # --- a re-submitted chain skips finished work ------------------------------------------------
 t0=$SECONDS
