@@ -24,6 +24,13 @@ run: build
 	$(GAUNTLET) run $(SUITE)
 	$(GAUNTLET) report results/$(notdir $(basename $(SUITE)))
 
+# A headless-Chromium screenshot of the suite's report/NAME/index.html, to check by eye that it
+# renders (not part of `make test`; needs Debian's chromium). SHOT sets the output file.
+SHOT ?= target/report-$(notdir $(basename $(SUITE))).png
+.PHONY: report-screenshot
+report-screenshot:
+	scripts/screenshot-report.sh report/$(notdir $(basename $(SUITE))) $(SHOT)
+
 # The Maxout MLP alone with the short recipe (<= 1.3% test error): results/maxout-short/.
 train-maxout: build
 	$(GAUNTLET) train --config suites/train/maxout-short.toml

@@ -153,7 +153,12 @@ caption { caption-side: top; text-align: left; font-style: italic; padding-botto
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 14px; color: #555; }
+th.text, td.text { white-space: normal; text-align: left; min-width: 16em; }
 ";
+
+/// Cells longer than this make their column prose: wrapped and left-aligned, so a table of
+/// explanations fits the page instead of running off its right edge.
+const PROSE_CHARS: usize = 40;
 
 /// A complete HTML page; figures are linked, everything else inline.
 pub(crate) fn to_html(page_title: &str, blocks: &[Block]) -> String {
@@ -190,22 +195,28 @@ pub(crate) fn to_html(page_title: &str, blocks: &[Block]) -> String {
                 if let Some(caption) = caption {
                     out.push_str(&format!("<caption>{}</caption>\n", html_escape(caption)));
                 }
+                let prose = |j: usize| {
+                    rows.iter().any(|r| {
+                        r.get(j)
+                            .is_some_and(|c| c.text.chars().count() > PROSE_CHARS)
+                    })
+                };
+                let class = |j: usize| if prose(j) { " class=\"text\"" } else { "" };
                 out.push_str("<thead><tr>");
-                for h in header {
-                    out.push_str(&format!("<th>{}</th>", html_escape(h)));
+                for (j, h) in header.iter().enumerate() {
+                    out.push_str(&format!("<th{}>{}</th>", class(j), html_escape(h)));
                 }
                 out.push_str("</tr></thead>\n<tbody>\n");
                 for row in rows {
                     out.push_str("<tr>");
-                    for c in row {
-                        if c.strong {
-                            out.push_str(&format!(
-                                "<td><strong>{}</strong></td>",
-                                html_escape(&c.text)
-                            ));
+                    for (j, c) in row.iter().enumerate() {
+                        let text = html_escape(&c.text);
+                        let text = if c.strong {
+                            format!("<strong>{text}</strong>")
                         } else {
-                            out.push_str(&format!("<td>{}</td>", html_escape(&c.text)));
-                        }
+                            text
+                        };
+                        out.push_str(&format!("<td{}>{text}</td>", class(j)));
                     }
                     out.push_str("</tr>\n");
                 }
@@ -247,5 +258,25 @@ mod tests {
         let html = to_html("t", &blocks);
         assert!(html.contains("<h1>a_b &lt;c&gt;</h1>"), "{html}");
         assert!(html.contains("<td><strong>5%</strong></td>"), "{html}");
+    }
+
+    #[test]
+    fn long_text_columns_wrap_and_numbers_do_not() {
+        let detail = "accuracy non-increasing over 4 eps values (tolerance 0.01)";
+        let blocks = vec![Block::Table {
+            header: vec!["model".into(), "result".into(), "detail".into()],
+            rows: vec![
+                vec![Cell::from("a"), Cell::from("passed"), Cell::from(detail)],
+                vec![Cell::from("b"), Cell::from("passed"), Cell::from("short")],
+            ],
+            caption: None,
+        }];
+        let html = to_html("t", &blocks);
+        assert!(
+            html.contains("<th>result</th><th class=\"text\">detail</th>"),
+            "{html}"
+        );
+        assert!(html.contains(&format!("<td class=\"text\">{detail}</td>")));
+        assert!(html.contains("<td>passed</td><td class=\"text\">short</td>"));
     }
 }

@@ -215,7 +215,8 @@ impl Figure for NoiseFigure<'_> {
     }
 }
 
-/// Loss and error per epoch: train solid, validation dashed, adversarial validation dotted.
+/// Loss and error per epoch: train solid, validation dashed, adversarial validation dotted
+/// (single-step attack) and dotted with markers (10-step PGD).
 pub(crate) struct TrainingFigure<'a> {
     pub curves: &'a [TrainingCurves],
     pub order: &'a [String],
@@ -251,6 +252,9 @@ impl Figure for TrainingFigure<'_> {
             error_lines.push(mk(&c.train_error, &c.model, LineKind::Solid));
             error_lines.push(mk(&c.valid_error, &c.model, LineKind::Dashed));
             error_lines.push(mk(&c.valid_adv_error, &c.model, LineKind::Dotted));
+            let mut pgd = mk(&c.valid_pgd_error, &c.model, LineKind::Dotted);
+            pgd.markers = true;
+            error_lines.push(pgd);
         }
         loss_lines.retain(|l| !l.points.is_empty());
         error_lines.retain(|l| !l.points.is_empty());
@@ -298,12 +302,23 @@ impl Figure for TrainingFigure<'_> {
         {
             items.push(LegendItem::line("validation", GREY, LineKind::Dashed));
         }
-        if self.curves.iter().any(|c| !c.valid_adv_error.is_empty()) {
-            items.push(LegendItem::line(
-                "validation, adversarial",
-                GREY,
-                LineKind::Dotted,
-            ));
+        let single = self.curves.iter().any(|c| !c.valid_adv_error.is_empty());
+        let pgd = self.curves.iter().any(|c| !c.valid_pgd_error.is_empty());
+        if single || pgd {
+            items.push(LegendItem::Header("validation, attacked".into()));
+        }
+        if single {
+            items.push(LegendItem::line("1-step attack", GREY, LineKind::Dotted));
+        }
+        if pgd {
+            items.push(LegendItem::Entry {
+                label: "10-step PGD".into(),
+                color: GREY,
+                kind: LineKind::Dotted,
+                width: 2,
+                band: false,
+                marker: true,
+            });
         }
         side_legend(&legend, 60, &items)
     }
@@ -380,17 +395,33 @@ impl Figure for TradeoffFigure<'_> {
                 ))
                 .map_err(e)?;
         }
-        let (x_span, y_span) = (x.end - x.start, y.end - y.start);
-        for (i, q) in p.points.iter().enumerate() {
-            let color = model_color(self.order, &q.model);
-            // Stack the labels of points that (nearly) coincide.
-            let crowd = p.points[..i]
+        let label_font = (FONT, 15).into_font();
+        let offsets = {
+            let at = |x: f64, y: f64| chart.backend_coord(&(x, y));
+            let mut obstacles = Vec::new();
+            for q in &p.points {
+                let (cx, cy) = at(q.clean.value, q.robust.value);
+                obstacles.push(([cx - 9, cy - 9, cx + 9, cy + 9], 3));
+                let (x0, x1) = (at(q.clean.low, 0.0).0, at(q.clean.high, 0.0).0);
+                let (y0, y1) = (at(0.0, q.robust.high).1, at(0.0, q.robust.low).1);
+                obstacles.push(([x0, cy - 2, x1, cy + 2], 1));
+                obstacles.push(([cx - 2, y0, cx + 2, y1], 1));
+            }
+            let labels: Vec<((i32, i32), (u32, u32))> = p
+                .points
                 .iter()
-                .filter(|o| {
-                    (o.clean.value - q.clean.value).abs() < 0.04 * x_span
-                        && (o.robust.value - q.robust.value).abs() < 0.04 * y_span
+                .map(|q| {
+                    let size = chart_area
+                        .estimate_text_size(&q.model, &label_font.clone().into())
+                        .unwrap_or((8 * q.model.len() as u32, 15));
+                    (at(q.clean.value, q.robust.value), size)
                 })
-                .count() as i32;
+                .collect();
+            let (xs, ys) = chart.plotting_area().get_pixel_range();
+            place_labels(&labels, obstacles, [xs.start, ys.start, xs.end, ys.end])
+        };
+        for (q, offset) in p.points.iter().zip(offsets) {
+            let color = model_color(self.order, &q.model);
             let style = color.stroke_width(2);
             let (cx, cy) = (q.clean.value, q.robust.value);
             chart
@@ -405,11 +436,7 @@ impl Figure for TradeoffFigure<'_> {
             chart
                 .draw_series(std::iter::once(
                     EmptyElement::at((cx, cy))
-                        + Text::new(
-                            q.model.clone(),
-                            (10, -22 - 18 * crowd),
-                            (FONT, 15).into_font(),
-                        ),
+                        + Text::new(q.model.clone(), offset, label_font.clone()),
                 ))
                 .map_err(e)?;
         }
@@ -426,6 +453,44 @@ impl Figure for TradeoffFigure<'_> {
         }
         side_legend(&legend, 60, &items)
     }
+}
+
+/// Offsets from each point to the top-left corner of its label, in pixels: of a few places
+/// around the marker (above right first), the one whose box covers the least of the markers
+/// and bars (`obstacles`, boxes `[x0, y0, x1, y1]` with a weight), the labels placed before it,
+/// and the outside of `area`; ties go to the earlier place.
+fn place_labels(
+    labels: &[((i32, i32), (u32, u32))],
+    mut obstacles: Vec<([i32; 4], u32)>,
+    area: [i32; 4],
+) -> Vec<(i32, i32)> {
+    let overlap =
+        |a: [i32; 4], b: [i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+    let mut placed = Vec::with_capacity(labels.len());
+    for &((px, py), (w, h)) in labels {
+        let (w, h) = (w as i32, h as i32);
+        let mut candidates = vec![(10, -22), (10, 8), (-10 - w, -22), (-10 - w, 8)];
+        candidates.extend((1..4).map(|k| (10, -22 - 18 * k)));
+        let cost = |&(dx, dy): &(i32, i32)| {
+            let b = [px + dx, py + dy, px + dx + w, py + dy + h];
+            let inside = b[0] >= area[0] && b[1] >= area[1] && b[2] <= area[2] && b[3] <= area[3];
+            let hits: u32 = obstacles
+                .iter()
+                .filter(|(o, _)| overlap(b, *o))
+                .map(|(_, weight)| weight)
+                .sum();
+            hits + if inside { 0 } else { 5 }
+        };
+        let best = candidates
+            .iter()
+            .copied()
+            .min_by_key(cost)
+            .expect("candidates are not empty");
+        let (dx, dy) = best;
+        obstacles.push(([px + dx, py + dy, px + dx + w, py + dy + h], 3));
+        placed.push(best);
+    }
+    placed
 }
 
 /// Target error on examples crafted against the source; white-box diagonal outlined.

@@ -221,6 +221,7 @@ pub struct TrainingCurves {
     pub train_error: Vec<(f64, f64)>,
     pub valid_error: Vec<(f64, f64)>,
     pub valid_adv_error: Vec<(f64, f64)>,
+    pub valid_pgd_error: Vec<(f64, f64)>,
 }
 
 pub fn training_curves(rows: &[TrainingRow], order: &[String]) -> Vec<TrainingCurves> {
@@ -248,6 +249,7 @@ pub fn training_curves(rows: &[TrainingRow], order: &[String]) -> Vec<TrainingCu
                 train_error: pick(&|r| Some(r.train_error)),
                 valid_error: pick(&|r| r.valid_error),
                 valid_adv_error: pick(&|r| r.valid_adv_error),
+                valid_pgd_error: pick(&|r| r.valid_pgd_error),
             }
         })
         .collect()

@@ -295,3 +295,44 @@ fn tensor_files_of_another_schema_version_are_clear_errors() {
         assert!(!out.path().join("report.md").exists());
     }
 }
+
+#[test]
+fn training_curves_carry_the_pgd_check_when_the_log_has_it() {
+    let dir = copy_fixture(&["results.json"], |_| {});
+    // The fixture's log without the column (an older file), then with it for one model.
+    let text = fs::read_to_string(fixture().join("training.csv")).unwrap();
+    let mut lines = text.lines();
+    let mut csv = format!("{},valid_pgd_error\n", lines.next().unwrap());
+    for line in lines {
+        let pgd = if line.starts_with("maxout-fgsm,") {
+            "0.9"
+        } else {
+            ""
+        };
+        csv.push_str(&format!("{line},{pgd}\n"));
+    }
+    fs::write(dir.path().join("training.csv"), csv).unwrap();
+    let data = read_results_dir(dir.path()).unwrap();
+    let order: Vec<String> = data.results.models.iter().map(|m| m.name.clone()).collect();
+    let curves = series::training_curves(data.training.as_deref().unwrap(), &order);
+    for c in &curves {
+        let want = if c.model == "maxout-fgsm" {
+            c.train_error.len()
+        } else {
+            0
+        };
+        assert_eq!(c.valid_pgd_error.len(), want, "{}", c.model);
+        assert!(c.valid_pgd_error.iter().all(|&(_, v)| v == 0.9));
+    }
+    let old = read_results_dir(&fixture()).unwrap();
+    let old_curves = series::training_curves(old.training.as_deref().unwrap(), &order);
+    assert!(old_curves.iter().all(|c| c.valid_pgd_error.is_empty()));
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(dir.path(), out.path()).unwrap();
+    assert_eq!(summary.count(FigureKind::Training), 1);
+    let svg = fs::read_to_string(out.path().join("figures/training.svg")).unwrap();
+    assert!(
+        svg.contains("10-step PGD"),
+        "the legend names the PGD check"
+    );
+}
