@@ -36,14 +36,10 @@ pub fn prune(results_dir: &Path, plan: &Plan, dry_run: bool) -> Result<PruneRepo
             report.stale_jobs.push(path);
             continue;
         }
-        if !path.is_dir() {
-            continue;
-        }
-        for file in read_dir(&path)? {
-            let file_name = file.file_name().to_string_lossy().into_owned();
-            if temp_writer(&file_name).is_some_and(|pid| !process_alive(pid)) {
-                report.bytes += size_of(&file.path())?;
-                report.orphan_temps.push(file.path());
+        if path.is_dir() {
+            for file in orphan_temps(&path)? {
+                report.bytes += size_of(&file)?;
+                report.orphan_temps.push(file);
             }
         }
     }
@@ -63,6 +59,28 @@ pub fn prune(results_dir: &Path, plan: &Plan, dry_run: bool) -> Result<PruneRepo
         }
     }
     Ok(report)
+}
+
+/// The temporary files in `dir` whose writer is no longer running.
+fn orphan_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(read_dir(dir)?
+        .into_iter()
+        .filter(|f| {
+            temp_writer(&f.file_name().to_string_lossy()).is_some_and(|pid| !process_alive(pid))
+        })
+        .map(|f| f.path())
+        .collect())
+}
+
+/// Deletes the temporary files of dead writers in a job folder (none if it does not exist).
+pub(crate) fn remove_orphan_temps(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for file in orphan_temps(dir)? {
+        std::fs::remove_file(&file).map_err(|e| Error::io(&file, e))?;
+    }
+    Ok(())
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {

@@ -494,6 +494,8 @@ impl gauntlet_train::Observer for TrainProgress<'_> {
 fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
     let suite = ctx.suite;
     let dir = ctx.jobs_dir.join(job.dir_name());
+    // A run killed mid-write leaves its temporary file behind; the rerun replaces every file.
+    crate::prune::remove_orphan_temps(&dir)?;
     let (images, labels) = (&ctx.data.images, &ctx.data.labels);
     let batch_size = suite.eval.batch_size;
     match job.task {
