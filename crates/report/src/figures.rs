@@ -727,26 +727,26 @@ fn draw_image<DB: DrawingBackend>(
     color: impl Fn(&Image, usize, usize) -> RGBColor,
 ) -> DrawResult {
     let (x0, y0) = origin;
+    // One bitmap, each image pixel a `scale`-sided square: the SVG embeds it as one PNG rather
+    // than a rectangle per pixel (2 MB per figure of L2 maps).
+    let side = scale.max(1) as usize;
+    let (bw, bh) = (img.width() * side, img.height() * side);
+    let mut pixels = Vec::with_capacity(bw * bh * 3);
     for y in 0..img.height() {
-        // One rectangle per run of equal colours: keeps the SVG small (backgrounds, L∞ maps).
-        let mut x = 0;
-        while x < img.width() {
-            let c = color(img, y, x);
-            let mut end = x + 1;
-            while end < img.width() && color(img, y, end) == c {
-                end += 1;
-            }
-            let (px, py) = (x0 + x as i32 * scale, y0 + y as i32 * scale);
-            let px_end = x0 + end as i32 * scale;
-            root.draw(&Rectangle::new(
-                [(px, py), (px_end, py + scale)],
-                c.filled(),
-            ))
-            .map_err(e)?;
-            x = end;
+        let row: Vec<u8> = (0..img.width())
+            .flat_map(|x| {
+                let c = color(img, y, x);
+                std::iter::repeat_n([c.0, c.1, c.2], side).flatten()
+            })
+            .collect();
+        for _ in 0..side {
+            pixels.extend_from_slice(&row);
         }
     }
-    let (w, h) = (img.width() as i32 * scale, img.height() as i32 * scale);
+    let bitmap = BitMapElement::with_owned_buffer((x0, y0), (bw as u32, bh as u32), pixels)
+        .expect("the buffer holds 3 bytes per pixel");
+    root.draw(&bitmap).map_err(e)?;
+    let (w, h) = (bw as i32, bh as i32);
     root.draw(&Rectangle::new(
         [(x0 - 1, y0 - 1), (x0 + w, y0 + h)],
         RGBColor(160, 160, 160).stroke_width(1),

@@ -336,3 +336,39 @@ fn training_curves_carry_the_pgd_check_when_the_log_has_it() {
         "the legend names the PGD check"
     );
 }
+
+#[test]
+fn image_panels_are_embedded_bitmaps_in_the_svg() {
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(&fixture(), out.path()).unwrap();
+    let maps = gauntlet_report::tensors::read_perturbations(&fixture().join("perturbations.json"))
+        .unwrap();
+    for (fig, model) in summary
+        .figures
+        .iter()
+        .filter(|f| f.kind == FigureKind::Perturbations)
+        .zip(&maps.models)
+    {
+        let svg = fs::read_to_string(&fig.svg).unwrap();
+        // One PNG per panel (the clean image, then r* and x + r* per norm), not a rectangle
+        // per pixel.
+        let panels: usize = model
+            .images
+            .iter()
+            .map(|i| 1 + 2 * i.perturbations.len())
+            .sum();
+        assert_eq!(
+            svg.matches("<image").count(),
+            panels,
+            "{}",
+            fig.svg.display()
+        );
+        assert_eq!(svg.matches("base64,").count(), panels);
+        assert!(
+            svg.matches("<rect").count() < 300,
+            "{}: {} rectangles",
+            fig.svg.display(),
+            svg.matches("<rect").count()
+        );
+    }
+}
