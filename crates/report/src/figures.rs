@@ -407,14 +407,17 @@ impl Figure for TradeoffFigure<'_> {
                 obstacles.push(([x0, cy - 2, x1, cy + 2], 1));
                 obstacles.push(([cx - 2, y0, cx + 2, y1], 1));
             }
-            let labels: Vec<((i32, i32), (u32, u32))> = p
+            let labels: Vec<PointLabel> = p
                 .points
                 .iter()
                 .map(|q| {
                     let size = chart_area
                         .estimate_text_size(&q.model, &label_font.clone().into())
                         .unwrap_or((8 * q.model.len() as u32, 15));
-                    (at(q.clean.value, q.robust.value), size)
+                    PointLabel {
+                        at: at(q.clean.value, q.robust.value),
+                        size,
+                    }
                 })
                 .collect();
             let (xs, ys) = chart.plotting_area().get_pixel_range();
@@ -455,19 +458,29 @@ impl Figure for TradeoffFigure<'_> {
     }
 }
 
+/// A point's label to place: the point and the label's size, in pixels.
+struct PointLabel {
+    at: (i32, i32),
+    size: (u32, u32),
+}
+
 /// Offsets from each point to the top-left corner of its label, in pixels: of a few places
 /// around the marker (above right first), the one whose box covers the least of the markers
 /// and bars (`obstacles`, boxes `[x0, y0, x1, y1]` with a weight), the labels placed before it,
 /// and the outside of `area`; ties go to the earlier place.
 fn place_labels(
-    labels: &[((i32, i32), (u32, u32))],
+    labels: &[PointLabel],
     mut obstacles: Vec<([i32; 4], u32)>,
     area: [i32; 4],
 ) -> Vec<(i32, i32)> {
     let overlap =
         |a: [i32; 4], b: [i32; 4]| a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
     let mut placed = Vec::with_capacity(labels.len());
-    for &((px, py), (w, h)) in labels {
+    for &PointLabel {
+        at: (px, py),
+        size: (w, h),
+    } in labels
+    {
         let (w, h) = (w as i32, h as i32);
         let mut candidates = vec![(10, -22), (10, 8), (-10 - w, -22), (-10 - w, 8)];
         candidates.extend((1..4).map(|k| (10, -22 - 18 * k)));
