@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUITE ?= suites/quickstart.toml
 GAUNTLET := target/release/gauntlet
 
-.PHONY: run test setup build bench fmt lint train-maxout reproduce-maxout clean check-cuda bench-venv bench-compare
+.PHONY: run test setup build bench fmt lint train-maxout reproduce reproduce-maxout clean check-cuda bench-venv bench-compare
 
 setup:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -96,6 +96,18 @@ lint:
 # The full pylearn2 recipe (mnist_pi.yaml then mnist_pi_continued.yaml): stage 1 trains on 50k
 # with early stopping (patience 100 epochs), stage 2 continues from its best model on all 60k
 # until the training objective matches stage 1's. Many hours on 2 cores.
+# The paper's experiment (suites/mnist-paper.toml) and the reduced conv-MNIST and CIFAR-10
+# runs, each with its report: results/NAME/ and report/NAME/. Resumable: an interrupted run
+# picks up where it stopped (finished jobs are cached, training resumes from its last epoch).
+# REPRODUCE_JOBS independent jobs run side by side, one compute thread each.
+REPRODUCE_JOBS ?= 2
+REPRODUCE_SUITES ?= mnist-paper mnist-conv cifar10
+reproduce: build
+	@for s in $(REPRODUCE_SUITES); do \
+		RAYON_NUM_THREADS=1 $(GAUNTLET) run suites/$$s.toml --jobs $(REPRODUCE_JOBS) || exit 1; \
+		$(GAUNTLET) report results/$$s || exit 1; \
+	done
+
 reproduce-maxout: build
 	$(GAUNTLET) train --config suites/train/maxout-pylearn2.toml
 	$(GAUNTLET) train --config suites/train/maxout-pylearn2-stage2.toml --continue-from results/maxout-pylearn2
