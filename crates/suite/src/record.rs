@@ -122,6 +122,9 @@ pub struct ModelResult {
     pub test_ci_high: f64,
     /// Relative to the results folder: `models/NAME.safetensors`.
     pub checkpoint: String,
+    /// SHA-256 of the checkpoint's bytes (hex): checkpoints are too large for git, so a
+    /// committed results.json names the exact weights its numbers came from.
+    pub checkpoint_sha256: String,
     /// Key of the training job.
     pub job: String,
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use gauntlet_attacks::{masking_checks, wilson_interval, MaskingRules};
 use gauntlet_models::io::write_atomic;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
@@ -64,7 +65,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 let file: JobFile<TrainOutput> = read_job(&dir)?;
                 let out = file.output;
                 let checkpoint = format!("models/{}.safetensors", def.name);
-                copy(&dir.join(MODEL_FILE), &results_dir.join(&checkpoint))?;
+                let checkpoint_sha256 =
+                    copy(&dir.join(MODEL_FILE), &results_dir.join(&checkpoint))?;
                 let spec_file = format!("models/{}.json", def.name);
                 copy(&dir.join("model.json"), &results_dir.join(&spec_file))?;
                 written.push(results_dir.join(&checkpoint));
@@ -97,6 +99,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     test_ci_low,
                     test_ci_high,
                     checkpoint,
+                    checkpoint_sha256,
                     job: job.key.clone(),
                 });
             }
@@ -242,7 +245,9 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     Ok(written)
 }
 
-fn copy(from: &Path, to: &Path) -> Result<()> {
+/// Copies `from` to `to` atomically; returns the SHA-256 of the bytes, in hex.
+fn copy(from: &Path, to: &Path) -> Result<String> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
-    write_atomic(to, &bytes).map_err(|e| Error::io(to, e))
+    write_atomic(to, &bytes).map_err(|e| Error::io(to, e))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
