@@ -93,9 +93,6 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The full pylearn2 recipe (mnist_pi.yaml then mnist_pi_continued.yaml): stage 1 trains on 50k
-# with early stopping (patience 100 epochs), stage 2 continues from its best model on all 60k
-# until the training objective matches stage 1's. Many hours on 2 cores.
 # The paper's experiment (suites/mnist-paper.toml) and the reduced conv-MNIST and CIFAR-10
 # runs, each with its report: results/NAME/ and report/NAME/. Resumable: an interrupted run
 # picks up where it stopped (finished jobs are cached, training resumes from its last epoch).
@@ -108,6 +105,9 @@ reproduce: build
 		$(GAUNTLET) report results/$$s || exit 1; \
 	done
 
+# The full pylearn2 recipe (mnist_pi.yaml then mnist_pi_continued.yaml): stage 1 trains on 50k
+# with early stopping (patience 100 epochs), stage 2 continues from its best model on all 60k
+# until the training objective matches stage 1's. Many hours on 2 cores.
 reproduce-maxout: build
 	$(GAUNTLET) train --config suites/train/maxout-pylearn2.toml
 	$(GAUNTLET) train --config suites/train/maxout-pylearn2-stage2.toml --continue-from results/maxout-pylearn2
