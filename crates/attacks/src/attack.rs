@@ -28,6 +28,22 @@ impl Goal<'_> {
         }
     }
 
+    /// The labels (or targets) as `u32`, checked: one per example of a batch of `batch`, each
+    /// below `n_classes`.
+    pub(crate) fn checked_ids(&self, batch: usize, n_classes: usize) -> Result<Vec<u32>> {
+        let ids = self.labels().to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        if ids.len() != batch {
+            bail!(
+                "expected one label per example ({batch}), got {}",
+                ids.len()
+            )
+        }
+        if let Some(&bad) = ids.iter().find(|&&y| y as usize >= n_classes) {
+            bail!("expected labels below {n_classes}, got {bad}")
+        }
+        Ok(ids)
+    }
+
     /// The input gradient of the attacker's objective, to be *ascended*: `∇ₓL(x, y)` when
     /// untargeted, `−∇ₓL(x, t)` when targeted. The model runs in [`Mode::Eval`] and each row
     /// is that example's own gradient (of the summed per-example loss), detached.
@@ -59,6 +75,9 @@ pub enum AttackKind {
     Iterative,
     /// No gradient at all: random noise of the same norm, the baseline every attack must beat.
     Random,
+    /// No gradient, but the model's scores guide the search (the Square attack): immune to
+    /// masked gradients, so it must not beat the gradient attacks on a sound evaluation.
+    ScoreBased,
     /// The per-example worst case over several attacks.
     Ensemble,
     /// Anything else (transfer, black-box, user-defined); no check relies on it.
@@ -79,6 +98,13 @@ pub trait Attack: Send + Sync {
         AttackKind::Other
     }
 
+    /// The attacks an ensemble runs in turn, each on the examples the earlier ones left
+    /// robust; empty for a single attack. Evaluation runs the members itself, so it can record
+    /// which one broke each example ([`crate::ExampleOutcome::broken_by`]).
+    fn members(&self) -> Vec<&dyn Attack> {
+        Vec::new()
+    }
+
     /// Adversarial versions of `xs` for `goal`, detached.
     ///
     /// # Shapes
@@ -92,8 +118,9 @@ pub trait Attack: Send + Sync {
     ) -> Result<Tensor>;
 }
 
-/// How a targeted attack picks each example's target class; a target is never the example's
-/// own label. Given targets need no helper: pass them to [`Goal::Targeted`].
+/// How a targeted attack picks each example's target class. A target is never the example's
+/// own label, except with [`TargetSelection::Class`] for the examples of that class. Given
+/// targets need no helper: pass them to [`Goal::Targeted`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TargetSelection {
@@ -104,20 +131,35 @@ pub enum TargetSelection {
     /// Bengio 2017, "Adversarial examples in the physical world", arXiv:1607.02533): the
     /// hardest target.
     LeastLikely,
+    /// One class for every example. The examples of that class get it as their target too;
+    /// [`crate::Targeted`] leaves them unattacked, since moving an image to its own class is
+    /// no attack.
+    Class(u32),
 }
 
 impl TargetSelection {
+    /// Stable identifier for attack names: `"random"`, `"least-likely"`, `"class-3"`.
+    pub fn name(&self) -> String {
+        match self {
+            TargetSelection::Random { .. } => "random".to_string(),
+            TargetSelection::LeastLikely => "least-likely".to_string(),
+            TargetSelection::Class(class) => format!("class-{class}"),
+        }
+    }
+
     /// One target per example, `(batch,)` u32 on the device of `xs`.
     ///
     /// [`TargetSelection::LeastLikely`] runs `model` on `xs` in [`Mode::Eval`];
-    /// [`TargetSelection::Random`] only needs its number of classes.
+    /// [`TargetSelection::Random`] and [`TargetSelection::Class`] only need its number of
+    /// classes.
     ///
     /// # Shapes
     /// - `xs`: `(batch, channels, height, width)`; `labels`: `(batch,)` integer classes
     ///
     /// # Errors
-    /// On a label count different from the batch, a label outside the model's classes, or a
-    /// model with fewer than 2 classes (no other class to target).
+    /// On a label count different from the batch, a label or a [`TargetSelection::Class`]
+    /// outside the model's classes, or a model with fewer than 2 classes (no other class to
+    /// target).
     pub fn targets(&self, model: &dyn Classifier, xs: &Tensor, labels: &Tensor) -> Result<Tensor> {
         let (batch, n_labels) = (xs.dim(0)?, labels.dims1()?);
         if n_labels != batch {
@@ -158,6 +200,12 @@ impl TargetSelection {
                         least as u32
                     })
                     .collect()
+            }
+            TargetSelection::Class(class) => {
+                if *class as usize >= n_classes {
+                    bail!("expected a target class below {n_classes}, got {class}")
+                }
+                vec![*class; batch]
             }
         };
         Tensor::from_vec(targets, batch, &Device::Cpu)?.to_device(xs.device())

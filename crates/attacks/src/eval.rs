@@ -61,6 +61,20 @@ pub struct AttackRecord {
     pub mean_confidence_on_mistakes: Option<f64>,
     /// Wall time of crafting and scoring the attacked inputs, in seconds.
     pub seconds: f64,
+    /// For an ensemble, its members in the order they ran, each with the examples it broke
+    /// (that the members before it left robust); empty for a single attack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberRecord>,
+}
+
+/// One member of an ensemble in an [`AttackRecord`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// [`Attack::name`] of the member.
+    pub attack: String,
+    pub kind: AttackKind,
+    /// Correctly classified examples this member broke after the earlier members failed.
+    pub broken: usize,
 }
 
 /// Accuracy under additive Gaussian noise of one standard deviation (one row of the noise table).
@@ -100,6 +114,11 @@ pub struct ExampleOutcome {
     pub linf: f64,
     pub l2: f64,
     pub l1: f64,
+    /// The attack whose output turned this correctly classified example into a mistake (for
+    /// an ensemble, the member that broke it); `None` when it is robust or was misclassified
+    /// clean.
+    #[serde(default)]
+    pub broken_by: Option<String>,
 }
 
 /// Runs `attack` (untargeted, against the true labels) at every ε of `eps_list` on `images`,
@@ -127,6 +146,11 @@ pub fn evaluate_attack(
 /// [`evaluate_attack`], also returning every example's outcome at every ε (ε-major: all
 /// examples at the first ε, then at the second, ...).
 ///
+/// An ensemble ([`Attack::members`] not empty, e.g. [`Ensemble`]) is run member by member as
+/// in [`evaluate_ensemble`], so each outcome names the member that broke the example and the
+/// records count the examples each member broke; the record keeps the ensemble's own name and
+/// kind.
+///
 /// # Shapes
 /// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
 ///
@@ -140,9 +164,15 @@ pub fn evaluate_attack_detailed(
     eps_list: &[f64],
     batch_size: usize,
 ) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+    let members = attack.members();
+    let attacks = if members.is_empty() {
+        vec![attack]
+    } else {
+        members
+    };
     evaluate(
         model,
-        &[attack],
+        &attacks,
         attack.name(),
         attack.kind(),
         images,
@@ -161,7 +191,9 @@ pub fn evaluate_attack_detailed(
 /// ensemble costs little more than its first member on a weak model. An example keeps the
 /// output of the attack that broke it, or of the last attack when none did; perturbation sizes
 /// and confidences are measured on that output. The record is named `"ensemble(a+b+…)"` after
-/// the members' names, with [`AttackKind::Ensemble`].
+/// the members' names, with [`AttackKind::Ensemble`]; [`AttackRecord::members`] counts the
+/// examples each member broke. [`Ensemble`] is the same worst case as an [`Attack`] with a
+/// name of its own.
 ///
 /// # Shapes
 /// - `images`: `(n, channels, height, width)` in `[0, 1]`; `labels`: `(n,)` integer classes
@@ -233,21 +265,7 @@ fn evaluate(
     for &eps in eps_list {
         check_eps(eps)?;
     }
-    let norm = match attacks {
-        [] => bail!("expected at least one attack, got none"),
-        [first, rest @ ..] => {
-            if let Some(other) = rest.iter().find(|a| a.norm() != first.norm()) {
-                bail!(
-                    "expected attacks sharing one norm, got {} ({}) and {} ({})",
-                    first.name(),
-                    first.norm(),
-                    other.name(),
-                    other.norm()
-                )
-            }
-            first.norm()
-        }
-    };
+    let norm = common_norm(attacks)?;
     let mut clean_pred = Vec::with_capacity(n);
     for (start, len) in batches(n, batch_size) {
         let logits = model.forward(&images.narrow(0, start, len)?, Mode::Eval)?;
@@ -265,40 +283,21 @@ fn evaluate(
     for &eps in eps_list {
         let timer = Instant::now();
         let (mut robust, mut mistakes, mut confidence_sum) = (0usize, 0usize, 0f64);
+        let mut broken = vec![0usize; attacks.len()];
         // In the attack's own norm, then L∞, L2, L1.
         let mut sizes = [SizeStats::default(); 4];
         for (start, len) in batches(n, batch_size) {
             let xs = images.narrow(0, start, len)?;
             let ys = labels.narrow(0, start, len)?;
             let ids = &label_ids[start..start + len];
-            let mut adv = xs.clone();
-            // Every row is overwritten by the first attack, which runs on all of them.
-            let mut preds = vec![(0u32, 0f64); len];
-            for (k, attack) in attacks.iter().enumerate() {
-                let rows: Vec<usize> = (0..len)
-                    .filter(|&i| k == 0 || (clean_ok[start + i] && preds[i].0 == ids[i]))
-                    .collect();
-                if rows.is_empty() {
-                    break;
-                }
-                let sub_xs = select_rows(&xs, &rows)?;
-                let sub_ys = select_rows(&ys, &rows)?;
-                let out =
-                    attack.perturb(model, &sub_xs, &Goal::Untargeted { labels: &sub_ys }, eps)?;
-                if out.dims() != sub_xs.dims() {
-                    bail!(
-                        "attack {} returned shape {:?}, expected {:?}",
-                        attack.name(),
-                        out.dims(),
-                        sub_xs.dims()
-                    )
-                }
-                let sub_preds = predictions(&model.forward(&out, Mode::Eval)?)?;
-                adv = replace_rows(&adv, &rows, &out)?;
-                for (&i, pred) in rows.iter().zip(sub_preds) {
-                    preds[i] = pred;
-                }
-            }
+            let InTurn { adv, preds, source } = run_in_turn(
+                model,
+                attacks,
+                &xs,
+                &Goal::Untargeted { labels: &ys },
+                eps,
+                |i, pred| clean_ok[start + i] && pred == ids[i],
+            )?;
             let delta = adv.sub(&xs)?;
             let measured = [norm, Norm::Linf, Norm::L2, Norm::L1]
                 .iter()
@@ -306,6 +305,10 @@ fn evaluate(
                 .collect::<Result<Vec<_>>>()?;
             for (i, &(pred, confidence)) in preds.iter().enumerate() {
                 let (index, label) = (start + i, ids[i]);
+                let broken_by = (clean_ok[index] && pred != label).then(|| {
+                    broken[source[i]] += 1;
+                    attacks[source[i]].name()
+                });
                 if pred == label {
                     robust += usize::from(clean_ok[index]);
                 } else {
@@ -326,6 +329,7 @@ fn evaluate(
                     linf: measured[1][i],
                     l2: measured[2][i],
                     l1: measured[3][i],
+                    broken_by,
                 });
             }
         }
@@ -354,9 +358,175 @@ fn evaluate(
             mistakes,
             mean_confidence_on_mistakes: (mistakes > 0).then(|| confidence_sum / mistakes as f64),
             seconds: timer.elapsed().as_secs_f64(),
+            members: if attacks.len() > 1 {
+                attacks
+                    .iter()
+                    .zip(&broken)
+                    .map(|(a, &broken)| MemberRecord {
+                        attack: a.name(),
+                        kind: a.kind(),
+                        broken,
+                    })
+                    .collect()
+            } else {
+                vec![]
+            },
         });
     }
     Ok((records, outcomes))
+}
+
+/// The norm shared by `attacks`.
+///
+/// # Errors
+/// On an empty list or members with different norms (a record measures one threat model).
+fn common_norm(attacks: &[&dyn Attack]) -> Result<Norm> {
+    match attacks {
+        [] => bail!("expected at least one attack, got none"),
+        [first, rest @ ..] => {
+            if let Some(other) = rest.iter().find(|a| a.norm() != first.norm()) {
+                bail!(
+                    "expected attacks sharing one norm, got {} ({}) and {} ({})",
+                    first.name(),
+                    first.norm(),
+                    other.name(),
+                    other.norm()
+                )
+            }
+            Ok(first.norm())
+        }
+    }
+}
+
+/// One batch through `attacks` in turn, AutoAttack's protocol: the first attack runs on every
+/// row, each later one only on the rows for which `still_open(row, prediction)` holds. Returns
+/// the adversarial batch, each row's prediction with its softmax probability, and the index of
+/// the attack whose output each row holds: the last one run on it, which for a broken row is
+/// the one that broke it.
+///
+/// The one worst-case loop: evaluation ([`evaluate_ensemble`]) and [`Ensemble::perturb`] both
+/// run it.
+fn run_in_turn(
+    model: &dyn Classifier,
+    attacks: &[&dyn Attack],
+    xs: &Tensor,
+    goal: &Goal<'_>,
+    eps: f64,
+    still_open: impl Fn(usize, u32) -> bool,
+) -> Result<InTurn> {
+    let len = xs.dim(0)?;
+    let mut adv = xs.clone();
+    // Every row is overwritten by the first attack, which runs on all of them.
+    let mut preds = vec![(0u32, 0f64); len];
+    let mut source = vec![0usize; len];
+    for (k, attack) in attacks.iter().enumerate() {
+        let rows: Vec<usize> = (0..len)
+            .filter(|&i| k == 0 || still_open(i, preds[i].0))
+            .collect();
+        if rows.is_empty() {
+            break;
+        }
+        let sub_xs = select_rows(xs, &rows)?;
+        let sub_labels = select_rows(goal.labels(), &rows)?;
+        let sub_goal = match goal {
+            Goal::Untargeted { .. } => Goal::Untargeted {
+                labels: &sub_labels,
+            },
+            Goal::Targeted { .. } => Goal::Targeted {
+                targets: &sub_labels,
+            },
+        };
+        let out = attack.perturb(model, &sub_xs, &sub_goal, eps)?;
+        if out.dims() != sub_xs.dims() {
+            bail!(
+                "attack {} returned shape {:?}, expected {:?}",
+                attack.name(),
+                out.dims(),
+                sub_xs.dims()
+            )
+        }
+        let sub_preds = predictions(&model.forward(&out, Mode::Eval)?)?;
+        adv = replace_rows(&adv, &rows, &out)?;
+        for (&i, pred) in rows.iter().zip(sub_preds) {
+            preds[i] = pred;
+            source[i] = k;
+        }
+    }
+    Ok(InTurn { adv, preds, source })
+}
+
+/// What [`run_in_turn`] returns, by row of its batch.
+struct InTurn {
+    adv: Tensor,
+    /// Predicted class and its softmax probability.
+    preds: Vec<(u32, f64)>,
+    /// Index of the attack whose output the row holds.
+    source: Vec<usize>,
+}
+
+/// The per-example worst case over several attacks of one norm, as an [`Attack`] of its own
+/// ([`AttackKind::Ensemble`]): the first member runs on every example, each later one on the
+/// examples the earlier ones did not break (misclassified when untargeted, classified as the
+/// target when targeted); an example keeps the output of the member that broke it, or of the
+/// last member when none did. [`crate::evaluate_attack_detailed`] runs the members one by one
+/// ([`Attack::members`]) and records which one broke each example.
+///
+/// This is the composition of AutoAttack (Croce & Hein 2020,
+/// <https://arxiv.org/abs/2003.01690>); [`crate::AutoAttack`] builds its standard members.
+pub struct Ensemble {
+    name: String,
+    norm: Norm,
+    members: Vec<Box<dyn Attack>>,
+}
+
+impl Ensemble {
+    /// An ensemble called `name` running `members` in order.
+    ///
+    /// # Errors
+    /// On an empty list or members with different norms.
+    pub fn new(name: impl Into<String>, members: Vec<Box<dyn Attack>>) -> Result<Self> {
+        let refs: Vec<&dyn Attack> = members.iter().map(|m| m.as_ref()).collect();
+        let norm = common_norm(&refs)?;
+        Ok(Self {
+            name: name.into(),
+            norm,
+            members,
+        })
+    }
+}
+
+impl Attack for Ensemble {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn norm(&self) -> Norm {
+        self.norm
+    }
+
+    fn kind(&self) -> AttackKind {
+        AttackKind::Ensemble
+    }
+
+    fn members(&self) -> Vec<&dyn Attack> {
+        self.members.iter().map(|m| m.as_ref()).collect()
+    }
+
+    fn perturb(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        goal: &Goal<'_>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        check_eps(eps)?;
+        let ids = goal.checked_ids(xs.dim(0)?, model.n_classes())?;
+        let targeted = matches!(goal, Goal::Targeted { .. });
+        let res = run_in_turn(model, &self.members(), xs, goal, eps, |i, pred| {
+            (pred == ids[i]) != targeted
+        })?;
+        Ok(res.adv)
+    }
 }
 
 /// Accuracy of `model` on `x + σ·z`, `z ~ N(0, I)`, for every σ of `sigmas`, clipped to
@@ -821,6 +991,73 @@ mod tests {
         assert!(err(&[&fgsm, &l2]).contains(
             "expected attacks sharing one norm, got fast-gradient-linf (linf) and fast-gradient-l2 (l2)"
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn an_ensemble_attack_is_evaluated_member_by_member() -> Result<()> {
+        use crate::testing::{balanced_maxout, inputs, next_class};
+        use crate::{AttackLoss, Pgd};
+        let model = balanced_maxout()?;
+        let (images, _) = inputs(60, 12)?;
+        let labels = model.forward(&images, Mode::Eval)?.argmax(1)?;
+        let pgd = Pgd {
+            steps: 5,
+            random_start: false,
+            loss: AttackLoss::Margin,
+            ..Pgd::new(Norm::Linf)
+        };
+        let ensemble = Ensemble::new("pair", vec![Box::new(FastGradient::fgsm()), Box::new(pgd)])?;
+        assert_eq!(ensemble.members().len(), 2);
+        let eps_list = [0.02, 0.05];
+        let (records, outcomes) =
+            evaluate_attack_detailed(model.as_ref(), &ensemble, &images, &labels, &eps_list, 25)?;
+        let members: [&dyn Attack; 2] = [&FastGradient::fgsm(), &pgd];
+        let plain = evaluate_ensemble(model.as_ref(), &members, &images, &labels, &eps_list, 25)?;
+        for (r, p) in records.iter().zip(&plain) {
+            assert_eq!((r.attack.as_str(), r.kind), ("pair", AttackKind::Ensemble));
+            assert_eq!(r.adversarial_correct, p.adversarial_correct);
+            assert_eq!(r.members, p.members);
+            let counted: usize = r.members.iter().map(|m| m.broken).sum();
+            assert_eq!(counted, r.clean_correct - r.adversarial_correct);
+            let by_name = |name: &str| {
+                outcomes
+                    .iter()
+                    .filter(|o| o.eps == r.eps && o.broken_by.as_deref() == Some(name))
+                    .count()
+            };
+            assert_eq!(by_name("fast-gradient-linf"), r.members[0].broken);
+            assert_eq!(by_name("pgd-margin-linf"), r.members[1].broken);
+        }
+        // At ε 0.02 the margin PGD breaks some examples FGSM left, so both members count.
+        assert!(
+            records[0].members.iter().all(|m| m.broken > 0),
+            "{records:?}"
+        );
+        // As an attack on its own: each example keeps the point that broke it (targeted: that
+        // reached its target), so the output is at least as good as each member's.
+        let targets = next_class(&labels)?;
+        let adv = ensemble.perturb(
+            model.as_ref(),
+            &images,
+            &Goal::Targeted { targets: &targets },
+            0.1,
+        )?;
+        let hits = |x: &Tensor| -> Result<usize> {
+            let preds = model.forward(x, Mode::Eval)?.argmax(1)?.to_vec1::<u32>()?;
+            Ok(preds
+                .iter()
+                .zip(targets.to_vec1::<u32>()?)
+                .filter(|(p, t)| **p == *t)
+                .count())
+        };
+        let alone = pgd.perturb(
+            model.as_ref(),
+            &images,
+            &Goal::Targeted { targets: &targets },
+            0.1,
+        )?;
+        assert!(hits(&adv)? >= hits(&alone)?);
         Ok(())
     }
 }

@@ -33,7 +33,9 @@
 //! # Ok(()) }
 //! ```
 
+mod apgd;
 mod attack;
+mod auto;
 mod batch;
 mod eval;
 mod fast_gradient;
@@ -42,16 +44,21 @@ mod masking;
 mod noise;
 mod norm;
 mod pgd;
+mod randomized;
+mod square;
 mod stats;
+mod targeted;
 #[cfg(test)]
 mod testing;
 mod transfer;
 mod visuals;
 
+pub use apgd::Apgd;
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
+pub use auto::{AutoAttack, AutoVersion};
 pub use eval::{
     evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise, AttackRecord,
-    ExampleOutcome, NoiseRecord,
+    Ensemble, ExampleOutcome, MemberRecord, NoiseRecord,
 };
 pub use fast_gradient::FastGradient;
 pub use loss::{AttackLoss, Objective};
@@ -59,7 +66,10 @@ pub use masking::{masking_checks, unbounded_eps, MaskingCheck, MaskingFlag, Mask
 pub use noise::RandomNoise;
 pub use norm::Norm;
 pub use pgd::{Pgd, StepSize};
+pub use randomized::Randomized;
+pub use square::Square;
 pub use stats::wilson_interval;
+pub use targeted::Targeted;
 pub use transfer::{
     craft, predict, score_transfer, transfer_matrix, EnsembleModel, TransferRecord,
 };

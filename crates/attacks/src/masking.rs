@@ -6,7 +6,8 @@
 //! [`masking_checks`] reads [`AttackRecord`]s only — no model — so a report can rerun it on
 //! saved results. It compares records of one model on one set of examples; the caller supplies
 //! the evaluations each check needs (a single-step and an iterative attack at the same ε, a
-//! [`crate::RandomNoise`] evaluation, an evaluation at [`unbounded_eps`]).
+//! [`crate::RandomNoise`] evaluation, an evaluation at [`unbounded_eps`], a score-based attack
+//! such as [`crate::Square`] or an ensemble with one, like [`crate::AutoAttack`]).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AttackKind, AttackRecord, Norm};
 
-/// The four checks of [`masking_checks`].
+/// The five checks of [`masking_checks`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskingCheck {
@@ -29,6 +30,11 @@ pub enum MaskingCheck {
     LargeEpsBreaksModel,
     /// Every gradient attack is at least as strong as random noise of the same norm and ε.
     AttackBeatsNoise,
+    /// A score-based attack ([`AttackKind::ScoreBased`], e.g. Square) does not beat the
+    /// gradient attacks at the same norm and ε, and within an ensemble it breaks (almost) no
+    /// example the gradient members missed: a gradient-free search that finds what gradients
+    /// cannot is the signature of masked gradients (Croce & Hein 2020, §5).
+    GradientBeatsScoreBased,
 }
 
 impl MaskingCheck {
@@ -39,6 +45,7 @@ impl MaskingCheck {
             MaskingCheck::IterativeBeatsSingleStep => "iterative-beats-single-step",
             MaskingCheck::LargeEpsBreaksModel => "large-eps-breaks-model",
             MaskingCheck::AttackBeatsNoise => "attack-beats-noise",
+            MaskingCheck::GradientBeatsScoreBased => "gradient-beats-score-based",
         }
     }
 }
@@ -102,7 +109,7 @@ pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
     }
 }
 
-/// Runs the four gradient-masking checks on `records` (one model, one set of examples) and
+/// Runs the five gradient-masking checks on `records` (one model, one set of examples) and
 /// returns one flag per attack or pair of attacks checked. A check without the records it
 /// needs returns no flag, so an empty list means "nothing to compare", not "all clear".
 ///
@@ -124,6 +131,12 @@ pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
 /// - [`MaskingCheck::AttackBeatsNoise`], every pair of an [`AttackKind::Random`] record group
 ///   and another attack of the same norm and `n`: fails when the attack's accuracy is higher
 ///   than the noise's at some shared ε.
+/// - [`MaskingCheck::GradientBeatsScoreBased`], every pair of an [`AttackKind::ScoreBased`]
+///   record group and a single-step or iterative attack of the same norm and `n`: fails when
+///   the gradient attack's accuracy is higher than the score-based one's at some shared ε.
+///   And every ensemble whose records list score-based members ([`AttackRecord::members`]),
+///   with at least one gradient member before them: fails when at some ε the score-based
+///   members broke more than the tolerance of the examples.
 pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<MaskingFlag> {
     // Grouped by (attack, norm) in first-seen order, each group sorted by ε.
     let mut order: Vec<(String, String)> = vec![];
@@ -182,7 +195,80 @@ pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<Mas
             }
         }
     }
+    let gradient = |g: &&Vec<&AttackRecord>| {
+        matches!(g[0].kind, AttackKind::SingleStep | AttackKind::Iterative)
+    };
+    for score in groups
+        .iter()
+        .filter(|g| g[0].kind == AttackKind::ScoreBased)
+    {
+        for attack in groups.iter().filter(gradient) {
+            if let Some(flag) = compare(MaskingCheck::GradientBeatsScoreBased, attack, score, rules)
+            {
+                flags.push(flag);
+            }
+        }
+    }
+    for g in groups.iter().filter(|g| g[0].kind == AttackKind::Ensemble) {
+        if let Some(flag) = score_based_members(g, rules) {
+            flags.push(flag);
+        }
+    }
     flags
+}
+
+/// Within an ensemble, the score-based members must break no more than the tolerance of the
+/// examples the gradient members before them missed. `None` without a score-based member
+/// after a gradient one.
+fn score_based_members(group: &[&AttackRecord], rules: &MaskingRules) -> Option<MaskingFlag> {
+    let first = group[0];
+    let is_gradient = |k: AttackKind| matches!(k, AttackKind::SingleStep | AttackKind::Iterative);
+    let applies = |r: &AttackRecord| {
+        let gradient_at = r.members.iter().position(|m| is_gradient(m.kind));
+        let score_at = r
+            .members
+            .iter()
+            .rposition(|m| m.kind == AttackKind::ScoreBased);
+        matches!((gradient_at, score_at), (Some(g), Some(s)) if g < s)
+    };
+    if !group.iter().any(|r| applies(r)) {
+        return None;
+    }
+    let tolerance = rules.tolerance(first.n);
+    // The worst ε: the largest share broken by score-based members alone.
+    let mut worst: Option<(f64, &AttackRecord, usize)> = None;
+    for &r in group.iter().filter(|r| applies(r)) {
+        let broken: usize = r
+            .members
+            .iter()
+            .filter(|m| m.kind == AttackKind::ScoreBased)
+            .map(|m| m.broken)
+            .sum();
+        let share = broken as f64 / r.n.max(1) as f64;
+        if worst.is_none_or(|(w, _, _)| share > w) {
+            worst = Some((share, r, broken));
+        }
+    }
+    let (share, r, broken) = worst?;
+    let members: Vec<&str> = r
+        .members
+        .iter()
+        .filter(|m| m.kind == AttackKind::ScoreBased)
+        .map(|m| m.attack.as_str())
+        .collect();
+    Some(MaskingFlag {
+        check: MaskingCheck::GradientBeatsScoreBased,
+        attack: format!("{} ({})", first.attack, members.join("+")),
+        norm: first.norm,
+        passed: !rules.beyond(share, r.n),
+        detail: format!(
+            "at eps {} the score-based members broke {broken} of {} examples ({}) that the gradient members missed (tolerance {})",
+            r.eps,
+            r.n,
+            percent(share),
+            percent(tolerance)
+        ),
+    })
 }
 
 fn percent(x: f64) -> String {
@@ -349,6 +435,7 @@ mod tests {
             mistakes: n - correct,
             mean_confidence_on_mistakes: None,
             seconds: 0.0,
+            members: vec![],
         }
     }
 
@@ -484,6 +571,135 @@ mod tests {
             50,
         )?);
         Ok(records)
+    }
+
+    #[test]
+    fn score_based_attacks_beating_gradients_are_flagged_in_pairs_and_in_ensembles() {
+        use crate::MemberRecord;
+        use AttackKind::*;
+        let rules = MaskingRules::new(16);
+        let mut records = vec![
+            record("pgd", Iterative, 0.1, 1000, 500),
+            record("pgd", Iterative, 0.2, 1000, 200),
+            record("square", ScoreBased, 0.1, 1000, 504), // within 0.5 pp
+            record("square", ScoreBased, 0.2, 1000, 150), // 5 pp below pgd
+        ];
+        let member = |attack: &str, kind, broken| MemberRecord {
+            attack: attack.to_string(),
+            kind,
+            broken,
+        };
+        for (eps, square_broke) in [(0.1, 3), (0.2, 40)] {
+            records.push(AttackRecord {
+                members: vec![
+                    member("apgd-ce", Iterative, 400),
+                    member("square", ScoreBased, square_broke),
+                ],
+                ..record("auto", Ensemble, eps, 1000, 600 - square_broke)
+            });
+        }
+        let flags = masking_checks(&records, &rules);
+        assert_eq!(
+            failed(&flags),
+            [
+                (MaskingCheck::GradientBeatsScoreBased, "pgd vs square"),
+                (MaskingCheck::GradientBeatsScoreBased, "auto (square)"),
+            ],
+            "{flags:#?}"
+        );
+        let auto = flags
+            .iter()
+            .find(|f| f.attack == "auto (square)")
+            .expect("ensemble flag");
+        assert_eq!(
+            auto.detail,
+            "at eps 0.2 the score-based members broke 40 of 1000 examples (4.00%) that the gradient members missed (tolerance 0.50%)"
+        );
+        // Three examples (0.3 pp) are within tolerance; an ensemble without a gradient member
+        // before its score-based one is not checked.
+        records.truncate(5);
+        records.push(AttackRecord {
+            members: vec![
+                member("square", ScoreBased, 40),
+                member("pgd", Iterative, 0),
+            ],
+            ..record("odd", Ensemble, 0.2, 1000, 560)
+        });
+        let flags = masking_checks(&records, &rules);
+        assert!(
+            failed(&flags).iter().all(|(_, a)| *a == "pgd vs square"),
+            "{flags:#?}"
+        );
+        assert!(!flags.iter().any(|f| f.attack.starts_with("odd (")));
+    }
+
+    #[test]
+    fn on_masked_models_gradients_fail_square_and_dlr_succeed_and_the_checks_fire() -> Result<()> {
+        use crate::testing::{wide_maxout, Quantized};
+        use crate::{evaluate_attack, Apgd, AttackLoss, AutoAttack, Square};
+        let rules = MaskingRules::new(16);
+        let robust = |records: &[AttackRecord]| records[0].adversarial_correct;
+        // Saturated logits: the cross-entropy gradient is exactly zero, DLR is scale-free.
+        let saturated = Saturated::new(wide_maxout()?, 1e4);
+        let (xs, _) = crate::testing::inputs(60, 61)?;
+        let labels = saturated.forward(&xs, Mode::Eval)?.argmax(1)?;
+        let eps = [0.05];
+        let apgd_ce = Apgd {
+            steps: 20,
+            ..Apgd::new(Norm::Linf)
+        };
+        let apgd_dlr = Apgd {
+            loss: AttackLoss::Dlr,
+            ..apgd_ce
+        };
+        let square = Square {
+            n_queries: 300,
+            ..Square::new(Norm::Linf)
+        };
+        let ce = evaluate_attack(&saturated, &apgd_ce, &xs, &labels, &eps, 60)?;
+        let dlr = evaluate_attack(&saturated, &apgd_dlr, &xs, &labels, &eps, 60)?;
+        let sq = evaluate_attack(&saturated, &square, &xs, &labels, &eps, 60)?;
+        // Only APGD-CE's random start breaks anything (9 of 60 with this seed).
+        assert!(robust(&ce) >= 45, "APGD-CE: {}/60 robust", robust(&ce));
+        assert!(robust(&dlr) <= 30, "APGD-DLR: {}/60 robust", robust(&dlr));
+        assert!(robust(&sq) <= 40, "Square: {}/60 robust", robust(&sq));
+        let mut records = ce.clone();
+        records.extend(sq);
+        let fired = masking_checks(&records, &rules);
+        assert!(
+            failed(&fired).contains(&(
+                MaskingCheck::GradientBeatsScoreBased,
+                "apgd-ce-linf vs square-linf"
+            )),
+            "{fired:#?}"
+        );
+
+        // A step function: no gradient at all, for any loss; only Square gets through, and
+        // inside the AutoAttack ensemble it is Square that breaks the examples.
+        let step = Quantized::new(wide_maxout()?, 10.0);
+        let labels = step.forward(&xs, Mode::Eval)?.argmax(1)?;
+        let auto = AutoAttack {
+            steps: 10,
+            target_classes: 2,
+            n_queries: 300,
+            ..AutoAttack::new(Norm::Linf)
+        }
+        .ensemble();
+        let records = evaluate_attack(&step, &auto, &xs, &labels, &[0.15], 60)?;
+        let broken: Vec<usize> = records[0].members.iter().map(|m| m.broken).collect();
+        assert!(
+            broken[2] > broken[0] + broken[1],
+            "apgd-ce, apgd-t, square broke {broken:?}"
+        );
+        let flags = masking_checks(&records, &rules);
+        assert!(
+            failed(&flags).contains(&(
+                MaskingCheck::GradientBeatsScoreBased,
+                "auto-linf (square-linf)"
+            )),
+            "{flags:#?}"
+        );
+        Ok(())
     }
 
     #[test]

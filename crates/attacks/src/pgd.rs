@@ -167,6 +167,7 @@ impl Attack for Pgd {
         match self.loss {
             AttackLoss::CrossEntropy => format!("pgd-{}", self.norm.name()),
             AttackLoss::Margin => format!("pgd-margin-{}", self.norm.name()),
+            AttackLoss::Dlr => format!("pgd-dlr-{}", self.norm.name()),
         }
     }
 

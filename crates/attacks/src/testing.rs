@@ -137,3 +137,50 @@ impl Classifier for Centered {
 pub fn balanced_maxout() -> Result<Box<dyn Classifier>> {
     Ok(Box::new(Centered::new(small_maxout()?)?))
 }
+
+/// [`balanced_maxout`] with 5 classes and 16 units, for losses that need more than 3 classes
+/// (targeted DLR needs 4).
+pub fn wide_maxout() -> Result<Box<dyn Classifier>> {
+    let arch = Arch::MaxoutMlp(MaxoutMlpSpec {
+        units: vec![16],
+        pieces: 3,
+        init_range: 0.5,
+        ..MaxoutMlpSpec::default()
+    });
+    let inner = build(&ModelSpec::new(arch, [1, 4, 4], 5), 2, &Device::Cpu)?;
+    Ok(Box::new(Centered::new(inner)?))
+}
+
+/// A model that sees its input rounded to `levels` grey levels, the rounding done off the
+/// autograd graph: its input gradient is zero everywhere (a step function, the extreme of
+/// gradient masking), while a change that crosses a rounding boundary still changes its
+/// decision.
+pub struct Quantized {
+    inner: Box<dyn Classifier>,
+    levels: f64,
+}
+
+impl Quantized {
+    pub fn new(inner: Box<dyn Classifier>, levels: f64) -> Self {
+        Self { inner, levels }
+    }
+}
+
+impl Classifier for Quantized {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let rounded = xs
+            .detach()
+            .affine(self.levels, 0.0)?
+            .round()?
+            .affine(1.0 / self.levels, 0.0)?;
+        self.inner.forward(&rounded, mode)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+}
