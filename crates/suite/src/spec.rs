@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use gauntlet_attacks::{Norm, StepSize};
+use gauntlet_attacks::{AutoVersion, Norm, StepSize};
 use gauntlet_data::DataConfig;
 use gauntlet_models::{Arch, Preprocess};
 use gauntlet_train::{Regularizer, TrainConfig};
@@ -76,7 +76,8 @@ pub struct ModelEntrySpec {
     pub regularizer: Option<Spanned<Value>>,
 }
 
-/// One `[[attack]]` entry.
+/// One `[[attack]]` entry. Which keys apply to which `kind` is checked in
+/// [`crate::resolve`]; docs/suites.md has the table.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AttackSpec {
@@ -84,31 +85,53 @@ pub struct AttackSpec {
     pub kind: AttackMethodSpec,
     pub norm: Norm,
     pub eps: Vec<f64>,
-    /// PGD only: gradient steps per restart (40).
+    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
     #[serde(default)]
     pub steps: Option<usize>,
-    /// PGD only: independent runs, the per-example worst case kept (1).
+    /// PGD, APGD, Square: independent runs, the per-example worst case kept (1).
     #[serde(default)]
     pub restarts: Option<usize>,
     /// PGD only: `{ eps-over-steps = 2.5 }` (the default), `{ relative-to-eps = 0.25 }` or
     /// `{ absolute = 0.01 }`.
     #[serde(default)]
     pub step_size: Option<StepSize>,
-    /// PGD only: start from a uniform point of the ball (true).
+    /// PGD, APGD: start from a uniform point of the ball (true).
     #[serde(default)]
     pub random_start: Option<bool>,
-    /// PGD only: `ce` (cross-entropy, the default) or `cw` (Carlini & Wagner's margin).
+    /// PGD, APGD: `ce` (cross-entropy, the default), `cw` (Carlini & Wagner's margin) or
+    /// `dlr` (Croce & Hein's difference of logits ratio).
     #[serde(default)]
     pub loss: Option<LossSpec>,
     /// PGD only: freeze an example once broken (true).
     #[serde(default)]
     pub early_stop: Option<bool>,
-    /// Clip to `[0, 1]` (true).
+    /// Fast gradient, PGD, APGD: clip to `[0, 1]` (true); Square and auto always clip.
     #[serde(default)]
     pub clip: Option<bool>,
-    /// PGD only: seed of the random starts; the suite's by default.
+    /// PGD, APGD, Square, auto, and `targeted = "random"`: the seed; the suite's by default.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Aim every example at a target: `"random"`, `"least-likely"` or `{ class = 3 }`.
+    /// Untargeted when absent; not for auto or APGD-T.
+    #[serde(default)]
+    pub targeted: Option<TargetSpec>,
+    /// APGD: run APGD-T, one run per each of this many most likely wrong classes (AutoAttack:
+    /// 9); auto: the same for its APGD-T member (9).
+    #[serde(default)]
+    pub target_classes: Option<usize>,
+    /// APGD, auto (`version = "rand"`): gradient evaluations averaged per step (1; rand: 20).
+    #[serde(default)]
+    pub eot_draws: Option<usize>,
+    /// Square, auto: model evaluations per example and restart (5000).
+    #[serde(default)]
+    pub n_queries: Option<usize>,
+    /// Square: the first window's fraction of the image (0.8).
+    #[serde(default)]
+    pub p_init: Option<f64>,
+    /// Auto: `"standard"` (APGD-CE, APGD-T, Square) or `"rand"` (APGD-CE and APGD-DLR with
+    /// Expectation over Transformation, for randomized models).
+    #[serde(default)]
+    pub version: Option<AutoVersion>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +139,9 @@ pub struct AttackSpec {
 pub enum AttackMethodSpec {
     FastGradient,
     Pgd,
+    Apgd,
+    Square,
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +150,57 @@ pub enum LossSpec {
     CrossEntropy,
     #[serde(rename = "cw", alias = "margin")]
     Margin,
+    #[serde(rename = "dlr")]
+    Dlr,
+}
+
+/// `targeted = "random" | "least-likely" | { class = N }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    Random,
+    LeastLikely,
+    Class(u32),
+}
+
+impl<'de> Deserialize<'de> for TargetSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = TargetSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"random\", \"least-likely\" or a table { class = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<TargetSpec, E> {
+                match v {
+                    "random" => Ok(TargetSpec::Random),
+                    "least-likely" => Ok(TargetSpec::LeastLikely),
+                    other => Err(E::custom(format!(
+                        "unknown target selection `{other}`, expected \"random\", \"least-likely\" or {{ class = N }}"
+                    ))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<TargetSpec, A::Error> {
+                let mut class = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "class" => class = Some(map.next_value::<u32>()?),
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown key `{other}` in `targeted`, expected `class`"
+                            )))
+                        }
+                    }
+                }
+                class
+                    .map(TargetSpec::Class)
+                    .ok_or_else(|| de::Error::custom("`targeted` table needs `class = N`"))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `[transfer]`: examples crafted against each source, scored on every target.

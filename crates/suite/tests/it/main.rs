@@ -1,6 +1,7 @@
 //! Integration tests of gauntlet-suite: suite files in temporary folders, tiny Maxout models
 //! trained briefly on the first 500 MNIST images of the repository's data/mnist.
 
+mod attack_kinds;
 mod errors;
 mod fuzz;
 mod plan;

@@ -19,7 +19,7 @@ fn statuses(summary: &RunSummary) -> BTreeSet<JobStatus> {
     summary.jobs.iter().map(|j| j.status).collect()
 }
 
-fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+pub fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     csv::Reader::from_path(path)
         .unwrap()
         .deserialize()

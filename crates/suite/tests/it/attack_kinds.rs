@@ -1,0 +1,315 @@
+//! The attack kinds beyond fast-gradient and PGD (`apgd`, `square`, `auto`) and `targeted`:
+//! how they resolve, what they reject, and a run that records who broke each example.
+
+use gauntlet_attacks::{
+    Apgd, AttackLoss, AutoAttack, AutoVersion, Norm, Pgd, Square, TargetSelection,
+};
+use gauntlet_suite::record::RobustnessRow;
+use gauntlet_suite::{run_suite, AttackMethod, RunOptions, Suite};
+
+use crate::runs::read_csv;
+use crate::write_suite;
+
+const HEAD: &str = r#"
+name = "kinds"
+seed = 5
+data = { dataset = "mnist", dir = "{data}", train-limit = 500, valid-size = 1000, valid-limit = 100, test-limit = 60 }
+
+[[model]]
+name = "base"
+arch = { kind = "maxout-mlp", units = [16], pieces = 2 }
+train = { epochs = 4, batch-size = 20, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
+"#;
+
+fn load(attacks: &str) -> Result<Suite, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "kinds.toml", &format!("{HEAD}\n{attacks}"));
+    Suite::load(&path, None).map_err(|e| e.to_string())
+}
+
+fn methods(attacks: &str) -> Vec<AttackMethod> {
+    load(attacks)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .attacks
+        .into_iter()
+        .map(|a| a.method)
+        .collect()
+}
+
+#[test]
+fn new_kinds_resolve_with_their_defaults_and_overrides() {
+    let got = methods(
+        r#"
+[[attack]]
+name = "apgd-t"
+kind = "apgd"
+norm = "inf"
+eps = [0.1]
+loss = "dlr"
+target-classes = 4
+steps = 30
+
+[[attack]]
+name = "square"
+kind = "square"
+norm = 2
+eps = [1.0]
+n-queries = 100
+p-init = 0.3
+seed = 9
+
+[[attack]]
+name = "auto"
+kind = "auto"
+norm = "inf"
+eps = [0.1, 0.3]
+
+[[attack]]
+name = "auto-rand"
+kind = "auto"
+norm = "inf"
+eps = [0.1]
+version = "rand"
+eot-draws = 5
+"#,
+    );
+    assert_eq!(
+        got[0],
+        AttackMethod::Apgd(Apgd {
+            loss: AttackLoss::Dlr,
+            target_classes: Some(4),
+            steps: 30,
+            seed: 5,
+            ..Apgd::new(Norm::Linf)
+        })
+    );
+    assert_eq!(
+        got[1],
+        AttackMethod::Square(Square {
+            n_queries: 100,
+            p_init: 0.3,
+            seed: 9,
+            ..Square::new(Norm::L2)
+        })
+    );
+    assert_eq!(
+        got[2],
+        AttackMethod::Auto(AutoAttack {
+            seed: 5,
+            ..AutoAttack::new(Norm::Linf)
+        })
+    );
+    assert_eq!(
+        got[3],
+        AttackMethod::Auto(AutoAttack {
+            version: AutoVersion::Rand,
+            eot_draws: 5,
+            seed: 5,
+            ..AutoAttack::new(Norm::Linf)
+        })
+    );
+    let names: Vec<String> = got.iter().map(|m| m.build().name()).collect();
+    assert_eq!(
+        names,
+        [
+            "apgd-t-dlr-linf",
+            "square-l2",
+            "auto-linf",
+            "auto-rand-linf"
+        ]
+    );
+}
+
+#[test]
+fn targeted_maps_to_a_target_selection() {
+    let got = methods(
+        r#"
+[[attack]]
+name = "pgd-random"
+kind = "pgd"
+norm = "inf"
+eps = [0.1]
+targeted = "random"
+seed = 11
+
+[[attack]]
+name = "fgsm-ll"
+kind = "fast-gradient"
+norm = "inf"
+eps = [0.1]
+targeted = "least-likely"
+
+[[attack]]
+name = "square-3"
+kind = "square"
+norm = "inf"
+eps = [0.1]
+targeted = { class = 3 }
+"#,
+    );
+    let pgd = Pgd {
+        seed: 11,
+        ..Pgd::new(Norm::Linf)
+    };
+    assert_eq!(
+        got[0],
+        AttackMethod::Targeted {
+            selection: TargetSelection::Random { seed: 11 },
+            attack: Box::new(AttackMethod::Pgd(pgd)),
+        }
+    );
+    assert!(matches!(
+        &got[1],
+        AttackMethod::Targeted { selection: TargetSelection::LeastLikely, attack }
+            if matches!(**attack, AttackMethod::FastGradient { .. })
+    ));
+    assert!(matches!(
+        &got[2],
+        AttackMethod::Targeted {
+            selection: TargetSelection::Class(3),
+            ..
+        }
+    ));
+    assert_eq!(got[2].norm(), Norm::Linf);
+    assert_eq!(got[2].build().name(), "square-linf-targeted-class-3");
+    // The untargeted spec's cache key is unchanged by the new optional field.
+    let plain = methods(
+        r#"
+[[attack]]
+name = "pgd"
+kind = "pgd"
+norm = "inf"
+eps = [0.1]
+"#,
+    );
+    let json = serde_json::to_string(&plain[0]).unwrap();
+    assert!(!json.contains("targeted"), "{json}");
+}
+
+#[test]
+fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
+    let err = |attack: &str| load(attack).expect_err("invalid attack");
+    let case =
+        |extra: &str| format!("[[attack]]\nname = \"a\"\nnorm = \"inf\"\neps = [0.1]\n{extra}\n");
+    let msg = err(&case("kind = \"pgd\"\nn-queries = 10"));
+    assert!(
+        msg.contains(
+            "attack `a`.n-queries: only applies to kind = \"square\", \"auto\", not \"pgd\""
+        ),
+        "{msg}"
+    );
+    let msg = err(&case("kind = \"auto\"\ntargeted = \"random\""));
+    assert!(
+        msg.contains("attack `a`.targeted: only applies to kind"),
+        "{msg}"
+    );
+    let msg = err("[[attack]]\nname = \"a\"\nkind = \"square\"\nnorm = 1\neps = [1.0]\n");
+    assert!(
+        msg.contains("attack `a`.norm: the square attack supports norms \"inf\" and 2, got l1"),
+        "{msg}"
+    );
+    let msg = err(&case("kind = \"pgd\"\ntargeted = { class = 12 }"));
+    assert!(
+        msg.contains("attack `a`.targeted: class 12 is not one of the data set's 10 classes"),
+        "{msg}"
+    );
+    let msg = err(&case("kind = \"pgd\"\ntargeted = \"sideways\""));
+    assert!(msg.contains("unknown target selection `sideways`"), "{msg}");
+    let msg = err(&case(
+        "kind = \"apgd\"\ntarget-classes = 3\ntargeted = \"random\"",
+    ));
+    assert!(msg.contains("APGD-T picks its own targets"), "{msg}");
+    let msg = err(&case("kind = \"apgd\"\nsteps = 0"));
+    assert!(
+        msg.contains("attack `a`.steps: must be at least 1, got 0"),
+        "{msg}"
+    );
+    let msg = err(&case("kind = \"auto\"\neot-draws = 3"));
+    assert!(msg.contains("only applies to version = \"rand\""), "{msg}");
+    let msg = err(&case("kind = \"auto\"\nversion = \"rand\"\nn-queries = 3"));
+    assert!(
+        msg.contains("only applies to version = \"standard\""),
+        "{msg}"
+    );
+    let msg = err(&case("kind = \"square\"\np-init = 0"));
+    assert!(
+        msg.contains("attack `a`.p-init: must be in (0, 1], got 0"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_run_records_which_member_broke_each_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{HEAD}\n{}",
+        r#"
+[[attack]]
+name = "pgd"
+kind = "pgd"
+norm = "inf"
+eps = [0.05, 0.15]
+steps = 5
+
+[[attack]]
+name = "auto"
+kind = "auto"
+norm = "inf"
+eps = [0.05, 0.15]
+steps = 5
+target-classes = 2
+n-queries = 30
+
+[[attack]]
+name = "pgd-ll"
+kind = "pgd"
+norm = "inf"
+eps = [0.15]
+steps = 5
+targeted = "least-likely"
+
+[visuals]
+enabled = false
+"#
+    );
+    let path = write_suite(dir.path(), "kinds.toml", &text);
+    let root = dir.path().join("results");
+    let summary = run_suite(
+        &path,
+        &RunOptions {
+            results_root: root.clone(),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(summary.is_complete(), "{:?}", summary.missing);
+    let results = root.join("kinds");
+    let rows: Vec<RobustnessRow> = read_csv(&results.join("robustness.csv"));
+    let acc = |attack: &str, eps: f64| {
+        rows.iter()
+            .find(|r| r.attack == attack && r.eps == eps)
+            .unwrap_or_else(|| panic!("no row {attack} {eps}"))
+            .adversarial_correct
+    };
+    let clean = rows[0].clean_correct;
+    assert!(clean >= 30, "the model learned too little: {clean}/60");
+    for eps in [0.05, 0.15] {
+        assert!(acc("auto", eps) <= acc("pgd", eps), "eps {eps}");
+    }
+    // A least-likely target is harder to reach than any wrong class.
+    assert!(acc("pgd-ll", 0.15) >= acc("pgd", 0.15));
+    assert!(acc("auto", 0.15) < clean);
+    let auto = rows.iter().find(|r| r.attack == "auto").unwrap();
+    assert_eq!(auto.method, "auto-linf");
+    let examples = std::fs::read_to_string(results.join("per-example/base-auto.csv")).unwrap();
+    let header = examples.lines().next().unwrap();
+    assert!(header.ends_with(",broken_by"), "{header}");
+    let members = ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"];
+    let mut broken = 0;
+    for line in examples.lines().skip(1) {
+        let by = line.rsplit(',').next().unwrap();
+        assert!(by.is_empty() || members.contains(&by), "{line}");
+        broken += usize::from(!by.is_empty());
+    }
+    assert!(broken > 0, "nothing broken: {examples}");
+}
