@@ -18,7 +18,9 @@ use crate::{Attack, AttackKind, Goal, Norm, TargetSelection};
 /// is.
 ///
 /// The name is the inner attack's with `-targeted-<selection>` appended
-/// (`pgd-linf-targeted-least-likely`); norm and kind are the inner attack's.
+/// (`pgd-linf-targeted-least-likely`) and the norm is the inner attack's. The kind is
+/// [`AttackKind::Other`]: a targeted attack is weaker than an untargeted one by design, so the
+/// masking checks must not compare it with untargeted attacks as if it were one of them.
 pub struct Targeted {
     pub attack: Box<dyn Attack>,
     pub selection: TargetSelection,
@@ -40,7 +42,7 @@ impl Attack for Targeted {
     }
 
     fn kind(&self) -> AttackKind {
-        self.attack.kind()
+        AttackKind::Other
     }
 
     fn perturb(
@@ -105,7 +107,7 @@ mod tests {
             TargetSelection::Class(1),
         );
         assert_eq!(attack.name(), "pgd-linf-targeted-class-1");
-        assert_eq!(attack.kind(), AttackKind::Iterative);
+        assert_eq!(attack.kind(), AttackKind::Other);
         let adv = attack.perturb(
             model.as_ref(),
             &xs,

@@ -132,36 +132,62 @@ pub struct AttackArgs {
     /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
     #[arg(long)]
     pub no_checks: bool,
+    /// Evaluate the model in its randomized mode: dropout stays on at test time and every
+    /// evaluation is a new draw (seeded by --seed); for `--attack auto --rand`.
+    #[arg(long)]
+    pub randomized: bool,
 }
 
 /// Which attack, in which threat model, with which settings.
 #[derive(Debug, Args)]
 pub struct AttackOptions {
-    /// fast-gradient (FGSM for --norm inf) or pgd.
+    /// fast-gradient (FGSM for --norm inf), pgd, apgd (Auto-PGD), square (score-based, inf
+    /// and 2 only) or auto (APGD-CE, APGD-T and Square in turn, the per-example worst case).
     #[arg(long, default_value = "fast-gradient")]
     pub attack: String,
     /// Threat model: inf, 2, 1 or any p >= 1.
     #[arg(long, default_value = "inf")]
     pub norm: String,
-    /// Do not clip adversarial images to [0, 1].
+    /// Do not clip adversarial images to [0, 1] (fast-gradient, pgd, apgd).
     #[arg(long)]
     pub no_clip: bool,
-    /// PGD: gradient steps per restart.
-    #[arg(long, default_value_t = 40)]
-    pub steps: usize,
-    /// PGD: random restarts; an example is robust only if every restart failed.
+    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// PGD, APGD, Square: random restarts; an example is robust only if every restart failed.
     #[arg(long, default_value_t = 1)]
     pub restarts: usize,
     /// PGD: step size (default 2.5·ε/steps).
     #[arg(long)]
     pub step_size: Option<f64>,
-    /// PGD: ce (cross-entropy) or margin (Carlini-Wagner).
+    /// PGD, APGD: ce (cross-entropy), margin (Carlini-Wagner) or dlr (difference of logits
+    /// ratio).
     #[arg(long, default_value = "ce")]
     pub loss: String,
-    /// PGD: start at the clean image instead of a random point of the ball.
+    /// PGD, APGD: start at the clean image instead of a random point of the ball.
     #[arg(long)]
     pub no_random_start: bool,
-    /// Seed of random starts and of the noise baseline.
+    /// APGD: APGD-T, one run per each of the N most likely wrong classes (AutoAttack: 9);
+    /// auto: the same for its APGD-T member (9).
+    #[arg(long)]
+    pub target_classes: Option<usize>,
+    /// Square, auto: model evaluations per example and restart (5000).
+    #[arg(long)]
+    pub n_queries: Option<usize>,
+    /// Auto: the rand version for randomized models (APGD-CE and APGD-DLR, each gradient
+    /// averaged over --eot-draws evaluations).
+    #[arg(long)]
+    pub rand: bool,
+    /// APGD, auto --rand: gradient evaluations averaged per step (1; auto --rand: 20).
+    #[arg(long)]
+    pub eot_draws: Option<usize>,
+    /// Aim every example at a target: random (a uniformly random other class, from --seed),
+    /// least-likely (the lowest clean logit) or class=N (examples of class N stay
+    /// unattacked); robust accuracy still counts the examples classified correctly. Not for
+    /// auto or --target-classes.
+    #[arg(long)]
+    pub targeted: Option<String>,
+    /// Seed of random starts, Square's search, random targets and the noise baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -302,3 +302,165 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// The committed quickstart baseline, read only (results go to a temporary folder).
+const QUICKSTART_MODEL: &str = "results/quickstart/models/maxout.safetensors";
+
+/// `gauntlet attack` on [`QUICKSTART_MODEL`]'s first 40 test images.
+fn attack_quickstart(out: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "attack",
+        "--model",
+        QUICKSTART_MODEL,
+        "--test-limit",
+        "40",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    gauntlet(&args)
+}
+
+#[test]
+fn auto_writes_who_broke_each_example_and_checks_square() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let res = attack_quickstart(
+        out,
+        &[
+            "--attack",
+            "auto",
+            "--steps",
+            "5",
+            "--target-classes",
+            "2",
+            "--n-queries",
+            "20",
+            "--eps",
+            "0.02,0.1",
+        ],
+    );
+    assert!(res.status.success(), "{}", stderr(&res));
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let records: serde_json::Value = serde_json::from_str(&read("attack-auto-linf.json")).unwrap();
+    let members = records[1]["members"].as_array().unwrap();
+    let names: Vec<&str> = members
+        .iter()
+        .map(|m| m["attack"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"]);
+    let broken: u64 = members.iter().map(|m| m["broken"].as_u64().unwrap()).sum();
+    let (clean, robust) = (
+        records[1]["clean_correct"].as_u64().unwrap(),
+        records[1]["adversarial_correct"].as_u64().unwrap(),
+    );
+    assert_eq!(broken, clean - robust);
+    assert!(robust < clean, "auto at 0.1 broke nothing");
+    let examples = read("attack-auto-linf-examples.csv");
+    assert!(examples.lines().next().unwrap().ends_with(",broken_by"));
+    assert_eq!(examples.lines().count(), 1 + 2 * 40);
+    let table = read("attack-auto-linf-members.csv");
+    assert_eq!(table.lines().count(), 1 + 2 * 3, "{table}");
+    let flags = read("attack-auto-linf-masking.json");
+    assert!(flags.contains("gradient-beats-score-based"), "{flags}");
+}
+
+#[test]
+fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    for extra in [
+        &["--attack", "apgd", "--steps", "10", "--loss", "dlr"][..],
+        &["--attack", "square", "--norm", "2", "--n-queries", "30"][..],
+        &[
+            "--attack",
+            "auto",
+            "--rand",
+            "--eot-draws",
+            "2",
+            "--steps",
+            "3",
+            "--randomized",
+        ][..],
+    ] {
+        let mut args = extra.to_vec();
+        args.extend(["--eps", "0.1", "--no-checks"]);
+        let res = attack_quickstart(out, &args);
+        assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
+    }
+    for name in [
+        "attack-apgd-dlr-linf.json",
+        "attack-square-l2.json",
+        "attack-auto-rand-linf.json",
+    ] {
+        assert!(dir.path().join(name).is_file(), "{name} missing");
+    }
+    // A least-likely target is harder to reach than any wrong class.
+    let robust = |extra: &[&str], file: &str| -> u64 {
+        let mut args = vec![
+            "--attack",
+            "pgd",
+            "--steps",
+            "10",
+            "--eps",
+            "0.1",
+            "--no-checks",
+        ];
+        args.extend_from_slice(extra);
+        let res = attack_quickstart(out, &args);
+        assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
+        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        let records: serde_json::Value = serde_json::from_str(&text).unwrap();
+        records[0]["adversarial_correct"].as_u64().unwrap()
+    };
+    let untargeted = robust(&[], "attack-pgd-linf.json");
+    let least_likely = robust(
+        &["--targeted", "least-likely"],
+        "attack-pgd-linf-targeted-least-likely.json",
+    );
+    assert!(least_likely >= untargeted, "{least_likely} < {untargeted}");
+    for (extra, message) in [
+        (
+            &["--attack", "square", "--norm", "1"][..],
+            "--attack square supports --norm inf and 2, got l1",
+        ),
+        (
+            &["--attack", "pgd", "--rand"][..],
+            "--rand applies to --attack auto, not pgd",
+        ),
+        (
+            &["--attack", "apgd", "--target-classes", "0"][..],
+            "--target-classes must be at least 1",
+        ),
+        (
+            &["--attack", "auto", "--eot-draws", "4"][..],
+            "--eot-draws applies to --attack auto with --rand",
+        ),
+        (
+            &["--attack", "apgd", "--loss", "hinge"][..],
+            "unknown --loss `hinge`, expected ce, margin or dlr",
+        ),
+        (
+            &["--attack", "pgd", "--targeted", "sideways"][..],
+            "unknown --targeted `sideways`, expected random, least-likely or class=N",
+        ),
+        (
+            &["--attack", "auto", "--targeted", "random"][..],
+            "--targeted does not apply to --attack auto",
+        ),
+        (
+            &["--attack", "pgd", "--targeted", "class=12"][..],
+            "expected a target class below 10, got 12",
+        ),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend(["--eps", "0.1"]);
+        let res = attack_quickstart(out, &args);
+        assert!(!res.status.success(), "{extra:?} must fail");
+        assert!(
+            stderr(&res).contains(message),
+            "{extra:?}: {}",
+            stderr(&res)
+        );
+    }
+}
