@@ -44,6 +44,13 @@ pub trait Classifier: Send + Sync {
     /// - returns: `(batch, n_classes)`
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor>;
 
+    /// [`Classifier::forward`] for a pass whose backward is asked for the input's gradient
+    /// only, so that layers may skip their weight gradients ([`crate::kernels::Gradients`]):
+    /// what an attack needs. The logits are the same; by default this is `forward`.
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward(xs, mode)
+    }
+
     /// The trainable parameters and fixed buffers, in checkpoint order.
     fn params(&self) -> &Params;
 
@@ -62,7 +69,8 @@ pub trait Classifier: Send + Sync {
     }
 }
 
-/// [`Classifier::loss_and_input_grad`] by Candle's autograd: the input becomes a fresh leaf.
+/// [`Classifier::loss_and_input_grad`] by Candle's autograd: the input becomes a fresh leaf,
+/// through [`Classifier::forward_input_grad`].
 pub fn autograd_input_grad<M: Classifier + ?Sized>(
     model: &M,
     xs: &Tensor,
@@ -70,7 +78,7 @@ pub fn autograd_input_grad<M: Classifier + ?Sized>(
     mode: Mode,
 ) -> Result<InputGrad> {
     let leaf = Var::from_tensor(&xs.detach())?;
-    let logits = model.forward(leaf.as_tensor(), mode)?;
+    let logits = model.forward_input_grad(leaf.as_tensor(), mode)?;
     let loss = per_example_cross_entropy(&logits, labels)?;
     let grads = loss.sum_all()?.backward()?;
     // No gradient at all means the logits do not depend on the input (a constant model).

@@ -9,7 +9,8 @@
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{apply_max_norm, derive_seed, linear, linear_stack, maxout, Dropout};
+use crate::kernels::{self, conv2d, linear, max_pieces, Gradients};
+use crate::layers::{apply_max_norm, derive_seed, linear_stack, maxout, Dropout};
 use crate::spec::{check_dropout, check_max_norm};
 use crate::{preprocess, Arch, Classifier, Mode, ModelSpec, ParamBuilder, Params};
 
@@ -32,6 +33,7 @@ pub fn pooled_len(n: usize, pool: usize, stride: usize) -> usize {
 /// `index_select`, so the gradient goes exactly to each window's arg-max (the first one on
 /// ties) through `index_select`'s backward (`index_add`), which is itself differentiable for
 /// double backprop. (`gather` is not used: candle 0.11.1's `scatter_add` backward fails on it.)
+/// On the CPU without double backprop, [`kernels::MaxPool`] does the same in one custom op.
 ///
 /// # Shapes
 /// - `xs`: `(batch, channels, height, width)`, f32 or f64; returns
@@ -40,7 +42,7 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
     if pool == 0 || stride == 0 || stride > pool {
         bail!("max pool: expected 0 < stride <= pool, got pool {pool} stride {stride}")
     }
-    let (batch, channels, h, w) = xs.dims4()?;
+    let (_, _, h, w) = xs.dims4()?;
     if xs.elem_count() > u32::MAX as usize {
         bail!(
             "max pool: expected at most u32::MAX values, got {}",
@@ -59,6 +61,16 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
         oh,
         ow,
     };
+    if kernels::fast_path(&[xs]) {
+        // The same arg-max in one custom op, without the index tensor and the gather.
+        return xs.contiguous()?.apply_op1(kernels::MaxPool(geometry));
+    }
+    max_pool_by_index(xs, geometry)
+}
+
+/// [`max_pool`] by `index_select`, differentiable twice.
+fn max_pool_by_index(xs: &Tensor, geometry: Windows) -> Result<Tensor> {
+    let (batch, channels, oh, ow) = (xs.dim(0)?, xs.dim(1)?, geometry.oh, geometry.ow);
     let index = match xs.dtype() {
         DType::F32 => geometry.argmax(&xs.flatten_all()?.to_vec1::<f32>()?),
         DType::F64 => geometry.argmax(&xs.flatten_all()?.to_vec1::<f64>()?),
@@ -71,18 +83,19 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
 }
 
 /// Pooling windows over one `h × w` plane.
-struct Windows {
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windows {
     h: usize,
     w: usize,
     pool: usize,
     stride: usize,
-    oh: usize,
-    ow: usize,
+    pub(crate) oh: usize,
+    pub(crate) ow: usize,
 }
 
 impl Windows {
     /// For every plane of `values` and every window, the flat index of its maximum.
-    fn argmax<T: PartialOrd + Copy>(&self, values: &[T]) -> Vec<u32> {
+    pub(crate) fn argmax<T: PartialOrd + Copy>(&self, values: &[T]) -> Vec<u32> {
         let Windows {
             h,
             w,
@@ -161,13 +174,6 @@ fn check_input(spec: &ModelSpec, xs: &Tensor) -> Result<()> {
         )
     }
     Ok(())
-}
-
-/// `xs` convolved with `weight` `[out, in, k, k]` (zero padding `pad`, stride 1) plus one bias
-/// per output channel.
-fn conv(xs: &Tensor, weight: &Tensor, bias: &Tensor, pad: usize) -> Result<Tensor> {
-    xs.conv2d(weight, pad, 1, 1, 1)?
-        .broadcast_add(&bias.reshape((1, (), 1, 1))?)
 }
 
 /// Dropout `d` in training mode, with the mask of stream `stream`; the identity in eval mode.
@@ -422,6 +428,41 @@ impl ConvMaxout {
         })
     }
 
+    /// Logits of a pass whose backward computes `grads`.
+    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
+        let s = Self::arch(&self.spec);
+        check_input(&self.spec, xs)?;
+        let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
+        let mut stream = 0;
+        for ((w, b), l) in self.convs.iter().zip(&s.layers) {
+            let d = if stream == 0 {
+                s.input_dropout
+            } else {
+                s.hidden_dropout
+            };
+            h = dropout(h, d, mode, stream)?;
+            stream += 1;
+            let z = conv2d(&h, w, b, l.pad, grads)?;
+            let (batch, _, height, width) = z.dims4()?;
+            // Contiguous pieces per channel, as pylearn2's `z[i::num_pieces]` slices.
+            let z = max_pieces(
+                &z,
+                l.pieces,
+                height * width,
+                &[batch, l.channels, height, width],
+            )?;
+            h = max_pool(&z, l.pool, l.pool_stride)?;
+        }
+        let mut h = h.flatten_from(1)?;
+        if let (Some((w, b)), Some(f)) = (&self.fc, &s.fc) {
+            h = dropout(h, s.hidden_dropout, mode, stream)?;
+            stream += 1;
+            h = maxout(&linear(&h, w, b, grads)?, f.pieces)?;
+        }
+        h = dropout(h, s.hidden_dropout, mode, stream)?;
+        linear(&h, &self.out.0, &self.out.1, grads)
+    }
+
     fn arch(spec: &ModelSpec) -> &ConvMaxoutSpec {
         match &spec.arch {
             Arch::ConvMaxout(s) => s,
@@ -436,34 +477,11 @@ impl Classifier for ConvMaxout {
     }
 
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let s = Self::arch(&self.spec);
-        check_input(&self.spec, xs)?;
-        let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
-        let mut stream = 0;
-        for ((w, b), l) in self.convs.iter().zip(&s.layers) {
-            let d = if stream == 0 {
-                s.input_dropout
-            } else {
-                s.hidden_dropout
-            };
-            h = dropout(h, d, mode, stream)?;
-            stream += 1;
-            let z = conv(&h, w, b, l.pad)?;
-            let (batch, _, height, width) = z.dims4()?;
-            // Contiguous pieces per channel, as pylearn2's `z[i::num_pieces]` slices.
-            let z = z
-                .reshape((batch, l.channels, l.pieces, height, width))?
-                .max(2)?;
-            h = max_pool(&z, l.pool, l.pool_stride)?;
-        }
-        let mut h = h.flatten_from(1)?;
-        if let (Some((w, b)), Some(f)) = (&self.fc, &s.fc) {
-            h = dropout(h, s.hidden_dropout, mode, stream)?;
-            stream += 1;
-            h = maxout(&linear(&h, w, b)?, f.pieces)?;
-        }
-        h = dropout(h, s.hidden_dropout, mode, stream)?;
-        linear(&h, &self.out.0, &self.out.1)
+        self.logits(xs, mode, Gradients::All)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::InputOnly)
     }
 
     fn params(&self) -> &Params {
@@ -605,20 +623,8 @@ impl Cnn {
         })
     }
 
-    fn arch(spec: &ModelSpec) -> &CnnSpec {
-        match &spec.arch {
-            Arch::Cnn(s) => s,
-            _ => unreachable!("built only from a cnn spec"),
-        }
-    }
-}
-
-impl Classifier for Cnn {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// Logits of a pass whose backward computes `grads`.
+    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
         let s = Self::arch(&self.spec);
         check_input(&self.spec, xs)?;
         let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
@@ -634,17 +640,42 @@ impl Classifier for Cnn {
         };
         for ((w, b), l) in self.convs.iter().zip(&s.layers) {
             h = next_dropout(h)?;
-            h = max_pool(&conv(&h, w, b, l.pad)?.relu()?, l.pool, l.pool_stride)?;
+            h = max_pool(
+                &conv2d(&h, w, b, l.pad, grads)?.relu()?,
+                l.pool,
+                l.pool_stride,
+            )?;
         }
         let mut h = h.flatten_from(1)?;
         let last = self.linears.len() - 1;
         for (i, (w, b)) in self.linears.iter().enumerate() {
-            h = linear(&next_dropout(h)?, w, b)?;
+            h = linear(&next_dropout(h)?, w, b, grads)?;
             if i < last {
                 h = h.relu()?;
             }
         }
         Ok(h)
+    }
+
+    fn arch(spec: &ModelSpec) -> &CnnSpec {
+        match &spec.arch {
+            Arch::Cnn(s) => s,
+            _ => unreachable!("built only from a cnn spec"),
+        }
+    }
+}
+
+impl Classifier for Cnn {
+    fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::All)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::InputOnly)
     }
 
     fn params(&self) -> &Params {
@@ -719,6 +750,48 @@ mod tests {
         }
         let err = max_pool(&xs, 2, 3).err().unwrap().to_string();
         assert!(err.contains("stride"), "{err}");
+        Ok(())
+    }
+
+    /// Training goes through the custom op on the CPU: it must give the `index_select` path's
+    /// values and gradients bit for bit, overlapping windows included.
+    #[test]
+    fn max_pool_custom_op_is_bitwise_the_index_select_path() -> Result<()> {
+        use candle_core::Var;
+        let n = 8 * 3 * 21 * 21;
+        // Few distinct values: ties in most windows.
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 61) as f32) / 7.0 - 4.0)
+            .collect();
+        let xs = Var::from_tensor(&Tensor::from_vec(values, (8, 3, 21, 21), &Device::Cpu)?)?;
+        for (pool, stride) in [(4, 2), (3, 2), (2, 2), (5, 3)] {
+            let geometry = Windows {
+                h: 21,
+                w: 21,
+                pool,
+                stride,
+                oh: pooled_len(21, pool, stride),
+                ow: pooled_len(21, pool, stride),
+            };
+            let fast = max_pool(xs.as_tensor(), pool, stride)?;
+            let slow = max_pool_by_index(xs.as_tensor(), geometry)?;
+            let probe: Vec<f32> = (0..fast.elem_count())
+                .map(|i| ((i * 104729 % 1009) as f32) / 1009.0 - 0.5)
+                .collect();
+            let probe = Tensor::from_vec(probe, fast.shape(), &Device::Cpu)?;
+            let bits = |t: &Tensor| -> Result<Vec<u32>> {
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                Ok(v.into_iter().map(f32::to_bits).collect())
+            };
+            assert_eq!(bits(&fast)?, bits(&slow)?, "pool {pool} stride {stride}");
+            let gf = (fast * &probe)?.sum_all()?.backward()?;
+            let gs = (slow * &probe)?.sum_all()?.backward()?;
+            assert_eq!(
+                bits(gf.get(xs.as_tensor()).unwrap())?,
+                bits(gs.get(xs.as_tensor()).unwrap())?,
+                "gradient, pool {pool} stride {stride}"
+            );
+        }
         Ok(())
     }
 }

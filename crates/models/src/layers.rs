@@ -1,16 +1,18 @@
 //! Differentiable building blocks shared by the models, written from Candle primitives that
 //! have correct gradients (see docs/candle-traps.md: no `max_pool2d`, no `softmax_last_dim`).
 
-use candle_core::{Device, Result, Tensor, Var, D};
+use candle_core::{Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::{self, Gradients};
 use crate::{ParamBuilder, Params};
 
-/// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]` as PyTorch stores it.
+/// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]` as PyTorch stores it; every
+/// gradient available ([`kernels::linear`] chooses which).
 pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    xs.matmul(&weight.t()?)?.broadcast_add(bias)
+    kernels::linear(xs, weight, bias, Gradients::All)
 }
 
 /// Maxout over contiguous groups of `pieces` features: unit `i` is the max of features
@@ -20,8 +22,7 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 /// - `zs`: `(batch, units * pieces)`; returns `(batch, units)`
 pub fn maxout(zs: &Tensor, pieces: usize) -> Result<Tensor> {
     let (batch, features) = zs.dims2()?;
-    zs.reshape((batch, features / pieces, pieces))?
-        .max(D::Minus1)
+    kernels::max_pieces(zs, pieces, 1, &[batch, features / pieces.max(1)])
 }
 
 /// Dropout as pylearn2 defines it: keep each input with probability `include`, multiply kept

@@ -29,6 +29,7 @@ pub mod checkpoint;
 mod classifier;
 pub mod conv;
 pub mod io;
+pub mod kernels;
 pub mod layers;
 mod loss;
 mod maxout;

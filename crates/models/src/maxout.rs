@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::kernels::{self, Gradients};
 use crate::layers::{derive_seed, linear, max_norm_all_weights, maxout};
 use crate::{
     autograd_input_grad, Arch, Classifier, InputGrad, MaxoutMlpSpec, Mode, ModelSpec, ParamBuilder,
@@ -49,6 +50,29 @@ impl MaxoutMlp {
         })
     }
 
+    /// Logits of a pass whose backward computes `grads`.
+    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
+        let s = Self::arch(&self.spec);
+        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
+        for (i, (w, b)) in self.hidden.iter().enumerate() {
+            if let Mode::Train { seed } = mode {
+                let dropout = if i == 0 {
+                    s.input_dropout
+                } else {
+                    s.hidden_dropout
+                };
+                h = dropout.apply(&h, derive_seed(seed, i as u64))?;
+            }
+            h = maxout(&kernels::linear(&h, w, b, grads)?, s.pieces)?;
+        }
+        if let Mode::Train { seed } = mode {
+            h = s
+                .hidden_dropout
+                .apply(&h, derive_seed(seed, self.hidden.len() as u64))?;
+        }
+        kernels::linear(&h, &self.out.0, &self.out.1, grads)
+    }
+
     fn arch(spec: &ModelSpec) -> &MaxoutMlpSpec {
         match &spec.arch {
             Arch::MaxoutMlp(s) => s,
@@ -63,25 +87,11 @@ impl Classifier for MaxoutMlp {
     }
 
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let s = Self::arch(&self.spec);
-        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
-        for (i, (w, b)) in self.hidden.iter().enumerate() {
-            if let Mode::Train { seed } = mode {
-                let dropout = if i == 0 {
-                    s.input_dropout
-                } else {
-                    s.hidden_dropout
-                };
-                h = dropout.apply(&h, derive_seed(seed, i as u64))?;
-            }
-            h = maxout(&linear(&h, w, b)?, s.pieces)?;
-        }
-        if let Mode::Train { seed } = mode {
-            h = s
-                .hidden_dropout
-                .apply(&h, derive_seed(seed, self.hidden.len() as u64))?;
-        }
-        linear(&h, &self.out.0, &self.out.1)
+        self.logits(xs, mode, Gradients::All)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::InputOnly)
     }
 
     fn params(&self) -> &Params {

@@ -2,7 +2,8 @@
 
 use candle_core::{Result, Tensor};
 
-use crate::layers::{derive_seed, linear, linear_stack, max_norm_all_weights};
+use crate::kernels::{self, Gradients};
+use crate::layers::{derive_seed, linear_stack, max_norm_all_weights};
 use crate::{Activation, Arch, Classifier, MlpSpec, Mode, ModelSpec, ParamBuilder, Params};
 
 /// `input → act(hidden[0]) → … → softmax(n_classes)`.
@@ -26,6 +27,31 @@ impl Mlp {
         })
     }
 
+    /// Logits of a pass whose backward computes `grads`.
+    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
+        let s = Self::arch(&self.spec);
+        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            if let Mode::Train { seed } = mode {
+                let dropout = if i == 0 {
+                    s.input_dropout
+                } else {
+                    s.hidden_dropout
+                };
+                h = dropout.apply(&h, derive_seed(seed, i as u64))?;
+            }
+            h = kernels::linear(&h, w, b, grads)?;
+            if i < last {
+                h = match s.activation {
+                    Activation::Relu => h.relu()?,
+                    Activation::Sigmoid => candle_nn::ops::sigmoid(&h)?,
+                };
+            }
+        }
+        Ok(h)
+    }
+
     fn arch(spec: &ModelSpec) -> &MlpSpec {
         match &spec.arch {
             Arch::Mlp(s) => s,
@@ -40,27 +66,11 @@ impl Classifier for Mlp {
     }
 
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let s = Self::arch(&self.spec);
-        let mut h = crate::preprocess::apply(&self.spec, &self.params, xs)?.flatten_from(1)?;
-        let last = self.layers.len() - 1;
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            if let Mode::Train { seed } = mode {
-                let dropout = if i == 0 {
-                    s.input_dropout
-                } else {
-                    s.hidden_dropout
-                };
-                h = dropout.apply(&h, derive_seed(seed, i as u64))?;
-            }
-            h = linear(&h, w, b)?;
-            if i < last {
-                h = match s.activation {
-                    Activation::Relu => h.relu()?,
-                    Activation::Sigmoid => candle_nn::ops::sigmoid(&h)?,
-                };
-            }
-        }
-        Ok(h)
+        self.logits(xs, mode, Gradients::All)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::InputOnly)
     }
 
     fn params(&self) -> &Params {

@@ -1,0 +1,855 @@
+//! CPU kernels for the two layers that carry nearly all the FLOPs, fully connected and
+//! convolution, as Candle custom ops with their own backward.
+//!
+//! Why (profiles in BENCHMARKS.md): Candle's backward computes the gradient of every operand
+//! of a tracked op, so an attack, which needs the input gradient only, paid for every weight
+//! gradient too; and its CPU `conv_transpose2d` (the convolution's input gradient) is a direct
+//! loop several times slower than a matrix product. Here the fully connected layer computes
+//! only the gradients asked for ([`Gradients`]), with the same `gemm` calls as Candle's matmul
+//! (bit for bit the same values), and never the input gradient of a tensor that is not on the
+//! graph (the data). The convolution of an input-gradient pass is a matrix product by im2col,
+//! its backward one by col2im; training keeps Candle's convolution (see [`conv2d`]).
+//!
+//! The kernels run for f32 and f64 on the CPU. Elsewhere (CUDA, Metal), and when
+//! `CANDLE_GRAD_DO_NOT_DETACH` asks for second derivatives (a custom backward is not itself
+//! differentiable), [`linear`], [`conv2d`] and [`max_pieces`] fall back to Candle's ops.
+
+use std::cell::Cell;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
+};
+use gemm::Parallelism;
+
+use crate::conv::Windows;
+use rayon::prelude::*;
+
+/// Which gradients the backward of a pass will be asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gradients {
+    /// Parameters and input: training.
+    All,
+    /// The input's only: an attack, whose weights stay fixed.
+    InputOnly,
+}
+
+/// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]`.
+///
+/// # Shapes
+/// - `xs`: `(batch, in)`, `weight`: `(out, in)`, `bias`: `(out,)`; returns `(batch, out)`
+pub fn linear(xs: &Tensor, weight: &Tensor, bias: &Tensor, grads: Gradients) -> Result<Tensor> {
+    if !fast_path(&[xs, weight, bias]) {
+        return xs.matmul(&weight.t()?)?.broadcast_add(bias);
+    }
+    let op = Linear {
+        input_grad: xs.track_op(),
+        weight_grads: grads == Gradients::All,
+    };
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `xs` convolved with `weight` `[out, in, k, k]` (zero padding `pad`, stride 1), plus one
+/// bias per output channel.
+///
+/// Only the input-gradient pass (an attack) runs the custom kernel: it sums in another order
+/// than Candle's convolution, so training ([`Gradients::All`]) stays on Candle's ops and its
+/// results stay bit for bit what they were.
+///
+/// # Shapes
+/// - `xs`: `(batch, in, h, w)`; returns `(batch, out, h + 2·pad − k + 1, w + 2·pad − k + 1)`
+pub fn conv2d(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    pad: usize,
+    grads: Gradients,
+) -> Result<Tensor> {
+    if grads == Gradients::All || !fast_path(&[xs, weight, bias]) {
+        return xs
+            .conv2d(weight, pad, 1, 1, 1)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?);
+    }
+    let op = Conv2dInputGrad {
+        pad,
+        input_grad: xs.track_op(),
+    };
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// The maximum over `pieces` consecutive slices of `inner` values: `zs` read as
+/// `[outer, pieces, inner]` gives `[outer, inner]`, reshaped to `out_shape`. A maxout unit
+/// (`inner = 1` for fully connected layers, the feature-map size for convolutions). Every
+/// tied piece gets the full gradient, as Candle's `max` backward gives it.
+pub fn max_pieces(zs: &Tensor, pieces: usize, inner: usize, out_shape: &[usize]) -> Result<Tensor> {
+    let outer = zs.elem_count() / (pieces * inner).max(1);
+    if pieces == 0 || inner == 0 || outer * pieces * inner != zs.elem_count() {
+        bail!(
+            "maxout: {} values do not split into groups of {pieces} pieces of {inner}",
+            zs.elem_count()
+        )
+    }
+    if !fast_path(&[zs]) {
+        return zs
+            .reshape((outer, pieces, inner))?
+            .max(1)?
+            .reshape(out_shape);
+    }
+    zs.contiguous()?
+        .apply_op1(MaxPieces { pieces, inner })?
+        .reshape(out_shape)
+}
+
+thread_local! {
+    // Read once per thread, as Candle reads it (backprop.rs).
+    static DOUBLE_BACKPROP: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether Candle keeps the graph of gradients on this thread (second derivatives).
+fn double_backprop() -> bool {
+    DOUBLE_BACKPROP.with(|cell| match cell.get() {
+        Some(b) => b,
+        None => {
+            let b = std::env::var("CANDLE_GRAD_DO_NOT_DETACH")
+                .map(|s| !s.is_empty() && s != "0")
+                .unwrap_or(false);
+            cell.set(Some(b));
+            b
+        }
+    })
+}
+
+/// The kernels serve CPU tensors of one float type, when no second derivative is wanted.
+pub(crate) fn fast_path(tensors: &[&Tensor]) -> bool {
+    let dtype = tensors[0].dtype();
+    matches!(dtype, DType::F32 | DType::F64)
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == dtype)
+        && !double_backprop()
+}
+
+/// A row-major or strided matrix view into a slice.
+#[derive(Clone, Copy)]
+struct Mat<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    /// Distance between rows and between columns, in elements.
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `rows × cols` matrix, without copying.
+    fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows: cols,
+            cols: rows,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = a·b` (or `dst += a·b` with `accumulate`), `dst` row-major `a.rows × b.cols`.
+fn matmul<T: WithDType>(dst: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool, par: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && dst.len() >= m * n && a.fits() && b.fits(),
+        "matmul: mismatched operands {m}×{k} · {}×{n} into {}",
+        b.rows,
+        dst.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::zero());
+        }
+        return;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if par && threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above keep every index of the three views inside its slice, `dst`
+    // is exclusively borrowed and does not overlap the shared `a` and `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The contiguous data of a CPU tensor of type `T`.
+fn cpu_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => bail!("kernels: expected a contiguous tensor"),
+    }
+}
+
+/// Runs `f` on the contiguous CPU data of `t`.
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(cpu_slice(cpu, layout)?),
+        _ => bail!("kernels: expected a CPU tensor"),
+    }
+}
+
+/// Dispatches `$body` with `$t` bound to the Rust type of `$dtype` (f32 or f64).
+macro_rules! by_dtype {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            other => bail!("kernels: expected f32 or f64, got {other:?}"),
+        }
+    };
+}
+
+/// The fully connected layer as one custom op over `(xs, weight, bias)`.
+struct Linear {
+    input_grad: bool,
+    weight_grads: bool,
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "gauntlet-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, fan_in) = l1.shape().dims2()?;
+        let (fan_out, w_in) = l2.shape().dims2()?;
+        if w_in != fan_in || l3.shape().dims1()? != fan_out {
+            bail!(
+                "linear: input {:?}, weight {:?} and bias {:?} do not fit",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            )
+        }
+        by_dtype!(s1.dtype(), T => {
+            let (x, w, b) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
+            let mut y = vec![T::from_f64(0.0); batch * fan_out];
+            matmul(
+                &mut y,
+                Mat::rows(x, batch, fan_in),
+                Mat::transposed(w, fan_out, fan_in),
+                false,
+                true,
+            );
+            // The bias after the product, as Candle's matmul + broadcast_add rounds.
+            for row in y.chunks_mut(fan_out) {
+                for (v, &bias) in row.iter_mut().zip(b) {
+                    *v += bias;
+                }
+            }
+            Ok((T::to_cpu_storage_owned(y), (batch, fan_out).into()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = match self.input_grad {
+            true => Some(grad.matmul(&weight.detach())?),
+            false => None,
+        };
+        let (dw, db) = match self.weight_grads {
+            true => (Some(grad.t()?.matmul(&xs.detach())?), Some(grad.sum(0)?)),
+            false => (None, None),
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// [`max_pieces`] as a custom op, producing `[outer, inner]`.
+struct MaxPieces {
+    pieces: usize,
+    inner: usize,
+}
+
+impl MaxPieces {
+    fn forward<T: WithDType>(&self, z: &[T]) -> Vec<T> {
+        let group = self.pieces * self.inner;
+        let mut out = Vec::with_capacity(z.len() / self.pieces);
+        for g in z.chunks_exact(group) {
+            let start = out.len();
+            out.extend_from_slice(&g[..self.inner]);
+            for piece in g.chunks_exact(self.inner).skip(1) {
+                for (m, &v) in out[start..].iter_mut().zip(piece) {
+                    if v > *m {
+                        *m = v;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The output gradient routed to every piece equal to its group's maximum.
+    fn backward<T: WithDType>(&self, z: &[T], max: &[T], grad: &[T]) -> Vec<T> {
+        let mut dz = vec![T::from_f64(0.0); z.len()];
+        let group = self.pieces * self.inner;
+        for ((dz_g, z_g), (m_g, g_g)) in dz.chunks_exact_mut(group).zip(z.chunks_exact(group)).zip(
+            max.chunks_exact(self.inner)
+                .zip(grad.chunks_exact(self.inner)),
+        ) {
+            for (dz_p, z_p) in dz_g
+                .chunks_exact_mut(self.inner)
+                .zip(z_g.chunks_exact(self.inner))
+            {
+                for (((d, &v), &m), &g) in dz_p.iter_mut().zip(z_p).zip(m_g).zip(g_g) {
+                    if v == m {
+                        *d = g;
+                    }
+                }
+            }
+        }
+        dz
+    }
+}
+
+impl candle_core::CustomOp1 for MaxPieces {
+    fn name(&self) -> &'static str {
+        "gauntlet-maxout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let outer = layout.shape().elem_count() / (self.pieces * self.inner);
+        by_dtype!(storage.dtype(), T => {
+            let out = self.forward(cpu_slice::<T>(storage, layout)?);
+            Ok((T::to_cpu_storage_owned(out), (outer, self.inner).into()))
+        })
+    }
+
+    fn bwd(&self, zs: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (res, grad) = (res.contiguous()?, grad.contiguous()?);
+        by_dtype!(zs.dtype(), T => {
+            let dz = with_slice::<T, _>(zs, |z| {
+                with_slice::<T, _>(&res, |m| with_slice::<T, _>(&grad, |g| Ok(self.backward(z, m, g))))
+            })?;
+            Ok(Some(Tensor::from_vec(dz, zs.shape(), zs.device())?))
+        })
+    }
+}
+
+/// [`crate::conv::max_pool`] as a custom op: each window's first maximum forward, and each
+/// output gradient added onto its window's arg-max backward (overlapping windows may share
+/// one).
+pub(crate) struct MaxPool(pub(crate) Windows);
+
+impl candle_core::CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "gauntlet-max-pool"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, _, _) = layout.shape().dims4()?;
+        by_dtype!(storage.dtype(), T => {
+            let x = cpu_slice::<T>(storage, layout)?;
+            let out: Vec<T> = self.0.argmax(x).into_iter().map(|i| x[i as usize]).collect();
+            Ok((T::to_cpu_storage_owned(out), (batch, channels, self.0.oh, self.0.ow).into()))
+        })
+    }
+
+    fn bwd(&self, xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        by_dtype!(xs.dtype(), T => {
+            let dx = with_slice::<T, _>(xs, |x| {
+                with_slice::<T, _>(&grad, |g| {
+                    let mut dx = vec![T::from_f64(0.0); x.len()];
+                    for (i, &g) in self.0.argmax(x).into_iter().zip(g) {
+                        dx[i as usize] += g;
+                    }
+                    Ok(dx)
+                })
+            })?;
+            Ok(Some(Tensor::from_vec(dx, xs.shape(), xs.device())?))
+        })
+    }
+}
+
+/// Geometry of a stride-1 convolution with zero padding, per image.
+#[derive(Clone, Copy, Debug)]
+struct ConvShape {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl ConvShape {
+    fn new(x: &Shape, w: &Shape, bias: &Shape, pad: usize) -> Result<(usize, Self)> {
+        let (batch, c_in, h, wd) = x.dims4()?;
+        let (c_out, w_in, k, k2) = w.dims4()?;
+        if w_in != c_in || k != k2 || bias.dims1()? != c_out {
+            bail!("conv2d: input {x:?}, kernel {w:?} and bias {bias:?} do not fit (square kernels only)")
+        }
+        if h + 2 * pad < k || wd + 2 * pad < k {
+            bail!("conv2d: kernel {k} larger than the padded input {h}×{wd} (pad {pad})")
+        }
+        let (oh, ow) = (h + 2 * pad - k + 1, wd + 2 * pad - k + 1);
+        Ok((
+            batch,
+            ConvShape {
+                c_in,
+                h,
+                w: wd,
+                c_out,
+                k,
+                pad,
+                oh,
+                ow,
+            },
+        ))
+    }
+
+    /// Rows of the im2col matrix: one per input channel and kernel position.
+    fn patch(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    fn out_len(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    fn in_len(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    /// For kernel column `kj`: the output columns whose input column `ox + kj − pad` lies
+    /// inside the image.
+    fn valid_cols(&self, kj: usize) -> (usize, usize) {
+        let lo = self.pad.saturating_sub(kj).min(self.ow);
+        let hi = (self.w + self.pad).saturating_sub(kj).clamp(lo, self.ow);
+        (lo, hi)
+    }
+
+    /// Walks the im2col matrix row segment by row segment (one output row of one kernel
+    /// position): each either reads `len` values of the image from `src` on, or lies in the
+    /// zero padding.
+    fn segments(&self, mut f: impl FnMut(Segment)) {
+        let n = self.out_len();
+        for c in 0..self.c_in {
+            for ki in 0..self.k {
+                for kj in 0..self.k {
+                    let row = ((c * self.k + ki) * self.k + kj) * n;
+                    let (lo, hi) = self.valid_cols(kj);
+                    for oy in 0..self.oh {
+                        let start = row + oy * self.ow;
+                        let iy = (oy + ki).wrapping_sub(self.pad);
+                        if iy >= self.h || lo == hi {
+                            f(Segment::Pad(start..start + self.ow));
+                            continue;
+                        }
+                        f(Segment::Pad(start..start + lo));
+                        f(Segment::Pad(start + hi..start + self.ow));
+                        // lo ≥ pad − kj, so the first input column is not negative.
+                        f(Segment::Data {
+                            src: c * self.h * self.w + iy * self.w + lo + kj - self.pad,
+                            dst: start + lo,
+                            len: hi - lo,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The im2col matrix `[patch, oh·ow]` of one image.
+    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
+        self.segments(|s| match s {
+            Segment::Data { src, dst, len } => {
+                cols[dst..dst + len].copy_from_slice(&x[src..src + len])
+            }
+            Segment::Pad(range) => cols[range].fill(T::zero()),
+        });
+    }
+
+    /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im).
+    fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
+        self.segments(|s| {
+            if let Segment::Data { src, dst, len } = s {
+                for (d, v) in dx[src..src + len].iter_mut().zip(&cols[dst..dst + len]) {
+                    *d += *v;
+                }
+            }
+        });
+    }
+}
+
+/// A row segment of the im2col matrix: `len` image values from `src` to `dst`, or padding.
+enum Segment {
+    Data { src: usize, dst: usize, len: usize },
+    Pad(std::ops::Range<usize>),
+}
+
+/// The stride-1 convolution with bias as one custom op over `(xs, weight, bias)`, whose
+/// backward gives the input gradient only.
+struct Conv2dInputGrad {
+    pad: usize,
+    input_grad: bool,
+}
+
+impl CustomOp3 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "gauntlet-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, g) = ConvShape::new(l1.shape(), l2.shape(), l3.shape(), self.pad)?;
+        by_dtype!(s1.dtype(), T => {
+            let (x, w, b) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
+            let n = g.out_len();
+            let mut y = vec![T::from_f64(0.0); batch * g.c_out * n];
+            // One image per task: every thread works on its own im2col buffer.
+            y.par_chunks_mut(g.c_out * n)
+                .zip(x.par_chunks(g.in_len()))
+                .for_each_init(
+                    || vec![T::from_f64(0.0); g.patch() * n],
+                    |cols, (y_b, x_b)| {
+                        for (row, &bias) in y_b.chunks_mut(n).zip(b) {
+                            row.fill(bias);
+                        }
+                        g.im2col(x_b, cols);
+                        matmul(
+                            y_b,
+                            Mat::rows(w, g.c_out, g.patch()),
+                            Mat::rows(cols, g.patch(), n),
+                            true,
+                            false,
+                        );
+                    },
+                );
+            Ok((T::to_cpu_storage_owned(y), (batch, g.c_out, g.oh, g.ow).into()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !self.input_grad {
+            return Ok((None, None, None));
+        }
+        let (_, g) = ConvShape::new(xs.shape(), weight.shape(), bias.shape(), self.pad)?;
+        let grad = grad.contiguous()?;
+        by_dtype!(xs.dtype(), T => {
+            let dx = with_slice::<T, _>(weight, |w| {
+                with_slice::<T, _>(&grad, |dy| Ok(g.input_grad(w, dy)))
+            })?;
+            Ok((Some(Tensor::from_vec(dx, xs.shape(), xs.device())?), None, None))
+        })
+    }
+}
+
+impl ConvShape {
+    /// The input gradient from the output gradient `dy`: per image, `col2im(Wᵀ · dy_b)`.
+    fn input_grad<T: WithDType>(&self, w: &[T], dy: &[T]) -> Vec<T> {
+        let (n, patch) = (self.out_len(), self.patch());
+        let mut dx = vec![T::from_f64(0.0); dy.len() / (self.c_out * n) * self.in_len()];
+        dx.par_chunks_mut(self.in_len())
+            .zip(dy.par_chunks(self.c_out * n))
+            .for_each_init(
+                || vec![T::from_f64(0.0); patch * n],
+                |cols, (dx_b, dy_b)| {
+                    matmul(
+                        cols,
+                        Mat::transposed(w, self.c_out, patch),
+                        Mat::rows(dy_b, self.c_out, n),
+                        false,
+                        false,
+                    );
+                    self.col2im(cols, dx_b);
+                },
+            );
+        dx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Deterministic values in [−1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    fn var(shape: &[usize], seed: u64) -> Result<Var> {
+        let n = shape.iter().product();
+        Var::from_tensor(&Tensor::from_vec(values(n, seed), shape, &Device::Cpu)?)
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()
+    }
+
+    /// Forward values of `fast` against Candle's ops (`slow`), and the gradients of `vars`
+    /// (those `fast` computes) under a random linear functional of the output.
+    fn compare(
+        vars: &[(&str, &Var)],
+        fast: impl Fn() -> Result<Tensor>,
+        slow: impl Fn() -> Result<Tensor>,
+    ) -> Result<()> {
+        let (yf, ys) = (fast()?, slow()?);
+        assert!(max_abs_diff(&yf, &ys)? < 1e-12, "forward");
+        let probe = Tensor::from_vec(values(ys.elem_count(), 99), ys.shape(), &Device::Cpu)?;
+        let gf = (yf * &probe)?.sum_all()?.backward()?;
+        let gs = (ys * &probe)?.sum_all()?.backward()?;
+        for (name, v) in vars {
+            let (a, e) = (
+                gf.get(v.as_tensor()).unwrap(),
+                gs.get(v.as_tensor()).unwrap(),
+            );
+            let err = max_abs_diff(a, e)?;
+            assert!(err < 1e-12, "{name} gradient off by {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_matches_candle_forward_and_backward() -> Result<()> {
+        let (x, w, b) = (var(&[5, 7], 1)?, var(&[3, 7], 2)?, var(&[3], 3)?);
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        compare(
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            || linear(xt, wt, bt, Gradients::All),
+            || xt.matmul(&wt.t()?)?.broadcast_add(bt),
+        )
+    }
+
+    #[test]
+    fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
+        // Padding larger and smaller than the kernel reach, non-square images, several
+        // channels: every branch of the segment geometry.
+        for (shape, k, pad) in [
+            ([2, 3, 7, 6], 3, 1),
+            ([3, 2, 5, 9], 4, 3),
+            ([1, 1, 6, 6], 6, 0),
+            ([2, 4, 4, 5], 2, 0),
+        ] {
+            let x = var(&shape, 4)?;
+            let w = var(&[5, shape[1], k, k], 5)?;
+            let b = var(&[5], 6)?;
+            let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            compare(
+                &[("input", &x)],
+                || conv2d(xt, wt, bt, pad, Gradients::InputOnly),
+                || {
+                    xt.conv2d(wt, pad, 1, 1, 1)?
+                        .broadcast_add(&bt.reshape((1, (), 1, 1))?)
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn input_only_skips_weight_gradients_and_data_gets_none() -> Result<()> {
+        let x = var(&[2, 3, 6, 6], 7)?;
+        let (w, b) = (var(&[4, 3, 3, 3], 8)?, var(&[4], 9)?);
+        let y = conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            1,
+            Gradients::InputOnly,
+        )?;
+        let g = y.sum_all()?.backward()?;
+        assert!(g.get(x.as_tensor()).is_some());
+        assert!(g.get(w.as_tensor()).is_none() && g.get(b.as_tensor()).is_none());
+        let (x2, w2, b2) = (var(&[2, 6], 10)?, var(&[3, 6], 11)?, var(&[3], 12)?);
+        let y = linear(
+            x2.as_tensor(),
+            w2.as_tensor(),
+            b2.as_tensor(),
+            Gradients::InputOnly,
+        )?;
+        let g = y.sum_all()?.backward()?;
+        assert!(g.get(x2.as_tensor()).is_some());
+        assert!(g.get(w2.as_tensor()).is_none() && g.get(b2.as_tensor()).is_none());
+        // Data that is not on the graph gets no gradient; the weights still do.
+        let data = Tensor::from_vec(values(12, 10), (2, 6), &Device::Cpu)?;
+        let y = linear(&data, w2.as_tensor(), b2.as_tensor(), Gradients::All)?;
+        let g = y.sum_all()?.backward()?;
+        assert!(g.get(&data).is_none() && g.get(w2.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn max_pieces_matches_candle_max_with_ties() -> Result<()> {
+        // Ties (repeated values) must give every tied piece the full gradient, as before.
+        let mut v = values(2 * 3 * 4 * 5, 15);
+        v[7] = v[7 + 5];
+        v[0] = v[5];
+        let zs = Var::from_tensor(&Tensor::from_vec(v, (2, 3 * 4, 5), &Device::Cpu)?)?;
+        let fast = max_pieces(zs.as_tensor(), 4, 5, &[2, 3, 5])?;
+        let slow = zs
+            .as_tensor()
+            .reshape((6, 4, 5))?
+            .max(1)?
+            .reshape((2, 3, 5))?;
+        assert!(max_abs_diff(&fast, &slow)? == 0.0);
+        let probe = Tensor::from_vec(values(30, 16), (2, 3, 5), &Device::Cpu)?;
+        let gf = (fast * &probe)?.sum_all()?.backward()?;
+        let gs = (slow * &probe)?.sum_all()?.backward()?;
+        let d = max_abs_diff(
+            gf.get(zs.as_tensor()).unwrap(),
+            gs.get(zs.as_tensor()).unwrap(),
+        )?;
+        assert!(d == 0.0, "gradient off by {d}");
+        let err = max_pieces(zs.as_tensor(), 7, 5, &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("groups of 7"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn input_gradient_is_bitwise_the_same_on_any_number_of_threads() -> Result<()> {
+        let f32_var = |shape: &[usize], seed| -> Result<Var> {
+            Var::from_tensor(&var(shape, seed)?.as_tensor().to_dtype(DType::F32)?)
+        };
+        let (x, w, b) = (
+            f32_var(&[20, 3, 9, 9], 17)?,
+            f32_var(&[6, 3, 4, 4], 18)?,
+            f32_var(&[6], 19)?,
+        );
+        let run = |threads: usize| -> Result<Vec<f32>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                let y = conv2d(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    b.as_tensor(),
+                    1,
+                    Gradients::InputOnly,
+                )?;
+                let g = y.sqr()?.sum_all()?.backward()?;
+                g.get(x.as_tensor())
+                    .unwrap()
+                    .flatten_all()?
+                    .to_vec1::<f32>()
+            })
+        };
+        assert_eq!(run(1)?, run(3)?);
+        Ok(())
+    }
+
+    #[test]
+    fn f32_conv_agrees_with_f64() -> Result<()> {
+        let x = var(&[2, 2, 8, 8], 12)?;
+        let (w, b) = (var(&[3, 2, 5, 5], 13)?, var(&[3], 14)?);
+        let f64_out = conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            2,
+            Gradients::InputOnly,
+        )?;
+        let f32 = |v: &Var| v.as_tensor().to_dtype(DType::F32);
+        let f32_out = conv2d(&f32(&x)?, &f32(&w)?, &f32(&b)?, 2, Gradients::InputOnly)?;
+        assert!(max_abs_diff(&f32_out.to_dtype(DType::F64)?, &f64_out)? < 1e-5);
+        Ok(())
+    }
+}
