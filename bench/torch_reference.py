@@ -2,7 +2,8 @@
 """The workloads of `gauntlet-bench` (crates/bench) written in PyTorch, for `make bench-compare`.
 
 Same architectures (pylearn2's Maxout MLP 784-240x5-240x5-10 with its dropout and max-norm,
-pylearn2's conv Maxout MNIST recipe, the small CNN), same batch sizes, same steps, same
+the paper suite's sigmoid MLP 784-800-800-10, pylearn2's conv Maxout MNIST recipe, the small
+CNN), same batch sizes, same steps, same
 workload definitions and the same timing loop (interleaved rounds after a warm-up round, the
 median per batch), with torch.set_num_threads equal to gauntlet's thread count. Writes the same
 JSON-lines records as `gauntlet-bench --json`; bench/compare.py joins the two.
@@ -34,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 WORKLOADS = ["forward", "input-grad", "train", "train-fgsm", "fgsm", "pgd-step", "transfer"]
-MODELS = ["maxout-mlp", "conv-maxout", "cnn"]
+MODELS = ["maxout-mlp", "mlp", "conv-maxout", "cnn"]
 PGD_STEPS = 10
 ATTACK_EPS = 0.1
 TRAIN_EPS = 0.25
@@ -79,6 +80,19 @@ class MaxoutMlp(nn.Module):
         h = dropout(h, 0.5, 2.0, train)
         h = self.h1(h).view(-1, 240, 5).amax(2)
         return self.out(dropout(h, 0.5, 2.0, train))
+
+
+class Mlp(nn.Module):
+    """suites/mnist-paper.toml's sigmoid MLP: 784 -> 800 -> 800 -> 10, no dropout or max-norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.h0, self.h1, self.out = nn.Linear(784, 800), nn.Linear(800, 800), nn.Linear(800, 10)
+        self.max_norms = []
+
+    def forward(self, x, train):
+        h = torch.sigmoid(self.h0(x.flatten(1)))
+        return self.out(torch.sigmoid(self.h1(h)))
 
 
 class ConvMaxout(nn.Module):
@@ -129,8 +143,8 @@ class Cnn(nn.Module):
 
 def build(name, seed):
     torch.manual_seed(seed)
-    model = {"maxout-mlp": MaxoutMlp, "conv-maxout": ConvMaxout, "cnn": Cnn}[name]()
-    return model, (100 if name == "maxout-mlp" else 128)
+    model = {"maxout-mlp": MaxoutMlp, "mlp": Mlp, "conv-maxout": ConvMaxout, "cnn": Cnn}[name]()
+    return model, (100 if name in ("maxout-mlp", "mlp") else 128)
 
 
 def forward_flops(model):
@@ -284,6 +298,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--batches", type=int, help="exactly this many batches per workload and round")
+    p.add_argument("--batch-size", type=int, help="examples per batch for every model instead of its own")
     p.add_argument("--distinct-batches", type=int, default=10)
     p.add_argument("--no-peak", action="store_true")
     p.add_argument("--json", help="also write the records as JSON lines to this file")
@@ -296,6 +311,8 @@ def main():
     for w in names:
         if w not in WORKLOADS:
             sys.exit(f"error: unknown workload {w!r}, expected one of {', '.join(WORKLOADS)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        sys.exit("error: --batch-size must be at least 1")
     if args.threads is not None:
         if args.threads < 1:
             sys.exit("error: --threads must be at least 1")
@@ -319,6 +336,7 @@ def main():
           f"{'unknown' if sgemm is None else f'{sgemm:.0f}'} GFLOP/s")
     for name in models:
         model, batch = build(name, 1)
+        batch = args.batch_size or batch
         target, _ = build(name, 2)
         xs, ys = load_mnist_images(args.data_dir, batch * args.distinct_batches)
         gen = torch.Generator().manual_seed(1)

@@ -1,6 +1,6 @@
 //! `gauntlet-bench`: throughput of gauntlet's training and attack workloads on MNIST, for the
-//! Maxout MLP (batch 100) and the conv nets (pylearn2's conv Maxout MNIST recipe and the small
-//! CNN, batch 128), with the FLOPs per example ([`flops`]) and the share of the machine's f32
+//! Maxout MLP and the sigmoid MLP 800-800 (batch 100) and the conv nets (pylearn2's conv Maxout
+//! MNIST recipe and the small CNN, batch 128), with the FLOPs per example ([`flops`]) and the share of the machine's f32
 //! peak ([`machine`]).
 //!
 //! Prints a table and writes JSON lines (`--json`): one `machine` record, then one record per
@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use gauntlet_data::{load, Batches, DataConfig, DatasetName};
-use gauntlet_models::{build, Arch, CnnSpec, ConvMaxoutSpec, ModelSpec};
+use gauntlet_models::{build, Arch, CnnSpec, ConvMaxoutSpec, MlpSpec, ModelSpec};
 use serde_json::json;
 
 use crate::workloads::Budget;
@@ -27,12 +27,14 @@ use crate::workloads::Budget;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The benchmarked models: name, spec and batch size.
-const MODELS: [&str; 3] = ["maxout-mlp", "conv-maxout", "cnn"];
+const MODELS: [&str; 4] = ["maxout-mlp", "mlp", "conv-maxout", "cnn"];
 
 fn model(name: &str) -> Result<(ModelSpec, usize)> {
     Ok(match name {
         // pylearn2's mnist_pi.yaml network and batch.
         "maxout-mlp" => (ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5)), 100),
+        // The paper suite's sigmoid MLP 784-800-800-10 (suites/mnist-paper.toml), its batch.
+        "mlp" => (ModelSpec::mnist(Arch::Mlp(MlpSpec::default())), 100),
         // pylearn2's mnist.yaml conv Maxout network; its batch is 128.
         "conv-maxout" => (
             ModelSpec::mnist(Arch::ConvMaxout(ConvMaxoutSpec::default())),
@@ -55,7 +57,7 @@ struct Args {
     /// Compute threads (default: Candle's, one per physical core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Comma-separated models: maxout-mlp, conv-maxout, cnn.
+    /// Comma-separated models: maxout-mlp, mlp, conv-maxout, cnn.
     #[arg(long, value_delimiter = ',', default_values_t = MODELS.map(String::from))]
     models: Vec<String>,
     /// Comma-separated workloads: forward, input-grad, train, train-fgsm, fgsm, pgd-step, transfer.
@@ -71,6 +73,11 @@ struct Args {
     /// instruction counts under callgrind).
     #[arg(long)]
     batches: Option<usize>,
+    /// Examples per batch for every model instead of its own (100 or 128): a smaller batch
+    /// for quick checks and instruction counts; the comparison with PyTorch needs the same on
+    /// both sides.
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Distinct MNIST training batches the workloads cycle through.
     #[arg(long, default_value_t = 10)]
     distinct_batches: usize,
@@ -97,8 +104,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> Result<()> {
     let threads = gauntlet_models::threads::init(args.threads)?;
-    if args.rounds == 0 || args.distinct_batches == 0 || args.batches == Some(0) {
-        bail!("--rounds, --distinct-batches and --batches must be at least 1")
+    if args.rounds == 0
+        || args.distinct_batches == 0
+        || args.batches == Some(0)
+        || args.batch_size == Some(0)
+    {
+        bail!("--rounds, --distinct-batches, --batches and --batch-size must be at least 1")
     }
     if args.seconds.is_nan() || args.seconds < 0.0 {
         bail!("--seconds must be >= 0, got {}", args.seconds)
@@ -111,7 +122,7 @@ fn run(args: Args) -> Result<()> {
     let specs = args
         .models
         .iter()
-        .map(|m| model(m))
+        .map(|m| model(m).map(|(spec, batch)| (spec, args.batch_size.unwrap_or(batch))))
         .collect::<Result<Vec<_>>>()?;
     for w in &args.workloads {
         if !workloads::ALL.contains(&w.as_str()) {

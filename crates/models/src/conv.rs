@@ -476,13 +476,7 @@ impl Classifier for ConvMaxout {
         &self.spec
     }
 
-    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::All)
-    }
-
-    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::InputOnly)
-    }
+    crate::classifier::forward_by_logits!();
 
     fn params(&self) -> &Params {
         &self.params
@@ -670,13 +664,7 @@ impl Classifier for Cnn {
         &self.spec
     }
 
-    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::All)
-    }
-
-    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::InputOnly)
-    }
+    crate::classifier::forward_by_logits!();
 
     fn params(&self) -> &Params {
         &self.params

@@ -86,13 +86,7 @@ impl Classifier for MaxoutMlp {
         &self.spec
     }
 
-    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::All)
-    }
-
-    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.logits(xs, mode, Gradients::InputOnly)
-    }
+    crate::classifier::forward_by_logits!();
 
     fn params(&self) -> &Params {
         &self.params

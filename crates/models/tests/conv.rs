@@ -9,18 +9,9 @@ use gauntlet_models::{
     ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec, Mode, ModelSpec, Preprocess,
 };
 
-/// Deterministic pseudo-random values in [0, 1) (no RNG crate needed in tests).
-fn uniform(n: usize, seed: u64) -> Vec<f64> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
-}
+mod common;
+
+use common::uniform;
 
 fn images(shape: (usize, usize, usize, usize), seed: u64) -> Result<Tensor> {
     let n = shape.0 * shape.1 * shape.2 * shape.3;

@@ -4,36 +4,9 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use gauntlet_models::layers::{linear, maxout};
 use gauntlet_models::{build, per_example_cross_entropy, Arch, Classifier, Mode, ModelSpec};
 
-/// Max relative error between autograd and central differences of `f` at every entry of `vars`.
-fn check_gradients(vars: &[Var], f: impl Fn() -> Result<Tensor>) -> Result<f64> {
-    let grads = f()?.backward()?;
-    let h = 1e-6;
-    let mut worst = 0f64;
-    for var in vars {
-        let analytic = grads
-            .get(var.as_tensor())
-            .expect("every input gets a gradient");
-        let analytic = analytic.flatten_all()?.to_vec1::<f64>()?;
-        let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        for (i, a) in analytic.iter().enumerate() {
-            let mut bumped = base.clone();
-            bumped[i] += h;
-            var.set(&Tensor::from_vec(
-                bumped.clone(),
-                var.shape(),
-                &Device::Cpu,
-            )?)?;
-            let up = f()?.to_scalar::<f64>()?;
-            bumped[i] -= 2.0 * h;
-            var.set(&Tensor::from_vec(bumped, var.shape(), &Device::Cpu)?)?;
-            let down = f()?.to_scalar::<f64>()?;
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu)?)?;
-            let numeric = (up - down) / (2.0 * h);
-            worst = worst.max((a - numeric).abs() / numeric.abs().max(a.abs()).max(1e-4));
-        }
-    }
-    Ok(worst)
-}
+mod common;
+
+use common::fd_error;
 
 fn random(shape: (usize, usize), seed: u64) -> Result<Var> {
     // A deterministic, tie-free fill: distinct values spread over [-1, 1].
@@ -59,7 +32,7 @@ fn maxout_layer_gradient_matches_finite_differences() -> Result<()> {
         )?;
         per_example_cross_entropy(&h, &labels)?.sum_all()
     };
-    let err = check_gradients(&[x.clone(), w.clone(), b.clone()], f)?;
+    let err = fd_error(&[&x, &w, &b], f)?;
     assert!(err < 1e-6, "max relative error {err}");
     Ok(())
 }

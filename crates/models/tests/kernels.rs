@@ -9,49 +9,19 @@ use gauntlet_models::{
     ConvMaxoutLayer, ConvMaxoutSpec, MlpSpec, Mode, ModelSpec,
 };
 
-/// Deterministic values in [−1, 1), distinct enough that a 1e-6 step flips no maximum.
-fn values(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
-}
+mod common;
 
-fn var(shape: &[usize], seed: u64) -> Result<Var> {
-    let n = shape.iter().product();
-    Var::from_tensor(&Tensor::from_vec(values(n, seed), shape, &Device::Cpu)?)
-}
+use common::{fd_error, signed as values, var};
 
-/// Worst relative error between the gradients of `f` at `vars` and central differences.
-fn fd_error(vars: &[&Var], f: impl Fn() -> Result<Tensor>) -> Result<f64> {
-    let grads = f()?.backward()?;
-    let h = 1e-6;
-    let mut worst = 0f64;
-    for var in vars {
-        let analytic = grads
-            .get(var.as_tensor())
-            .expect("every operand gets a gradient")
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        for (i, a) in analytic.iter().enumerate() {
-            let at = |delta: f64| -> Result<f64> {
-                let mut v = base.clone();
-                v[i] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
-                f()?.to_scalar::<f64>()
-            };
-            let numeric = (at(h)? - at(-h)?) / (2.0 * h);
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu)?)?;
-            worst = worst.max((a - numeric).abs() / numeric.abs().max(a.abs()).max(1e-3));
-        }
-    }
-    Ok(worst)
+/// [`conv2d`] of three variables for an input-gradient pass.
+fn input_only_conv(x: &Var, w: &Var, b: &Var, pad: usize) -> Result<Tensor> {
+    conv2d(
+        x.as_tensor(),
+        w.as_tensor(),
+        b.as_tensor(),
+        pad,
+        Gradients::InputOnly,
+    )
 }
 
 #[test]
@@ -64,13 +34,7 @@ fn conv_linear_and_maxout_kernels_match_finite_differences() -> Result<()> {
     let b2 = var(&[3], 5)?;
     let probe = Tensor::from_vec(values(6, 6), (2, 3), &Device::Cpu)?;
     let f = || {
-        let z = conv2d(
-            x.as_tensor(),
-            w.as_tensor(),
-            b.as_tensor(),
-            2,
-            Gradients::InputOnly,
-        )?;
+        let z = input_only_conv(&x, &w, &b, 2)?;
         let h = max_pieces(&z, 2, 7 * 8, &[2, 2, 7, 8])?;
         linear(
             &h.flatten_from(1)?,
@@ -222,5 +186,169 @@ fn input_only_pass_gives_the_full_pass_input_gradient_for_every_architecture() -
         assert!(grads.get(first.as_tensor()).is_some());
         assert_eq!(fast.grad.dtype(), DType::F32);
     }
+    Ok(())
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
+
+/// Forward values of `fast` against Candle's ops (`slow`), and the gradients of `vars`
+/// (those `fast` computes) under a random linear functional of the output.
+fn compare(
+    vars: &[(&str, &Var)],
+    fast: impl Fn() -> Result<Tensor>,
+    slow: impl Fn() -> Result<Tensor>,
+) -> Result<()> {
+    let (yf, ys) = (fast()?, slow()?);
+    assert!(max_abs_diff(&yf, &ys)? < 1e-12, "forward");
+    let probe = Tensor::from_vec(values(ys.elem_count(), 99), ys.shape(), &Device::Cpu)?;
+    let gf = (yf * &probe)?.sum_all()?.backward()?;
+    let gs = (ys * &probe)?.sum_all()?.backward()?;
+    for (name, v) in vars {
+        let (a, e) = (
+            gf.get(v.as_tensor()).unwrap(),
+            gs.get(v.as_tensor()).unwrap(),
+        );
+        let err = max_abs_diff(a, e)?;
+        assert!(err < 1e-12, "{name} gradient off by {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_matches_candle_forward_and_backward() -> Result<()> {
+    let (x, w, b) = (var(&[5, 7], 1)?, var(&[3, 7], 2)?, var(&[3], 3)?);
+    let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+    compare(
+        &[("input", &x), ("weight", &w), ("bias", &b)],
+        || linear(xt, wt, bt, Gradients::All),
+        || xt.matmul(&wt.t()?)?.broadcast_add(bt),
+    )
+}
+
+#[test]
+fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
+    // Padding larger and smaller than the kernel reach, non-square images, several
+    // channels: every branch of the segment geometry.
+    for (shape, k, pad) in [
+        ([2, 3, 7, 6], 3, 1),
+        ([3, 2, 5, 9], 4, 3),
+        ([1, 1, 6, 6], 6, 0),
+        ([2, 4, 4, 5], 2, 0),
+    ] {
+        let x = var(&shape, 4)?;
+        let w = var(&[5, shape[1], k, k], 5)?;
+        let b = var(&[5], 6)?;
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        compare(
+            &[("input", &x)],
+            || conv2d(xt, wt, bt, pad, Gradients::InputOnly),
+            || {
+                xt.conv2d(wt, pad, 1, 1, 1)?
+                    .broadcast_add(&bt.reshape((1, (), 1, 1))?)
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn input_only_skips_weight_gradients_and_data_gets_none() -> Result<()> {
+    let x = var(&[2, 3, 6, 6], 7)?;
+    let (w, b) = (var(&[4, 3, 3, 3], 8)?, var(&[4], 9)?);
+    let y = input_only_conv(&x, &w, &b, 1)?;
+    let g = y.sum_all()?.backward()?;
+    assert!(g.get(x.as_tensor()).is_some());
+    assert!(g.get(w.as_tensor()).is_none() && g.get(b.as_tensor()).is_none());
+    let (x2, w2, b2) = (var(&[2, 6], 10)?, var(&[3, 6], 11)?, var(&[3], 12)?);
+    let y = linear(
+        x2.as_tensor(),
+        w2.as_tensor(),
+        b2.as_tensor(),
+        Gradients::InputOnly,
+    )?;
+    let g = y.sum_all()?.backward()?;
+    assert!(g.get(x2.as_tensor()).is_some());
+    assert!(g.get(w2.as_tensor()).is_none() && g.get(b2.as_tensor()).is_none());
+    // Data that is not on the graph gets no gradient; the weights still do.
+    let data = Tensor::from_vec(values(12, 10), (2, 6), &Device::Cpu)?;
+    let y = linear(&data, w2.as_tensor(), b2.as_tensor(), Gradients::All)?;
+    let g = y.sum_all()?.backward()?;
+    assert!(g.get(&data).is_none() && g.get(w2.as_tensor()).is_some());
+    Ok(())
+}
+
+#[test]
+fn max_pieces_matches_candle_max_with_ties() -> Result<()> {
+    // Ties (repeated values) must give every tied piece the full gradient, as before.
+    let mut v = values(2 * 3 * 4 * 5, 15);
+    v[7] = v[7 + 5];
+    v[0] = v[5];
+    let zs = Var::from_tensor(&Tensor::from_vec(v, (2, 3 * 4, 5), &Device::Cpu)?)?;
+    let fast = max_pieces(zs.as_tensor(), 4, 5, &[2, 3, 5])?;
+    let slow = zs
+        .as_tensor()
+        .reshape((6, 4, 5))?
+        .max(1)?
+        .reshape((2, 3, 5))?;
+    assert!(max_abs_diff(&fast, &slow)? == 0.0);
+    let probe = Tensor::from_vec(values(30, 16), (2, 3, 5), &Device::Cpu)?;
+    let gf = (fast * &probe)?.sum_all()?.backward()?;
+    let gs = (slow * &probe)?.sum_all()?.backward()?;
+    let d = max_abs_diff(
+        gf.get(zs.as_tensor()).unwrap(),
+        gs.get(zs.as_tensor()).unwrap(),
+    )?;
+    assert!(d == 0.0, "gradient off by {d}");
+    let err = max_pieces(zs.as_tensor(), 7, 5, &[1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("groups of 7"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn input_gradient_is_bitwise_the_same_on_any_number_of_threads() -> Result<()> {
+    let f32_var = |shape: &[usize], seed| -> Result<Var> {
+        Var::from_tensor(&var(shape, seed)?.as_tensor().to_dtype(DType::F32)?)
+    };
+    let (x, w, b) = (
+        f32_var(&[20, 3, 9, 9], 17)?,
+        f32_var(&[6, 3, 4, 4], 18)?,
+        f32_var(&[6], 19)?,
+    );
+    let run = |threads: usize| -> Result<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            let y = input_only_conv(&x, &w, &b, 1)?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            g.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()?
+                .to_vec1::<f32>()
+        })
+    };
+    assert_eq!(run(1)?, run(3)?);
+    Ok(())
+}
+
+#[test]
+fn f32_conv_agrees_with_f64() -> Result<()> {
+    let x = var(&[2, 2, 8, 8], 12)?;
+    let (w, b) = (var(&[3, 2, 5, 5], 13)?, var(&[3], 14)?);
+    let f64_out = input_only_conv(&x, &w, &b, 2)?;
+    let f32 = |v: &Var| v.as_tensor().to_dtype(DType::F32);
+    let f32_out = conv2d(&f32(&x)?, &f32(&w)?, &f32(&b)?, 2, Gradients::InputOnly)?;
+    assert!(max_abs_diff(&f32_out.to_dtype(DType::F64)?, &f64_out)? < 1e-5);
     Ok(())
 }
