@@ -63,7 +63,7 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
     };
     if kernels::fast_path(&[xs]) {
         // The same arg-max in one custom op, without the index tensor and the gather.
-        return xs.contiguous()?.apply_op1(kernels::MaxPool(geometry));
+        return xs.contiguous()?.apply_op1(kernels::MaxPool::new(geometry));
     }
     max_pool_by_index(xs, geometry)
 }
@@ -107,13 +107,16 @@ impl Windows {
         let mut index = Vec::with_capacity(values.len() / (h * w) * oh * ow);
         for (p, plane) in values.chunks_exact(h * w).enumerate() {
             for i in 0..oh {
-                let rows = i * stride..(i * stride + pool).min(h);
+                let (y0, y1) = (i * stride, (i * stride + pool).min(h));
                 for j in 0..ow {
-                    let cols = j * stride..(j * stride + pool).min(w);
-                    let mut best = i * stride * w + j * stride;
-                    for y in rows.clone() {
-                        for x in cols.clone() {
-                            if plane[y * w + x] > plane[best] {
+                    let (x0, x1) = (j * stride, (j * stride + pool).min(w));
+                    // The first maximum in row-major order: later ties do not replace it.
+                    let mut best = y0 * w + x0;
+                    let mut top = plane[best];
+                    for y in y0..y1 {
+                        for (x, &v) in (x0..x1).zip(&plane[y * w + x0..y * w + x1]) {
+                            if v > top {
+                                top = v;
                                 best = y * w + x;
                             }
                         }
@@ -635,7 +638,7 @@ impl Cnn {
         for ((w, b), l) in self.convs.iter().zip(&s.layers) {
             h = next_dropout(h)?;
             h = max_pool(
-                &conv2d(&h, w, b, l.pad, grads)?.relu()?,
+                &kernels::relu(&conv2d(&h, w, b, l.pad, grads)?)?,
                 l.pool,
                 l.pool_stride,
             )?;
@@ -645,7 +648,7 @@ impl Cnn {
         for (i, (w, b)) in self.linears.iter().enumerate() {
             h = linear(&next_dropout(h)?, w, b, grads)?;
             if i < last {
-                h = h.relu()?;
+                h = kernels::relu(&h)?;
             }
         }
         Ok(h)

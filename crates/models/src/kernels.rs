@@ -15,6 +15,7 @@
 //! differentiable), [`linear`], [`conv2d`] and [`max_pieces`] fall back to Candle's ops.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -100,6 +101,16 @@ pub fn max_pieces(zs: &Tensor, pieces: usize, inner: usize, out_shape: &[usize])
     zs.contiguous()?
         .apply_op1(MaxPieces { pieces, inner })?
         .reshape(out_shape)
+}
+
+/// `max(x, 0)`, as Candle's `relu`, with a backward that masks the gradient in one pass
+/// (Candle's builds a zero tensor, compares and converts it, then multiplies), computing the
+/// same products.
+pub fn relu(xs: &Tensor) -> Result<Tensor> {
+    if !fast_path(&[xs]) {
+        return xs.relu();
+    }
+    xs.contiguous()?.apply_op1(Relu)
 }
 
 thread_local! {
@@ -398,22 +409,19 @@ impl candle_core::CustomOp1 for MaxPieces {
     }
 }
 
-/// [`crate::conv::max_pool`] as a custom op: each window's first maximum forward, and each
-/// output gradient added onto its window's arg-max backward (overlapping windows may share
-/// one).
-pub(crate) struct MaxPool(pub(crate) Windows);
+/// [`relu`] as a custom op.
+struct Relu;
 
-impl candle_core::CustomOp1 for MaxPool {
+impl candle_core::CustomOp1 for Relu {
     fn name(&self) -> &'static str {
-        "gauntlet-max-pool"
+        "gauntlet-relu"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (batch, channels, _, _) = layout.shape().dims4()?;
         by_dtype!(storage.dtype(), T => {
             let x = cpu_slice::<T>(storage, layout)?;
-            let out: Vec<T> = self.0.argmax(x).into_iter().map(|i| x[i as usize]).collect();
-            Ok((T::to_cpu_storage_owned(out), (batch, channels, self.0.oh, self.0.ow).into()))
+            let out: Vec<T> = x.iter().map(|&v| v.max(0.0)).collect();
+            Ok((T::to_cpu_storage_owned(out), layout.shape().clone()))
         })
     }
 
@@ -422,8 +430,69 @@ impl candle_core::CustomOp1 for MaxPool {
         by_dtype!(xs.dtype(), T => {
             let dx = with_slice::<T, _>(xs, |x| {
                 with_slice::<T, _>(&grad, |g| {
+                    // g·1 or g·0 as Candle multiplies them: the same signed zeros and NaNs.
+                    Ok(x.iter()
+                        .zip(g)
+                        .map(|(&v, &g)| g * if v >= 0.0 { 1.0 } else { 0.0 })
+                        .collect::<Vec<T>>())
+                })
+            })?;
+            Ok(Some(Tensor::from_vec(dx, xs.shape(), xs.device())?))
+        })
+    }
+}
+
+/// [`crate::conv::max_pool`] as a custom op: each window's first maximum forward, and each
+/// output gradient added onto its window's arg-max backward (overlapping windows may share
+/// one).
+pub(crate) struct MaxPool {
+    windows: Windows,
+    /// The forward pass's arg-max, kept for the backward.
+    argmax: OnceLock<Vec<u32>>,
+}
+
+impl MaxPool {
+    pub(crate) fn new(windows: Windows) -> Self {
+        MaxPool {
+            windows,
+            argmax: OnceLock::new(),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "gauntlet-max-pool"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, _, _) = layout.shape().dims4()?;
+        let (oh, ow) = (self.windows.oh, self.windows.ow);
+        by_dtype!(storage.dtype(), T => {
+            let x = cpu_slice::<T>(storage, layout)?;
+            let index = self.windows.argmax(x);
+            let out: Vec<T> = index.iter().map(|&i| x[i as usize]).collect();
+            // A second forward of the same op would find the same arg-max.
+            let _ = self.argmax.set(index);
+            Ok((T::to_cpu_storage_owned(out), (batch, channels, oh, ow).into()))
+        })
+    }
+
+    fn bwd(&self, xs: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        by_dtype!(xs.dtype(), T => {
+            let dx = with_slice::<T, _>(xs, |x| {
+                with_slice::<T, _>(&grad, |g| {
+                    let computed;
+                    let index = match self.argmax.get() {
+                        Some(index) => index,
+                        None => {
+                            computed = self.windows.argmax(x);
+                            &computed
+                        }
+                    };
                     let mut dx = vec![T::from_f64(0.0); x.len()];
-                    for (i, &g) in self.0.argmax(x).into_iter().zip(g) {
+                    for (&i, &g) in index.iter().zip(g) {
                         dx[i as usize] += g;
                     }
                     Ok(dx)

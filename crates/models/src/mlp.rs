@@ -44,7 +44,7 @@ impl Mlp {
             h = kernels::linear(&h, w, b, grads)?;
             if i < last {
                 h = match s.activation {
-                    Activation::Relu => h.relu()?,
+                    Activation::Relu => kernels::relu(&h)?,
                     Activation::Sigmoid => candle_nn::ops::sigmoid(&h)?,
                 };
             }

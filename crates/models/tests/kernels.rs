@@ -3,7 +3,7 @@
 //! autograd pass.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use gauntlet_models::kernels::{conv2d, linear, max_pieces, Gradients};
+use gauntlet_models::kernels::{conv2d, linear, max_pieces, relu, Gradients};
 use gauntlet_models::{
     autograd_input_grad, build, per_example_cross_entropy, Activation, Arch, CnnLayer, CnnSpec,
     ConvMaxoutLayer, ConvMaxoutSpec, MlpSpec, Mode, ModelSpec,
@@ -350,5 +350,27 @@ fn f32_conv_agrees_with_f64() -> Result<()> {
     let f32 = |v: &Var| v.as_tensor().to_dtype(DType::F32);
     let f32_out = conv2d(&f32(&x)?, &f32(&w)?, &f32(&b)?, 2, Gradients::InputOnly)?;
     assert!(max_abs_diff(&f32_out.to_dtype(DType::F64)?, &f64_out)? < 1e-5);
+    Ok(())
+}
+
+/// The Cnn and ReLU MLPs train through the custom ReLU: values and gradients bit for bit
+/// Candle's, signed zeros included.
+#[test]
+fn relu_kernel_is_bitwise_candle() -> Result<()> {
+    let mut v: Vec<f32> = values(4000, 21).into_iter().map(|v| v as f32).collect();
+    v[..4].copy_from_slice(&[0.0, -0.0, 1e-40, -1e-40]);
+    let x = Var::from_tensor(&Tensor::from_vec(v, (40, 100), &Device::Cpu)?)?;
+    let mut p: Vec<f32> = values(4000, 22).into_iter().map(|v| v as f32).collect();
+    p[4..8].copy_from_slice(&[0.0, -0.0, -1.0, 2.0]);
+    let probe = Tensor::from_vec(p, (40, 100), &Device::Cpu)?;
+    let (fast, slow) = (relu(x.as_tensor())?, x.as_tensor().relu()?);
+    assert_eq!(bits(&fast)?, bits(&slow)?, "forward");
+    let gf = (fast * &probe)?.sum_all()?.backward()?;
+    let gs = (slow * &probe)?.sum_all()?.backward()?;
+    let (gf, gs) = (
+        gf.get(x.as_tensor()).unwrap(),
+        gs.get(x.as_tensor()).unwrap(),
+    );
+    assert_eq!(bits(gf)?, bits(gs)?, "gradient");
     Ok(())
 }
