@@ -35,6 +35,7 @@ pub struct JobFile<T> {
 pub struct TrainOutput {
     pub model: String,
     pub n_params: usize,
+    /// The epochs' wall times summed, those of interrupted runs this job resumed included.
     pub train_seconds: f64,
     pub log: TrainLog,
     /// Clean loss and error on the whole test split (after `data.test-limit`).

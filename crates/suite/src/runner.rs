@@ -522,7 +522,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 &mut progress,
                 &state,
             )?;
-            let train_seconds = started.elapsed().as_secs_f64();
+            let train_seconds = log.training_seconds();
             let test = evaluate(net.as_ref(), &splits.test, batch_size, ctx.device)?;
             checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
             ctx.finish(

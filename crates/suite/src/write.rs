@@ -78,7 +78,12 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                         .iter()
                         .map(|e| TrainingRow::new(&def.name, e)),
                 );
-                timings.push(TimingRow::new(&job.id, "training", out.train_seconds));
+                // From the log: files written before train_seconds counted resumed runs' epochs.
+                timings.push(TimingRow::new(
+                    &job.id,
+                    "training",
+                    out.log.training_seconds(),
+                ));
                 timings.extend(out.log.epochs.iter().map(|e| TimingRow {
                     examples_per_second: Some(e.examples_per_second),
                     ..TimingRow::new(&job.id, format!("epoch {}", e.epoch), e.seconds)

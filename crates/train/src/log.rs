@@ -40,3 +40,11 @@ pub struct TrainLog {
     pub regularizer: crate::Regularizer,
     pub sigma_eff: Option<f64>,
 }
+
+impl TrainLog {
+    /// The epochs' wall times summed: the training time of a run that was interrupted and
+    /// resumed, which no single process's clock sees whole.
+    pub fn training_seconds(&self) -> f64 {
+        self.epochs.iter().map(|e| e.seconds).sum()
+    }
+}
