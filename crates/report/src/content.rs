@@ -106,6 +106,21 @@ fn references(report: &ReportSection, b: &mut Vec<Block>) {
     }
 }
 
+/// The clean validation error of `model` at `epoch` (else its last epoch) in training.csv.
+fn valid_error(data: &ResultsDir, model: &str, epoch: Option<usize>) -> Option<f64> {
+    let rows: Vec<_> = data
+        .training
+        .as_ref()?
+        .iter()
+        .filter(|row| row.model == model)
+        .collect();
+    let row = match epoch {
+        Some(e) => rows.iter().find(|row| row.epoch == e),
+        None => rows.iter().max_by_key(|row| row.epoch),
+    }?;
+    row.valid_error
+}
+
 pub(crate) fn document(
     data: &ResultsDir,
     d: &Data<'_>,
@@ -175,6 +190,9 @@ pub(crate) fn document(
                     }))
                     .into(),
                     opt(m.stopped_by.clone()).into(),
+                    opt(valid_error(data, &m.name, m.best_epoch)
+                        .map(|v| format!("{:.2}%", v * 100.0)))
+                    .into(),
                     m.test_n.to_string().into(),
                     with_ci(m.test_accuracy(), m.test_ci_low, m.test_ci_high).into(),
                     opt(m.test_loss.map(|l| format!("{l:.4}"))).into(),
@@ -188,6 +206,7 @@ pub(crate) fn document(
                 "parameters",
                 "epochs",
                 "stopped by",
+                "valid error",
                 "test n",
                 "accuracy [95% CI]",
                 "loss",
@@ -195,7 +214,9 @@ pub(crate) fn document(
             .map(String::from)
             .to_vec(),
             rows,
-            caption: Some("Accuracy on the clean test split.".into()),
+            caption: Some(
+                "Accuracy on the clean test split; valid error: the clean validation error at the epoch the model keeps (the one to select hyper-parameters by, never the test split).".into(),
+            ),
         });
     }
     if let Some(f) = figs.training {
