@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand};
     about = "Adversarial-robustness evaluation: train, attack and compare classifiers"
 )]
 pub struct Cli {
+    /// Compute threads of the CPU kernels (default: one per physical core). Parallel suite
+    /// jobs (`run --jobs N`) share them: give at least N.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -24,6 +24,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = args::Cli::parse();
+    // Before any other thread starts: the thread count is read from the environment.
+    if let Err(err) = gauntlet_models::threads::init(cli.threads) {
+        eprintln!("error: --threads: {err}");
+        return ExitCode::from(2);
+    }
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
