@@ -204,7 +204,8 @@ fn pairwise_value_and_input_grad(
     targeted: bool,
 ) -> Result<Objective> {
     let leaf = Var::from_tensor(&xs.detach())?;
-    let logits = model.forward(leaf.as_tensor(), Mode::Eval)?;
+    // Only the input's gradient is wanted: the models' fast path skips the weights'.
+    let logits = model.forward_input_grad(leaf.as_tensor(), Mode::Eval)?;
     let (batch, n_classes) = logits.dims2()?;
     loss.check_classes(n_classes, targeted)?;
     let rows = logits.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
