@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     }
     let cli = args::Cli::parse();
     // Before any other thread starts: the thread count is read from the environment.
-    if let Err(err) = gauntlet_models::threads::init(cli.threads) {
+    if let Err(err) = gauntlet_models::threads::init(cli.compute_threads()) {
         eprintln!("error: --threads: {err}");
         return ExitCode::from(2);
     }

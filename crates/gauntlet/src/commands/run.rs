@@ -171,7 +171,7 @@ fn print_plan(summary: &RunSummary) {
 }
 
 pub fn run(args: RunArgs, merge_only: bool) -> Result<()> {
-    if args.jobs == 0 {
+    if args.jobs() == 0 {
         return Err(anyhow!("--jobs must be at least 1"));
     }
     let options = RunOptions {
@@ -188,7 +188,7 @@ pub fn run(args: RunArgs, merge_only: bool) -> Result<()> {
                     .map_err(|e| anyhow!("--stage `{s}`: {e}"))
             })
             .transpose()?,
-        jobs: args.jobs,
+        jobs: args.jobs(),
     };
     let summary = if merge_only {
         merge_suite(&args.suite, &options)?
