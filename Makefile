@@ -20,9 +20,8 @@ build: setup
 # The main job: suites/quickstart.toml on the embedded MNIST (three Maxout MLPs trained,
 # attacked, compared by transfer and noise) into results/quickstart/, then the report in
 # report/quickstart/.
-# Two single-thread jobs side by side: 1.44x faster than one two-thread job (BENCHMARKS.md).
 run: build
-	$(GAUNTLET) --threads 1 run $(SUITE) --jobs 2
+	$(GAUNTLET) run $(SUITE)
 	$(GAUNTLET) report results/$(notdir $(basename $(SUITE)))
 
 # A headless-Chromium screenshot of the suite's report/NAME/index.html, to check by eye that it
@@ -97,12 +96,12 @@ lint:
 # The paper's experiment (suites/mnist-paper.toml) and the reduced conv-MNIST and CIFAR-10
 # runs, each with its report: results/NAME/ and report/NAME/. Resumable: an interrupted run
 # picks up where it stopped (finished jobs are cached, training resumes from its last epoch).
-# REPRODUCE_JOBS independent jobs run side by side, one compute thread each.
-REPRODUCE_JOBS ?= 2
+# One single-thread job per core by default (`gauntlet run`'s default); REPRODUCE_JOBS sets it.
+REPRODUCE_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 REPRODUCE_SUITES ?= mnist-paper mnist-conv cifar10
 reproduce: build
 	@for s in $(REPRODUCE_SUITES); do \
-		$(GAUNTLET) --threads 1 run suites/$$s.toml --jobs $(REPRODUCE_JOBS) || exit 1; \
+		$(GAUNTLET) run suites/$$s.toml --jobs $(REPRODUCE_JOBS) || exit 1; \
 		$(GAUNTLET) report results/$$s || exit 1; \
 	done
 
