@@ -303,15 +303,49 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     }
 }
 
-/// The committed quickstart baseline, read only (results go to a temporary folder).
-const QUICKSTART_MODEL: &str = "results/quickstart/models/maxout.safetensors";
+/// A small Maxout MLP trained once for the attack tests below (checkpoints are not in git, so
+/// the tests cannot lean on a suite's results).
+fn small_model() -> &'static str {
+    static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        // Under target/tmp: kept between runs, retrained (same seed, same bytes) by each.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-small-model");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("small.toml");
+        std::fs::write(
+            &config,
+            "name = \"small\"\nseed = 5\n[data]\ndataset = \"mnist\"\n\
+             [model]\narch = { kind = \"maxout-mlp\", units = [64, 64], pieces = 3, init-range = 0.05 }\n\
+             [train]\nbatch-size = 50\noptimizer = { kind = \"sgd\", lr = 0.1, final-momentum = 0.7, momentum-saturate = 3 }\n",
+        )
+        .unwrap();
+        let out = dir.to_str().unwrap();
+        let res = gauntlet(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--train-limit",
+            "2000",
+            "--valid-size",
+            "1000",
+            "--test-limit",
+            "200",
+            "--out",
+            out,
+        ]);
+        assert!(res.status.success(), "{}", stderr(&res));
+        dir.join("model.safetensors").to_str().unwrap().to_string()
+    })
+}
 
-/// `gauntlet attack` on [`QUICKSTART_MODEL`]'s first 40 test images.
-fn attack_quickstart(out: &str, extra: &[&str]) -> Output {
+/// `gauntlet attack` on [`small_model`]'s first 40 test images.
+fn attack_small(out: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "attack",
         "--model",
-        QUICKSTART_MODEL,
+        small_model(),
         "--test-limit",
         "40",
         "--out",
@@ -325,7 +359,7 @@ fn attack_quickstart(out: &str, extra: &[&str]) -> Output {
 fn auto_writes_who_broke_each_example_and_checks_square() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
-    let res = attack_quickstart(
+    let res = attack_small(
         out,
         &[
             "--attack",
@@ -385,7 +419,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
     ] {
         let mut args = extra.to_vec();
         args.extend(["--eps", "0.1", "--no-checks"]);
-        let res = attack_quickstart(out, &args);
+        let res = attack_small(out, &args);
         assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
     }
     for name in [
@@ -407,7 +441,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
             "--no-checks",
         ];
         args.extend_from_slice(extra);
-        let res = attack_quickstart(out, &args);
+        let res = attack_small(out, &args);
         assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
         let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
         let records: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -455,7 +489,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
     ] {
         let mut args = extra.to_vec();
         args.extend(["--eps", "0.1"]);
-        let res = attack_quickstart(out, &args);
+        let res = attack_small(out, &args);
         assert!(!res.status.success(), "{extra:?} must fail");
         assert!(
             stderr(&res).contains(message),
