@@ -40,6 +40,7 @@ pub mod write;
 
 pub use error::{Error, Result};
 pub use plan::{canonical_json, Job, JobKind, Plan, Stage, Task, CODE_VERSION, INIT_STREAM};
+pub use prune::{prune, PruneReport};
 pub use resolve::{
     AttackDef, AttackMethod, Budget, EvalOptions, ModelDef, NoiseDef, SourceDef, Suite, SweepDef,
     TransferDef, VisualsDef,
@@ -48,7 +49,6 @@ pub use runner::{
     merge_suite, run_suite, run_suite_with, JobReport, JobStatus, NoProgress, RunOptions,
     RunSummary, SuiteObserver,
 };
-pub use prune::{prune, PruneReport};
 pub use spec::SuiteSpec;
 
 /// Plans a suite without touching the results folder: its jobs, ids and keys.

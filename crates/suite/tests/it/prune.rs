@@ -42,7 +42,10 @@ fn prune_removes_what_the_plan_no_longer_uses_and_nothing_else() {
     assert!(names.iter().all(|n| n.starts_with("attack-")), "{names:?}");
     assert_eq!(dry.orphan_temps, std::slice::from_ref(&dead));
     assert!(dry.bytes > 0);
-    assert!(dry.stale_jobs.iter().all(|p| p.exists()), "a dry run deletes nothing");
+    assert!(
+        dry.stale_jobs.iter().all(|p| p.exists()),
+        "a dry run deletes nothing"
+    );
 
     let done = prune(&results, &plan, false).unwrap();
     assert_eq!(done.stale_jobs, dry.stale_jobs);
