@@ -65,8 +65,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 let file: JobFile<TrainOutput> = read_job(&dir)?;
                 let out = file.output;
                 let checkpoint = format!("models/{}.safetensors", def.name);
-                let checkpoint_sha256 =
-                    copy(&dir.join(MODEL_FILE), &results_dir.join(&checkpoint))?;
+                let bytes = copy(&dir.join(MODEL_FILE), &results_dir.join(&checkpoint))?;
+                let checkpoint_sha256 = format!("{:x}", Sha256::digest(&bytes));
                 let spec_file = format!("models/{}.json", def.name);
                 copy(&dir.join("model.json"), &results_dir.join(&spec_file))?;
                 written.push(results_dir.join(&checkpoint));
@@ -250,9 +250,9 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     Ok(written)
 }
 
-/// Copies `from` to `to` atomically; returns the SHA-256 of the bytes, in hex.
-fn copy(from: &Path, to: &Path) -> Result<String> {
+/// Copies `from` to `to` atomically; returns the bytes copied.
+fn copy(from: &Path, to: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
     write_atomic(to, &bytes).map_err(|e| Error::io(to, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    Ok(bytes)
 }
