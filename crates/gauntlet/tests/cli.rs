@@ -15,36 +15,44 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn train_then_eval_attack_and_noise_write_their_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().to_str().unwrap();
-    // A small Maxout MLP with a wider init, which leaves the initial plateau within a few
-    // hundred steps (pylearn2's U(±0.005) needs a few thousand).
-    let config = dir.path().join("small.toml");
+/// `gauntlet train` of a small Maxout MLP into `dir`, with a wider init, which leaves the
+/// initial plateau within a few hundred steps (pylearn2's U(±0.005) needs a few thousand).
+fn train_small(dir: &Path, seed: u64, epochs: usize, test_limit: usize) -> Output {
+    let config = dir.join("small.toml");
     std::fs::write(
         &config,
-        "name = \"small\"\nseed = 3\n[data]\ndataset = \"mnist\"\n\
-         [model]\narch = { kind = \"maxout-mlp\", units = [64, 64], pieces = 3, init-range = 0.05 }\n\
-         [train]\nbatch-size = 50\noptimizer = { kind = \"sgd\", lr = 0.1, final-momentum = 0.7, momentum-saturate = 3 }\n",
+        format!(
+            "name = \"small\"\nseed = {seed}\n[data]\ndataset = \"mnist\"\n\
+             [model]\narch = {{ kind = \"maxout-mlp\", units = [64, 64], pieces = 3, init-range = 0.05 }}\n\
+             [train]\nbatch-size = 50\noptimizer = {{ kind = \"sgd\", lr = 0.1, final-momentum = 0.7, momentum-saturate = 3 }}\n"
+        ),
     )
     .unwrap();
-    let res = gauntlet(&[
+    let (epochs, test_limit) = (epochs.to_string(), test_limit.to_string());
+    gauntlet(&[
         "train",
         "--config",
         config.to_str().unwrap(),
         "--epochs",
-        "4",
+        &epochs,
         "--train-limit",
         "2000",
         "--valid-size",
         "1000",
         "--test-limit",
-        "500",
+        &test_limit,
         "--out",
-        out,
-    ]);
+        dir.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn train_then_eval_attack_and_noise_write_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let res = train_small(dir.path(), 3, 4, 500);
     assert!(res.status.success(), "{}", stderr(&res));
+    let config = dir.path().join("small.toml");
     for file in [
         "model.safetensors",
         "model.json",
@@ -311,30 +319,7 @@ fn small_model() -> &'static str {
         // Under target/tmp: kept between runs, retrained (same seed, same bytes) by each.
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-small-model");
         std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("small.toml");
-        std::fs::write(
-            &config,
-            "name = \"small\"\nseed = 5\n[data]\ndataset = \"mnist\"\n\
-             [model]\narch = { kind = \"maxout-mlp\", units = [64, 64], pieces = 3, init-range = 0.05 }\n\
-             [train]\nbatch-size = 50\noptimizer = { kind = \"sgd\", lr = 0.1, final-momentum = 0.7, momentum-saturate = 3 }\n",
-        )
-        .unwrap();
-        let out = dir.to_str().unwrap();
-        let res = gauntlet(&[
-            "train",
-            "--config",
-            config.to_str().unwrap(),
-            "--epochs",
-            "3",
-            "--train-limit",
-            "2000",
-            "--valid-size",
-            "1000",
-            "--test-limit",
-            "200",
-            "--out",
-            out,
-        ]);
+        let res = train_small(&dir, 5, 3, 200);
         assert!(res.status.success(), "{}", stderr(&res));
         dir.join("model.safetensors").to_str().unwrap().to_string()
     })
