@@ -19,6 +19,9 @@ Workloads, per batch (see crates/bench/src/workloads.rs for gauntlet's side):
   pgd-step    L-inf PGD, 10 steps, random start, no early stop; counts steps x images
   transfer    FGSM crafted on the source, source predictions, target clean and adversarial
               predictions with the target's confidence
+  gemm-forward, gemm-train (MLPs only: a profile) the matrix products of the forward pass and
+              of the training step alone (x W^T per layer; dY W but for the first layer;
+              dY^T x), on fixed operands
 """
 
 import argparse
@@ -34,7 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-WORKLOADS = ["forward", "input-grad", "train", "train-fgsm", "fgsm", "pgd-step", "transfer"]
+WORKLOADS = ["forward", "input-grad", "train", "train-fgsm", "fgsm", "pgd-step", "transfer",
+             "gemm-forward", "gemm-train"]
 MODELS = ["maxout-mlp", "mlp", "conv-maxout", "cnn"]
 PGD_STEPS = 10
 ATTACK_EPS = 0.1
@@ -247,6 +251,21 @@ def make_workloads(names, model, target, batch, flops):
             src_wrong = source_preds != ys
             ((preds == source_preds) & src_wrong).sum().item()
 
+    def products(backward):
+        layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        ops = [(torch.rand(batch, m.in_features), m.weight.detach().clone(),
+                torch.rand(batch, m.out_features) * 2 - 1) for m in layers]
+
+        def run(xs, ys):
+            with torch.no_grad():
+                for l, (x, w, dy) in enumerate(ops):
+                    x @ w.t()
+                    if backward:
+                        if l > 0:
+                            dy @ w
+                        dy.t() @ x
+        return run
+
     table = {
         "forward": ("images/s", batch, f, forward),
         "input-grad": ("images/s", batch, 2 * f, grad),
@@ -256,7 +275,10 @@ def make_workloads(names, model, target, batch, flops):
         "pgd-step": ("steps*images/s", batch * PGD_STEPS, 2 * f + f / PGD_STEPS, pgd),
         "transfer": ("images/s", batch, 5 * f, transfer),
     }
-    return [(n,) + table[n] for n in names]
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        table["gemm-forward"] = ("images/s", batch, f, products(False))
+        table["gemm-train"] = ("examples/s", batch, 3 * f - first, products(True))
+    return [(n,) + table[n] for n in names if n in table]
 
 
 def measure(workloads, batches, rounds, seconds, fixed_batches):

@@ -95,6 +95,24 @@ pub fn forward(spec: &ModelSpec) -> Result<ForwardFlops> {
     })
 }
 
+/// The `(fan_in, fan_out)` of every fully connected layer of an MLP (a Maxout layer's pieces
+/// counted as outputs), for the matrix-product profile; `None` for convolutional networks.
+pub fn dense_layers(spec: &ModelSpec) -> Option<Vec<(usize, usize)>> {
+    let (widths, pieces) = match &spec.arch {
+        Arch::MaxoutMlp(s) => (s.units.clone(), s.pieces),
+        Arch::Mlp(s) => (s.hidden.clone(), 1),
+        Arch::ConvMaxout(_) | Arch::Cnn(_) => return None,
+    };
+    let mut fan_in = spec.input_dim();
+    let mut layers = Vec::new();
+    for units in widths {
+        layers.push((fan_in, units * pieces));
+        fan_in = units;
+    }
+    layers.push((fan_in, spec.n_classes));
+    Some(layers)
+}
+
 /// Output height and width of a stride-1 convolution with zero padding `pad`.
 fn conv_out(input: [usize; 3], kernel: usize, pad: usize) -> Result<(usize, usize)> {
     let (h, w) = (input[1] + 2 * pad, input[2] + 2 * pad);
@@ -115,6 +133,22 @@ mod tests {
         let f = forward(&ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5))).unwrap();
         assert_eq!(f.total, 2.0 * (784.0 * 1200.0 + 240.0 * 1200.0 + 2400.0));
         assert_eq!(f.first, 2.0 * 784.0 * 1200.0);
+    }
+
+    #[test]
+    fn dense_layers_match_the_flop_count() {
+        for spec in [
+            ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5)),
+            ModelSpec::mnist(Arch::Mlp(Default::default())),
+        ] {
+            let layers = dense_layers(&spec).unwrap();
+            let macs: usize = layers.iter().map(|(i, o)| i * o).sum();
+            assert_eq!(2.0 * macs as f64, forward(&spec).unwrap().total);
+        }
+        assert_eq!(
+            dense_layers(&ModelSpec::mnist(Arch::Cnn(CnnSpec::default()))),
+            None
+        );
     }
 
     #[test]

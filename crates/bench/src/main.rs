@@ -60,7 +60,8 @@ struct Args {
     /// Comma-separated models: maxout-mlp, mlp, conv-maxout, cnn.
     #[arg(long, value_delimiter = ',', default_values_t = MODELS.map(String::from))]
     models: Vec<String>,
-    /// Comma-separated workloads: forward, input-grad, train, train-fgsm, fgsm, pgd-step, transfer.
+    /// Comma-separated workloads: forward, input-grad, train, train-fgsm, fgsm, pgd-step,
+    /// transfer, and for the MLPs the matrix-product profile gemm-forward and gemm-train.
     #[arg(long, value_delimiter = ',', default_values_t = workloads::ALL.map(String::from))]
     workloads: Vec<String>,
     /// Measured rounds (after one warm-up round); the median is reported.
@@ -184,6 +185,7 @@ fn run(args: Args) -> Result<()> {
             target.as_ref(),
             *batch,
             forward,
+            flops::dense_layers(spec).as_deref(),
         )?;
         let times = workloads::measure(&mut ws, &batches, args.rounds, budget)?;
         println!(

@@ -14,8 +14,10 @@ use gauntlet_train::{Optimizer, Regularizer, SgdMomentum};
 
 use crate::flops::ForwardFlops;
 
-/// Workload names in report order.
-pub const ALL: [&str; 7] = [
+/// Workload names in report order. The two `gemm-*` profile workloads run only the matrix
+/// products of an MLP's forward pass and of its training step, on their own: set beside
+/// `forward` and `train` they give the share of each spent outside the products.
+pub const ALL: [&str; 9] = [
     "forward",
     "input-grad",
     "train",
@@ -23,6 +25,8 @@ pub const ALL: [&str; 7] = [
     "fgsm",
     "pgd-step",
     "transfer",
+    "gemm-forward",
+    "gemm-train",
 ];
 
 /// Steps of the PGD run; its throughput counts steps × images.
@@ -47,120 +51,174 @@ pub struct Workload<'a> {
 }
 
 /// The workloads named in `names`, on `model` (trained by the training workloads) and `target`
-/// (the transfer target).
+/// (the transfer target). `dense` holds an MLP's layer shapes (`flops::dense_layers`); the
+/// `gemm-*` workloads are left out without them.
 pub fn build<'a>(
     names: &[String],
     model: &'a dyn Classifier,
     target: &'a dyn Classifier,
     batch: usize,
     flops: ForwardFlops,
+    dense: Option<&[(usize, usize)]>,
 ) -> Result<Vec<Workload<'a>>> {
     let f = flops.total;
     let mut out = Vec::new();
     for name in names {
-        let w = match name.as_str() {
-            "forward" => Workload {
-                name: "forward",
+        let w = match (name.as_str(), dense) {
+            ("gemm-forward" | "gemm-train", None) => continue,
+            ("gemm-forward", Some(layers)) => Workload {
+                name: "gemm-forward",
                 unit: "images/s",
                 per_batch: batch,
                 flops_per_unit: f,
-                run: Box::new(move |xs, _| {
-                    model.forward(xs, Mode::Eval)?;
-                    Ok(())
-                }),
+                run: products(layers, batch, false)?,
             },
-            "input-grad" => Workload {
-                name: "input-grad",
-                unit: "images/s",
-                per_batch: batch,
-                flops_per_unit: 2.0 * f,
-                run: Box::new(move |xs, ys| {
-                    model.loss_and_input_grad(xs, ys, Mode::Eval)?;
-                    Ok(())
-                }),
-            },
-            "train" => Workload {
-                name: "train",
+            ("gemm-train", Some(layers)) => Workload {
+                name: "gemm-train",
                 unit: "examples/s",
                 per_batch: batch,
                 flops_per_unit: 3.0 * f - flops.first,
-                run: train_step(model, Regularizer::None)?,
+                run: products(layers, batch, true)?,
             },
-            "train-fgsm" => Workload {
-                name: "train-fgsm",
-                unit: "examples/s",
-                per_batch: batch,
-                flops_per_unit: 6.0 * f - flops.first,
-                run: train_step(
-                    model,
-                    Regularizer::Lp {
-                        p: Norm::Linf,
-                        eps: TRAIN_EPS,
-                        alpha: 0.5,
-                        labels: Default::default(),
-                        perturb_mode: Default::default(),
-                        clip: false,
-                    },
-                )?,
-            },
-            "fgsm" => {
-                let attack = FastGradient::fgsm();
-                Workload {
-                    name: "fgsm",
+            (name, _) => match name {
+                "forward" => Workload {
+                    name: "forward",
+                    unit: "images/s",
+                    per_batch: batch,
+                    flops_per_unit: f,
+                    run: Box::new(move |xs, _| {
+                        model.forward(xs, Mode::Eval)?;
+                        Ok(())
+                    }),
+                },
+                "input-grad" => Workload {
+                    name: "input-grad",
                     unit: "images/s",
                     per_batch: batch,
                     flops_per_unit: 2.0 * f,
                     run: Box::new(move |xs, ys| {
-                        attack.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
+                        model.loss_and_input_grad(xs, ys, Mode::Eval)?;
                         Ok(())
                     }),
-                }
-            }
-            "pgd-step" => {
-                // Every image runs every step: no early stop.
-                let mut pgd = Pgd::new(Norm::Linf);
-                pgd.steps = PGD_STEPS;
-                pgd.early_stop = false;
-                Workload {
-                    name: "pgd-step",
-                    unit: "steps*images/s",
-                    per_batch: batch * PGD_STEPS,
-                    flops_per_unit: 2.0 * f + f / PGD_STEPS as f64,
-                    run: Box::new(move |xs, ys| {
-                        pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
-                        Ok(())
-                    }),
-                }
-            }
-            "transfer" => {
-                let attack = FastGradient::fgsm();
-                Workload {
-                    name: "transfer",
-                    unit: "images/s",
+                },
+                "train" => Workload {
+                    name: "train",
+                    unit: "examples/s",
                     per_batch: batch,
-                    flops_per_unit: 5.0 * f,
-                    run: Box::new(move |xs, ys| {
-                        transfer_matrix(
-                            &[("source", model)],
-                            &[("target", target)],
-                            &attack,
-                            xs,
-                            ys,
-                            ATTACK_EPS,
-                            batch,
-                        )?;
-                        Ok(())
-                    }),
+                    flops_per_unit: 3.0 * f - flops.first,
+                    run: train_step(model, Regularizer::None)?,
+                },
+                "train-fgsm" => Workload {
+                    name: "train-fgsm",
+                    unit: "examples/s",
+                    per_batch: batch,
+                    flops_per_unit: 6.0 * f - flops.first,
+                    run: train_step(
+                        model,
+                        Regularizer::Lp {
+                            p: Norm::Linf,
+                            eps: TRAIN_EPS,
+                            alpha: 0.5,
+                            labels: Default::default(),
+                            perturb_mode: Default::default(),
+                            clip: false,
+                        },
+                    )?,
+                },
+                "fgsm" => {
+                    let attack = FastGradient::fgsm();
+                    Workload {
+                        name: "fgsm",
+                        unit: "images/s",
+                        per_batch: batch,
+                        flops_per_unit: 2.0 * f,
+                        run: Box::new(move |xs, ys| {
+                            attack.perturb(
+                                model,
+                                xs,
+                                &Goal::Untargeted { labels: ys },
+                                ATTACK_EPS,
+                            )?;
+                            Ok(())
+                        }),
+                    }
                 }
-            }
-            other => anyhow::bail!(
-                "unknown workload {other:?}, expected one of {}",
-                ALL.join(", ")
-            ),
+                "pgd-step" => {
+                    // Every image runs every step: no early stop.
+                    let mut pgd = Pgd::new(Norm::Linf);
+                    pgd.steps = PGD_STEPS;
+                    pgd.early_stop = false;
+                    Workload {
+                        name: "pgd-step",
+                        unit: "steps*images/s",
+                        per_batch: batch * PGD_STEPS,
+                        flops_per_unit: 2.0 * f + f / PGD_STEPS as f64,
+                        run: Box::new(move |xs, ys| {
+                            pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
+                            Ok(())
+                        }),
+                    }
+                }
+                "transfer" => {
+                    let attack = FastGradient::fgsm();
+                    Workload {
+                        name: "transfer",
+                        unit: "images/s",
+                        per_batch: batch,
+                        flops_per_unit: 5.0 * f,
+                        run: Box::new(move |xs, ys| {
+                            transfer_matrix(
+                                &[("source", model)],
+                                &[("target", target)],
+                                &attack,
+                                xs,
+                                ys,
+                                ATTACK_EPS,
+                                batch,
+                            )?;
+                            Ok(())
+                        }),
+                    }
+                }
+                other => anyhow::bail!(
+                    "unknown workload {other:?}, expected one of {}",
+                    ALL.join(", ")
+                ),
+            },
         };
         out.push(w);
     }
     Ok(out)
+}
+
+/// The matrix products of an MLP's layers `(fan_in, fan_out)` at `batch` rows, as the fully
+/// connected kernel runs them: `x·Wᵀ` per layer, and with `backward` also `dY·W` (every layer
+/// but the first: the data need no gradient) and `dYᵀ·x`. Fixed operands: the timing covers
+/// the products alone.
+fn products<'a>(layers: &[(usize, usize)], batch: usize, backward: bool) -> Result<RunBatch<'a>> {
+    let device = candle_core::Device::Cpu;
+    let operands = layers
+        .iter()
+        .map(|&(fan_in, fan_out)| {
+            Ok((
+                Tensor::rand(0f32, 1f32, (batch, fan_in), &device)?,
+                Tensor::rand(-0.05f32, 0.05f32, (fan_out, fan_in), &device)?,
+                Tensor::rand(-1f32, 1f32, (batch, fan_out), &device)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Box::new(move |_, _| {
+        for (l, (x, w, dy)) in operands.iter().enumerate() {
+            x.matmul(&w.t()?)?;
+            if backward {
+                if l > 0 {
+                    dy.matmul(w)?;
+                }
+                dy.t()?.matmul(x)?;
+            }
+        }
+        Ok(())
+    }))
 }
 
 /// What the trainer does per batch: the objective's step, momentum SGD, the constraints, and

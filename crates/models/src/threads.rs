@@ -6,6 +6,14 @@
 //! flush-to-zero and denormals-are-zero: the momentum buffers of unused maxout pieces decay
 //! into subnormal floats, which made CPU epochs 25–50× slower (research/candle.md,
 //! "Denormal floats"), and gemm runs on the workers, not only on the calling thread.
+//!
+//! Candle 0.11 also runs element-wise ops on a pool of its own (`CANDLE_NUM_THREADS − 1`
+//! workers, by default one fewer than the compute threads), whose workers spin after every op
+//! and start without flush-to-zero. On two cores the spinning worker took the core gemm's
+//! second thread needed: a perf profile of the Maxout MLP's training step at two threads found
+//! 30% of all samples in it (BENCHMARKS.md). [`init`] therefore leaves that pool empty
+//! (`CANDLE_NUM_THREADS=1`) unless the caller set the variable: element-wise ops then run on
+//! the calling thread, with flush-to-zero.
 
 use candle_core::{bail, Result};
 
@@ -13,7 +21,8 @@ use candle_core::{bail, Result};
 /// flush-to-zero on every compute thread, the caller's included. Returns the thread count.
 ///
 /// Call it once, first thing in `main`, before any other thread starts: it sets the
-/// `RAYON_NUM_THREADS` environment variable, which must not race with readers.
+/// `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS` environment variables, which must not race
+/// with readers.
 ///
 /// # Errors
 /// `threads == Some(0)`, or rayon's global pool already started.
@@ -23,6 +32,9 @@ pub fn init(threads: Option<usize>) -> Result<usize> {
             bail!("threads must be at least 1, got 0")
         }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let n = candle_core::utils::get_num_threads();
     flush_denormals();

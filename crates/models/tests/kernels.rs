@@ -3,7 +3,7 @@
 //! autograd pass.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use gauntlet_models::kernels::{conv2d, linear, max_pieces, relu, Gradients};
+use gauntlet_models::kernels::{conv2d, linear, max_pieces, relu, sgd_momentum, Gradients};
 use gauntlet_models::{
     autograd_input_grad, build, per_example_cross_entropy, Activation, Arch, CnnLayer, CnnSpec,
     ConvMaxoutLayer, ConvMaxoutSpec, MlpSpec, Mode, ModelSpec,
@@ -372,5 +372,46 @@ fn relu_kernel_is_bitwise_candle() -> Result<()> {
         gs.get(x.as_tensor()).unwrap(),
     );
     assert_eq!(bits(gf)?, bits(gs)?, "gradient");
+    Ok(())
+}
+
+#[test]
+fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
+    // A paper-sized weight, values across magnitudes, negative zeros in the velocity.
+    let n = 1200 * 240;
+    let f32s = |seed| {
+        values(n, seed)
+            .into_iter()
+            .map(|x| x as f32)
+            .collect::<Vec<_>>()
+    };
+    let w = Tensor::from_vec(f32s(1), (1200, 240), &Device::Cpu)?;
+    let mut v_vals = f32s(2);
+    v_vals[..50].iter_mut().for_each(|x| *x = -0.0);
+    let v = Tensor::from_vec(v_vals, (1200, 240), &Device::Cpu)?;
+    let g = (Tensor::from_vec(f32s(3), (1200, 240), &Device::Cpu)? * 1e-3)?;
+    let (momentum, lr) = (0.63, 0.0497);
+    let v_ref = ((&v * momentum)? - (&g * lr)?)?;
+    let w_ref = (&w + &v_ref)?;
+    let (w_in, v_in) = (w.copy()?, v.copy()?);
+    assert!(sgd_momentum(&w_in, &v_in, &g, momentum, lr)?);
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect())
+    };
+    assert_eq!(bits(&v_in)?, bits(&v_ref)?);
+    assert_eq!(bits(&w_in)?, bits(&w_ref)?);
+    // Not served (a shape mismatch): nothing touched, the caller falls back.
+    assert!(!sgd_momentum(
+        &w_in,
+        &v_in.reshape((240, 1200))?,
+        &g,
+        momentum,
+        lr
+    )?);
+    assert_eq!(bits(&w_in)?, bits(&w_ref)?);
     Ok(())
 }

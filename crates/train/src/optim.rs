@@ -17,8 +17,9 @@ pub trait Optimizer {
     fn learning_rate(&self) -> f64;
     /// The momentum the next step will use, if the rule has one.
     fn momentum(&self) -> Option<f64>;
-    /// Everything the rule carries between steps, so a resumed run continues exactly.
-    fn state(&self) -> OptimizerState;
+    /// Everything the rule carries between steps, so a resumed run continues exactly: copies,
+    /// which later steps leave alone.
+    fn state(&self) -> Result<OptimizerState>;
     /// Restores a [`Optimizer::state`] of an optimizer built with the same settings and
     /// parameters (checked by count and shape).
     fn set_state(&mut self, state: OptimizerState) -> Result<()>;
@@ -51,7 +52,8 @@ fn restore_buffers(what: &str, buffers: &mut [Tensor], new: &[Tensor]) -> Result
         }
     }
     for (old, new) in buffers.iter_mut().zip(new) {
-        *old = new.to_dtype(old.dtype())?.to_device(old.device())?;
+        // A copy: the buffers may be updated in place, and `new` is the caller's.
+        *old = new.to_dtype(old.dtype())?.to_device(old.device())?.copy()?;
     }
     Ok(())
 }
@@ -142,6 +144,15 @@ impl Optimizer for SgdMomentum {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            if gauntlet_models::kernels::sgd_momentum(
+                var.as_tensor(),
+                velocity,
+                grad,
+                self.momentum,
+                lr,
+            )? {
+                continue;
+            }
             let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
             var.set(&(var.as_tensor() + &v)?)?;
             *velocity = v;
@@ -158,11 +169,16 @@ impl Optimizer for SgdMomentum {
         Some(self.momentum)
     }
 
-    fn state(&self) -> OptimizerState {
-        OptimizerState {
+    fn state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
             steps: self.n_steps,
-            tensors: self.velocity.clone(),
-        }
+            // Copies: the velocities are updated in place (kernels::sgd_momentum).
+            tensors: self
+                .velocity
+                .iter()
+                .map(Tensor::copy)
+                .collect::<Result<_>>()?,
+        })
     }
 
     fn set_state(&mut self, state: OptimizerState) -> Result<()> {
@@ -234,11 +250,12 @@ impl Optimizer for Adam {
         None
     }
 
-    fn state(&self) -> OptimizerState {
-        OptimizerState {
+    fn state(&self) -> Result<OptimizerState> {
+        // Adam replaces its moments every step: clones stay snapshots.
+        Ok(OptimizerState {
             steps: self.n_steps as u64,
             tensors: self.m.iter().chain(&self.v).cloned().collect(),
-        }
+        })
     }
 
     fn set_state(&mut self, state: OptimizerState) -> Result<()> {
@@ -281,6 +298,14 @@ mod tests {
         assert!((opt.momentum().unwrap() - 0.7).abs() < 1e-12);
         opt.start_epoch(100);
         assert_eq!(opt.momentum(), Some(0.9));
+
+        // The state is a snapshot: the in-place update of the next step leaves it alone.
+        let saved = opt.state()?.tensors[0].to_vec1::<f32>()?;
+        let grads = (theta.as_tensor().sqr()? * 0.5)?.sum_all()?.backward()?;
+        opt.step(&grads)?;
+        assert_eq!(opt.state()?.tensors[0].to_vec1::<f32>()?.len(), 1);
+        assert_ne!(opt.state()?.tensors[0].to_vec1::<f32>()?, saved);
+        assert!((saved[0] + 0.14).abs() < 1e-6, "{saved:?}");
 
         let mut decaying = SgdMomentum::new(vec![], 0.1, 0.5, 0.5, 1, 2.0, 0.03)?;
         decaying.step(&(theta.as_tensor().sum_all()?.backward()?))?;

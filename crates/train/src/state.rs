@@ -102,7 +102,7 @@ pub(crate) fn save(
     optimizer: &dyn Optimizer,
     snapshot: &Snapshot<'_>,
 ) -> Result<()> {
-    let OptimizerState { steps, tensors } = optimizer.state();
+    let OptimizerState { steps, tensors } = optimizer.state()?;
     let mut named: Vec<(String, Tensor)> = model
         .params()
         .vars()
@@ -204,7 +204,7 @@ pub(crate) fn load(
         }
         params.push(t.to_device(var.device())?);
     }
-    let n_buffers = optimizer.state().tensors.len();
+    let n_buffers = optimizer.state()?.tensors.len();
     let buffers = (0..n_buffers)
         .map(|i| take(format!("optim/{i}")))
         .collect::<Result<Vec<_>>>()?;
