@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use gauntlet_data::DataConfig;
-use gauntlet_models::Arch;
+use gauntlet_models::{Arch, Preprocess};
 use gauntlet_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,10 @@ fn default_seed() -> u64 {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ModelEntry {
     pub arch: Arch,
+    /// What the model does to its input first, e.g. `{ kind = "gcn-zca" }` (fitted on the
+    /// training split), as in a suite's `[[model]]`.
+    #[serde(default)]
+    pub preprocess: Preprocess,
 }
 
 impl RunConfig {

@@ -483,3 +483,61 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         );
     }
 }
+
+#[test]
+fn train_fits_the_configured_preprocessing_and_names_the_file_on_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("zca.toml");
+    let write = |filter_bias: f64| {
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"zca\"\n[data]\ndataset = \"mnist\"\n\
+                 [model]\narch = {{ kind = \"mlp\", hidden = [64], activation = \"relu\" }}\n\
+                 preprocess = {{ kind = \"gcn-zca\", filter-bias = {filter_bias:?} }}\n\
+                 [train]\nbatch-size = 50\n"
+            ),
+        )
+        .unwrap()
+    };
+    let train = || {
+        gauntlet(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--train-limit",
+            "1000",
+            "--valid-size",
+            "500",
+            "--test-limit",
+            "500",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+    };
+    write(0.1);
+    let out = train();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The fitted ZCA is part of the checkpoint, and the model learned through it.
+    let model = std::fs::read_to_string(dir.path().join("model.json")).unwrap();
+    assert!(model.contains("gcn-zca"), "{model}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
+    let error = summary["test_error"].as_f64().unwrap();
+    assert!(
+        error < 0.5,
+        "test error {error} after 2 epochs on whitened MNIST"
+    );
+
+    write(-1.0);
+    let out = train();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("zca.toml") && err.contains("filter-bias"),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use gauntlet_data::{DataConfig, DatasetName};
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{
-    build, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
+    build_fitted, checkpoint, Arch, CnnSpec, ConvMaxoutSpec, MaxoutMlpSpec, MlpSpec, ModelSpec,
 };
 use gauntlet_suite::runner::TRAIN_STATE_FILE;
 use gauntlet_suite::INIT_STREAM;
@@ -63,7 +63,10 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
                 name: arch.kind().to_string(),
                 seed: 1,
                 data: DataConfig::new(DatasetName::Mnist),
-                model: ModelEntry { arch },
+                model: ModelEntry {
+                    arch,
+                    preprocess: Default::default(),
+                },
                 train: TrainConfig::default(),
             }
         }
@@ -143,10 +146,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let splits = gauntlet_data::load(&config.data).context("loading the data")?;
     let (c, h, w) = splits.train.image_shape();
-    let spec = ModelSpec::new(config.model.arch.clone(), [c, h, w], splits.train.n_classes);
+    let spec = ModelSpec::new(config.model.arch.clone(), [c, h, w], splits.train.n_classes)
+        .with_preprocess(config.model.preprocess);
     let model = match &args.continue_from {
-        None => build(&spec, derive_seed(config.seed, INIT_STREAM), &device)
-            .context("building the model")?,
+        None => build_fitted(
+            &spec,
+            derive_seed(config.seed, INIT_STREAM),
+            &device,
+            &splits.train.images,
+        )
+        .with_context(|| match &args.config {
+            Some(path) => format!("{}: [model]: building the model", path.display()),
+            None => "building the model".into(),
+        })?,
         Some(dir) => {
             let path = dir.join("model.safetensors");
             let model = checkpoint::load(&path, &device)
