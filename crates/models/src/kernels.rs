@@ -373,15 +373,15 @@ fn cpu_slice_mut<'a, T: WithDType>(
     };
     let dtype = storage.dtype();
     let all: &mut [T] = match storage {
-        CpuStorage::F32(v) if T::DTYPE == DType::F32 => bytemuck_cast(v),
-        CpuStorage::F64(v) if T::DTYPE == DType::F64 => bytemuck_cast(v),
+        CpuStorage::F32(v) if T::DTYPE == DType::F32 => same_type_slice(v),
+        CpuStorage::F64(v) if T::DTYPE == DType::F64 => same_type_slice(v),
         _ => bail!("kernels: expected {:?}, got {dtype:?}", T::DTYPE),
     };
     Ok(&mut all[start..end])
 }
 
 /// `v` as `&mut [T]`, where `T` is `v`'s own element type (checked by the caller's dtype match).
-fn bytemuck_cast<S: WithDType, T: WithDType>(v: &mut [S]) -> &mut [T] {
+fn same_type_slice<S: WithDType, T: WithDType>(v: &mut [S]) -> &mut [T] {
     assert_eq!(S::DTYPE, T::DTYPE);
     // SAFETY: S and T are the same type (same DType), so size, alignment and validity agree.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
