@@ -358,8 +358,8 @@ pub fn sgd_momentum(
     if !fast_path(&[weight, velocity, grad]) || ![weight, velocity, grad].into_iter().all(fits) {
         return Ok(false);
     }
-    velocity.inplace_op2(grad, &VelocityStep { momentum, lr })?;
-    weight.inplace_op2(velocity, &AddInPlace)?;
+    velocity.inplace_op2(grad, &SgdPass::Velocity { momentum, lr })?;
+    weight.inplace_op2(velocity, &SgdPass::AddVelocity)?;
     Ok(true)
 }
 
@@ -387,15 +387,17 @@ fn same_type_slice<S: WithDType, T: WithDType>(v: &mut [S]) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
 }
 
-/// `v ← v·μ + 0 − (g·lr + 0)` in place on the velocity.
-struct VelocityStep {
-    momentum: f64,
-    lr: f64,
+/// The two passes of [`sgd_momentum`], each in place on its first operand.
+enum SgdPass {
+    /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient.
+    Velocity { momentum: f64, lr: f64 },
+    /// `w ← w + v` on the weight, with the new velocity.
+    AddVelocity,
 }
 
-impl candle_core::InplaceOp2 for VelocityStep {
+impl candle_core::InplaceOp2 for SgdPass {
     fn name(&self) -> &'static str {
-        "gauntlet-sgd-velocity"
+        "gauntlet-sgd-momentum"
     }
 
     fn cpu_fwd(
@@ -406,35 +408,19 @@ impl candle_core::InplaceOp2 for VelocityStep {
         l2: &Layout,
     ) -> Result<()> {
         by_dtype!(s2.dtype(), T => {
-            let (mu, lr, zero) = (T::from_f64(self.momentum), T::from_f64(self.lr), T::from_f64(0.0));
-            let g = cpu_slice::<T>(s2, l2)?;
-            for (v, &g) in cpu_slice_mut::<T>(s1, l1)?.iter_mut().zip(g) {
-                *v = (*v * mu + zero) - (g * lr + zero);
-            }
-            Ok(())
-        })
-    }
-}
-
-/// `w ← w + v` in place.
-struct AddInPlace;
-
-impl candle_core::InplaceOp2 for AddInPlace {
-    fn name(&self) -> &'static str {
-        "gauntlet-add-in-place"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        by_dtype!(s2.dtype(), T => {
-            let v = cpu_slice::<T>(s2, l2)?;
-            for (w, &v) in cpu_slice_mut::<T>(s1, l1)?.iter_mut().zip(v) {
-                *w += v;
+            let (dst, src) = (cpu_slice_mut::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+            match *self {
+                SgdPass::Velocity { momentum, lr } => {
+                    let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
+                    for (v, &g) in dst.iter_mut().zip(src) {
+                        *v = (*v * mu + zero) - (g * lr + zero);
+                    }
+                }
+                SgdPass::AddVelocity => {
+                    for (w, &v) in dst.iter_mut().zip(src) {
+                        *w += v;
+                    }
+                }
             }
             Ok(())
         })
