@@ -64,127 +64,125 @@ pub fn build<'a>(
     let f = flops.total;
     let mut out = Vec::new();
     for name in names {
-        let w = match (name.as_str(), dense) {
-            ("gemm-forward" | "gemm-train", None) => continue,
-            ("gemm-forward", Some(layers)) => Workload {
-                name: "gemm-forward",
-                unit: "images/s",
-                per_batch: batch,
-                flops_per_unit: f,
-                run: products(layers, batch, false)?,
-            },
-            ("gemm-train", Some(layers)) => Workload {
-                name: "gemm-train",
-                unit: "examples/s",
-                per_batch: batch,
-                flops_per_unit: 3.0 * f - flops.first,
-                run: products(layers, batch, true)?,
-            },
-            (name, _) => match name {
-                "forward" => Workload {
-                    name: "forward",
+        let w = match name.as_str() {
+            "gemm-forward" => {
+                let Some(layers) = dense else { continue };
+                Workload {
+                    name: "gemm-forward",
                     unit: "images/s",
                     per_batch: batch,
                     flops_per_unit: f,
-                    run: Box::new(move |xs, _| {
-                        model.forward(xs, Mode::Eval)?;
-                        Ok(())
-                    }),
-                },
-                "input-grad" => Workload {
-                    name: "input-grad",
+                    run: products(layers, batch, false)?,
+                }
+            }
+            "gemm-train" => {
+                let Some(layers) = dense else { continue };
+                Workload {
+                    name: "gemm-train",
+                    unit: "examples/s",
+                    per_batch: batch,
+                    flops_per_unit: 3.0 * f - flops.first,
+                    run: products(layers, batch, true)?,
+                }
+            }
+            "forward" => Workload {
+                name: "forward",
+                unit: "images/s",
+                per_batch: batch,
+                flops_per_unit: f,
+                run: Box::new(move |xs, _| {
+                    model.forward(xs, Mode::Eval)?;
+                    Ok(())
+                }),
+            },
+            "input-grad" => Workload {
+                name: "input-grad",
+                unit: "images/s",
+                per_batch: batch,
+                flops_per_unit: 2.0 * f,
+                run: Box::new(move |xs, ys| {
+                    model.loss_and_input_grad(xs, ys, Mode::Eval)?;
+                    Ok(())
+                }),
+            },
+            "train" => Workload {
+                name: "train",
+                unit: "examples/s",
+                per_batch: batch,
+                flops_per_unit: 3.0 * f - flops.first,
+                run: train_step(model, Regularizer::None)?,
+            },
+            "train-fgsm" => Workload {
+                name: "train-fgsm",
+                unit: "examples/s",
+                per_batch: batch,
+                flops_per_unit: 6.0 * f - flops.first,
+                run: train_step(
+                    model,
+                    Regularizer::Lp {
+                        p: Norm::Linf,
+                        eps: TRAIN_EPS,
+                        alpha: 0.5,
+                        labels: Default::default(),
+                        perturb_mode: Default::default(),
+                        clip: false,
+                    },
+                )?,
+            },
+            "fgsm" => {
+                let attack = FastGradient::fgsm();
+                Workload {
+                    name: "fgsm",
                     unit: "images/s",
                     per_batch: batch,
                     flops_per_unit: 2.0 * f,
                     run: Box::new(move |xs, ys| {
-                        model.loss_and_input_grad(xs, ys, Mode::Eval)?;
+                        attack.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
                         Ok(())
                     }),
-                },
-                "train" => Workload {
-                    name: "train",
-                    unit: "examples/s",
+                }
+            }
+            "pgd-step" => {
+                // Every image runs every step: no early stop.
+                let mut pgd = Pgd::new(Norm::Linf);
+                pgd.steps = PGD_STEPS;
+                pgd.early_stop = false;
+                Workload {
+                    name: "pgd-step",
+                    unit: "steps*images/s",
+                    per_batch: batch * PGD_STEPS,
+                    flops_per_unit: 2.0 * f + f / PGD_STEPS as f64,
+                    run: Box::new(move |xs, ys| {
+                        pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
+                        Ok(())
+                    }),
+                }
+            }
+            "transfer" => {
+                let attack = FastGradient::fgsm();
+                Workload {
+                    name: "transfer",
+                    unit: "images/s",
                     per_batch: batch,
-                    flops_per_unit: 3.0 * f - flops.first,
-                    run: train_step(model, Regularizer::None)?,
-                },
-                "train-fgsm" => Workload {
-                    name: "train-fgsm",
-                    unit: "examples/s",
-                    per_batch: batch,
-                    flops_per_unit: 6.0 * f - flops.first,
-                    run: train_step(
-                        model,
-                        Regularizer::Lp {
-                            p: Norm::Linf,
-                            eps: TRAIN_EPS,
-                            alpha: 0.5,
-                            labels: Default::default(),
-                            perturb_mode: Default::default(),
-                            clip: false,
-                        },
-                    )?,
-                },
-                "fgsm" => {
-                    let attack = FastGradient::fgsm();
-                    Workload {
-                        name: "fgsm",
-                        unit: "images/s",
-                        per_batch: batch,
-                        flops_per_unit: 2.0 * f,
-                        run: Box::new(move |xs, ys| {
-                            attack.perturb(
-                                model,
-                                xs,
-                                &Goal::Untargeted { labels: ys },
-                                ATTACK_EPS,
-                            )?;
-                            Ok(())
-                        }),
-                    }
+                    flops_per_unit: 5.0 * f,
+                    run: Box::new(move |xs, ys| {
+                        transfer_matrix(
+                            &[("source", model)],
+                            &[("target", target)],
+                            &attack,
+                            xs,
+                            ys,
+                            ATTACK_EPS,
+                            batch,
+                        )?;
+                        Ok(())
+                    }),
                 }
-                "pgd-step" => {
-                    // Every image runs every step: no early stop.
-                    let mut pgd = Pgd::new(Norm::Linf);
-                    pgd.steps = PGD_STEPS;
-                    pgd.early_stop = false;
-                    Workload {
-                        name: "pgd-step",
-                        unit: "steps*images/s",
-                        per_batch: batch * PGD_STEPS,
-                        flops_per_unit: 2.0 * f + f / PGD_STEPS as f64,
-                        run: Box::new(move |xs, ys| {
-                            pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
-                            Ok(())
-                        }),
-                    }
-                }
-                "transfer" => {
-                    let attack = FastGradient::fgsm();
-                    Workload {
-                        name: "transfer",
-                        unit: "images/s",
-                        per_batch: batch,
-                        flops_per_unit: 5.0 * f,
-                        run: Box::new(move |xs, ys| {
-                            transfer_matrix(
-                                &[("source", model)],
-                                &[("target", target)],
-                                &attack,
-                                xs,
-                                ys,
-                                ATTACK_EPS,
-                                batch,
-                            )?;
-                            Ok(())
-                        }),
-                    }
-                }
-                other => anyhow::bail!(
-                    "unknown workload {other:?}, expected one of {}",
-                    ALL.join(", ")
-                ),
-            },
+            }
+            other => anyhow::bail!(
+                "unknown workload {other:?}, expected one of {}",
+                ALL.join(", ")
+            ),
         };
         out.push(w);
     }
