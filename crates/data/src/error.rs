@@ -19,6 +19,8 @@ pub enum Error {
         labels: PathBuf,
         n_labels: usize,
     },
+    #[error("data set {dataset}: the folder {dir} does not exist (pass --data-dir DIR or set GAUNTLET_DATA_DIR)")]
+    NoFolder { dataset: String, dir: PathBuf },
     #[error("data set {dataset}: none of {tried} exists in {dir}")]
     Missing {
         dataset: String,

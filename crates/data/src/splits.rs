@@ -127,10 +127,9 @@ pub fn load(config: &DataConfig) -> Result<Splits> {
             let (train, test) = crate::hub::fetch(config.dataset)?;
             return split(config, &dir, train, test);
         }
-        return Err(Error::Missing {
+        return Err(Error::NoFolder {
             dataset: config.dataset.to_string(),
-            dir: dir.clone(),
-            tried: "the folder itself (pass --data-dir or set GAUNTLET_DATA_DIR)".into(),
+            dir,
         });
     }
     let name = config.dataset.as_str();

@@ -204,3 +204,18 @@ fn pixels_that_do_not_fit_the_shape_are_an_error() {
     let err = Dataset::from_u8(vec![0; 8], vec![0], (2, 1, 2, 2), 10).unwrap_err();
     assert!(err.to_string().contains("1 labels"), "{err}");
 }
+
+#[test]
+fn a_data_folder_that_does_not_exist_is_named_with_how_to_point_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let err = load(&config(&missing)).unwrap_err();
+    assert!(matches!(err, Error::NoFolder { .. }), "{err:?}");
+    let message = names(err, "nowhere");
+    assert!(
+        message.contains("data set mnist")
+            && message.contains("does not exist")
+            && message.contains("--data-dir"),
+        "{message}"
+    );
+}
