@@ -262,7 +262,8 @@ pub fn score_transfer(
 /// and scored on each target. Records are source-major, in the order given.
 ///
 /// # Errors
-/// As [`craft`] and [`score_transfer`].
+/// Two sources or two targets of one name (their records could not be told apart); else as
+/// [`craft`] and [`score_transfer`].
 pub fn transfer_matrix(
     sources: &[(&str, &dyn Classifier)],
     targets: &[(&str, &dyn Classifier)],
@@ -272,6 +273,12 @@ pub fn transfer_matrix(
     eps: f64,
     batch_size: usize,
 ) -> Result<Vec<TransferRecord>> {
+    for (side, models) in [("sources", sources), ("targets", targets)] {
+        if let Some(i) = (1..models.len()).find(|&i| models[..i].iter().any(|m| m.0 == models[i].0))
+        {
+            bail!("transfer matrix: two {side} are named `{}`", models[i].0)
+        }
+    }
     let mut records = Vec::with_capacity(sources.len() * targets.len());
     for &(source, source_model) in sources {
         let x_adv = craft(source_model, attack, images, labels, eps, batch_size)?;
@@ -404,6 +411,27 @@ mod tests {
         fn params(&self) -> &Params {
             &self.params
         }
+    }
+
+    #[test]
+    fn two_models_of_one_name_are_an_error() -> Result<()> {
+        let (a, b) = (balanced_maxout()?, balanced_maxout()?);
+        let (images, labels) = inputs(4, 4)?;
+        let one: [(&str, &dyn Classifier); 1] = [("a", a.as_ref())];
+        let twice: [(&str, &dyn Classifier); 2] = [("a", a.as_ref()), ("a", b.as_ref())];
+        let fgsm = FastGradient::fgsm();
+        for (sources, targets, side) in
+            [(&twice[..], &one[..], "sources"), (&one, &twice, "targets")]
+        {
+            let err =
+                transfer_matrix(sources, targets, &fgsm, &images, &labels, 0.1, 4).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("two {side} are named `a`")),
+                "{err}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -298,6 +298,18 @@ fn bad_input_is_a_clear_error_not_a_panic() {
             ],
             "--names has 1 entries",
         ),
+        (
+            &[
+                "transfer",
+                "--models",
+                "a.safetensors,b.safetensors",
+                "--names",
+                "a,a",
+                "--eps",
+                "0.1",
+            ],
+            "two models are named `a`",
+        ),
     ];
     for (args, expected) in cases {
         let res = gauntlet(args);

@@ -1,5 +1,7 @@
 //! `gauntlet transfer`: the transfer matrix between checkpoints.
 
+use std::path::PathBuf;
+
 use anyhow::{anyhow, Result};
 use gauntlet_attacks::transfer_matrix;
 use gauntlet_models::Classifier;
@@ -34,20 +36,20 @@ pub fn run(args: TransferArgs) -> Result<()> {
     }
     let attack = build_attack(&args.attack)?;
     let device = device::open(&args.test.common.device)?;
-    let names: Vec<String> = if args.names.is_empty() {
-        args.models
-            .iter()
-            .map(|p| {
-                let dir = p.parent().and_then(|d| d.file_name()).or(p.file_stem());
-                dir.map_or_else(
-                    || p.display().to_string(),
-                    |n| n.to_string_lossy().into_owned(),
-                )
-            })
-            .collect()
+    let names = if args.names.is_empty() {
+        default_names(&args.models)
     } else {
         args.names.clone()
     };
+    if let Some(twice) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        return Err(anyhow!(
+            "two models are named `{twice}`: the matrix needs one name per model (--names)"
+        ));
+    }
     let models = args
         .models
         .iter()
@@ -127,4 +129,55 @@ pub fn run(args: TransferArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// A name per checkpoint: its file stem (`models/maxout.safetensors` of a suite is `maxout`),
+/// or its folder's name for `gauntlet train`'s `DIR/model.safetensors`; the whole path where
+/// those names collide.
+fn default_names(paths: &[PathBuf]) -> Vec<String> {
+    let short = |p: &PathBuf| {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
+        match stem.as_deref() {
+            Some("model") | None => p
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|d| d.to_string_lossy().into_owned())
+                .or(stem),
+            Some(_) => stem,
+        }
+        .unwrap_or_else(|| p.display().to_string())
+    };
+    let names: Vec<String> = paths.iter().map(short).collect();
+    if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+        return paths.iter().map(|p| p.display().to_string()).collect();
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(paths: &[&str]) -> Vec<String> {
+        default_names(&paths.iter().map(PathBuf::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn names_come_from_the_file_or_from_the_folder_of_a_model_safetensors() {
+        assert_eq!(
+            names(&[
+                "results/t/models/maxout.safetensors",
+                "results/t/models/mlp.safetensors"
+            ]),
+            ["maxout", "mlp"]
+        );
+        assert_eq!(
+            names(&["results/a/model.safetensors", "results/b/model.safetensors"]),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(&["x/maxout.safetensors", "y/maxout.safetensors"]),
+            ["x/maxout.safetensors", "y/maxout.safetensors"]
+        );
+    }
 }
