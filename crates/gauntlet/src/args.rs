@@ -203,7 +203,8 @@ pub struct TransferArgs {
     /// Comma-separated checkpoints; each is a source and a target.
     #[arg(long, value_delimiter = ',', required = true)]
     pub models: Vec<PathBuf>,
-    /// Names for the models, in the same order (default: each checkpoint's folder name).
+    /// Names for the models, in the same order (default: each checkpoint's file name, or its
+    /// folder's for a `DIR/model.safetensors` of `gauntlet train`).
     #[arg(long, value_delimiter = ',')]
     pub names: Vec<String>,
     #[command(flatten)]
