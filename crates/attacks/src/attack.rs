@@ -105,6 +105,18 @@ pub trait Attack: Send + Sync {
         Vec::new()
     }
 
+    /// The class each row of `xs` is aimed at when the attack, given the true `labels`,
+    /// picks targets of its own ([`crate::Targeted`]), so evaluation can score targeted
+    /// success; `None` for an attack that is not targeted.
+    fn targets(
+        &self,
+        _model: &dyn Classifier,
+        _xs: &Tensor,
+        _labels: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// Adversarial versions of `xs` for `goal`, detached.
     ///
     /// # Shapes

@@ -65,6 +65,13 @@ pub struct AttackRecord {
     /// (that the members before it left robust); empty for a single attack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberRecord>,
+    /// For an attack that picks its own targets ([`Attack::targets`]): the examples aimed at
+    /// a class other than their label, and how many of those the attacked input is
+    /// classified as the target (targeted success, which robust accuracy does not measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeted_n: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_reached: Option<usize>,
 }
 
 /// One member of an ensemble in an [`AttackRecord`].
@@ -119,6 +126,9 @@ pub struct ExampleOutcome {
     /// clean.
     #[serde(default)]
     pub broken_by: Option<String>,
+    /// The class a targeted attack aimed this example at ([`Attack::targets`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u32>,
 }
 
 /// Runs `attack` (untargeted, against the true labels) at every ε of `eps_list` on `images`,
@@ -286,10 +296,19 @@ fn evaluate(
         let mut broken = vec![0usize; attacks.len()];
         // In the attack's own norm, then L∞, L2, L1.
         let mut sizes = [SizeStats::default(); 4];
+        // (aimed elsewhere, reached) of a single attack that picks its targets.
+        let mut targeted: Option<(usize, usize)> = None;
         for (start, len) in batches(n, batch_size) {
             let xs = images.narrow(0, start, len)?;
             let ys = labels.narrow(0, start, len)?;
             let ids = &label_ids[start..start + len];
+            let targets = match attacks {
+                [single] => single
+                    .targets(model, &xs, &ys)?
+                    .map(|t| t.to_dtype(DType::U32)?.to_vec1::<u32>())
+                    .transpose()?,
+                _ => None,
+            };
             let InTurn { adv, preds, source } = run_in_turn(
                 model,
                 attacks,
@@ -318,6 +337,14 @@ fn evaluate(
                 for (stats, values) in sizes.iter_mut().zip(&measured) {
                     stats.add(values[i]);
                 }
+                let target = targets.as_ref().map(|t| t[i]);
+                if let Some(t) = target {
+                    let (aimed, reached) = targeted.get_or_insert((0, 0));
+                    if t != label {
+                        *aimed += 1;
+                        *reached += usize::from(pred == t);
+                    }
+                }
                 outcomes.push(ExampleOutcome {
                     eps,
                     index,
@@ -330,6 +357,7 @@ fn evaluate(
                     l2: measured[2][i],
                     l1: measured[3][i],
                     broken_by,
+                    target,
                 });
             }
         }
@@ -371,6 +399,8 @@ fn evaluate(
             } else {
                 vec![]
             },
+            targeted_n: targeted.map(|(aimed, _)| aimed),
+            target_reached: targeted.map(|(_, reached)| reached),
         });
     }
     Ok((records, outcomes))

@@ -436,6 +436,8 @@ mod tests {
             mean_confidence_on_mistakes: None,
             seconds: 0.0,
             members: vec![],
+            targeted_n: None,
+            target_reached: None,
         }
     }
 

@@ -45,6 +45,15 @@ impl Attack for Targeted {
         AttackKind::Other
     }
 
+    fn targets(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        self.selection.targets(model, xs, labels).map(Some)
+    }
+
     fn perturb(
         &self,
         model: &dyn Classifier,
@@ -140,6 +149,12 @@ mod tests {
         // Targeted at ε 0.5 is weaker than untargeted only on the class-1 examples.
         let records = evaluate_attack(model.as_ref(), &attack, &xs, &labels, &[0.5], 16)?;
         assert_eq!(records[0].adversarial_correct, own);
+        // Every example aimed elsewhere reached its target, and the record says so.
+        let aimed = ids.len() - own;
+        assert_eq!(
+            (records[0].targeted_n, records[0].target_reached),
+            (Some(aimed), Some(aimed))
+        );
         let bad = Targeted::new(Box::new(FastGradient::fgsm()), TargetSelection::Class(7));
         let err = bad
             .perturb(
@@ -154,6 +169,50 @@ mod tests {
             err.contains("expected a target class below 3, got 7"),
             "{err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn targeted_success_is_counted_from_the_outcomes_and_absent_when_untargeted() -> Result<()> {
+        let model = balanced_maxout()?;
+        let (xs, labels) = inputs(40, 5)?;
+        // FGSM at a small ε reaches only some targets: the count must match the outcomes.
+        let attack = Targeted::new(
+            Box::new(FastGradient::fgsm()),
+            TargetSelection::Random { seed: 3 },
+        );
+        let (records, outcomes) = crate::evaluate_attack_detailed(
+            model.as_ref(),
+            &attack,
+            &xs,
+            &labels,
+            &[0.05, 0.3],
+            16,
+        )?;
+        for (k, r) in records.iter().enumerate() {
+            let mine = &outcomes[k * 40..(k + 1) * 40];
+            // Random targets are never the label, so every example is aimed elsewhere.
+            assert!(mine.iter().all(|o| o.target.is_some_and(|t| t != o.label)));
+            let reached = mine.iter().filter(|o| o.target == Some(o.adv_pred)).count();
+            assert_eq!(
+                (r.targeted_n, r.target_reached),
+                (Some(40), Some(reached)),
+                "eps {}",
+                r.eps
+            );
+        }
+        assert!(records[1].target_reached > Some(0), "{records:?}");
+        let plain = evaluate_attack(
+            model.as_ref(),
+            &FastGradient::fgsm(),
+            &xs,
+            &labels,
+            &[0.1],
+            16,
+        )?;
+        assert_eq!((plain[0].targeted_n, plain[0].target_reached), (None, None));
+        let json = serde_json::to_string(&plain[0]).unwrap();
+        assert!(!json.contains("target"), "{json}");
         Ok(())
     }
 }

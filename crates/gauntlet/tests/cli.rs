@@ -450,6 +450,40 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         "attack-pgd-linf-targeted-least-likely.json",
     );
     assert!(least_likely >= untargeted, "{least_likely} < {untargeted}");
+    // The targeted record counts the targets reached; the examples file says which each was.
+    let text = std::fs::read_to_string(
+        dir.path()
+            .join("attack-pgd-linf-targeted-least-likely.json"),
+    )
+    .unwrap();
+    let record = &serde_json::from_str::<serde_json::Value>(&text).unwrap()[0];
+    let (aimed, reached) = (
+        record["targeted_n"].as_u64().unwrap(),
+        record["target_reached"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        aimed,
+        record["n"].as_u64().unwrap(),
+        "least-likely never aims at the label"
+    );
+    let examples = std::fs::read_to_string(
+        dir.path()
+            .join("attack-pgd-linf-targeted-least-likely-examples.csv"),
+    )
+    .unwrap();
+    let mut lines = examples.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (adv, target) = (col("adv_pred"), col("target"));
+    let hits = lines
+        .filter(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[adv] == f[target]
+        })
+        .count() as u64;
+    assert_eq!(hits, reached);
+    let untargeted_json = std::fs::read_to_string(dir.path().join("attack-pgd-linf.json")).unwrap();
+    assert!(!untargeted_json.contains("target"), "{untargeted_json}");
     for (extra, message) in [
         (
             &["--attack", "square", "--norm", "1"][..],

@@ -201,6 +201,15 @@ fn print_records(title: &str, records: &[AttackRecord]) {
             r.seconds
         );
     }
+    for r in records {
+        if let (Some(aimed), Some(reached)) = (r.targeted_n, r.target_reached) {
+            println!(
+                "  eps {}: {reached} of {aimed} examples aimed at another class reached their target ({:.2}%)",
+                r.eps,
+                100.0 * reached as f64 / aimed.max(1) as f64
+            );
+        }
+    }
 }
 
 /// The extra evaluations the masking checks compare against: a single step and random noise at
