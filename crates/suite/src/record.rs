@@ -199,6 +199,13 @@ pub struct RobustnessEntry {
     #[serde(flatten)]
     pub row: RobustnessRow,
     pub spec: Value,
+    /// A targeted attack's examples aimed at another class, and those classified as their
+    /// target ([`AttackRecord::targeted_n`]); absent for an untargeted one, and from
+    /// robustness.csv, whose one header serves both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targeted_n: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_reached: Option<usize>,
 }
 
 /// One row of `noise.csv`.

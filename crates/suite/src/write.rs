@@ -118,6 +118,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     robustness.push(RobustnessEntry {
                         row: RobustnessRow::new(&def.name, &attack_def.name, def.seed, r),
                         spec: spec.clone(),
+                        targeted_n: r.targeted_n,
+                        target_reached: r.target_reached,
                     });
                 }
                 per_model_records[model].extend(file.output.records);

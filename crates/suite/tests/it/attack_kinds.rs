@@ -312,4 +312,28 @@ enabled = false
         broken += usize::from(!by.is_empty());
     }
     assert!(broken > 0, "nothing broken: {examples}");
+
+    // results.json carries the targeted attack's success, counted from its examples.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap())
+            .unwrap();
+    let entries = json["robustness"].as_array().unwrap();
+    let ll = entries.iter().find(|e| e["attack"] == "pgd-ll").unwrap();
+    let examples = std::fs::read_to_string(results.join("per-example/base-pgd-ll.csv")).unwrap();
+    let mut lines = examples.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (adv, target) = (col("adv_pred"), col("target"));
+    let reached = lines
+        .filter(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[adv] == f[target]
+        })
+        .count();
+    assert_eq!(ll["targeted_n"], 60);
+    assert_eq!(ll["target_reached"], reached);
+    assert!(entries
+        .iter()
+        .filter(|e| e["attack"] != "pgd-ll")
+        .all(|e| e.get("targeted_n").is_none() && e.get("target_reached").is_none()));
 }
