@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::doc::{Block, Cell};
 use crate::plot::fmt_num;
-use crate::schema::{ReportSection, ResultsDir};
+use crate::schema::{ReportSection, ResultsDir, RobustnessRow};
 use crate::series::{AccuracyPanel, NoiseSeries, Point, TransferMatrix};
 use crate::FigureFile;
 
@@ -50,6 +50,47 @@ fn figure(fig: &FigureFile, report_dir: &Path) -> Block {
         png: rel(&fig.png),
         svg: rel(&fig.svg),
     }
+}
+
+/// For a targeted attack, the share of examples aimed at another class that reached their
+/// target, per model and ε (robust accuracy alone does not show it); `None` otherwise.
+fn targeted_success(rows: &[RobustnessRow], panel: &AccuracyPanel, eps: &[f64]) -> Option<Block> {
+    let mine: Vec<&RobustnessRow> = rows
+        .iter()
+        .filter(|r| r.attack == panel.attack && r.targeted_n.is_some())
+        .collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let mut header = vec!["model".to_string()];
+    header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+    let rows = panel
+        .series
+        .iter()
+        .map(|s| {
+            let mut row = vec![Cell::from(s.model.clone())];
+            for x in eps {
+                let r = mine.iter().find(|r| r.model == s.model && r.eps == *x);
+                row.push(
+                    match r.and_then(|r| Some((r.targeted_n?, r.target_reached?))) {
+                        Some((aimed, reached)) if aimed > 0 => {
+                            format!("{} ({reached}/{aimed})", pct(reached as f64 / aimed as f64))
+                                .into()
+                        }
+                        _ => "—".into(),
+                    },
+                );
+            }
+            row
+        })
+        .collect();
+    Some(Block::Table {
+        header,
+        rows,
+        caption: Some(
+            "Targeted success: the share of examples aimed at a class other than their label that the attacked input is classified as (reached / aimed).".into(),
+        ),
+    })
 }
 
 /// `dataset = mnist, test-limit = 1000`, from the `data` object of results.json.
@@ -267,6 +308,9 @@ pub(crate) fn document(
                 panel.n
             )),
         });
+        if let Some(table) = targeted_success(&data.results.robustness, panel, &eps) {
+            b.push(table);
+        }
         if let Some(f) = figs.accuracy.get(i) {
             b.push(figure(f, report_dir));
         }

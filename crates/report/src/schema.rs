@@ -212,6 +212,12 @@ pub struct RobustnessRow {
     pub ci_high: f64,
     #[serde(default)]
     pub mean_perturbation: Option<f64>,
+    /// A targeted attack's examples aimed at a class other than their label, and those
+    /// classified as their target.
+    #[serde(default)]
+    pub targeted_n: Option<usize>,
+    #[serde(default)]
+    pub target_reached: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -373,3 +373,30 @@ fn image_panels_are_embedded_bitmaps_in_the_svg() {
         );
     }
 }
+
+#[test]
+fn a_targeted_attack_gets_a_table_of_targets_reached() {
+    let dir = copy_fixture(&["results.json"], |v| {
+        for row in v["robustness"].as_array_mut().unwrap() {
+            if row["model"] == "maxout" && row["attack"] == "fgsm" && row["eps"] == 0.1 {
+                row["targeted_n"] = serde_json::json!(200);
+                row["target_reached"] = serde_json::json!(37);
+            }
+        }
+    });
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(dir.path(), out.path()).unwrap();
+    let md = fs::read_to_string(&summary.report_md).unwrap();
+    assert_eq!(md.matches("Targeted success").count(), 1, "{md}");
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| maxout |") && l.contains("(37/200)"))
+        .unwrap_or_else(|| panic!("no targeted row for maxout: {md}"));
+    assert!(line.contains("18.5% (37/200)"), "{line}");
+    // Models without counts show a dash; the fixture itself has no targeted attack.
+    assert!(md.contains("| maxout-fgsm | — |"), "{md}");
+    let plain_out = tempfile::tempdir().unwrap();
+    let plain = write_report(&fixture(), plain_out.path()).unwrap();
+    let plain_md = fs::read_to_string(&plain.report_md).unwrap();
+    assert!(!plain_md.contains("Targeted success"));
+}
