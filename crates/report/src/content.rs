@@ -52,6 +52,13 @@ fn figure(fig: &FigureFile, report_dir: &Path) -> Block {
     }
 }
 
+/// A table header: the `lead` columns, then one per ε.
+fn eps_header(lead: &[&str], eps: &[f64]) -> Vec<String> {
+    let mut header: Vec<String> = lead.iter().map(|s| s.to_string()).collect();
+    header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+    header
+}
+
 /// For a targeted attack, the share of examples aimed at another class that reached their
 /// target, per model and ε (robust accuracy alone does not show it); `None` otherwise.
 fn targeted_success(rows: &[RobustnessRow], panel: &AccuracyPanel, eps: &[f64]) -> Option<Block> {
@@ -62,8 +69,7 @@ fn targeted_success(rows: &[RobustnessRow], panel: &AccuracyPanel, eps: &[f64]) 
     if mine.is_empty() {
         return None;
     }
-    let mut header = vec!["model".to_string()];
-    header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+    let header = eps_header(&["model"], eps);
     let rows = panel
         .series
         .iter()
@@ -280,8 +286,7 @@ pub(crate) fn document(
         }
         b.push(Block::Heading(3, heading));
         let eps = panel.eps_values();
-        let mut header = vec!["model".to_string(), "clean".to_string()];
-        header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+        let header = eps_header(&["model", "clean"], &eps);
         let rows = panel
             .series
             .iter()
