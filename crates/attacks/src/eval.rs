@@ -287,6 +287,17 @@ fn evaluate(
         .map(|(p, y)| p == y)
         .collect();
     let clean_correct = clean_ok.iter().filter(|&&ok| ok).count();
+    // A single self-targeting attack's targets do not depend on ε: pick them once.
+    let targets = match attacks {
+        [single] => own_targets(model, *single, images, &labels, n, batch_size)?,
+        _ => None,
+    };
+    let aimed = targets.as_ref().map(|t| {
+        t.iter()
+            .zip(&label_ids)
+            .filter(|(target, label)| target != label)
+            .count()
+    });
 
     let mut records = Vec::with_capacity(eps_list.len());
     let mut outcomes = Vec::with_capacity(n * eps_list.len());
@@ -296,19 +307,11 @@ fn evaluate(
         let mut broken = vec![0usize; attacks.len()];
         // In the attack's own norm, then L∞, L2, L1.
         let mut sizes = [SizeStats::default(); 4];
-        // (aimed elsewhere, reached) of a single attack that picks its targets.
-        let mut targeted: Option<(usize, usize)> = None;
+        let mut reached = 0usize;
         for (start, len) in batches(n, batch_size) {
             let xs = images.narrow(0, start, len)?;
             let ys = labels.narrow(0, start, len)?;
             let ids = &label_ids[start..start + len];
-            let targets = match attacks {
-                [single] => single
-                    .targets(model, &xs, &ys)?
-                    .map(|t| t.to_dtype(DType::U32)?.to_vec1::<u32>())
-                    .transpose()?,
-                _ => None,
-            };
             let InTurn { adv, preds, source } = run_in_turn(
                 model,
                 attacks,
@@ -337,14 +340,8 @@ fn evaluate(
                 for (stats, values) in sizes.iter_mut().zip(&measured) {
                     stats.add(values[i]);
                 }
-                let target = targets.as_ref().map(|t| t[i]);
-                if let Some(t) = target {
-                    let (aimed, reached) = targeted.get_or_insert((0, 0));
-                    if t != label {
-                        *aimed += 1;
-                        *reached += usize::from(pred == t);
-                    }
-                }
+                let target = targets.as_ref().map(|t| t[index]);
+                reached += usize::from(target.is_some_and(|t| t != label && t == pred));
                 outcomes.push(ExampleOutcome {
                     eps,
                     index,
@@ -399,11 +396,33 @@ fn evaluate(
             } else {
                 vec![]
             },
-            targeted_n: targeted.map(|(aimed, _)| aimed),
-            target_reached: targeted.map(|(_, reached)| reached),
+            targeted_n: aimed,
+            target_reached: aimed.map(|_| reached),
         });
     }
     Ok((records, outcomes))
+}
+
+/// The class each example is aimed at when `attack` picks its own targets
+/// ([`Attack::targets`]), asked batch by batch as the examples will be attacked; `None` for
+/// an attack that does not.
+fn own_targets(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    images: &Tensor,
+    labels: &Tensor,
+    n: usize,
+    batch_size: usize,
+) -> Result<Option<Vec<u32>>> {
+    let mut all = Vec::with_capacity(n);
+    for (start, len) in batches(n, batch_size) {
+        let xs = images.narrow(0, start, len)?;
+        let Some(t) = attack.targets(model, &xs, &labels.narrow(0, start, len)?)? else {
+            return Ok(None);
+        };
+        all.extend(t.to_dtype(DType::U32)?.to_vec1::<u32>()?);
+    }
+    Ok(Some(all))
 }
 
 /// The norm shared by `attacks`.

@@ -41,11 +41,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
     } else {
         args.names.clone()
     };
-    if let Some(twice) = names
-        .iter()
-        .enumerate()
-        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
-    {
+    if let Some(twice) = first_repeat(&names) {
         return Err(anyhow!(
             "two models are named `{twice}`: the matrix needs one name per model (--names)"
         ));
@@ -148,10 +144,17 @@ fn default_names(paths: &[PathBuf]) -> Vec<String> {
         .unwrap_or_else(|| p.display().to_string())
     };
     let names: Vec<String> = paths.iter().map(short).collect();
-    if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+    if first_repeat(&names).is_some() {
         return paths.iter().map(|p| p.display().to_string()).collect();
     }
     names
+}
+
+/// The first name that an earlier one repeats.
+fn first_repeat(names: &[String]) -> Option<&String> {
+    (1..names.len())
+        .find(|&i| names[..i].contains(&names[i]))
+        .map(|i| &names[i])
 }
 
 #[cfg(test)]
