@@ -21,7 +21,7 @@
 //! | transfer (craft FGSM, source forward, target clean and adversarial forward) | `5F` |
 
 use anyhow::{bail, Result};
-use gauntlet_models::{Arch, ModelSpec, Preprocess};
+use gauntlet_models::{Arch, Layer, ModelSpec, Preprocess};
 
 /// Forward FLOPs of one example: all layers, and the first weight layer alone.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,7 +30,7 @@ pub struct ForwardFlops {
     pub first: f64,
 }
 
-/// Counts `spec`'s forward multiply-adds (×2), layer by layer.
+/// Counts `spec`'s forward multiply-adds (×2), layer by layer of its graph.
 pub fn forward(spec: &ModelSpec) -> Result<ForwardFlops> {
     let d = spec.input_dim() as f64;
     let mut layers: Vec<f64> = Vec::new();
@@ -38,45 +38,19 @@ pub fn forward(spec: &ModelSpec) -> Result<ForwardFlops> {
         Preprocess::None | Preprocess::Gcn { .. } => {}
         Preprocess::GcnZca { .. } => layers.push(2.0 * d * d),
     }
-    let dense = |layers: &mut Vec<f64>, mut fan_in: usize, sizes: &[usize]| -> usize {
-        for &out in sizes {
-            layers.push(2.0 * (fan_in * out) as f64);
-            fan_in = out;
-        }
-        fan_in
-    };
-    if let Some(fc) = dense_layers(spec) {
-        layers.extend(fc.iter().map(|&(fan_in, out)| 2.0 * (fan_in * out) as f64));
-    }
-    match &spec.arch {
-        Arch::MaxoutMlp(_) | Arch::Mlp(_) => {}
-        Arch::ConvMaxout(s) => {
-            let pooled = s.layer_shapes(spec.input)?;
-            let mut input = spec.input;
-            for (l, out) in s.layers.iter().zip(&pooled) {
-                let (h, w) = conv_out(input, l.kernel, l.pad)?;
-                let c_out = l.channels * l.pieces;
-                layers.push(2.0 * (c_out * input[0] * l.kernel * l.kernel * h * w) as f64);
-                input = *out;
+    let graph = spec.arch.to_graph(spec.n_classes);
+    let shapes = graph.shapes(spec.input, spec.n_classes)?;
+    for (node, (input, output)) in graph.layers.iter().zip(&shapes) {
+        let per_output = match &node.layer {
+            Layer::Conv2d(c) => {
+                let (kh, kw) = c.kernel.get();
+                input[0] / c.groups * kh * kw
             }
-            let mut fan_in: usize = input.iter().product();
-            if let Some(fc) = &s.fc {
-                layers.push(2.0 * (fan_in * fc.units * fc.pieces) as f64);
-                fan_in = fc.units;
-            }
-            dense(&mut layers, fan_in, &[spec.n_classes]);
-        }
-        Arch::Cnn(s) => {
-            let pooled = s.layer_shapes(spec.input)?;
-            let mut input = spec.input;
-            for (l, out) in s.layers.iter().zip(&pooled) {
-                let (h, w) = conv_out(input, l.kernel, l.pad)?;
-                layers.push(2.0 * (l.channels * input[0] * l.kernel * l.kernel * h * w) as f64);
-                input = *out;
-            }
-            let fan_in = dense(&mut layers, input.iter().product(), &s.hidden);
-            dense(&mut layers, fan_in, &[spec.n_classes]);
-        }
+            Layer::Linear(_) => input[0],
+            _ => continue,
+        };
+        let outputs: usize = output.iter().product();
+        layers.push(2.0 * (per_output * outputs) as f64);
     }
     let Some(&first) = layers.first() else {
         bail!("{}: no weight layer to count", spec.arch.kind())
@@ -87,31 +61,21 @@ pub fn forward(spec: &ModelSpec) -> Result<ForwardFlops> {
     })
 }
 
-/// The `(fan_in, fan_out)` of every fully connected layer of an MLP (a Maxout layer's pieces
-/// counted as outputs), for the matrix-product profile; `None` for convolutional networks.
+/// The `(fan_in, fan_out)` of every fully connected layer of a network without convolutions
+/// (a Maxout layer's pieces counted as outputs), for the matrix-product profile; `None` for
+/// convolutional networks.
 pub fn dense_layers(spec: &ModelSpec) -> Option<Vec<(usize, usize)>> {
-    let (widths, pieces) = match &spec.arch {
-        Arch::MaxoutMlp(s) => (s.units.clone(), s.pieces),
-        Arch::Mlp(s) => (s.hidden.clone(), 1),
-        Arch::ConvMaxout(_) | Arch::Cnn(_) => return None,
-    };
-    let mut fan_in = spec.input_dim();
+    let graph = spec.arch.to_graph(spec.n_classes);
+    let shapes = graph.shapes(spec.input, spec.n_classes).ok()?;
     let mut layers = Vec::new();
-    for units in widths {
-        layers.push((fan_in, units * pieces));
-        fan_in = units;
+    for (node, (input, output)) in graph.layers.iter().zip(&shapes) {
+        match node.layer {
+            Layer::Conv2d(_) => return None,
+            Layer::Linear(_) => layers.push((input[0], output[0])),
+            _ => {}
+        }
     }
-    layers.push((fan_in, spec.n_classes));
     Some(layers)
-}
-
-/// Output height and width of a stride-1 convolution with zero padding `pad`.
-fn conv_out(input: [usize; 3], kernel: usize, pad: usize) -> Result<(usize, usize)> {
-    let (h, w) = (input[1] + 2 * pad, input[2] + 2 * pad);
-    if h < kernel || w < kernel {
-        bail!("kernel {kernel} larger than the padded input {h}×{w}")
-    }
-    Ok((h - kernel + 1, w - kernel + 1))
 }
 
 #[cfg(test)]

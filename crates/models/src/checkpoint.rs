@@ -1,7 +1,9 @@
 //! Checkpoints: one safetensors file holding every parameter, with the [`ModelSpec`] as JSON in
 //! its metadata (key `gauntlet.spec`) and in a `.json` file beside it. Names and layouts are
-//! documented in docs/checkpoints.md; a file written by PyTorch's `safetensors.torch.save_file`
-//! with the same names loads when its spec is given beside it.
+//! documented in docs/checkpoints.md. A PyTorch `state_dict` written by
+//! `safetensors.torch.save_file` loads with its own tensor names when its spec (a layer graph
+//! named as the module path, docs/models.md) is beside it as `.toml` or `.json`; an `.onnx`
+//! file loads through [`crate::onnx`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,7 +52,8 @@ pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
     write_atomic(&spec_path(path), spec_json.as_bytes()).map_err(|e| with_path(&spec_path(path), e))
 }
 
-/// Reads the spec of a checkpoint: from its metadata, else from the `.json` beside it.
+/// Reads the spec of a checkpoint: from its metadata, else from the `.json` or the `.toml`
+/// beside it.
 pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| with_path(path, format!("not a safetensors file: {e}")))?;
@@ -59,23 +62,45 @@ pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
             .map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
     }
     let side = spec_path(path);
-    let json = std::fs::read_to_string(&side).map_err(|e| {
-        with_path(
+    if let Ok(json) = std::fs::read_to_string(&side) {
+        return serde_json::from_str(&json).map_err(|e| with_path(&side, e));
+    }
+    let toml_side = path.with_extension("toml");
+    match std::fs::read_to_string(&toml_side) {
+        Ok(text) => read_spec_toml(&toml_side, &text),
+        Err(e) => Err(with_path(
             path,
             format!(
-                "no `{SPEC_KEY}` metadata and no spec file {} ({e})",
-                side.display()
+                "no `{SPEC_KEY}` metadata and no spec file {} or {} ({e})",
+                side.display(),
+                toml_side.display()
             ),
-        )
-    })?;
-    serde_json::from_str(&json).map_err(|e| with_path(&side, e))
+        )),
+    }
 }
 
-/// Loads a checkpoint: every tensor must match the spec's architecture by name, shape and dtype.
+/// A [`ModelSpec`] from TOML text read from `path`; errors name the file and the line.
+pub fn read_spec_toml(path: &Path, text: &str) -> Result<ModelSpec> {
+    let spec: ModelSpec = toml::from_str(text).map_err(|e| with_path(path, e))?;
+    spec.validate().map_err(|e| with_path(path, e))?;
+    Ok(spec)
+}
+
+/// Loads a model file: a gauntlet or PyTorch safetensors checkpoint (every tensor must match
+/// the spec's layers by name, shape and dtype) or an ONNX file (by its `.onnx` extension).
 pub fn load(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
+    if is_onnx(path) {
+        return crate::onnx::load(path, device);
+    }
     let bytes = std::fs::read(path).map_err(|e| with_path(path, e))?;
     let spec = read_spec(path, &bytes)?;
     load_with_spec(path, &bytes, &spec, device)
+}
+
+/// Whether `path` names an ONNX file.
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Loads the tensors of `bytes` (read from `path`) into a model of architecture `spec`.

@@ -1,22 +1,22 @@
-//! Convolutional models: pylearn2's convolutional Maxout networks (research/paper.md §2.3 and
-//! §2.4) and a small ReLU CNN, with overlapping max pooling built from differentiable pieces.
+//! Convolutional architectures: pylearn2's convolutional Maxout networks (research/paper.md
+//! §2.3 and §2.4) and a small ReLU CNN (their specs; [`crate::builtin`] makes them layer
+//! graphs), and max pooling with exact gradients.
 //!
 //! Candle's `max_pool2d` is not used: its backward is wrong by 1/k² and it requires
 //! kernel == stride (research/candle.md Q5). [`max_pool`] uses cuda-convnet's output size and
-//! truncated edge windows, as pylearn2's `max_pool_c01b` does, and picks each window's maximum
-//! by index so that its gradient is exact.
+//! truncated edge windows, as pylearn2's `max_pool_c01b` does, [`max_pool2d`] PyTorch's, and
+//! both pick each window's maximum by index so that its gradient is exact.
 
 use candle_core::{bail, DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{self, conv2d, linear, max_pieces, Gradients};
-use crate::layers::{apply_max_norm, derive_seed, linear_stack, maxout, Dropout};
+use crate::kernels;
+use crate::layers::Dropout;
 use crate::spec::{check_dropout, check_max_norm};
-use crate::{preprocess, Arch, Classifier, Mode, ModelSpec, ParamBuilder, Params};
 
 /// Pooled length of `n` positions with windows of `pool` every `stride`, as cuda-convnet
 /// computes it: `ceil((n − pool) / stride) + 1`, the last window truncated at the edge
-/// (1 when `n ≤ pool`).
+/// (1 when `n ≤ pool`). PyTorch's `ceil_mode` without padding gives the same.
 pub fn pooled_len(n: usize, pool: usize, stride: usize) -> usize {
     if n <= pool {
         1
@@ -25,15 +25,43 @@ pub fn pooled_len(n: usize, pool: usize, stride: usize) -> usize {
     }
 }
 
+/// Pooled length as PyTorch's `MaxPool2d` computes it for `n` positions, kernel `k`, stride
+/// `s` and padding `p`: `floor` or `ceil((n + 2p − k) / s) + 1`, where in ceil mode a last
+/// window starting in the right padding is dropped. In ceil mode an input no larger than the
+/// kernel gives one (truncated) window, as cuda-convnet's [`pooled_len`].
+pub fn pool_out_len(n: usize, k: usize, s: usize, p: usize, ceil_mode: bool) -> Result<usize> {
+    let padded = n + 2 * p;
+    if ceil_mode && padded <= k {
+        return Ok(1);
+    }
+    if padded < k {
+        bail!("the padded input ({padded}) is smaller than the pooling window ({k})")
+    }
+    let span = padded - k;
+    let mut out = if ceil_mode {
+        span.div_ceil(s)
+    } else {
+        span / s
+    } + 1;
+    if ceil_mode && (out - 1) * s >= n + p {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// A pooling window: `kernel` and `stride` as `(height, width)`, zero or −∞ `padding` on
+/// every side, and PyTorch's `ceil_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolGeometry {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub ceil_mode: bool,
+}
+
 /// Spatial max pooling with `pool × pool` windows every `stride` (overlapping when
 /// `stride < pool`), output size [`pooled_len`] per side; windows that run past the bottom or
 /// right edge take the max of the positions they cover.
-///
-/// The arg-max of every window is found on the host and the maxima are picked with
-/// `index_select`, so the gradient goes exactly to each window's arg-max (the first one on
-/// ties) through `index_select`'s backward (`index_add`), which is itself differentiable for
-/// double backprop. (`gather` is not used: candle 0.11.1's `scatter_add` backward fails on it.)
-/// On the CPU without double backprop, [`kernels::MaxPool`] does the same in one custom op.
 ///
 /// # Shapes
 /// - `xs`: `(batch, channels, height, width)`, f32 or f64; returns
@@ -42,6 +70,28 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
     if pool == 0 || stride == 0 || stride > pool {
         bail!("max pool: expected 0 < stride <= pool, got pool {pool} stride {stride}")
     }
+    if pool == 1 {
+        return Ok(xs.clone());
+    }
+    let geometry = PoolGeometry {
+        kernel: (pool, pool),
+        stride: (stride, stride),
+        padding: (0, 0),
+        ceil_mode: true,
+    };
+    max_pool2d(xs, &geometry)
+}
+
+/// Max pooling as PyTorch's `MaxPool2d` (padding counts as −∞).
+///
+/// The arg-max of every window is found on the host and the maxima are picked with
+/// `index_select`, so the gradient goes exactly to each window's arg-max (the first one on
+/// ties) through `index_select`'s backward (`index_add`), which is itself differentiable for
+/// double backprop. (`gather` is not used: candle 0.11.1's `scatter_add` backward fails on it.)
+/// On the CPU without double backprop, [`kernels::MaxPool`] does the same in one custom op.
+/// Candle's `max_pool2d` is not used: its backward is wrong by 1/k² and it requires
+/// kernel == stride (research/candle.md Q5).
+pub fn max_pool2d(xs: &Tensor, g: &PoolGeometry) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     if xs.elem_count() > u32::MAX as usize {
         bail!(
@@ -49,17 +99,21 @@ pub fn max_pool(xs: &Tensor, pool: usize, stride: usize) -> Result<Tensor> {
             xs.elem_count()
         )
     }
-    if pool == 1 {
-        return Ok(xs.clone());
+    let ((kh, kw), (sh, sw), (ph, pw)) = (g.kernel, g.stride, g.padding);
+    if kh == 0 || kw == 0 || sh == 0 || sw == 0 || 2 * ph > kh || 2 * pw > kw {
+        bail!("max pool: expected positive kernel and stride and padding at most half the kernel, got {g:?}")
     }
-    let (oh, ow) = (pooled_len(h, pool, stride), pooled_len(w, pool, stride));
     let geometry = Windows {
         h,
         w,
-        pool,
-        stride,
-        oh,
-        ow,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        oh: pool_out_len(h, kh, sh, ph, g.ceil_mode)?,
+        ow: pool_out_len(w, kw, sw, pw, g.ceil_mode)?,
     };
     if kernels::fast_path(&[xs]) {
         // The same arg-max in one custom op, without the index tensor and the gather.
@@ -87,8 +141,12 @@ fn max_pool_by_index(xs: &Tensor, geometry: Windows) -> Result<Tensor> {
 pub(crate) struct Windows {
     h: usize,
     w: usize,
-    pool: usize,
-    stride: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
     pub(crate) oh: usize,
     pub(crate) ow: usize,
 }
@@ -99,17 +157,26 @@ impl Windows {
         let Windows {
             h,
             w,
-            pool,
-            stride,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
             oh,
             ow,
         } = *self;
+        // The part of a window inside the plane: padding never wins a maximum.
+        let span = |i: usize, s: usize, p: usize, k: usize, n: usize| {
+            let start = (i * s).saturating_sub(p);
+            (start, (i * s + k).saturating_sub(p).min(n))
+        };
         let mut index = Vec::with_capacity(values.len() / (h * w) * oh * ow);
         for (p, plane) in values.chunks_exact(h * w).enumerate() {
             for i in 0..oh {
-                let (y0, y1) = (i * stride, (i * stride + pool).min(h));
+                let (y0, y1) = span(i, sh, ph, kh, h);
                 for j in 0..ow {
-                    let (x0, x1) = (j * stride, (j * stride + pool).min(w));
+                    let (x0, x1) = span(j, sw, pw, kw, w);
                     // The first maximum in row-major order: later ties do not replace it.
                     let mut best = y0 * w + x0;
                     let mut top = plane[best];
@@ -163,28 +230,6 @@ fn conv_pool_shape(
         pooled_len(ch, pool, pool_stride),
         pooled_len(cw, pool, pool_stride),
     ])
-}
-
-/// Fails unless `xs` is `(batch, spec.input)`.
-fn check_input(spec: &ModelSpec, xs: &Tensor) -> Result<()> {
-    let dims = xs.dims();
-    if dims.len() != 4 || dims[1..] != spec.input {
-        bail!(
-            "{}: expected input (batch, {:?}), got {:?}",
-            spec.arch.kind(),
-            spec.input,
-            dims
-        )
-    }
-    Ok(())
-}
-
-/// Dropout `d` in training mode, with the mask of stream `stream`; the identity in eval mode.
-fn dropout(xs: Tensor, d: Dropout, mode: Mode, stream: usize) -> Result<Tensor> {
-    match mode {
-        Mode::Train { seed } => d.apply(&xs, derive_seed(seed, stream as u64)),
-        Mode::Eval => Ok(xs),
-    }
 }
 
 /// One convolutional maxout layer (pylearn2 `MaxoutConvC01B`): a convolution with
@@ -356,146 +401,7 @@ impl ConvMaxoutSpec {
     }
 }
 
-/// `input → conv maxout layers → [fc maxout] → softmax(n_classes)`, dropout on the input of
-/// every layer in training.
-///
-/// Checkpoint names: `h{i}.weight` `[channels·pieces, in, k, k]` and `h{i}.bias`
-/// `[channels·pieces]` for conv layer `i` (pieces of channel `j` are output channels
-/// `j·pieces .. (j+1)·pieces`); the fc layer continues the numbering with `[units·pieces, in]`;
-/// `out.weight` `[n_classes, in]`, `out.bias`. Feature maps are flattened in `(c, h, w)`
-/// order (pylearn2 flattens `(h, w, c)`, which matters only for importing its weights).
-pub struct ConvMaxout {
-    spec: ModelSpec,
-    convs: Vec<(Tensor, Tensor)>,
-    fc: Option<(Tensor, Tensor)>,
-    out: (Tensor, Tensor),
-    /// Max norm of each constrained weight, by checkpoint name.
-    max_norms: Vec<(String, f64)>,
-    params: Params,
-}
-
-impl ConvMaxout {
-    pub fn new(spec: ModelSpec, mut pb: ParamBuilder<'_>) -> Result<Self> {
-        let s = Self::arch(&spec).clone();
-        let shapes = s.layer_shapes(spec.input)?;
-        let (range, mut max_norms) = (s.init_range, Vec::new());
-        let mut in_channels = spec.input[0];
-        let mut convs = Vec::new();
-        for (i, l) in s.layers.iter().enumerate() {
-            let (name, out) = (format!("h{i}"), l.channels * l.pieces);
-            convs.push(pb.scope(&name, |pb| {
-                Ok((
-                    pb.uniform("weight", (out, in_channels, l.kernel, l.kernel), range)?,
-                    pb.constant("bias", out, 0.0)?,
-                ))
-            })?);
-            if let Some(c) = l.max_kernel_norm {
-                max_norms.push((format!("{name}.weight"), c));
-            }
-            in_channels = l.channels;
-        }
-        let mut fan_in: usize = shapes.last().expect("validated non-empty").iter().product();
-        let fc = match &s.fc {
-            Some(f) => {
-                let name = format!("h{}", s.layers.len());
-                let layer = pb.scope(&name, |pb| {
-                    Ok((
-                        pb.uniform("weight", (f.units * f.pieces, fan_in), range)?,
-                        pb.constant("bias", f.units * f.pieces, 0.0)?,
-                    ))
-                })?;
-                if let Some(c) = f.max_norm {
-                    max_norms.push((format!("{name}.weight"), c));
-                }
-                fan_in = f.units;
-                Some(layer)
-            }
-            None => None,
-        };
-        let out = pb.scope("out", |pb| {
-            Ok((
-                pb.uniform("weight", (spec.n_classes, fan_in), range)?,
-                pb.constant("bias", spec.n_classes, 0.0)?,
-            ))
-        })?;
-        if let Some(c) = s.out_max_norm {
-            max_norms.push(("out.weight".to_string(), c));
-        }
-        Ok(Self {
-            spec,
-            convs,
-            fc,
-            out,
-            max_norms,
-            params: pb.finish()?,
-        })
-    }
-
-    /// Logits of a pass whose backward computes `grads`.
-    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
-        let s = Self::arch(&self.spec);
-        check_input(&self.spec, xs)?;
-        let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
-        let mut stream = 0;
-        for ((w, b), l) in self.convs.iter().zip(&s.layers) {
-            let d = if stream == 0 {
-                s.input_dropout
-            } else {
-                s.hidden_dropout
-            };
-            h = dropout(h, d, mode, stream)?;
-            stream += 1;
-            let z = conv2d(&h, w, b, l.pad, grads)?;
-            let (batch, _, height, width) = z.dims4()?;
-            // Contiguous pieces per channel, as pylearn2's `z[i::num_pieces]` slices.
-            let z = max_pieces(
-                &z,
-                l.pieces,
-                height * width,
-                &[batch, l.channels, height, width],
-            )?;
-            h = max_pool(&z, l.pool, l.pool_stride)?;
-        }
-        let mut h = h.flatten_from(1)?;
-        if let (Some((w, b)), Some(f)) = (&self.fc, &s.fc) {
-            h = dropout(h, s.hidden_dropout, mode, stream)?;
-            stream += 1;
-            h = maxout(&linear(&h, w, b, grads)?, f.pieces)?;
-        }
-        h = dropout(h, s.hidden_dropout, mode, stream)?;
-        linear(&h, &self.out.0, &self.out.1, grads)
-    }
-
-    fn arch(spec: &ModelSpec) -> &ConvMaxoutSpec {
-        match &spec.arch {
-            Arch::ConvMaxout(s) => s,
-            _ => unreachable!("built only from a conv-maxout spec"),
-        }
-    }
-}
-
-impl Classifier for ConvMaxout {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    crate::classifier::forward_by_logits!();
-
-    fn params(&self) -> &Params {
-        &self.params
-    }
-
-    fn apply_constraints(&self) -> Result<()> {
-        for (name, var) in self.params.vars() {
-            if let Some((_, c)) = self.max_norms.iter().find(|(n, _)| n == name) {
-                apply_max_norm(var, *c)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One convolution of a [`Cnn`]: `kernel × kernel` with zero padding `pad`, ReLU, then max
+/// One convolution of a [`CnnSpec`]: `kernel × kernel` with zero padding `pad`, ReLU, then max
 /// pooling (`pool` 1 for none).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -576,115 +482,6 @@ impl CnnSpec {
     }
 }
 
-/// `input → [conv → ReLU → pool]* → [linear → ReLU]* → linear(n_classes)`, dropout on the
-/// input of every layer in training.
-///
-/// Checkpoint names: `h{i}.weight` `[channels, in, k, k]` and `h{i}.bias` for the
-/// convolutions, the hidden linear layers continue the numbering (`[out, in]`), then
-/// `out.weight`, `out.bias`. Initialisation is PyTorch's default for `Conv2d` and `Linear`,
-/// U(±1/√fan_in) for weights and biases.
-pub struct Cnn {
-    spec: ModelSpec,
-    convs: Vec<(Tensor, Tensor)>,
-    linears: Vec<(Tensor, Tensor)>,
-    params: Params,
-}
-
-impl Cnn {
-    pub fn new(spec: ModelSpec, mut pb: ParamBuilder<'_>) -> Result<Self> {
-        let s = Self::arch(&spec).clone();
-        let shapes = s.layer_shapes(spec.input)?;
-        let mut in_channels = spec.input[0];
-        let mut convs = Vec::new();
-        for (i, l) in s.layers.iter().enumerate() {
-            let range = 1.0 / ((in_channels * l.kernel * l.kernel) as f64).sqrt();
-            convs.push(pb.scope(&format!("h{i}"), |pb| {
-                Ok((
-                    pb.uniform(
-                        "weight",
-                        (l.channels, in_channels, l.kernel, l.kernel),
-                        range,
-                    )?,
-                    pb.uniform("bias", l.channels, range)?,
-                ))
-            })?);
-            in_channels = l.channels;
-        }
-        let fan_in: usize = shapes.last().unwrap_or(&spec.input).iter().product();
-        let linears = linear_stack(&mut pb, s.layers.len(), fan_in, &s.hidden, spec.n_classes)?;
-        Ok(Self {
-            spec,
-            convs,
-            linears,
-            params: pb.finish()?,
-        })
-    }
-
-    /// Logits of a pass whose backward computes `grads`.
-    fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
-        let s = Self::arch(&self.spec);
-        check_input(&self.spec, xs)?;
-        let mut h = preprocess::apply(&self.spec, &self.params, xs)?;
-        let mut stream = 0;
-        let mut next_dropout = |h: Tensor| -> Result<Tensor> {
-            let d = if stream == 0 {
-                s.input_dropout
-            } else {
-                s.hidden_dropout
-            };
-            stream += 1;
-            dropout(h, d, mode, stream - 1)
-        };
-        for ((w, b), l) in self.convs.iter().zip(&s.layers) {
-            h = next_dropout(h)?;
-            h = max_pool(
-                &kernels::relu(&conv2d(&h, w, b, l.pad, grads)?)?,
-                l.pool,
-                l.pool_stride,
-            )?;
-        }
-        let mut h = h.flatten_from(1)?;
-        let last = self.linears.len() - 1;
-        for (i, (w, b)) in self.linears.iter().enumerate() {
-            h = linear(&next_dropout(h)?, w, b, grads)?;
-            if i < last {
-                h = kernels::relu(&h)?;
-            }
-        }
-        Ok(h)
-    }
-
-    fn arch(spec: &ModelSpec) -> &CnnSpec {
-        match &spec.arch {
-            Arch::Cnn(s) => s,
-            _ => unreachable!("built only from a cnn spec"),
-        }
-    }
-}
-
-impl Classifier for Cnn {
-    fn spec(&self) -> &ModelSpec {
-        &self.spec
-    }
-
-    crate::classifier::forward_by_logits!();
-
-    fn params(&self) -> &Params {
-        &self.params
-    }
-
-    fn apply_constraints(&self) -> Result<()> {
-        if let Some(c) = Self::arch(&self.spec).max_norm {
-            for (name, var) in self.params.vars() {
-                if name.ends_with("weight") {
-                    apply_max_norm(var, c)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,8 +556,12 @@ mod tests {
             let geometry = Windows {
                 h: 21,
                 w: 21,
-                pool,
-                stride,
+                kh: pool,
+                kw: pool,
+                sh: stride,
+                sw: stride,
+                ph: 0,
+                pw: 0,
                 oh: pooled_len(21, pool, stride),
                 ow: pooled_len(21, pool, stride),
             };

@@ -7,7 +7,6 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::{self, Gradients};
-use crate::{ParamBuilder, Params};
 
 /// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]` as PyTorch stores it; every
 /// gradient available ([`kernels::linear`] chooses which).
@@ -94,46 +93,6 @@ pub fn apply_max_norm(weight: &Var, max_norm: f64) -> Result<()> {
     let norms = flat.sqr()?.sum_keepdim(1)?.sqrt()?;
     let scale = (norms.clamp(0.0, max_norm)? / norms.maximum(1e-7)?)?;
     weight.set(&flat.broadcast_mul(&scale)?.reshape(w.shape())?)
-}
-
-/// Applies [`apply_max_norm`] with bound `max_norm` to every trainable `*.weight` of `params`.
-pub fn max_norm_all_weights(params: &Params, max_norm: Option<f64>) -> Result<()> {
-    if let Some(c) = max_norm {
-        for (name, var) in params.vars() {
-            if name.ends_with("weight") {
-                apply_max_norm(var, c)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Fully connected layers from `fan_in` through `hidden` to `n_classes`, named `h{first}`,
-/// `h{first+1}`, … and `out`, with PyTorch's `nn.Linear` initialisation U(±1/√fan_in).
-pub fn linear_stack(
-    pb: &mut ParamBuilder<'_>,
-    first: usize,
-    mut fan_in: usize,
-    hidden: &[usize],
-    n_classes: usize,
-) -> Result<Vec<(Tensor, Tensor)>> {
-    let mut layers = Vec::with_capacity(hidden.len() + 1);
-    for (j, &fan_out) in hidden.iter().chain(std::iter::once(&n_classes)).enumerate() {
-        let name = if j == hidden.len() {
-            "out".to_string()
-        } else {
-            format!("h{}", first + j)
-        };
-        let range = 1.0 / (fan_in as f64).sqrt();
-        layers.push(pb.scope(&name, |pb| {
-            Ok((
-                pb.uniform("weight", (fan_out, fan_in), range)?,
-                pb.uniform("bias", fan_out, range)?,
-            ))
-        })?);
-        fan_in = fan_out;
-    }
-    Ok(layers)
 }
 
 #[cfg(test)]

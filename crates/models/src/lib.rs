@@ -6,6 +6,8 @@
 //! default input gradient goes through Candle's autograd ([`autograd_input_grad`]); a model may
 //! override it with a faster hand-written backward.
 //!
+//! Every model is a layer graph ([`graph`]): the built-in architectures are shorthands for
+//! graphs, and PyTorch `state_dict`s ([`checkpoint`]) and ONNX files ([`onnx`]) load as graphs.
 //! Models are built from a serializable [`ModelSpec`] by [`build`], with parameters drawn from
 //! a seeded generator (Candle's CPU random numbers cannot be seeded), and saved or loaded as
 //! safetensors checkpoints ([`checkpoint`]). Input preprocessing (GCN, ZCA) is a fixed first
@@ -25,26 +27,26 @@
 // `!(x > 0.0)` is deliberate throughout: unlike `x <= 0.0`, it also rejects NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+mod builtin;
 pub mod checkpoint;
 mod classifier;
 pub mod conv;
+pub mod graph;
 pub mod io;
 pub mod kernels;
 pub mod layers;
 mod loss;
-mod maxout;
-mod mlp;
+pub mod onnx;
 mod params;
 pub mod preprocess;
 mod spec;
 pub mod threads;
 
 pub use classifier::{autograd_input_grad, Classifier, InputGrad, Mode};
-pub use conv::{Cnn, CnnLayer, CnnSpec, ConvMaxout, ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec};
+pub use conv::{CnnLayer, CnnSpec, ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec};
+pub use graph::{Graph, GraphSpec, Layer, Node};
 pub use layers::Dropout;
 pub use loss::{accuracy_counts, per_example_cross_entropy};
-pub use maxout::MaxoutMlp;
-pub use mlp::Mlp;
 pub use params::{ParamBuilder, Params};
 pub use preprocess::Preprocess;
 pub use spec::{

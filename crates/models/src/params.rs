@@ -78,6 +78,8 @@ pub struct ParamBuilder<'a> {
     device: Device,
     prefix: Vec<String>,
     params: Params,
+    /// Stored tensors read and dropped (PyTorch's `num_batches_tracked`).
+    ignored: Vec<String>,
 }
 
 impl<'a> ParamBuilder<'a> {
@@ -88,6 +90,7 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             prefix: Vec::new(),
             params: Params::default(),
+            ignored: Vec::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl<'a> ParamBuilder<'a> {
             device: device.clone(),
             prefix: Vec::new(),
             params: Params::default(),
+            ignored: Vec::new(),
         }
     }
 
@@ -131,6 +135,15 @@ impl<'a> ParamBuilder<'a> {
         }
         if t.dtype() != DType::F32 {
             bail!("tensor `{full}` has dtype {:?}, expected f32", t.dtype())
+        }
+        // A NaN or infinite weight makes every logit NaN, and arg-max would still pick a class.
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "tensor `{full}` has a non-finite value ({}) at flat index {i} of {}",
+                values[i],
+                values.len()
+            )
         }
         Ok(Some(t.to_device(&self.device)?))
     }
@@ -212,6 +225,13 @@ impl<'a> ParamBuilder<'a> {
         Ok(value)
     }
 
+    /// A stored tensor this layer does not use but whose presence is no error (PyTorch's
+    /// `num_batches_tracked` beside a batch norm's statistics).
+    pub fn ignore(&mut self, name: &str) {
+        let full = self.full_name(name);
+        self.ignored.push(full);
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -225,6 +245,7 @@ impl<'a> ParamBuilder<'a> {
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .chain(self.params.buffers.iter().map(|(n, _)| n.as_str()))
+                .chain(self.ignored.iter().map(String::as_str))
                 .collect();
             let mut unused: Vec<&str> = tensors
                 .keys()

@@ -4,9 +4,10 @@
 use candle_core::{bail, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::graph::{Graph, GraphSpec};
 use crate::layers::Dropout;
 use crate::preprocess::{self, Preprocess, Zca};
-use crate::{Classifier, Cnn, CnnSpec, ConvMaxout, ConvMaxoutSpec, MaxoutMlp, Mlp, ParamBuilder};
+use crate::{Classifier, CnnSpec, ConvMaxoutSpec, ParamBuilder};
 
 /// The architecture, its hyper-parameters, and the data shape it expects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,8 +80,12 @@ impl ModelSpec {
             }
             Arch::ConvMaxout(s) => s.validate(self.input)?,
             Arch::Cnn(s) => s.validate(self.input)?,
+            Arch::Graph(_) => {}
         }
-        Ok(())
+        // Every architecture runs as a graph: its shapes are checked layer by layer.
+        self.arch
+            .to_graph(self.n_classes)
+            .validate(self.input, self.n_classes)
     }
 }
 
@@ -102,7 +107,9 @@ pub(crate) fn check_max_norm(max_norm: Option<f64>) -> Result<()> {
     }
 }
 
-/// The architectures gauntlet can build. In TOML: `arch = { kind = "maxout-mlp", units = [240, 240] }`.
+/// The architectures gauntlet can build. In TOML: `arch = { kind = "maxout-mlp", units = [240, 240] }`,
+/// or any layer graph: `arch = { kind = "graph", layers = [...] }` ([`GraphSpec`]). The four
+/// named ones are shorthands for graphs ([`Arch::to_graph`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Arch {
@@ -110,6 +117,7 @@ pub enum Arch {
     Mlp(MlpSpec),
     ConvMaxout(ConvMaxoutSpec),
     Cnn(CnnSpec),
+    Graph(GraphSpec),
 }
 
 impl Arch {
@@ -129,6 +137,7 @@ impl Arch {
             Arch::Mlp(_) => "mlp",
             Arch::ConvMaxout(_) => "conv-maxout",
             Arch::Cnn(_) => "cnn",
+            Arch::Graph(_) => "graph",
         }
     }
 }
@@ -235,12 +244,8 @@ fn build_inner(
     spec.validate()?;
     // Buffers draw nothing from the generator: the weights do not depend on preprocessing.
     preprocess::add_buffers(spec, &mut params, zca)?;
-    Ok(match &spec.arch {
-        Arch::MaxoutMlp(_) => Box::new(MaxoutMlp::new(spec.clone(), params)?),
-        Arch::Mlp(_) => Box::new(Mlp::new(spec.clone(), params)?),
-        Arch::ConvMaxout(_) => Box::new(ConvMaxout::new(spec.clone(), params)?),
-        Arch::Cnn(_) => Box::new(Cnn::new(spec.clone(), params)?),
-    })
+    let graph = spec.arch.to_graph(spec.n_classes);
+    Ok(Box::new(Graph::new(spec.clone(), &graph, params)?))
 }
 
 #[cfg(test)]
