@@ -197,10 +197,17 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(i, m)| {
+                // A model read from a file is keyed by its bytes, not by where it lies.
+                let spec = match &m.external {
+                    Some(ext) => json!({ "model": m.spec, "import-sha256": ext.sha256 }),
+                    None => {
+                        json!({ "model": m.spec, "train": m.train, "seed": m.seed, "init-stream": INIT_STREAM })
+                    }
+                };
                 planner.push(
                     format!("train/{}", m.name),
                     JobKind::Train,
-                    json!({ "model": m.spec, "train": m.train, "seed": m.seed, "init-stream": INIT_STREAM }),
+                    spec,
                     vec![],
                     Task::Train { model: i },
                 )

@@ -128,6 +128,12 @@ pub struct ModelResult {
     pub checkpoint_sha256: String,
     /// Key of the training job.
     pub job: String,
+    /// For a model read from a file instead of trained: the path the suite gave, and the
+    /// SHA-256 of the file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sha256: Option<String>,
 }
 
 /// One row of `robustness.csv`: a model under one attack at one ε.

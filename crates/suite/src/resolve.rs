@@ -46,6 +46,9 @@ pub struct ModelDef {
     pub spec: ModelSpec,
     /// With `seed` set to the model's seed.
     pub train: TrainConfig,
+    /// The file this model is read from instead of trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<crate::spec::ExternalModel>,
 }
 
 /// An attack swept over its ε list.
@@ -311,6 +314,21 @@ fn resolve(
             ));
         }
         let seed = m.seed.unwrap_or(spec.seed);
+        if let Some(ext) = &m.external {
+            if ext.spec.input != input || ext.spec.n_classes != n_classes {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.path"),
+                    format!(
+                        "{} takes {:?} images and gives {} logits; {} has {input:?} images in {n_classes} classes",
+                        ext.path.display(),
+                        ext.spec.input,
+                        ext.spec.n_classes,
+                        data.dataset
+                    ),
+                ));
+            }
+        }
         let model_spec = ModelSpec::new(m.arch, input, n_classes).with_preprocess(m.preprocess);
         model_spec
             .validate()
@@ -325,6 +343,7 @@ fn resolve(
             seed,
             spec: model_spec,
             train,
+            external: m.external,
         });
     }
 

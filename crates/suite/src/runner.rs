@@ -17,9 +17,10 @@ use gauntlet_data::Splits;
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{build_fitted, checkpoint, Classifier};
-use gauntlet_train::{evaluate, train_resumable, EpochRecord};
+use gauntlet_train::{evaluate, train_resumable, EpochRecord, TrainLog};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::Digest;
 
 use crate::cache::is_finished;
 use crate::record::{AttackOutput, CraftOutput, JobFile, NoiseOutput, ScoreOutput, TrainOutput};
@@ -499,6 +500,40 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
     let (images, labels) = (&ctx.data.images, &ctx.data.labels);
     let batch_size = suite.eval.batch_size;
     match job.task {
+        Task::Train { model } if suite.models[model].external.is_some() => {
+            let def = &suite.models[model];
+            let ext = def.external.as_ref().expect("matched");
+            let bytes = std::fs::read(&ext.path).map_err(|e| Error::io(&ext.path, e))?;
+            let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
+            if sha256 != ext.sha256 {
+                return Err(candle_core::Error::Msg(format!(
+                    "{} changed since the suite was planned (SHA-256 {sha256}, planned {}): run again",
+                    ext.path.display(),
+                    ext.sha256
+                ))
+                .into());
+            }
+            let net = checkpoint::load(&ext.path, ctx.device)?;
+            let test = evaluate(net.as_ref(), &ctx.data.splits.test, batch_size, ctx.device)?;
+            checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
+            ctx.finish(
+                job,
+                started,
+                TrainOutput {
+                    model: def.name.clone(),
+                    n_params: net.params().n_scalars(),
+                    train_seconds: 0.0,
+                    log: TrainLog {
+                        epochs: Vec::new(),
+                        best_epoch: 0,
+                        stopped_by: "imported".into(),
+                        regularizer: Default::default(),
+                        sigma_eff: None,
+                    },
+                    test,
+                },
+            )
+        }
         Task::Train { model } => {
             let def = &suite.models[model];
             let splits = &ctx.data.splits;

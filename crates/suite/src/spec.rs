@@ -6,14 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use gauntlet_attacks::{AutoVersion, Norm, StepSize};
 use gauntlet_data::DataConfig;
-use gauntlet_models::{Arch, Preprocess};
+use gauntlet_models::{Arch, ModelSpec, Preprocess};
 use gauntlet_train::{Regularizer, TrainConfig};
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use toml::{Spanned, Value};
 
 use crate::{Error, Result};
@@ -74,6 +75,11 @@ pub struct ModelEntrySpec {
     /// Shorthand for `train.regularizer` ([`gauntlet_train::Regularizer`]).
     #[serde(default)]
     pub regularizer: Option<Spanned<Value>>,
+    /// A model file to attack instead of a recipe to train: a gauntlet checkpoint, a PyTorch
+    /// safetensors `state_dict` with its spec beside it, or an ONNX file; relative to the
+    /// suite file.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
 }
 
 /// One `[[attack]]` entry. Which keys apply to which `kind` is checked in
@@ -347,9 +353,49 @@ pub fn parse(path: &Path, text: &str) -> Result<SuiteSpec> {
 pub struct MergedModel {
     pub name: String,
     pub seed: Option<u64>,
+    /// For a model read from a file, the file's own.
     pub arch: Arch,
     pub preprocess: Preprocess,
     pub train: TrainConfig,
+    pub external: Option<ExternalModel>,
+}
+
+/// A model a suite reads from a file instead of training.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ExternalModel {
+    /// As resolved against the suite file's folder.
+    pub path: PathBuf,
+    /// Of the file's bytes (hex): part of the cache key and of results.json.
+    pub sha256: String,
+    /// Its description, read from the file (or the spec beside it).
+    pub spec: ModelSpec,
+}
+
+/// Reads the model file of entry `name`'s `path = "…"`.
+fn external(suite: &Path, text: &str, name: &str, file: &Spanned<String>) -> Result<ExternalModel> {
+    let at = |msg: String| {
+        located(
+            suite,
+            text,
+            file.span(),
+            format!("model `{name}`: path: {msg}"),
+        )
+    };
+    let given = Path::new(file.get_ref());
+    let path = if given.is_relative() {
+        suite.parent().unwrap_or(Path::new(".")).join(given)
+    } else {
+        given.to_path_buf()
+    };
+    let bytes = std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
+    let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
+    let spec = if gauntlet_models::checkpoint::is_onnx(&path) {
+        gauntlet_models::onnx::translate(&path, &bytes).map(|(spec, _)| spec)
+    } else {
+        gauntlet_models::checkpoint::read_spec(&path, &bytes)
+    }
+    .map_err(|e| at(e.to_string()))?;
+    Ok(ExternalModel { path, sha256, spec })
 }
 
 /// Applies `like` to every model entry, in file order.
@@ -512,6 +558,31 @@ pub fn merge(base: &Value, over: &Value) -> Value {
 
 fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Result<MergedModel> {
     let name = entry.name.get_ref().clone();
+    if let Some(file) = &entry.path {
+        let recipe = [
+            &entry.arch,
+            &entry.preprocess,
+            &entry.train,
+            &entry.regularizer,
+        ];
+        if entry.like.is_some() || recipe.iter().any(|v| v.is_some()) {
+            return Err(located(
+                path,
+                text,
+                file.span(),
+                format!("model `{name}`: a model read from `path` takes no `like`, `arch`, `preprocess`, `train` or `regularizer`"),
+            ));
+        }
+        let ext = external(path, text, &name, file)?;
+        return Ok(MergedModel {
+            name,
+            seed: raw.seed,
+            arch: ext.spec.arch.clone(),
+            preprocess: ext.spec.preprocess,
+            train: TrainConfig::default(),
+            external: Some(ext),
+        });
+    }
     let Some(arch) = raw.arch else {
         return Err(located(
             path,
@@ -558,6 +629,7 @@ fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Resu
         arch,
         preprocess,
         train,
+        external: None,
     })
 }
 

@@ -106,6 +106,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     checkpoint,
                     checkpoint_sha256,
                     job: job.key.clone(),
+                    source: def.external.as_ref().map(|e| e.path.display().to_string()),
+                    source_sha256: def.external.as_ref().map(|e| e.sha256.clone()),
                 });
             }
             Task::Attack { model, attack } => {

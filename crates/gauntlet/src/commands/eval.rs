@@ -53,7 +53,26 @@ pub fn test_set(
             [c, h, w]
         ));
     }
+    check_classes(model_path, spec, dataset, test.n_classes)?;
     Ok((dataset, test.to_device(device)?))
+}
+
+/// A model must give one logit per class of the data it is evaluated on: an imported model
+/// with another head would otherwise be scored against the wrong labels.
+pub fn check_classes(
+    model_path: &Path,
+    spec: &ModelSpec,
+    dataset: DatasetName,
+    n: usize,
+) -> Result<()> {
+    if spec.n_classes != n {
+        return Err(anyhow!(
+            "{} outputs [batch, {}] logits, {dataset} has {n} classes",
+            model_path.display(),
+            spec.n_classes
+        ));
+    }
+    Ok(())
 }
 
 pub fn load_model(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
