@@ -86,6 +86,22 @@ bench-compare: bench-venv
 	$(VENV_BENCH)/bin/python bench/torch_reference.py --threads $(THREADS) --json $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl $(BENCH_ARGS)
 	python3 bench/compare.py $(BENCH_OUT)/gauntlet-$(THREADS)t.jsonl $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl
 
+# The PyTorch fixture models the tests load (crates/models/tests/fixtures/torch; committed):
+# scripts/make_fixtures.py in a pinned virtual environment with PyTorch, ONNX and torchattacks
+# (about 5 GB). Not part of `make test`. FIXTURE_ARGS=--torchattacks 1000 also prints
+# torchattacks' PGD on the trained SmallCNN.
+VENV_FIXTURES := .venv-fixtures
+FIXTURE_ARGS ?=
+.PHONY: fixtures
+fixtures: $(VENV_FIXTURES)/.installed
+	$(VENV_FIXTURES)/bin/python scripts/make_fixtures.py $(FIXTURE_ARGS)
+
+$(VENV_FIXTURES)/.installed:
+	python3 -m venv $(VENV_FIXTURES)
+	$(VENV_FIXTURES)/bin/pip install --no-input torch==2.15.0 numpy==2.4.6 onnx==1.23.2 \
+		onnxscript==0.7.2 safetensors==0.8.0 torchattacks==3.5.1
+	touch $@
+
 fmt:
 	$(CARGO) fmt --all
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 WORKLOADS = ["forward", "input-grad", "train", "train-fgsm", "fgsm", "pgd-step", "transfer",
              "gemm-forward", "gemm-train"]
-MODELS = ["maxout-mlp", "mlp", "conv-maxout", "cnn"]
+MODELS = ["maxout-mlp", "mlp", "conv-maxout", "cnn", "smallcnn", "smallcnn-onnx"]
 PGD_STEPS = 10
 ATTACK_EPS = 0.1
 TRAIN_EPS = 0.25
@@ -145,9 +145,30 @@ class Cnn(nn.Module):
         return self.out(h.flatten(1))
 
 
+class SmallCnn(nn.Module):
+    """TRADES' SmallCNN (scripts/make_fixtures.py); gauntlet's smallcnn-onnx is its export."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(1, 32, 3), nn.Conv2d(32, 32, 3), nn.Conv2d(32, 64, 3), nn.Conv2d(64, 64, 3)])
+        self.fc1, self.fc2, self.out = nn.Linear(1024, 200), nn.Linear(200, 200), nn.Linear(200, 10)
+        self.max_norms = []
+
+    def forward(self, x, train):
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = F.relu(conv(h))
+            if i % 2 == 1:
+                h = F.max_pool2d(h, 2, 2)
+        h = dropout(F.relu(self.fc1(h.flatten(1))), 0.5, 2.0, train)
+        return self.out(F.relu(self.fc2(h)))
+
+
 def build(name, seed):
     torch.manual_seed(seed)
-    model = {"maxout-mlp": MaxoutMlp, "mlp": Mlp, "conv-maxout": ConvMaxout, "cnn": Cnn}[name]()
+    classes = {"maxout-mlp": MaxoutMlp, "mlp": Mlp, "conv-maxout": ConvMaxout, "cnn": Cnn,
+               "smallcnn": SmallCnn, "smallcnn-onnx": SmallCnn}
+    model = classes[name]()
     return model, (100 if name in ("maxout-mlp", "mlp") else 128)
 
 

@@ -21,7 +21,7 @@
 //! | transfer (craft FGSM, source forward, target clean and adversarial forward) | `5F` |
 
 use anyhow::{bail, Result};
-use gauntlet_models::{Arch, Layer, ModelSpec, Preprocess};
+use gauntlet_models::{Layer, ModelSpec, Preprocess};
 
 /// Forward FLOPs of one example: all layers, and the first weight layer alone.
 #[derive(Clone, Copy, Debug, PartialEq)]

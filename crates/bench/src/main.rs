@@ -1,6 +1,6 @@
 //! `gauntlet-bench`: throughput of gauntlet's training and attack workloads on MNIST, for the
 //! Maxout MLP and the sigmoid MLP 800-800 (batch 100) and the conv nets (pylearn2's conv Maxout
-//! MNIST recipe and the small CNN, batch 128), with the FLOPs per example ([`flops`]) and the share of the machine's f32
+//! MNIST recipe, the small CNN and TRADES' SmallCNN, native and imported from ONNX, batch 128), with the FLOPs per example ([`flops`]) and the share of the machine's f32
 //! peak ([`machine`]).
 //!
 //! Prints a table and writes JSON lines (`--json`): one `machine` record, then one record per
@@ -11,13 +11,13 @@ mod flops;
 mod machine;
 mod workloads;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use gauntlet_data::{load, Batches, DataConfig, DatasetName};
-use gauntlet_models::{build, Arch, CnnSpec, ConvMaxoutSpec, MlpSpec, ModelSpec};
+use gauntlet_models::{build, checkpoint, onnx, Arch, CnnSpec, ConvMaxoutSpec, MlpSpec, ModelSpec};
 use serde_json::json;
 
 use crate::workloads::Budget;
@@ -27,10 +27,35 @@ use crate::workloads::Budget;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The benchmarked models: name, spec and batch size.
-const MODELS: [&str; 4] = ["maxout-mlp", "mlp", "conv-maxout", "cnn"];
+const MODELS: [&str; 6] = [
+    "maxout-mlp",
+    "mlp",
+    "conv-maxout",
+    "cnn",
+    "smallcnn",
+    "smallcnn-onnx",
+];
+
+/// TRADES' SmallCNN as a layer graph (the PyTorch fixture's spec).
+const SMALLCNN: &str = include_str!("../../models/tests/fixtures/torch/smallcnn.toml");
+
+/// The same SmallCNN imported from its ONNX export.
+fn smallcnn_onnx() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/torch/smallcnn.onnx")
+}
 
 fn model(name: &str) -> Result<(ModelSpec, usize)> {
     Ok(match name {
+        // TRADES' batch for MNIST.
+        "smallcnn" => (
+            checkpoint::read_spec_toml(Path::new("smallcnn.toml"), SMALLCNN)?,
+            128,
+        ),
+        "smallcnn-onnx" => {
+            let path = smallcnn_onnx();
+            let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+            (onnx::translate(&path, &bytes)?.0, 128)
+        }
         // pylearn2's mnist_pi.yaml network and batch.
         "maxout-mlp" => (ModelSpec::mnist(Arch::maxout_mlp(vec![240, 240], 5)), 100),
         // The paper suite's sigmoid MLP 784-800-800-10 (suites/mnist-paper.toml), its batch.
@@ -57,7 +82,8 @@ struct Args {
     /// Compute threads (default: Candle's, one per physical core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Comma-separated models: maxout-mlp, mlp, conv-maxout, cnn.
+    /// Comma-separated models: maxout-mlp, mlp, conv-maxout, cnn, smallcnn (TRADES' SmallCNN as
+    /// a graph), smallcnn-onnx (the same, imported from the PyTorch fixture's ONNX file).
     #[arg(long, value_delimiter = ',', default_values_t = MODELS.map(String::from))]
     models: Vec<String>,
     /// Comma-separated workloads: forward, input-grad, train, train-fgsm, fgsm, pgd-step,
@@ -176,8 +202,13 @@ fn run(args: Args) -> Result<()> {
             .of(&splits.train)
             .map(|b| b.map(|b| (b.images, b.labels)))
             .collect::<std::result::Result<_, _>>()?;
-        let source = build(spec, 1, &Device::Cpu)?;
-        let target = build(spec, 2, &Device::Cpu)?;
+        // The imported model is its file's weights; the others are drawn fresh.
+        let (source, target) = if name == "smallcnn-onnx" {
+            let load = || checkpoint::load(&smallcnn_onnx(), &Device::Cpu);
+            (load()?, load()?)
+        } else {
+            (build(spec, 1, &Device::Cpu)?, build(spec, 2, &Device::Cpu)?)
+        };
         let forward = flops::forward(spec)?;
         let mut ws = workloads::build(
             &args.workloads,
