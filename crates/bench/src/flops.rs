@@ -81,7 +81,7 @@ pub fn dense_layers(spec: &ModelSpec) -> Option<Vec<(usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gauntlet_models::{CnnSpec, ConvMaxoutSpec};
+    use gauntlet_models::{Arch, CnnSpec, ConvMaxoutSpec};
 
     #[test]
     fn maxout_mlp_counts_every_piece() {
