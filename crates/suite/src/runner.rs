@@ -492,6 +492,37 @@ impl gauntlet_train::Observer for TrainProgress<'_> {
     }
 }
 
+/// Evaluates a trained (or imported) model on the test split, saves it as the job's checkpoint
+/// and records the job.
+fn finish_train(
+    ctx: &Context<'_>,
+    job: &Job,
+    started: Instant,
+    model: usize,
+    net: &dyn Classifier,
+    log: TrainLog,
+) -> Result<()> {
+    let dir = ctx.jobs_dir.join(job.dir_name());
+    let test = evaluate(
+        net,
+        &ctx.data.splits.test,
+        ctx.suite.eval.batch_size,
+        ctx.device,
+    )?;
+    checkpoint::save(net, &dir.join(MODEL_FILE))?;
+    ctx.finish(
+        job,
+        started,
+        TrainOutput {
+            model: ctx.suite.models[model].name.clone(),
+            n_params: net.params().n_scalars(),
+            train_seconds: log.training_seconds(),
+            log,
+            test,
+        },
+    )
+}
+
 fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
     let suite = ctx.suite;
     let dir = ctx.jobs_dir.join(job.dir_name());
@@ -514,25 +545,14 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 .into());
             }
             let net = checkpoint::load(&ext.path, ctx.device)?;
-            let test = evaluate(net.as_ref(), &ctx.data.splits.test, batch_size, ctx.device)?;
-            checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
-            ctx.finish(
-                job,
-                started,
-                TrainOutput {
-                    model: def.name.clone(),
-                    n_params: net.params().n_scalars(),
-                    train_seconds: 0.0,
-                    log: TrainLog {
-                        epochs: Vec::new(),
-                        best_epoch: 0,
-                        stopped_by: "imported".into(),
-                        regularizer: Default::default(),
-                        sigma_eff: None,
-                    },
-                    test,
-                },
-            )
+            let log = TrainLog {
+                epochs: Vec::new(),
+                best_epoch: 0,
+                stopped_by: "imported".into(),
+                regularizer: Default::default(),
+                sigma_eff: None,
+            };
+            finish_train(ctx, job, started, model, net.as_ref(), log)
         }
         Task::Train { model } => {
             let def = &suite.models[model];
@@ -557,20 +577,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 &mut progress,
                 &state,
             )?;
-            let train_seconds = log.training_seconds();
-            let test = evaluate(net.as_ref(), &splits.test, batch_size, ctx.device)?;
-            checkpoint::save(net.as_ref(), &dir.join(MODEL_FILE))?;
-            ctx.finish(
-                job,
-                started,
-                TrainOutput {
-                    model: def.name.clone(),
-                    n_params: net.params().n_scalars(),
-                    train_seconds,
-                    log,
-                    test,
-                },
-            )?;
+            finish_train(ctx, job, started, model, net.as_ref(), log)?;
             // Another process running the same job may have removed it already.
             match std::fs::remove_file(&state) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
