@@ -447,6 +447,16 @@ fn chw(shape: &[usize]) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Sizes past this are a broken file, not a model: refused before any arithmetic can overflow.
+const MAX_SIZE: usize = 1 << 24;
+
+fn check_sizes(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v > MAX_SIZE) {
+        Some((what, v)) => bail!("{what} {v} is implausibly large (at most {MAX_SIZE})"),
+        None => Ok(()),
+    }
+}
+
 /// The output shape per example of `layer` on inputs of `in_shapes`.
 pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result<Vec<usize>> {
     let x = &in_shapes[0];
@@ -455,6 +465,14 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
             let (ci, h, w) = chw(x)?;
             let (kh, kw) = c.kernel.get();
             let (ph, pw) = c.padding.get();
+            check_sizes(&[
+                ("out-channels", c.out_channels),
+                ("kernel", kh.max(kw)),
+                ("padding", ph.max(pw)),
+                ("stride", c.stride),
+                ("dilation", c.dilation),
+                ("groups", c.groups),
+            ])?;
             if c.out_channels == 0 || kh == 0 || kw == 0 || c.stride == 0 || c.dilation == 0 {
                 bail!("out-channels, kernel, stride and dilation must be positive")
             }
@@ -490,6 +508,7 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
             if l.out_features == 0 {
                 bail!("out-features must be positive")
             }
+            check_sizes(&[("out-features", l.out_features)])?;
             check_max_norm(l.max_norm)?;
             check_init(l.init)?;
             vec![l.out_features]
@@ -506,6 +525,7 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
             x.clone()
         }
         Layer::Maxout(m) => {
+            check_sizes(&[("pieces", m.pieces)])?;
             if m.pieces == 0 || x[0] % m.pieces != 0 {
                 bail!(
                     "pieces ({}) must be positive and divide the {} features or channels",
@@ -521,6 +541,11 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
             let (c, h, w) = chw(x)?;
             let g = p.geometry();
             let ((kh, kw), (ph, pw)) = (g.kernel, g.padding);
+            check_sizes(&[
+                ("kernel", kh.max(kw)),
+                ("stride", g.stride.0.max(g.stride.1)),
+                ("padding", ph.max(pw)),
+            ])?;
             if kh == 0 || kw == 0 || g.stride.0 == 0 || g.stride.1 == 0 {
                 bail!("kernel and stride must be positive")
             }

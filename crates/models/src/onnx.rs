@@ -795,7 +795,7 @@ fn input_shape(
         .map(|s| s.dim.iter().map(|d| d.dim_value).collect())
         .unwrap_or_default();
     match dims[..] {
-        [_, Some(c), Some(h), Some(w)] if c > 0 && h > 0 && w > 0 => Ok((input.name.clone(), [c as usize, h as usize, w as usize])),
+        [_, Some(c), Some(h), Some(w)] if [c, h, w].iter().all(|&d| d > 0 && d <= 1 << 16) => Ok((input.name.clone(), [c as usize, h as usize, w as usize])),
         _ => bail!(
             "{}: input `{}` has shape {dims:?}; expected [batch, channels, height, width] with known channels, height and width",
             file.display(),

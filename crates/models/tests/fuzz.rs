@@ -1,4 +1,4 @@
-//! Fuzzing the checkpoint loader (proptest): damaged files, random bytes and specs with
+//! Fuzzing the checkpoint and ONNX loaders (proptest): damaged files, random bytes and specs with
 //! arbitrary numbers give a model or an error, never a panic. `make test` tries a few hundred
 //! inputs per property; `make fuzz` sets PROPTEST_CASES for a long run.
 
@@ -157,4 +157,51 @@ fn specs_with_arbitrary_numbers_never_panic() {
         })
         .unwrap();
     tally.print("checkpoint specs");
+}
+
+/// The PyTorch MLP fixture's ONNX file damaged byte by byte or cut short, and random bytes:
+/// a model or an error, never a panic.
+#[test]
+fn damaged_or_random_onnx_bytes_never_panic() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch/mlp.onnx");
+    let bytes = std::fs::read(fixture).unwrap();
+    let dir = scratch();
+    let path = dir.path().join("m.onnx");
+    let tally = Tally::default();
+    // The graph's nodes and attributes come after the weights: damage lands everywhere.
+    let len = bytes.len();
+    let edit = prop_oneof![
+        (0usize..len, any::<u8>()).prop_map(|(i, b)| (i, Some(b))),
+        (len - 2000..len).prop_map(|i| (i, Some(0xff))),
+        (0usize..len).prop_map(|i| (i, None)),
+    ];
+    let input = prop_oneof![
+        vec(edit, 1..6).prop_map(move |edits| {
+            let mut b = bytes.clone();
+            for (at, byte) in edits {
+                match byte {
+                    Some(v) if at < b.len() => b[at] = v,
+                    None => b.truncate(at.min(b.len())),
+                    _ => {}
+                }
+            }
+            b
+        }),
+        vec(any::<u8>(), 0..300),
+    ];
+    runner()
+        .run(&input, |bytes| {
+            std::fs::write(&path, &bytes).unwrap();
+            let res = checkpoint::load(&path, &Device::Cpu);
+            if let Ok(model) = &res {
+                let [c, h, w] = model.spec().input;
+                let xs = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu).unwrap();
+                let _ = model.forward(&xs, Mode::Eval);
+            }
+            tally.add(res.is_ok());
+            Ok(())
+        })
+        .unwrap();
+    tally.print("onnx bytes");
 }
