@@ -587,3 +587,53 @@ fn train_fits_the_configured_preprocessing_and_names_the_file_on_bad_values() {
         "{err}"
     );
 }
+
+/// PyTorch's SmallCNN fixture from its ONNX export and from its safetensors state_dict: the
+/// same per-example PGD outcomes; a model that does not fit the data is refused.
+#[test]
+fn imported_models_are_attacked_from_either_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = "crates/models/tests/fixtures/torch";
+    let mut examples = Vec::new();
+    for format in ["onnx", "safetensors"] {
+        let out = dir.path().join(format);
+        let model = format!("{fixtures}/smallcnn.{format}");
+        let res = gauntlet(&[
+            "attack",
+            "--model",
+            &model,
+            "--attack",
+            "pgd",
+            "--norm",
+            "inf",
+            "--eps",
+            "0.1",
+            "--steps",
+            "5",
+            "--step-size",
+            "0.03",
+            "--no-random-start",
+            "--test-limit",
+            "30",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(res.status.success(), "{format}: {}", stderr(&res));
+        examples.push(std::fs::read_to_string(out.join("attack-pgd-linf-examples.csv")).unwrap());
+    }
+    assert_eq!(examples[0].lines().count(), 1 + 30);
+    assert_eq!(examples[0], examples[1]);
+    let res = gauntlet(&[
+        "eval",
+        "--model",
+        &format!("{fixtures}/preact.onnx"),
+        "--test-limit",
+        "5",
+    ]);
+    assert!(!res.status.success());
+    let err = stderr(&res);
+    assert!(
+        err.contains("preact.onnx") && err.contains("[3, 16, 16]"),
+        "{err}"
+    );
+}
