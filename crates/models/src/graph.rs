@@ -476,7 +476,10 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
             if c.out_channels == 0 || kh == 0 || kw == 0 || c.stride == 0 || c.dilation == 0 {
                 bail!("out-channels, kernel, stride and dilation must be positive")
             }
-            if c.groups == 0 || ci % c.groups != 0 || c.out_channels % c.groups != 0 {
+            if c.groups == 0
+                || !ci.is_multiple_of(c.groups)
+                || !c.out_channels.is_multiple_of(c.groups)
+            {
                 bail!(
                     "groups {} must divide the input channels ({ci}) and out-channels ({})",
                     c.groups,
@@ -526,7 +529,7 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
         }
         Layer::Maxout(m) => {
             check_sizes(&[("pieces", m.pieces)])?;
-            if m.pieces == 0 || x[0] % m.pieces != 0 {
+            if m.pieces == 0 || !x[0].is_multiple_of(m.pieces) {
                 bail!(
                     "pieces ({}) must be positive and divide the {} features or channels",
                     m.pieces,
