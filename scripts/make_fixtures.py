@@ -5,6 +5,7 @@ For each model it writes, into crates/models/tests/fixtures/torch/:
   NAME.safetensors   the state_dict as `safetensors.torch.save_file` writes it (PyTorch's names)
   NAME.toml          gauntlet's model spec for it: the same layers, named as PyTorch names them
   NAME.onnx          `torch.onnx.export` of the same weights
+  mlp.pt             the MLP's state_dict as `torch.save` writes it (read with mlp.toml)
   NAME.expected.safetensors   inputs, labels, and PyTorch's logits and input gradients of the
                      summed cross-entropy (each row its own example's gradient), in float64
 
@@ -282,6 +283,7 @@ def main():
     mlp = MLP()
     export("mlp", mlp, test_x[:2], MLP_TOML)
     save_file(expected(mlp, test_x[8:16], test_y[8:16]), os.path.join(OUT, "mlp.expected.safetensors"))
+    torch.save(mlp.state_dict(), os.path.join(OUT, "mlp.pt"))
 
     if args.torchattacks:
         import torchattacks

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Error, Result};
+use candle_core::{Device, Error, Result, Tensor};
 
 use crate::io::{canonical_safetensors, write_atomic};
 use crate::spec::build_with;
@@ -61,6 +61,11 @@ pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
         return serde_json::from_str(json)
             .map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
     }
+    read_spec_beside(path)
+}
+
+/// The spec in the `.json` or `.toml` file beside `path`.
+fn read_spec_beside(path: &Path) -> Result<ModelSpec> {
     let side = spec_path(path);
     if let Ok(json) = std::fs::read_to_string(&side) {
         return serde_json::from_str(&json).map_err(|e| with_path(&side, e));
@@ -92,9 +97,57 @@ pub fn load(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
     if is_onnx(path) {
         return crate::onnx::load(path, device);
     }
+    if is_torch_pickle(path) {
+        let spec = read_spec_beside(path)?;
+        let tensors = read_torch_pickle(path)?;
+        return build_with(&spec, ParamBuilder::load(&tensors, device))
+            .map_err(|e| with_path(path, e));
+    }
     let bytes = std::fs::read(path).map_err(|e| with_path(path, e))?;
     let spec = read_spec(path, &bytes)?;
     load_with_spec(path, &bytes, &spec, device)
+}
+
+/// The spec of any model file [`load`] reads, from its `bytes`, without building the model.
+pub fn read_model_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
+    if is_onnx(path) {
+        crate::onnx::translate(path, bytes).map(|(spec, _)| spec)
+    } else if is_torch_pickle(path) {
+        read_spec_beside(path)
+    } else {
+        read_spec(path, bytes)
+    }
+}
+
+/// Whether `path` names a `torch.save` file (`.pt`, `.pth`, `.bin`).
+pub fn is_torch_pickle(path: &Path) -> bool {
+    let ext = path.extension().map(|e| e.to_ascii_lowercase());
+    matches!(
+        ext.as_ref().and_then(|e| e.to_str()),
+        Some("pt" | "pth" | "bin")
+    )
+}
+
+/// The tensors of a `torch.save`d `state_dict` (PyTorch's zip format), read by Candle's
+/// pickle reader: a plain `state_dict`, or one under the key `state_dict`.
+fn read_torch_pickle(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let plain = candle_core::pickle::read_all(path);
+    let tensors = match plain {
+        Ok(t) if !t.is_empty() => t,
+        _ => candle_core::pickle::read_all_with_key(path, Some("state_dict")).map_err(|e| {
+            with_path(
+                path,
+                format!("not a torch.save state_dict that Candle's reader can read ({e}); save it with safetensors instead"),
+            )
+        })?,
+    };
+    if tensors.is_empty() {
+        return Err(with_path(
+            path,
+            "no tensors found: expected a torch.save'd state_dict",
+        ));
+    }
+    Ok(tensors.into_iter().collect())
 }
 
 /// Whether `path` names an ONNX file.

@@ -306,3 +306,18 @@ fn a_trailing_softmax_is_dropped() -> Result<()> {
     assert!(worst_relative(&logits, &e.logits) < 1e-4);
     Ok(())
 }
+
+/// `torch.save`'s own format, read by Candle's pickle reader with the spec beside it.
+#[test]
+fn a_torch_save_state_dict_loads_and_a_broken_one_is_named() -> Result<()> {
+    let e = expected("mlp")?;
+    let model = checkpoint::load(&fixture("mlp.pt"), &Device::Cpu)?;
+    let logits = rows(&model.forward(&e.inputs, Mode::Eval)?)?;
+    assert!(worst_relative(&logits, &e.logits) < 1e-4);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("mlp.toml"), dir.path().join("m.toml")).unwrap();
+    std::fs::write(dir.path().join("m.pt"), b"PK\x03\x04 not a zip").unwrap();
+    let err = load_err(&dir.path().join("m.pt"));
+    assert!(err.contains("m.pt") && err.contains("state_dict"), "{err}");
+    Ok(())
+}

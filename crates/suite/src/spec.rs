@@ -389,12 +389,8 @@ fn external(suite: &Path, text: &str, name: &str, file: &Spanned<String>) -> Res
     };
     let bytes = std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
     let sha256 = format!("{:x}", sha2::Sha256::digest(&bytes));
-    let spec = if gauntlet_models::checkpoint::is_onnx(&path) {
-        gauntlet_models::onnx::translate(&path, &bytes).map(|(spec, _)| spec)
-    } else {
-        gauntlet_models::checkpoint::read_spec(&path, &bytes)
-    }
-    .map_err(|e| at(e.to_string()))?;
+    let spec = gauntlet_models::checkpoint::read_model_spec(&path, &bytes)
+        .map_err(|e| at(e.to_string()))?;
     Ok(ExternalModel { path, sha256, spec })
 }
 
