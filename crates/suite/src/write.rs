@@ -173,7 +173,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         }
     }
     for (model, records) in per_model_records.iter().enumerate() {
-        let rules = MaskingRules::new(suite.models[model].spec.input_dim());
+        let spec = &suite.models[model].spec;
+        let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
         masking.extend(
             masking_checks(records, &rules)
                 .into_iter()

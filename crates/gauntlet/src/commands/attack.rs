@@ -322,7 +322,9 @@ pub fn run(args: AttackArgs) -> Result<()> {
     if !args.no_checks {
         let mut all = records.clone();
         all.extend(masking_records(&args, attack.as_ref(), &loaded)?);
-        let flags = masking_checks(&all, &MaskingRules::new(loaded.model.spec().input_dim()));
+        let spec = loaded.model.spec();
+        let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
+        let flags = masking_checks(&all, &rules);
         println!("gradient-masking checks:");
         for flag in &flags {
             println!(
