@@ -38,7 +38,7 @@ fn parse_batch(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((pixels, labels))
 }
 
-fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
+pub(crate) fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
     let roots = [dir.to_path_buf(), dir.join("cifar-10-batches-bin")];
     for root in &roots {
         let full: Vec<PathBuf> = if train {

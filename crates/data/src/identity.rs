@@ -1,6 +1,7 @@
 //! What data a result was computed on: the data set's name and the size and SHA-256 of every
-//! file read (of its decompressed bytes, so recompressing a file keeps its identity), and the
-//! check that an MNIST folder does not hold Fashion-MNIST files or the reverse.
+//! file read, as stored on disk ([`identify`] computes it without decoding anything: about
+//! 10 ms for MNIST's 11 MB); and the check, on the decompressed contents, that an MNIST folder
+//! does not hold Fashion-MNIST files or the reverse.
 
 use std::path::Path;
 
@@ -15,13 +16,19 @@ use crate::{DatasetName, Error, Result};
 pub struct DataFile {
     /// The file's name in its folder (the folder itself is not part of the identity).
     pub file: String,
-    /// Bytes after decompression.
+    /// Size of the file as stored.
     pub bytes: u64,
-    /// SHA-256 of those bytes, lower-case hex.
+    /// SHA-256 of the file as stored, lower-case hex.
     pub sha256: String,
 }
 
 impl DataFile {
+    /// The identity of the file at `path` as stored.
+    pub(crate) fn of_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self::of(path, &[&bytes]))
+    }
+
     /// The identity of `parts` concatenated, as read from `path`.
     pub(crate) fn of(path: &Path, parts: &[&[u8]]) -> Self {
         let mut hasher = Sha256::new();
@@ -64,6 +71,31 @@ impl DataIdentity {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identity of the files [`crate::load`] reads for `config`, computed without loading them.
+pub fn identify(config: &crate::DataConfig) -> Result<DataIdentity> {
+    let dir = crate::splits::data_folder(config)?;
+    let mut paths = Vec::new();
+    for train in [true, false] {
+        match config.dataset {
+            DatasetName::Mnist | DatasetName::FashionMnist => {
+                let split = if train { "train" } else { "t10k" };
+                for kind in ["images-idx3", "labels-idx1"] {
+                    let name = format!("{split}-{kind}-ubyte");
+                    paths.push(crate::idx::find(&dir, config.dataset.as_str(), &name)?);
+                }
+            }
+            DatasetName::Cifar10 => paths.extend(crate::cifar10::batch_files(&dir, train)?),
+        }
+    }
+    Ok(DataIdentity {
+        dataset: config.dataset,
+        files: paths
+            .iter()
+            .map(|p| DataFile::of_file(p))
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// SHA-256 of the decompressed official files: (data set, file stem, hash).

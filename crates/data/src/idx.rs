@@ -177,7 +177,8 @@ pub fn load_mnist_like(dir: &Path, dataset: &str, split: &str) -> Result<Dataset
     Ok(load_mnist_like_identified(dir, dataset, split)?.0)
 }
 
-/// [`load_mnist_like`] with the identity of the two files read; a file known to belong to the
+/// [`load_mnist_like`] with the identity of the two files read (as stored); a file whose
+/// decompressed contents are known to belong to the
 /// other MNIST-format data set (MNIST for Fashion-MNIST or the reverse) is an error.
 pub(crate) fn load_mnist_like_identified(
     dir: &Path,
@@ -200,7 +201,12 @@ pub(crate) fn load_mnist_like_identified(
         });
     }
     let data = Dataset::from_u8(pixels, labels, (n, 1, dims[1], dims[2]), 10)?;
-    Ok((data, vec![images_id, labels_id]))
+    // Hashed again as stored (from the page cache): the identity of the file, not its contents.
+    let files = vec![
+        DataFile::of_file(&images_path)?,
+        DataFile::of_file(&labels_path)?,
+    ];
+    Ok((data, files))
 }
 
 #[cfg(test)]

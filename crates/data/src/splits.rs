@@ -127,7 +127,7 @@ pub fn default_data_dir(dataset: DatasetName) -> PathBuf {
 }
 
 /// The folder `config` names (or the default one), checked to exist.
-fn data_folder(config: &DataConfig) -> Result<PathBuf> {
+pub(crate) fn data_folder(config: &DataConfig) -> Result<PathBuf> {
     let dir = config
         .dir
         .clone()

@@ -4,6 +4,7 @@
 mod attack_kinds;
 mod errors;
 mod fuzz;
+mod integrity;
 mod plan;
 mod prune;
 mod references;
