@@ -314,7 +314,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     for (args, expected) in cases {
         let res = gauntlet(args);
         let err = stderr(&res);
-        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(res.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.contains(expected),
             "{args:?}: expected `{expected}` in: {err}"
