@@ -213,3 +213,31 @@ fn a_suite_with_an_infinite_learning_rate_or_a_long_name_fails_its_dry_run() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+#[test]
+fn very_large_step_and_epoch_counts_print_the_planned_work_at_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"s\"\nseed = 1\ndata = {{ dataset = \"mnist\", dir = \"{}\" }}\n\
+             [[model]]\nname = \"m\"\narch = {{ kind = \"maxout-mlp\", units = [8], pieces = 2 }}\n\
+             train = {{ epochs = 100000, optimizer = {{ kind = \"sgd\", lr = 0.1 }} }}\n\
+             [[attack]]\nname = \"pgd\"\nkind = \"pgd\"\nnorm = \"inf\"\neps = [0.1]\nsteps = 1000000000000\n",
+            repo().join("data/mnist").display()
+        ),
+    )
+    .unwrap();
+    let out = gauntlet_in(
+        dir.path(),
+        &["run", path.to_str().unwrap(), "--dry-run", "--quiet"],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("planned work: model `m`: 100000 epochs")
+            && err.contains("planned work: attack `pgd`: about 1000000000000 model evaluations"),
+        "{err}"
+    );
+}

@@ -96,6 +96,21 @@ impl AttackMethod {
         }
     }
 
+    /// Forward and backward passes per example and ε, roughly (saturating).
+    pub fn evaluations_per_example(&self) -> u128 {
+        let times = |a: usize, b: usize| a as u128 * b.max(1) as u128;
+        match self {
+            AttackMethod::FastGradient { .. } => 1,
+            AttackMethod::Pgd(pgd) => times(pgd.steps, pgd.restarts),
+            AttackMethod::Apgd(apgd) => times(apgd.steps, apgd.restarts),
+            AttackMethod::Square(square) => times(square.n_queries, square.restarts),
+            AttackMethod::Auto(auto) => {
+                times(auto.steps, auto.target_classes + 1) + auto.n_queries as u128
+            }
+            AttackMethod::Targeted { attack, .. } => attack.evaluations_per_example(),
+        }
+    }
+
     pub fn norm(&self) -> Norm {
         match self {
             AttackMethod::FastGradient { norm, .. } => *norm,
@@ -197,6 +212,40 @@ impl Suite {
         let spec = spec::parse(path, text)?;
         let models = spec::merge_models(path, text, &spec.models)?;
         resolve(path, spec, models, data_dir)
+    }
+
+    /// The work of its models and attacks that is large enough to deserve a line before the
+    /// run starts (a mistyped `epochs` or `steps` would otherwise run for days unannounced):
+    /// one line per model with more than 1000 epochs and per attack with more than 10,000
+    /// model evaluations per example and ε.
+    pub fn large_work(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for m in &self.models {
+            if m.train.epochs > 1000 {
+                lines.push(format!(
+                    "model `{}`: {} epochs of batch size {}",
+                    m.name, m.train.epochs, m.train.batch_size
+                ));
+            }
+        }
+        let examples = self
+            .eval
+            .test_limit
+            .map_or("every test example".to_string(), |n| {
+                format!("{n} examples")
+            });
+        for a in &self.attacks {
+            let per_example = a.method.evaluations_per_example();
+            if per_example > 10_000 {
+                lines.push(format!(
+                    "attack `{}`: about {per_example} model evaluations per example and eps, on {examples} at {} eps values, for each of {} models",
+                    a.name,
+                    a.eps.len(),
+                    self.models.len()
+                ));
+            }
+        }
+        lines
     }
 
     pub fn model_index(&self, name: &str) -> Option<usize> {

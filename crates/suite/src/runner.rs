@@ -134,6 +134,8 @@ impl RunSummary {
 pub trait SuiteObserver: Sync {
     /// The plan with every job's status before anything runs.
     fn planned(&self, _jobs: &[JobReport]) {}
+    /// Lines on unusually large work in the suite ([`Suite::large_work`]), before `planned`.
+    fn large_work(&self, _lines: &[String]) {}
     fn job_started(&self, _job: &Job) {}
     fn job_finished(&self, _job: &Job, _seconds: f64) {}
     /// A training job's progress.
@@ -207,6 +209,10 @@ pub fn run_suite_with(
             }
         })
         .collect();
+    let large = suite.large_work();
+    if !large.is_empty() {
+        observer.large_work(&large);
+    }
     observer.planned(&reports);
     let aggregate = options.shard.is_none() && options.stage.is_none() && !options.dry_run;
     if options.dry_run {

@@ -189,7 +189,7 @@ impl OptimizerConfig {
                 // `inf > 0`: a non-finite rate would pass a bare comparison and diverge.
                 if !(lr.is_finite() && lr > 0.0) || !(min_lr.is_finite() && min_lr >= 0.0) {
                     return bad(format!(
-                        "sgd lr must be finite and > 0 and min-lr finite and >= 0, got {lr} and {min_lr}"
+                        "sgd lr must be > 0 and min-lr >= 0, both finite, got {lr} and {min_lr}"
                     ));
                 }
                 for m in std::iter::once(momentum).chain(final_momentum) {

@@ -37,8 +37,16 @@ mod tests {
         }
         let long = "m".repeat(MAX_NAME_LEN + 1);
         let err = check_file_name(&long).unwrap_err();
-        assert!(err.contains("101 characters") && err.contains("at most 100"), "{err}");
-        for good in ["a", "maxout-short", "pgd_linf.40", &"m".repeat(MAX_NAME_LEN)] {
+        assert!(
+            err.contains("101 characters") && err.contains("at most 100"),
+            "{err}"
+        );
+        for good in [
+            "a",
+            "maxout-short",
+            "pgd_linf.40",
+            &"m".repeat(MAX_NAME_LEN),
+        ] {
             check_file_name(good).unwrap();
         }
     }
