@@ -145,7 +145,7 @@ fn training_and_suite_flags_out_of_range() {
         (vec!["run", suite, "--stage", "deploy"], "--stage `deploy`"),
         (
             vec!["run", suite, "--results", unwritable],
-            "file/out/quickstart/jobs",
+            "file/out/quickstart",
         ),
     ]);
 }
