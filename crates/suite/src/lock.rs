@@ -6,7 +6,7 @@
 //! next run finds the dead holder's id in the file and takes the lock over.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::{Error, Result};
 
@@ -48,14 +48,14 @@ pub fn lock_results(results_dir: &Path, shared: bool) -> Result<ResultsLock> {
     })
 }
 
-fn in_use(results_dir: &Path, path: &PathBuf, pid: Option<u32>) -> Error {
+fn in_use(results_dir: &Path, path: &Path, pid: Option<u32>) -> Error {
     // Shards write no id: a dead id in the file is an earlier run's, not the holder's.
     let holder = match pid.filter(|&pid| crate::prune::process_alive(pid)) {
         Some(pid) => format!("gauntlet process {pid}"),
         None => "sharded gauntlet runs".to_string(),
     };
     Error::Locked {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message: format!(
             "{} is in use by {holder}: wait for it to finish (or stop it) before running this suite again",
             results_dir.display()

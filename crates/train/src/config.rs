@@ -177,6 +177,8 @@ impl Default for OptimizerConfig {
 impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
+        // `inf > 0`: a non-finite setting would pass a bare comparison and diverge.
+        let positive = |x: f64| x.is_finite() && x > 0.0;
         match *self {
             OptimizerConfig::Sgd {
                 lr,
@@ -186,8 +188,7 @@ impl OptimizerConfig {
                 lr_decay,
                 min_lr,
             } => {
-                // `inf > 0`: a non-finite rate would pass a bare comparison and diverge.
-                if !(lr.is_finite() && lr > 0.0) || !(min_lr.is_finite() && min_lr >= 0.0) {
+                if !(positive(lr) && min_lr.is_finite() && min_lr >= 0.0) {
                     return bad(format!(
                         "sgd lr must be > 0 and min-lr >= 0, both finite, got {lr} and {min_lr}"
                     ));
@@ -209,10 +210,10 @@ impl OptimizerConfig {
                 beta2,
                 eps,
             } => {
-                if !(lr.is_finite() && lr > 0.0)
+                if !positive(lr)
                     || !(0.0..1.0).contains(&beta1)
                     || !(0.0..1.0).contains(&beta2)
-                    || !(eps.is_finite() && eps > 0.0)
+                    || !positive(eps)
                 {
                     return bad(format!(
                         "adam needs a finite lr > 0, betas in [0, 1) and a finite eps > 0, got lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"
