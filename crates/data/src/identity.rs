@@ -1,7 +1,7 @@
 //! What data a result was computed on: the data set's name and the size and SHA-256 of every
-//! file read, as stored on disk ([`identify`] computes it without decoding anything: about
-//! 10 ms for MNIST's 11 MB); and the check, on the decompressed contents, that an MNIST folder
-//! does not hold Fashion-MNIST files or the reverse.
+//! file read, as stored on disk ([`identify`] computes it without decoding anything; `sha256sum`
+//! takes 0.06 s over MNIST's 11 MB of files on this machine); and the check, on the decompressed
+//! contents, that an MNIST folder does not hold Fashion-MNIST files or the reverse.
 
 use std::path::Path;
 

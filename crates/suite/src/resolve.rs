@@ -526,7 +526,7 @@ fn resolve(
         &model_of,
     )?;
 
-    // Hashed as stored, about 10 ms for MNIST: cheap enough for every plan and --dry-run.
+    // Hashed as stored (0.06 s for MNIST's 11 MB by sha256sum): cheap enough for every plan.
     let data_files = gauntlet_data::identify(&data).map_or_else(|_| vec![], |id| id.files);
     let suite = Suite {
         name: spec.name,
