@@ -72,6 +72,91 @@ pub struct AttackRecord {
     pub targeted_n: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_reached: Option<usize>,
+    /// The model gave the same logits (within [`CONSTANT_LOGITS`]) for every clean example:
+    /// it ignores its input, so no attack can move it and its "robustness" means nothing (the
+    /// masking checks flag it). Absent from files when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub constant_logits: bool,
+}
+
+/// Logits beyond this magnitude come from a diverged model or overflowed weights: their
+/// arg-max and softmax mean nothing, so evaluation stops instead of scoring them.
+pub const MAX_LOGIT: f64 = 1e15;
+
+/// Logits whose every class differs by at most this (relative to the largest, or absolute
+/// below 1) across all examples count as constant.
+pub const CONSTANT_LOGITS: f64 = 1e-6;
+
+/// An error when a logit is NaN, infinite or larger in magnitude than [`MAX_LOGIT`], naming
+/// the first such value, its example (row of the batch) and class, and how many there are.
+///
+/// # Shapes
+/// - `logits`: `(batch, n_classes)`
+pub fn check_logits(logits: &Tensor) -> Result<()> {
+    check_rows(&logits.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+}
+
+fn check_rows(rows: &[Vec<f64>]) -> Result<()> {
+    let bad = |z: f64| !z.is_finite() || z.abs() > MAX_LOGIT;
+    let Some((row, class, z)) = rows.iter().enumerate().find_map(|(i, row)| {
+        row.iter()
+            .position(|&z| bad(z))
+            .map(|class| (i, class, row[class]))
+    }) else {
+        return Ok(());
+    };
+    let count: usize = rows
+        .iter()
+        .map(|r| r.iter().filter(|&&z| bad(z)).count())
+        .sum();
+    let total: usize = rows.iter().map(Vec::len).sum();
+    let what = if z.is_nan() {
+        "NaN"
+    } else if z.is_infinite() {
+        "infinite"
+    } else {
+        "beyond any trained model's range"
+    };
+    bail!(
+        "the model's logit for class {class} of example {row} in a batch of {} is {z:e} ({what}; \
+         {count} of the batch's {total} logits are non-finite or above {MAX_LOGIT:e} in size): \
+         its weights are non-finite or it diverged, so no accuracy is reported",
+        rows.len()
+    )
+}
+
+/// The largest difference of any clean logit from the first example's, and that example's
+/// largest magnitude: whether the model's logits depend on its input at all.
+#[derive(Default)]
+struct LogitSpread {
+    first: Option<Vec<f64>>,
+    spread: f64,
+    rows: usize,
+}
+
+impl LogitSpread {
+    fn add(&mut self, rows: &[Vec<f64>]) {
+        for row in rows {
+            self.rows += 1;
+            match &self.first {
+                None => self.first = Some(row.clone()),
+                Some(first) => {
+                    for (a, b) in first.iter().zip(row) {
+                        self.spread = self.spread.max((a - b).abs());
+                    }
+                }
+            }
+        }
+    }
+
+    fn constant(&self) -> bool {
+        let scale = self
+            .first
+            .iter()
+            .flatten()
+            .fold(1f64, |m, z| m.max(z.abs()));
+        self.rows > 1 && self.spread <= CONSTANT_LOGITS * scale
+    }
 }
 
 /// One member of an ensemble in an [`AttackRecord`].
@@ -277,10 +362,14 @@ fn evaluate(
     }
     let norm = common_norm(attacks)?;
     let mut clean_pred = Vec::with_capacity(n);
+    let mut spread = LogitSpread::default();
     for (start, len) in batches(n, batch_size) {
         let logits = model.forward(&images.narrow(0, start, len)?, Mode::Eval)?;
-        clean_pred.extend(predictions(&logits)?.iter().map(|&(pred, _)| pred));
+        let rows = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        spread.add(&rows);
+        clean_pred.extend(row_predictions(&rows)?.iter().map(|&(pred, _)| pred));
     }
+    let constant_logits = spread.constant();
     let clean_ok: Vec<bool> = clean_pred
         .iter()
         .zip(&label_ids)
@@ -398,6 +487,7 @@ fn evaluate(
             },
             targeted_n: aimed,
             target_reached: aimed.map(|_| reached),
+            constant_logits,
         });
     }
     Ok((records, outcomes))
@@ -679,9 +769,15 @@ fn fraction(k: usize, n: usize) -> f64 {
     }
 }
 
-/// The arg-max class of each row of `logits` and its softmax probability, in f64.
+/// The arg-max class of each row of `logits` and its softmax probability, in f64; an error
+/// on logits no working model gives ([`check_logits`]).
 pub(crate) fn predictions(logits: &Tensor) -> Result<Vec<(u32, f64)>> {
-    let rows = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    row_predictions(&logits.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+}
+
+fn row_predictions(rows: &[Vec<f64>]) -> Result<Vec<(u32, f64)>> {
+    // Arg-max of NaN logits is class 0: a plausible-looking accuracy for a broken model.
+    check_rows(rows)?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -829,6 +925,64 @@ mod tests {
                 .contains("one label per image")
         );
         assert!(gaussian_noise(&model, &images, &labels, &[f64::NAN], true, 1, 2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn non_finite_or_absurd_logits_stop_the_evaluation_instead_of_scoring_class_0() -> Result<()> {
+        let (_, images, labels) = model_and_data()?;
+        let fgsm = FastGradient::fgsm();
+        // One NaN weight makes every logit NaN; 1e30 weights stand for a diverged model;
+        // an infinite weight makes infinite logits.
+        let nan = LinearModel::new(&[[1.0, f32::NAN], [-1.0, 1.0]])?;
+        let diverged = LinearModel::new(&[[1e30, -1e30], [-1e30, 1e30]])?;
+        let overflow = LinearModel::new(&[[f32::INFINITY, 1.0], [-1.0, 1.0]])?;
+        for (model, found) in [
+            (&nan, "is NaN (NaN;"),
+            (&diverged, "beyond any trained model's range"),
+            (&overflow, "is inf (infinite;"),
+        ] {
+            let err = evaluate_attack(model, &fgsm, &images, &labels, &[0.1], 2)
+                .expect_err("must refuse")
+                .to_string();
+            assert!(
+                err.contains(found) && err.contains("no accuracy is reported"),
+                "{err}"
+            );
+            let err = gaussian_noise(model, &images, &labels, &[0.1], true, 1, 2)
+                .expect_err("must refuse")
+                .to_string();
+            assert!(err.contains(found), "{err}");
+            assert!(crate::predict(model, &images, 2).is_err());
+        }
+        let err = evaluate_attack(&nan, &fgsm, &images, &labels, &[0.1], 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("class 0 of example 0 in a batch of 5")
+                && err.contains("5 of the batch's 10 logits"),
+            "{err}"
+        );
+        // A large but finite logit of a working model is fine.
+        let big = LinearModel::new(&[[1e6, -1e6], [-1e6, 1e6]])?;
+        evaluate_attack(&big, &fgsm, &images, &labels, &[0.1], 2)?;
+        Ok(())
+    }
+
+    #[test]
+    fn constant_logits_are_recorded_and_varying_ones_are_not() -> Result<()> {
+        let (model, images, labels) = model_and_data()?;
+        let fgsm = FastGradient::fgsm();
+        let constant = LinearModel::new(&[[0.0, 0.0], [0.0, 0.0]])?;
+        let records = evaluate_attack(&constant, &fgsm, &images, &labels, &[0.1], 2)?;
+        assert!(records[0].constant_logits);
+        let text = serde_json::to_string(&records[0]).unwrap();
+        assert!(text.contains("\"constant_logits\":true"), "{text}");
+        let records = evaluate_attack(&model, &fgsm, &images, &labels, &[0.1], 2)?;
+        assert!(!records[0].constant_logits);
+        // Absent when false: files written before the field read back the same.
+        let text = serde_json::to_string(&records[0]).unwrap();
+        assert!(!text.contains("constant_logits"), "{text}");
         Ok(())
     }
 

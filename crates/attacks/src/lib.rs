@@ -57,8 +57,8 @@ pub use apgd::Apgd;
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use auto::{AutoAttack, AutoVersion};
 pub use eval::{
-    evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise, AttackRecord,
-    Ensemble, ExampleOutcome, MemberRecord, NoiseRecord,
+    check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise,
+    AttackRecord, Ensemble, ExampleOutcome, MemberRecord, NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,
 };
 pub use fast_gradient::FastGradient;
 pub use loss::{AttackLoss, Objective};

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AttackKind, AttackRecord, Norm};
 
-/// The five checks of [`masking_checks`].
+/// The checks of [`masking_checks`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MaskingCheck {
@@ -35,6 +35,12 @@ pub enum MaskingCheck {
     /// example the gradient members missed: a gradient-free search that finds what gradients
     /// cannot is the signature of masked gradients (Croce & Hein 2020, §5).
     GradientBeatsScoreBased,
+    /// Clean accuracy is above chance (`1 / n_classes` plus three binomial standard
+    /// deviations): robustness of a model that has learnt nothing is no evidence of anything.
+    CleanAboveChance,
+    /// The logits depend on the input ([`AttackRecord::constant_logits`]): a constant model is
+    /// "robust" at every ε because nothing can move it.
+    LogitsVaryWithInput,
 }
 
 impl MaskingCheck {
@@ -46,6 +52,8 @@ impl MaskingCheck {
             MaskingCheck::LargeEpsBreaksModel => "large-eps-breaks-model",
             MaskingCheck::AttackBeatsNoise => "attack-beats-noise",
             MaskingCheck::GradientBeatsScoreBased => "gradient-beats-score-based",
+            MaskingCheck::CleanAboveChance => "clean-above-chance",
+            MaskingCheck::LogitsVaryWithInput => "logits-vary-with-input",
         }
     }
 }
@@ -74,6 +82,10 @@ pub struct MaskingRules {
     pub slack: f64,
     /// The accuracy an attack at [`unbounded_eps`] must stay below (0.1).
     pub large_eps_accuracy: f64,
+    /// Classes of the model, which fixes chance level; `None` skips
+    /// [`MaskingCheck::CleanAboveChance`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_classes: Option<usize>,
 }
 
 impl MaskingRules {
@@ -83,6 +95,15 @@ impl MaskingRules {
             input_dim,
             slack: 0.005,
             large_eps_accuracy: 0.1,
+            n_classes: None,
+        }
+    }
+
+    /// The same rules for a model of `n_classes` classes (chance level `1 / n_classes`).
+    pub fn with_classes(self, n_classes: usize) -> Self {
+        Self {
+            n_classes: Some(n_classes),
+            ..self
         }
     }
 
@@ -109,7 +130,7 @@ pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
     }
 }
 
-/// Runs the five gradient-masking checks on `records` (one model, one set of examples) and
+/// Runs the gradient-masking checks on `records` (one model, one set of examples) and
 /// returns one flag per attack or pair of attacks checked. A check without the records it
 /// needs returns no flag, so an empty list means "nothing to compare", not "all clear".
 ///
@@ -137,6 +158,10 @@ pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
 ///   And every ensemble whose records list score-based members ([`AttackRecord::members`]),
 ///   with at least one gradient member before them: fails when at some ε the score-based
 ///   members broke more than the tolerance of the examples.
+/// - [`MaskingCheck::CleanAboveChance`], once, on the first record, when `rules.n_classes` is
+///   set: fails when its clean accuracy is not above `1/k + 3·√(p(1−p)/n)`, `p = 1/k`.
+/// - [`MaskingCheck::LogitsVaryWithInput`], once, only as a failure: when some record saw
+///   the same logits for every clean example ([`AttackRecord::constant_logits`]).
 pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<MaskingFlag> {
     // Grouped by (attack, norm) in first-seen order, each group sorted by ε.
     let mut order: Vec<(String, String)> = vec![];
@@ -161,6 +186,22 @@ pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<Mas
         .collect();
 
     let mut flags = vec![];
+    // One model on one set of examples: the clean predictions are the same in every record.
+    if let Some(first) = records.first() {
+        flags.extend(above_chance(first, rules));
+        if let Some(r) = records.iter().find(|r| r.constant_logits) {
+            flags.push(MaskingFlag {
+                check: MaskingCheck::LogitsVaryWithInput,
+                attack: r.attack.clone(),
+                norm: r.norm,
+                passed: false,
+                detail: format!(
+                    "the model gave the same logits for all {} clean examples: it ignores its input",
+                    r.n
+                ),
+            });
+        }
+    }
     for g in &groups {
         if g[0].kind != AttackKind::Random {
             flags.push(monotone(g, rules));
@@ -267,6 +308,30 @@ fn score_based_members(group: &[&AttackRecord], rules: &MaskingRules) -> Option<
             r.n,
             percent(share),
             percent(tolerance)
+        ),
+    })
+}
+
+/// Clean accuracy above chance by three binomial standard deviations; `None` without
+/// `rules.n_classes` or examples.
+fn above_chance(r: &AttackRecord, rules: &MaskingRules) -> Option<MaskingFlag> {
+    let k = rules.n_classes.filter(|&k| k >= 2)?;
+    if r.n == 0 {
+        return None;
+    }
+    let chance = 1.0 / k as f64;
+    let bound = chance + 3.0 * (chance * (1.0 - chance) / r.n as f64).sqrt();
+    Some(MaskingFlag {
+        check: MaskingCheck::CleanAboveChance,
+        attack: r.attack.clone(),
+        norm: r.norm,
+        passed: r.clean_accuracy > bound,
+        detail: format!(
+            "clean accuracy {} on {} examples; chance is {} for {k} classes (expected above {})",
+            percent(r.clean_accuracy),
+            r.n,
+            percent(chance),
+            percent(bound)
         ),
     })
 }
@@ -438,6 +503,7 @@ mod tests {
             members: vec![],
             targeted_n: None,
             target_reached: None,
+            constant_logits: false,
         }
     }
 
@@ -735,5 +801,58 @@ mod tests {
             "{flags:#?}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_model_at_chance_or_with_constant_logits_is_flagged() {
+        use AttackKind::*;
+        let rules = MaskingRules::new(4).with_classes(10);
+        // 85 of 1000 right (a NaN model arg-maxing to class 0 on MNIST): at chance.
+        let chance = |r: AttackRecord| AttackRecord {
+            clean_correct: 85,
+            clean_accuracy: 0.085,
+            ..r
+        };
+        let records = vec![
+            chance(record("fgsm", SingleStep, 0.1, 1000, 85)),
+            chance(record("fgsm", SingleStep, 0.2, 1000, 85)),
+        ];
+        let flags = masking_checks(&records, &rules);
+        let flag = flags
+            .iter()
+            .find(|f| f.check == MaskingCheck::CleanAboveChance)
+            .expect("chance flag");
+        assert!(!flag.passed, "{flag:#?}");
+        assert_eq!(
+            flag.detail,
+            "clean accuracy 8.50% on 1000 examples; chance is 10.00% for 10 classes (expected above 12.85%)"
+        );
+        assert_eq!(
+            serde_json::to_value(flag).unwrap()["check"],
+            "clean-above-chance"
+        );
+        // A trained model passes; without the class count the check is not run.
+        let trained = vec![record("fgsm", SingleStep, 0.1, 1000, 500)];
+        assert!(masking_checks(&trained, &rules).iter().all(|f| f.passed));
+        assert!(masking_checks(&trained, &MaskingRules::new(4))
+            .iter()
+            .all(|f| f.check != MaskingCheck::CleanAboveChance));
+        // Constant logits fail their own check, whatever the accuracy.
+        let constant = vec![AttackRecord {
+            constant_logits: true,
+            ..record("fgsm", SingleStep, 0.1, 1000, 1000)
+        }];
+        let flags = masking_checks(&constant, &rules);
+        let flag = flags
+            .iter()
+            .find(|f| f.check == MaskingCheck::LogitsVaryWithInput)
+            .expect("constant flag");
+        assert!(
+            !flag.passed && flag.detail.contains("same logits for all 1000"),
+            "{flag:#?}"
+        );
+        assert!(!masking_checks(&trained, &rules)
+            .iter()
+            .any(|f| f.check == MaskingCheck::LogitsVaryWithInput));
     }
 }

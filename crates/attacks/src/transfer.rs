@@ -17,7 +17,6 @@ use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
 use serde::{Deserialize, Serialize};
 
-use crate::attack::arg_max;
 use crate::norm::check_eps;
 use crate::{wilson_interval, Attack, Goal, Norm};
 
@@ -332,15 +331,8 @@ fn predictions(
     let n = images.dim(0)?;
     let mut res = Vec::with_capacity(n);
     for (start, len) in batches(n, batch_size) {
-        let logits = model
-            .forward(&images.narrow(0, start, len)?, Mode::Eval)?
-            .to_dtype(DType::F64)?
-            .to_vec2::<f64>()?;
-        res.extend(logits.iter().map(|row| {
-            let arg = arg_max(row);
-            let total: f64 = row.iter().map(|l| (l - row[arg]).exp()).sum();
-            (arg as u32, 1.0 / total)
-        }));
+        let logits = model.forward(&images.narrow(0, start, len)?, Mode::Eval)?;
+        res.extend(crate::eval::predictions(&logits)?);
     }
     Ok(res)
 }

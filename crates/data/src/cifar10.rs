@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::identity::DataFile;
 use crate::{Dataset, Error, Result};
 
 const RECORD: usize = 1 + 3 * 32 * 32;
 
-/// Records of one binary batch file.
-pub fn read_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+/// Records of one binary batch file read from `path`.
+fn parse_batch(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         return Err(Error::format(
             path,
@@ -38,7 +38,7 @@ pub fn read_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((pixels, labels))
 }
 
-fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
+pub(crate) fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
     let roots = [dir.to_path_buf(), dir.join("cifar-10-batches-bin")];
     for root in &roots {
         let full: Vec<PathBuf> = if train {
@@ -73,15 +73,23 @@ fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
 
 /// The training (`train = true`) or test split of CIFAR-10 in `dir`.
 pub fn load_cifar10(dir: &Path, train: bool) -> Result<Dataset> {
+    Ok(load_cifar10_identified(dir, train)?.0)
+}
+
+/// [`load_cifar10`] with the identity of the batch files read.
+pub(crate) fn load_cifar10_identified(dir: &Path, train: bool) -> Result<(Dataset, Vec<DataFile>)> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
+    let mut files = Vec::new();
     for file in batch_files(dir, train)? {
-        let (p, l) = read_batch(&file)?;
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let (p, l) = parse_batch(&file, &bytes)?;
+        files.push(DataFile::of(&file, &[&bytes]));
         pixels.extend(p);
         labels.extend(l);
     }
     let n = labels.len();
-    Dataset::from_u8(pixels, labels, (n, 3, 32, 32), 10)
+    Ok((Dataset::from_u8(pixels, labels, (n, 3, 32, 32), 10)?, files))
 }
 
 #[cfg(test)]

@@ -13,14 +13,16 @@ mod cifar10;
 mod error;
 #[cfg(feature = "hub")]
 pub mod hub;
+mod identity;
 mod idx;
 mod splits;
 
 pub use batch::Batches;
 pub use cifar10::load_cifar10;
 pub use error::{Error, Result};
+pub use identity::{identify, DataFile, DataIdentity};
 pub use idx::{load_idx_images, load_idx_labels, load_mnist_like};
-pub use splits::{default_data_dir, load, DataConfig, DatasetName, Splits};
+pub use splits::{default_data_dir, load, load_test, DataConfig, DatasetName, Splits, TestSplit};
 
 use candle_core::{DType, Device, Tensor};
 

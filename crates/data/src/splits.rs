@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{DataFile, DataIdentity};
 use crate::{cifar10, idx, Dataset, Error, Result};
 
 /// The data sets gauntlet reads.
@@ -92,6 +93,16 @@ pub struct Splits {
     /// Empty when the configuration asks for no validation split.
     pub valid: Dataset,
     pub test: Dataset,
+    /// The files read: the training files', then the test files'.
+    pub identity: DataIdentity,
+}
+
+/// The test split alone, for commands that only evaluate.
+#[derive(Clone, Debug)]
+pub struct TestSplit {
+    pub test: Dataset,
+    /// The test files read.
+    pub identity: DataIdentity,
 }
 
 /// Where a data set is looked for when no folder is given: `$GAUNTLET_DATA_DIR/<name>`, then
@@ -115,39 +126,98 @@ pub fn default_data_dir(dataset: DatasetName) -> PathBuf {
         .unwrap_or_else(|| candidates[candidates.len() - 2].clone())
 }
 
-/// Reads the data set and applies the validation split and the limits.
-pub fn load(config: &DataConfig) -> Result<Splits> {
+/// The folder `config` names (or the default one), checked to exist.
+pub(crate) fn data_folder(config: &DataConfig) -> Result<PathBuf> {
     let dir = config
         .dir
         .clone()
         .unwrap_or_else(|| default_data_dir(config.dataset));
     if !dir.is_dir() {
-        #[cfg(feature = "hub")]
-        if config.dir.is_none() {
-            let (train, test) = crate::hub::fetch(config.dataset)?;
-            return split(config, &dir, train, test);
-        }
         return Err(Error::NoFolder {
             dataset: config.dataset.to_string(),
             dir,
         });
     }
+    Ok(dir)
+}
+
+/// One split of the data set in `dir`: the training files (`train`) or the test files.
+fn read_split(config: &DataConfig, dir: &Path, train: bool) -> Result<(Dataset, Vec<DataFile>)> {
     let name = config.dataset.as_str();
-    let (full_train, test) = match config.dataset {
-        DatasetName::Mnist | DatasetName::FashionMnist => (
-            idx::load_mnist_like(&dir, name, "train")?,
-            idx::load_mnist_like(&dir, name, "t10k")?,
-        ),
-        DatasetName::Cifar10 => (
-            cifar10::load_cifar10(&dir, true)?,
-            cifar10::load_cifar10(&dir, false)?,
-        ),
+    match config.dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => {
+            idx::load_mnist_like_identified(dir, name, if train { "train" } else { "t10k" })
+        }
+        DatasetName::Cifar10 => cifar10::load_cifar10_identified(dir, train),
+    }
+}
+
+/// Reads the data set and applies the validation split and the limits.
+pub fn load(config: &DataConfig) -> Result<Splits> {
+    #[cfg(feature = "hub")]
+    if config.dir.is_none() && !default_data_dir(config.dataset).is_dir() {
+        let (train, test) = crate::hub::fetch(config.dataset)?;
+        let identity = DataIdentity {
+            dataset: config.dataset,
+            files: vec![],
+        };
+        return split(
+            config,
+            &default_data_dir(config.dataset),
+            train,
+            test,
+            identity,
+        );
+    }
+    let dir = data_folder(config)?;
+    let (full_train, mut files) = read_split(config, &dir, true)?;
+    let (test, test_files) = read_split(config, &dir, false)?;
+    files.extend(test_files);
+    let identity = DataIdentity {
+        dataset: config.dataset,
+        files,
     };
-    split(config, &dir, full_train, test)
+    split(config, &dir, full_train, test, identity)
+}
+
+/// Reads only the test files (a folder without the training files will do) and applies the
+/// test limit.
+pub fn load_test(config: &DataConfig) -> Result<TestSplit> {
+    #[cfg(feature = "hub")]
+    if config.dir.is_none() && !default_data_dir(config.dataset).is_dir() {
+        let splits = load(config)?;
+        return Ok(TestSplit {
+            test: splits.test,
+            identity: splits.identity,
+        });
+    }
+    let dir = data_folder(config)?;
+    let (test, files) = read_split(config, &dir, false)?;
+    let test = test.truncate(config.test_limit)?;
+    if test.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the test split of {} in {} is empty",
+            config.dataset,
+            dir.display()
+        )));
+    }
+    Ok(TestSplit {
+        test,
+        identity: DataIdentity {
+            dataset: config.dataset,
+            files,
+        },
+    })
 }
 
 /// Holds out the validation split and applies the limits.
-fn split(config: &DataConfig, dir: &Path, full_train: Dataset, test: Dataset) -> Result<Splits> {
+fn split(
+    config: &DataConfig,
+    dir: &Path,
+    full_train: Dataset,
+    test: Dataset,
+    identity: DataIdentity,
+) -> Result<Splits> {
     let name = config.dataset.as_str();
     let n = full_train.len();
     let valid_size = config
@@ -174,5 +244,10 @@ fn split(config: &DataConfig, dir: &Path, full_train: Dataset, test: Dataset) ->
             )));
         }
     }
-    Ok(Splits { train, valid, test })
+    Ok(Splits {
+        train,
+        valid,
+        test,
+        identity,
+    })
 }

@@ -219,3 +219,132 @@ fn a_data_folder_that_does_not_exist_is_named_with_how_to_point_elsewhere() {
         "{message}"
     );
 }
+
+#[test]
+fn multi_member_gzip_reads_as_gzip_dc_does() {
+    // `cat a.gz b.gz` and pigz write several gzip members; `gzip -dc` reads them as one stream.
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = idx_images(3, 2, 2, &[9; 12]);
+    let mut joined = gzip(&bytes[..10]);
+    joined.extend(gzip(&bytes[10..]));
+    let path = dir.path().join("joined-images.gz");
+    std::fs::write(&path, joined).unwrap();
+    let (n, rows, cols, pixels) = load_idx_images(&path).unwrap();
+    assert_eq!((n, rows, cols, pixels), (3, 2, 2, vec![9; 12]));
+}
+
+#[test]
+fn a_gzip_expanding_past_its_header_stops_one_byte_after_the_promised_size() {
+    // 1 GiB of zeros behind a header promising 4 bytes, in 1 MiB gzip members (about 1 MB on
+    // disk): refused after reading 5 payload bytes, not after inflating the gigabyte.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bomb = gzip(&idx_images(1, 2, 2, &[0; 4]));
+    let member = gzip(&vec![0u8; 1 << 20]);
+    for _ in 0..1024 {
+        bomb.extend_from_slice(&member);
+    }
+    let path = dir.path().join("bomb-images.gz");
+    std::fs::write(&path, bomb).unwrap();
+    let started = std::time::Instant::now();
+    let message = names(load_idx_images(&path).unwrap_err(), "bomb-images.gz");
+    assert!(
+        message.contains("need 4 bytes of data, the file has more"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed().as_secs_f64() < 1.0,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_header_promising_more_than_deflate_can_hold_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claims-images.gz");
+    std::fs::write(&path, gzip(&idx_images(60_000, 1000, 1000, &[0; 16]))).unwrap();
+    let message = names(load_idx_images(&path).unwrap_err(), "claims-images.gz");
+    assert!(
+        message.contains("compressed bytes") && message.contains("truncated?"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_test_split_loads_from_a_folder_without_training_files() {
+    let dir = tempfile::tempdir().unwrap();
+    mnist_dir(dir.path(), 30, 10);
+    std::fs::remove_file(dir.path().join("train-labels-idx1-ubyte")).unwrap();
+    // A corrupt training file does not matter to the test split either.
+    std::fs::write(dir.path().join("train-images-idx3-ubyte"), b"garbage").unwrap();
+    let mut config = config(dir.path());
+    config.test_limit = Some(4);
+    let split = gauntlet_data::load_test(&config).unwrap();
+    assert_eq!(split.test.len(), 4);
+    let files: Vec<&str> = split
+        .identity
+        .files
+        .iter()
+        .map(|f| f.file.as_str())
+        .collect();
+    assert_eq!(files, ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]);
+    // The whole data set still needs the training files.
+    assert!(load(&config).is_err());
+}
+
+#[test]
+fn the_data_identity_changes_with_the_bytes_read() {
+    let dir = tempfile::tempdir().unwrap();
+    mnist_dir(dir.path(), 30, 10);
+    let before = load(&config(dir.path())).unwrap().identity;
+    assert_eq!(before.files.len(), 4);
+    assert_eq!(before.files[2].bytes, 16 + 40);
+    let labels: Vec<u8> = (0..10).map(|i| ((i + 1) % 10) as u8).collect();
+    std::fs::write(
+        dir.path().join("t10k-labels-idx1-ubyte"),
+        idx_labels(&labels),
+    )
+    .unwrap();
+    let after = load(&config(dir.path())).unwrap().identity;
+    assert_ne!(before.digest(), after.digest());
+    assert_eq!(before.files[..3], after.files[..3]);
+    // The identity is that of the files as stored: recompressing one is another file.
+    let plain = dir.path().join("t10k-labels-idx1-ubyte");
+    let gz = gzip(&std::fs::read(&plain).unwrap());
+    std::fs::write(dir.path().join("t10k-labels-idx1-ubyte.gz"), &gz).unwrap();
+    std::fs::remove_file(plain).unwrap();
+    let zipped = load(&config(dir.path())).unwrap().identity;
+    assert_eq!(zipped.files[3].file, "t10k-labels-idx1-ubyte.gz");
+    assert_eq!(zipped.files[3].bytes, gz.len() as u64);
+    // `identify` finds the same without loading anything.
+    assert_eq!(
+        gauntlet_data::identify(&config(dir.path())).unwrap(),
+        zipped
+    );
+}
+
+#[test]
+fn mnist_files_read_as_fashion_mnist_are_named_for_what_they_are() {
+    let embedded = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    let mut config = DataConfig::new(DatasetName::FashionMnist);
+    config.dir = Some(embedded);
+    let message = gauntlet_data::load_test(&config).unwrap_err().to_string();
+    assert!(
+        message.contains("t10k-images-idx3-ubyte.gz")
+            && message.contains("this is mnist's t10k-images-idx3-ubyte")
+            && message.contains("not fashion-mnist's"),
+        "{message}"
+    );
+}
+
+#[test]
+fn fashion_mnist_files_read_as_mnist_are_refused_when_present() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fashion-mnist");
+    if !dir.is_dir() {
+        return; // The shared folder is optional; the MNIST-as-Fashion case above runs always.
+    }
+    let mut config = DataConfig::new(DatasetName::Mnist);
+    config.dir = Some(dir);
+    let message = gauntlet_data::load_test(&config).unwrap_err().to_string();
+    assert!(message.contains("this is fashion-mnist's"), "{message}");
+}

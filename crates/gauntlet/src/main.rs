@@ -15,7 +15,17 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Exit code of a failure after the command line was parsed (clap exits with 2 for usage
+/// errors, before `main` sees the arguments).
+const FAILURE: u8 = 1;
+
 fn main() -> ExitCode {
+    // Candle attaches a backtrace to its errors when RUST_BACKTRACE is set, and their message
+    // then prints it: library backtraces stay off (panics still honour RUST_BACKTRACE) unless
+    // RUST_LIB_BACKTRACE asks for them. Set before any thread exists.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     // Rust ignores SIGPIPE, so printing into a closed pipe (`gauntlet run --dry-run | head`)
     // would panic; end quietly instead, as other Unix tools do.
     #[cfg(unix)]
@@ -27,13 +37,13 @@ fn main() -> ExitCode {
     // Before any other thread starts: the thread count is read from the environment.
     if let Err(err) = gauntlet_models::threads::init(cli.compute_threads()) {
         eprintln!("error: --threads: {err}");
-        return ExitCode::from(2);
+        return ExitCode::from(FAILURE);
     }
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(2)
+            ExitCode::from(FAILURE)
         }
     }
 }

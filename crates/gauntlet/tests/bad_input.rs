@@ -1,4 +1,4 @@
-//! Out-of-range command-line values and unusable folders are clear errors (exit code 2, the
+//! Out-of-range command-line values and unusable folders are clear errors (exit code 1, the
 //! flag or file named, no panic), given before any long work starts.
 
 use std::path::Path;
@@ -20,7 +20,7 @@ fn check(cases: &[(Vec<&str>, &str)]) {
     for (args, expected) in cases {
         let res = gauntlet(args);
         let err = String::from_utf8_lossy(&res.stderr);
-        assert_eq!(res.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(res.status.code(), Some(1), "{args:?}: {err}");
         assert!(
             err.contains(expected),
             "{args:?}: expected `{expected}` in: {err}"
@@ -145,7 +145,7 @@ fn training_and_suite_flags_out_of_range() {
         (vec!["run", suite, "--stage", "deploy"], "--stage `deploy`"),
         (
             vec!["run", suite, "--results", unwritable],
-            "file/out/quickstart/jobs",
+            "file/out/quickstart",
         ),
     ]);
 }

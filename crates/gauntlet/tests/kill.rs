@@ -124,6 +124,14 @@ impl Run {
         lines
     }
 
+    /// Waits for the exit, whatever it is; returns its status and the stderr lines.
+    fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        let lines = self.lines.lock().unwrap().clone();
+        (status, lines)
+    }
+
     /// Waits for a normal exit; returns stdout and the stderr lines.
     fn finish(mut self) -> (String, Vec<String>) {
         let mut stdout = String::new();
@@ -246,6 +254,8 @@ fn killed_runs_resume_redo_no_finished_job_and_end_with_the_clean_results() {
     assert_same_results(&root.join("kill"), &clean.results);
 }
 
+/// The second of two runs started at once on one results folder fails at once, naming the
+/// first's process id (the folder's lock); the first's results are those of a run alone.
 #[test]
 fn two_runs_into_one_results_folder_at_once_leave_the_results_of_one() {
     let clean = clean_run();
@@ -253,8 +263,19 @@ fn two_runs_into_one_results_folder_at_once_leave_the_results_of_one() {
     let root = dir.path().join("results");
     let a = Run::start(&clean.suite, &root);
     let b = Run::start(&clean.suite, &root);
-    a.finish();
-    b.finish();
+    let pids = [a.child.id(), b.child.id()];
+    let outcomes = [a.wait(), b.wait()];
+    let failed: Vec<usize> = (0..2).filter(|&i| !outcomes[i].0.success()).collect();
+    assert_eq!(failed.len(), 1, "exactly one run fails: {outcomes:?}");
+    let (status, lines) = &outcomes[failed[0]];
+    let holder = pids[1 - failed[0]];
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("is in use by gauntlet process {holder}"))),
+        "{lines:?}"
+    );
     assert_same_results(&root.join("kill"), &clean.results);
 }
 

@@ -33,6 +33,12 @@ pub enum Error {
     },
     #[error("{}: {error}", path.display())]
     Csv { path: PathBuf, error: csv::Error },
+    /// Another run holds the results folder's lock.
+    #[error("{}: {message}", path.display())]
+    Locked { path: PathBuf, message: String },
+    /// A value that would not read back from the file it was to be written to.
+    #[error("{}: {message}", path.display())]
+    Unstorable { path: PathBuf, message: String },
     /// A job failed; the message says which.
     #[error("job {id}: {error}")]
     Job { id: String, error: Box<Error> },

@@ -27,6 +27,7 @@
 
 mod cache;
 mod error;
+pub mod lock;
 mod plan;
 mod prune;
 pub mod record;

@@ -190,6 +190,11 @@ impl Plan {
         let mut planner = Planner {
             jobs: Vec::new(),
             data: serde_json::to_value(suite.data_identity()).expect("data config serializes"),
+            data_files: gauntlet_data::DataIdentity {
+                dataset: suite.data.dataset,
+                files: suite.data_files.clone(),
+            }
+            .digest(),
         };
         let eval = serde_json::to_value(&suite.eval).expect("eval options serialize");
         let train_jobs: Vec<usize> = suite
@@ -287,6 +292,8 @@ impl Plan {
 struct Planner {
     jobs: Vec<Job>,
     data: Value,
+    /// [`gauntlet_data::DataIdentity::digest`] of the files read.
+    data_files: String,
 }
 
 impl Planner {
@@ -305,6 +312,7 @@ impl Planner {
             "inputs": input_keys,
             "code-version": CODE_VERSION,
             "data": self.data,
+            "data-files": self.data_files,
         });
         let digest = Sha256::digest(canonical_json(&described).as_bytes());
         let key: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();

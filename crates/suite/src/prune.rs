@@ -11,7 +11,8 @@ use crate::{Error, Plan, Result};
 pub struct PruneReport {
     /// Folders under `jobs/` that no job of the plan reads or writes.
     pub stale_jobs: Vec<PathBuf>,
-    /// `.NAME.PID.tmp` files inside the plan's job folders whose writer is no longer running.
+    /// `.NAME.PID.tmp` files anywhere in the results folder (job folders, `per-example/`,
+    /// `models/`, the folder itself) whose writer is no longer running.
     pub orphan_temps: Vec<PathBuf>,
     /// Their total size.
     pub bytes: u64,
@@ -24,24 +25,27 @@ pub struct PruneReport {
 pub fn prune(results_dir: &Path, plan: &Plan, dry_run: bool) -> Result<PruneReport> {
     let jobs_dir = results_dir.join("jobs");
     let mut report = PruneReport::default();
-    if !jobs_dir.is_dir() {
+    if !results_dir.is_dir() {
         return Ok(report);
     }
+    // Not while a run writes here: its temporary files and job folders are in use.
+    let _lock = (!dry_run)
+        .then(|| crate::lock::lock_results(results_dir, false))
+        .transpose()?;
     let live: std::collections::BTreeSet<String> = plan.jobs.iter().map(|j| j.dir_name()).collect();
-    for entry in read_dir(&jobs_dir)? {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if !live.contains(&name) {
-            report.bytes += size_of(&path)?;
-            report.stale_jobs.push(path);
-            continue;
-        }
-        if path.is_dir() {
-            for file in orphan_temps(&path)? {
-                report.bytes += size_of(&file)?;
-                report.orphan_temps.push(file);
+    if jobs_dir.is_dir() {
+        for entry in read_dir(&jobs_dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                let path = entry.path();
+                report.bytes += size_of(&path)?;
+                report.stale_jobs.push(path);
             }
         }
+    }
+    for file in orphan_temps_below(results_dir, &report.stale_jobs)? {
+        report.bytes += size_of(&file)?;
+        report.orphan_temps.push(file);
     }
     report.stale_jobs.sort();
     report.orphan_temps.sort();
@@ -61,12 +65,40 @@ pub fn prune(results_dir: &Path, plan: &Plan, dry_run: bool) -> Result<PruneRepo
     Ok(report)
 }
 
+/// The orphaned temporary files in `dir` and every folder below it but those in `skip`.
+fn orphan_temps_below(dir: &Path, skip: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = orphan_temps(dir)?;
+    for entry in read_dir(dir)? {
+        let path = entry.path();
+        // Not through symbolic links: nothing outside the results folder is touched.
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && !skip.contains(&path) {
+            found.extend(orphan_temps_below(&path, skip)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes the orphaned temporary files anywhere in `results_dir` (the start of a run, under
+/// its lock: an aggregation killed half-way leaves them in `per-example/` and `models/`).
+pub(crate) fn remove_orphan_temps_below(results_dir: &Path) -> Result<()> {
+    if !results_dir.is_dir() {
+        return Ok(());
+    }
+    for file in orphan_temps_below(results_dir, &[])? {
+        std::fs::remove_file(&file).map_err(|e| Error::io(&file, e))?;
+    }
+    Ok(())
+}
+
 /// The temporary files in `dir` whose writer is no longer running.
 fn orphan_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(read_dir(dir)?
         .into_iter()
         .filter(|f| {
-            temp_writer(&f.file_name().to_string_lossy()).is_some_and(|pid| !process_alive(pid))
+            f.file_type().is_ok_and(|t| t.is_file())
+                && temp_writer(&f.file_name().to_string_lossy())
+                    .is_some_and(|pid| !process_alive(pid))
         })
         .map(|f| f.path())
         .collect())
@@ -106,7 +138,7 @@ fn temp_writer(file_name: &str) -> Option<u32> {
 
 /// Whether a process with this id runs; where that cannot be known (no `/proc`), assume it
 /// does, so that nothing being written is removed.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     let proc = Path::new("/proc");
     !proc.is_dir() || proc.join(pid.to_string()).exists()
 }

@@ -83,6 +83,10 @@ pub struct Results {
     pub seed: u64,
     /// The data set (its folder left out).
     pub data: DataConfig,
+    /// The files it was read from, with their sizes and SHA-256 as stored (absent in files
+    /// written before this field).
+    #[serde(default)]
+    pub data_files: Vec<gauntlet_data::DataFile>,
     pub eval: EvalSettings,
     pub models: Vec<ModelResult>,
     pub robustness: Vec<RobustnessEntry>,

@@ -1,6 +1,7 @@
 //! What two runs of the same suite with the same seeds write identically, byte for byte, on
 //! one machine: every file of the results folder except the wall times, which live in
-//! `timings.csv` and in each job's `job.json` alone. Tests compare runs with it (after kills,
+//! `timings.csv` and in each job's `job.json` alone, and the lock file (the last run's process
+//! id). Tests compare runs with it (after kills,
 //! concurrent writers, thread counts).
 
 use std::collections::BTreeMap;
@@ -9,8 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::runner::JOB_FILE;
 use crate::{Error, Result};
 
-/// Files that record wall times.
-const TIMED: [&str; 2] = ["timings.csv", JOB_FILE];
+/// Files that record wall times, and the lock file with its holder's process id.
+const TIMED: [&str; 3] = ["timings.csv", JOB_FILE, crate::lock::LOCK_FILE];
 
 /// The contents of every file under `results_dir` except [`TIMED`] ones, by relative path.
 pub fn reproducible_files(results_dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {

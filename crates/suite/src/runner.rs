@@ -135,6 +135,8 @@ impl RunSummary {
 pub trait SuiteObserver: Sync {
     /// The plan with every job's status before anything runs.
     fn planned(&self, _jobs: &[JobReport]) {}
+    /// Lines on unusually large work in the suite ([`Suite::large_work`]), before `planned`.
+    fn large_work(&self, _lines: &[String]) {}
     fn job_started(&self, _job: &Job) {}
     fn job_finished(&self, _job: &Job, _seconds: f64) {}
     /// A training job's progress.
@@ -189,7 +191,7 @@ pub fn run_suite_with(
         .iter()
         .map(|job| {
             let dir = jobs_dir.join(job.dir_name());
-            let status = if is_finished(&dir, &job.key) {
+            let status = if is_finished(&dir, &job.key, job.kind) {
                 JobStatus::Cached
             } else if options.shard.is_some_and(|(i, n)| !job.in_shard(i, n)) {
                 JobStatus::OtherShard
@@ -208,11 +210,18 @@ pub fn run_suite_with(
             }
         })
         .collect();
+    let large = suite.large_work();
+    if !large.is_empty() {
+        observer.large_work(&large);
+    }
     observer.planned(&reports);
     let aggregate = options.shard.is_none() && options.stage.is_none() && !options.dry_run;
     if options.dry_run {
         return Ok(summary(&suite, &plan, results_dir, reports, vec![]));
     }
+    // Before any work: a second run on this folder fails at once. Shards share the lock.
+    let _lock = crate::lock::lock_results(&results_dir, options.shard.is_some())?;
+    crate::prune::remove_orphan_temps_below(&results_dir)?;
 
     if reports.iter().any(|r| r.status == JobStatus::Pending) {
         if suite.needs_double_backprop() {
@@ -273,7 +282,7 @@ pub fn merge_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
         .iter()
         .map(|job| {
             let dir = results_dir.join("jobs").join(job.dir_name());
-            let status = if is_finished(&dir, &job.key) {
+            let status = if is_finished(&dir, &job.key, job.kind) {
                 JobStatus::Cached
             } else {
                 JobStatus::Pending
@@ -291,6 +300,7 @@ pub fn merge_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
     let written = if options.dry_run {
         vec![]
     } else {
+        let _lock = crate::lock::lock_results(&results_dir, false)?;
         write::aggregate(&suite, &plan, &results_dir)?
     };
     Ok(summary(&suite, &plan, results_dir, reports, written))
@@ -307,7 +317,7 @@ fn summary(
         .jobs
         .iter()
         .zip(&jobs)
-        .filter(|(_, r)| !is_finished(&r.dir, &r.key))
+        .filter(|(_, r)| !is_finished(&r.dir, &r.key, r.kind))
         .map(|(j, _)| j.id.clone())
         .collect();
     RunSummary {
@@ -388,6 +398,22 @@ struct LoadedData {
 impl LoadedData {
     fn load(suite: &Suite, device: &Device) -> Result<Self> {
         let splits = gauntlet_data::load(&suite.data)?;
+        // The keys were computed from the files as planned; they must be the files read.
+        if splits.identity.files != suite.data_files {
+            return Err(Error::invalid(
+                &suite.path,
+                "data.dir",
+                format!(
+                    "the files in {} changed between planning and loading; run again",
+                    suite
+                        .data
+                        .dir
+                        .as_deref()
+                        .unwrap_or(Path::new("?"))
+                        .display()
+                ),
+            ));
+        }
         let eval = splits.test.truncate(suite.eval.test_limit)?;
         Ok(Self {
             images: eval.images.to_device(device)?,
@@ -412,7 +438,11 @@ impl Context<'_> {
     }
 
     fn is_done(&self, job: usize) -> bool {
-        is_finished(&self.dir(job), &self.plan.jobs[job].key)
+        is_finished(
+            &self.dir(job),
+            &self.plan.jobs[job].key,
+            self.plan.jobs[job].kind,
+        )
     }
 
     fn load_model(&self, train_job: usize) -> Result<Box<dyn Classifier>> {
@@ -422,7 +452,12 @@ impl Context<'_> {
         )?)
     }
 
-    fn finish<T: Serialize>(&self, job: &Job, started: Instant, output: T) -> Result<()> {
+    fn finish<T: Serialize + DeserializeOwned>(
+        &self,
+        job: &Job,
+        started: Instant,
+        output: T,
+    ) -> Result<()> {
         let file = JobFile {
             id: job.id.clone(),
             kind: job.kind,
@@ -437,9 +472,33 @@ impl Context<'_> {
             seconds: started.elapsed().as_secs_f64(),
             output,
         };
-        let dir = self.jobs_dir.join(job.dir_name());
-        write_json(&dir.join(JOB_FILE), &file)
+        let path = self.jobs_dir.join(job.dir_name()).join(JOB_FILE);
+        let text = storable_job_json(&path, &file)?;
+        write_atomic(&path, text.as_bytes()).map_err(|e| Error::io(&path, e))
     }
+}
+
+/// The text of `file` for `path`, checked to read back: JSON has no NaN or infinity
+/// (serde_json writes `null`), so a job whose output holds one fails here rather than counting
+/// as done and breaking every later run.
+pub fn storable_job_json<T: Serialize + DeserializeOwned>(
+    path: &Path,
+    file: &JobFile<T>,
+) -> Result<String> {
+    let mut text = serde_json::to_string_pretty(file).map_err(|error| Error::Json {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    if let Err(error) = serde_json::from_str::<JobFile<T>>(&text) {
+        return Err(Error::Unstorable {
+            path: path.to_path_buf(),
+            message: format!(
+                "the output holds a non-finite number (NaN or infinity), which JSON cannot store, so the job is not marked done: {error}"
+            ),
+        });
+    }
+    text.push('\n');
+    Ok(text)
 }
 
 /// Reads a finished job's `job.json`.

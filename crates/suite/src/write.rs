@@ -37,7 +37,8 @@ struct PlannedJob<'a> {
 pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<PathBuf>> {
     let jobs_dir = results_dir.join("jobs");
     let dir_of = |i: usize| jobs_dir.join(plan.jobs[i].dir_name());
-    let done = |i: usize| crate::cache::is_finished(&dir_of(i), &plan.jobs[i].key);
+    let done =
+        |i: usize| crate::cache::is_finished(&dir_of(i), &plan.jobs[i].key, plan.jobs[i].kind);
     let mut written = Vec::new();
 
     let mut models = Vec::new();
@@ -175,7 +176,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         }
     }
     for (model, records) in per_model_records.iter().enumerate() {
-        let rules = MaskingRules::new(suite.models[model].spec.input_dim());
+        let spec = &suite.models[model].spec;
+        let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
         masking.extend(
             masking_checks(records, &rules)
                 .into_iter()
@@ -209,6 +211,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         code_version: CODE_VERSION.to_string(),
         seed: suite.seed,
         data: suite.data_identity(),
+        data_files: suite.data_files.clone(),
         eval: EvalSettings {
             test_limit: suite.eval.test_limit,
             batch_size: suite.eval.batch_size,

@@ -177,6 +177,8 @@ impl Default for OptimizerConfig {
 impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
+        // `inf > 0`: a non-finite setting would pass a bare comparison and diverge.
+        let positive = |x: f64| x.is_finite() && x > 0.0;
         match *self {
             OptimizerConfig::Sgd {
                 lr,
@@ -186,9 +188,9 @@ impl OptimizerConfig {
                 lr_decay,
                 min_lr,
             } => {
-                if !(lr > 0.0) || !(min_lr >= 0.0) {
+                if !(positive(lr) && min_lr.is_finite() && min_lr >= 0.0) {
                     return bad(format!(
-                        "sgd lr must be > 0 and min-lr >= 0, got {lr} and {min_lr}"
+                        "sgd lr must be > 0 and min-lr >= 0, both finite, got {lr} and {min_lr}"
                     ));
                 }
                 for m in std::iter::once(momentum).chain(final_momentum) {
@@ -196,9 +198,9 @@ impl OptimizerConfig {
                         return bad(format!("sgd momentum must be in [0, 1), got {m}"));
                     }
                 }
-                if momentum_saturate == 0 || !(lr_decay >= 1.0) {
+                if momentum_saturate == 0 || !(lr_decay.is_finite() && lr_decay >= 1.0) {
                     return bad(format!(
-                        "sgd momentum-saturate must be >= 1 and lr-decay >= 1, got {momentum_saturate} and {lr_decay}"
+                        "sgd momentum-saturate must be >= 1 and lr-decay finite and >= 1, got {momentum_saturate} and {lr_decay}"
                     ));
                 }
             }
@@ -208,13 +210,13 @@ impl OptimizerConfig {
                 beta2,
                 eps,
             } => {
-                if !(lr > 0.0)
+                if !positive(lr)
                     || !(0.0..1.0).contains(&beta1)
                     || !(0.0..1.0).contains(&beta2)
-                    || !(eps > 0.0)
+                    || !positive(eps)
                 {
                     return bad(format!(
-                        "adam needs lr > 0, betas in [0, 1) and eps > 0, got lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"
+                        "adam needs a finite lr > 0, betas in [0, 1) and a finite eps > 0, got lr {lr}, beta1 {beta1}, beta2 {beta2}, eps {eps}"
                     ));
                 }
             }
@@ -258,5 +260,20 @@ mod tests {
         let c: TrainConfig =
             toml::from_str("optimizer = { kind = \"sgd\", lr = 0.1, momentum = 1.5 }").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("momentum"));
+    }
+
+    #[test]
+    fn non_finite_learning_rates_are_refused() {
+        for text in [
+            "optimizer = { kind = \"sgd\", lr = inf }",
+            "optimizer = { kind = \"sgd\", lr = nan }",
+            "optimizer = { kind = \"sgd\", lr = 0.1, lr-decay = inf }",
+            "optimizer = { kind = \"adam\", lr = inf }",
+            "optimizer = { kind = \"adam\", lr = 0.1, eps = inf }",
+        ] {
+            let c: TrainConfig = toml::from_str(text).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("finite"), "{text}: {err}");
+        }
     }
 }

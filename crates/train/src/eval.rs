@@ -34,6 +34,8 @@ pub fn evaluate(
         let xs = data.images.narrow(0, start, len)?.to_device(device)?;
         let ys = data.labels.narrow(0, start, len)?.to_device(device)?;
         let logits = model.forward(&xs, Mode::Eval)?;
+        // NaN logits would arg-max to class 0 and pass for a (poor) accuracy.
+        gauntlet_attacks::check_logits(&logits)?;
         loss_sum += per_example_cross_entropy(&logits, &ys)?
             .sum_all()?
             .to_dtype(candle_core::DType::F64)?
@@ -47,4 +49,46 @@ pub fn evaluate(
         loss: loss_sum / denom,
         error: 1.0 - correct as f64 / denom,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Tensor};
+    use gauntlet_models::{build, Arch, ModelSpec, Params};
+
+    /// A model whose logits are all NaN, as one NaN weight makes them.
+    struct NanLogits(Box<dyn Classifier>);
+
+    impl Classifier for NanLogits {
+        fn spec(&self) -> &ModelSpec {
+            self.0.spec()
+        }
+
+        fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+            self.0.forward(xs, mode)?.affine(f64::NAN, 0.0)
+        }
+
+        fn params(&self) -> &Params {
+            self.0.params()
+        }
+    }
+
+    #[test]
+    fn nan_logits_are_an_error_not_an_accuracy() {
+        let spec = ModelSpec::mnist(Arch::maxout_mlp(vec![4], 2));
+        let model = NanLogits(build(&spec, 1, &Device::Cpu).unwrap());
+        let data = Dataset {
+            images: Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu).unwrap(),
+            labels: Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap(),
+            n_classes: 10,
+        };
+        let err = evaluate(&model, &data, 2, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is NaN") && err.contains("no accuracy"),
+            "{err}"
+        );
+    }
 }

@@ -13,6 +13,7 @@ mod config;
 mod error;
 mod eval;
 mod log;
+mod names;
 mod optim;
 mod regularizer;
 mod state;
@@ -22,6 +23,7 @@ pub use config::{AdversarialValidation, EarlyStopping, OptimizerConfig, TrainCon
 pub use error::{Error, Result};
 pub use eval::{evaluate, EvalResult};
 pub use log::{EpochRecord, TrainLog};
+pub use names::{check_file_name, MAX_NAME_LEN};
 pub use optim::{Adam, Optimizer, OptimizerState, SgdMomentum};
 pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
 pub use trainer::{train, train_resumable, Observer, SilentObserver};

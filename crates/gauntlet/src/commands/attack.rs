@@ -1,7 +1,7 @@
 //! `gauntlet attack`: robust accuracy of a checkpoint under an attack at several ε, with
 //! per-example outcomes and the gradient-masking checks.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use gauntlet_attacks::{
     evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Apgd, Attack,
     AttackKind, AttackLoss, AttackRecord, AutoAttack, AutoVersion, FastGradient, MaskingRules,
@@ -278,7 +278,8 @@ pub fn run(args: AttackArgs) -> Result<()> {
         &loaded.test.labels,
         &args.eps,
         args.data.test.batch_size,
-    )?;
+    )
+    .with_context(|| format!("attacking {}", args.data.model.display()))?;
     print_records(
         &format!(
             "{} on {} ({} test images)",
@@ -322,7 +323,9 @@ pub fn run(args: AttackArgs) -> Result<()> {
     if !args.no_checks {
         let mut all = records.clone();
         all.extend(masking_records(&args, attack.as_ref(), &loaded)?);
-        let flags = masking_checks(&all, &MaskingRules::new(loaded.model.spec().input_dim()));
+        let spec = loaded.model.spec();
+        let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
+        let flags = masking_checks(&all, &rules);
         println!("gradient-masking checks:");
         for flag in &flags {
             println!(

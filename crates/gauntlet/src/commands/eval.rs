@@ -43,7 +43,8 @@ pub fn test_set(
     let mut config = DataConfig::new(dataset);
     config.dir = args.common.data_dir.clone();
     config.test_limit = args.test_limit;
-    let test = gauntlet_data::load(&config)?.test;
+    // The test files only: a folder without (or with a damaged copy of) the training files will do.
+    let test = gauntlet_data::load_test(&config)?.test;
     let (c, h, w) = test.image_shape();
     if [c, h, w] != spec.input {
         return Err(anyhow!(
@@ -107,7 +108,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         &loaded.test,
         args.data.test.batch_size,
         &loaded.device,
-    )?;
+    )
+    .with_context(|| format!("evaluating {}", args.data.model.display()))?;
     println!(
         "{}: {} test accuracy {:.2}% (error {:.2}%, n = {}, mean loss {:.4})",
         args.data.model.display(),

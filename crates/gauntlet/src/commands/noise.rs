@@ -1,6 +1,6 @@
 //! `gauntlet noise`: accuracy under additive Gaussian noise, clipped to [0, 1] and not.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use gauntlet_attacks::gaussian_noise;
 
 use crate::args::NoiseArgs;
@@ -12,15 +12,18 @@ pub fn run(args: NoiseArgs) -> Result<()> {
     let loaded = load(&args.data)?;
     let mut records = Vec::new();
     for clip in [false, true] {
-        records.extend(gaussian_noise(
-            loaded.model.as_ref(),
-            &loaded.test.images,
-            &loaded.test.labels,
-            &args.sigma,
-            clip,
-            args.seed,
-            args.data.test.batch_size,
-        )?);
+        records.extend(
+            gaussian_noise(
+                loaded.model.as_ref(),
+                &loaded.test.images,
+                &loaded.test.labels,
+                &args.sigma,
+                clip,
+                args.seed,
+                args.data.test.batch_size,
+            )
+            .with_context(|| format!("evaluating {}", args.data.model.display()))?,
+        );
     }
     println!(
         "Gaussian noise on {} ({} test images)",

@@ -49,6 +49,17 @@ impl Progress {
 }
 
 impl SuiteObserver for Progress {
+    fn large_work(&self, lines: &[String]) {
+        // Printed even with --quiet and --dry-run: this is the estimate to read first.
+        for line in lines {
+            if self.bars.is_hidden() {
+                eprintln!("planned work: {line}");
+            } else {
+                let _ = self.bars.println(format!("planned work: {line}"));
+            }
+        }
+    }
+
     fn planned(&self, jobs: &[JobReport]) {
         let todo = jobs
             .iter()

@@ -79,6 +79,14 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
     if let Some(name) = &args.name {
         config.name = name.clone();
     }
+    // It names the output folder: checked before any data is read or step run.
+    gauntlet_train::check_file_name(&config.name).map_err(|e| {
+        match (&args.name, &args.config) {
+            (Some(_), _) => anyhow!("--name: {e}"),
+            (None, Some(path)) => anyhow!("{}: name: {e}", path.display()),
+            (None, None) => anyhow!("name: {e}"),
+        }
+    })?;
     if let Some(dataset) = &args.dataset {
         config.data.dataset = dataset
             .parse()
@@ -174,15 +182,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             model
         }
     };
+    // The planned work, so a mistyped epoch count shows before it runs for days.
+    let steps_per_epoch = splits.train.len().div_ceil(config.train.batch_size);
     eprintln!(
-        "training {} ({}, {} parameters) on {} {} images, validating on {}, {} epochs",
+        "training {} ({}, {} parameters) on {} {} images, validating on {}, {} epochs of {} steps ({} steps in all)",
         config.name,
         spec.arch.kind(),
         model.params().n_scalars(),
         splits.train.len(),
         config.data.dataset,
         splits.valid.len(),
-        config.train.epochs
+        config.train.epochs,
+        steps_per_epoch,
+        (config.train.epochs as u128) * steps_per_epoch as u128
     );
 
     // Created first: an unwritable output folder must not cost a training run.

@@ -5,6 +5,7 @@ mod attack_kinds;
 mod errors;
 mod fuzz;
 mod imported;
+mod integrity;
 mod plan;
 mod prune;
 mod references;
