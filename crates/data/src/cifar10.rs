@@ -13,7 +13,7 @@ const RECORD: usize = 1 + 3 * 32 * 32;
 
 /// Records of one binary batch file read from `path`.
 fn parse_batch(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(Error::format(
             path,
             format!(
