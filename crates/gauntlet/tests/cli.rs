@@ -136,6 +136,14 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         stdout.contains(&reported),
         "eval must agree with training's summary ({reported}): {stdout}"
     );
+    // And writes it, beside the checkpoint by default.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("eval.json")).unwrap()).unwrap();
+    assert_eq!(written["n"], 500);
+    assert!((written["accuracy"].as_f64().unwrap() - (1.0 - test_error)).abs() < 1e-12);
+    assert!(written["ci_low"].as_f64().unwrap() < written["accuracy"].as_f64().unwrap());
+    let csv = std::fs::read_to_string(dir.path().join("eval.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
 
     let res = gauntlet(&[
         "attack",

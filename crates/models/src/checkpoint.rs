@@ -57,7 +57,16 @@ pub fn save(model: &dyn Classifier, path: &Path) -> Result<()> {
 pub fn read_spec(path: &Path, bytes: &[u8]) -> Result<ModelSpec> {
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| with_path(path, format!("not a safetensors file: {e}")))?;
-    if let Some(json) = header.metadata().as_ref().and_then(|m| m.get(SPEC_KEY)) {
+    let metadata = header.metadata().as_ref();
+    if let Some(version) = metadata.and_then(|m| m.get(FORMAT_KEY)) {
+        if version != FORMAT_VERSION {
+            return Err(with_path(
+                path,
+                format!("checkpoint format `{version}` (metadata `{FORMAT_KEY}`) is not one this gauntlet reads (`{FORMAT_VERSION}`)"),
+            ));
+        }
+    }
+    if let Some(json) = metadata.and_then(|m| m.get(SPEC_KEY)) {
         return serde_json::from_str(json)
             .map_err(|e| with_path(path, format!("metadata `{SPEC_KEY}`: {e}")));
     }
@@ -198,6 +207,26 @@ mod tests {
                 "{na} differs"
             );
         }
+
+        // A checkpoint of another format version is refused, not read as this one.
+        let mut t = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        let spec_json = serde_json::to_string(&spec).unwrap();
+        let metadata = HashMap::from([
+            (SPEC_KEY.to_string(), spec_json),
+            (FORMAT_KEY.to_string(), "2".to_string()),
+        ]);
+        let future = dir.path().join("future.safetensors");
+        std::fs::write(
+            &future,
+            safetensors::serialize(t.iter_mut().map(|(n, t)| (n.as_str(), &*t)), Some(metadata))
+                .unwrap(),
+        )
+        .unwrap();
+        let err = load(&future, &Device::Cpu).err().unwrap().to_string();
+        assert!(
+            err.contains("future.safetensors") && err.contains("format `2`"),
+            "{err}"
+        );
 
         // A spec that does not match the stored tensors is an error naming file and tensor.
         let other = ModelSpec::mnist(Arch::maxout_mlp(vec![9, 6], 3));

@@ -11,6 +11,7 @@ use gauntlet_train::evaluate;
 
 use crate::args::{EvalArgs, EvalDataArgs, TestSetArgs};
 use crate::device;
+use crate::output::{write_csv, write_json};
 
 /// A loaded checkpoint with the test images it is evaluated on.
 pub struct Loaded {
@@ -119,5 +120,34 @@ pub fn run(args: EvalArgs) -> Result<()> {
         res.n,
         res.loss
     );
+    let correct = ((1.0 - res.error) * res.n as f64).round() as usize;
+    let (ci_low, ci_high) = gauntlet_attacks::wilson_interval(correct, res.n);
+    let record = EvalRecord {
+        model: args.data.model.display().to_string(),
+        dataset: loaded.dataset.to_string(),
+        n: res.n,
+        correct,
+        accuracy: res.accuracy(),
+        ci_low,
+        ci_high,
+        loss: res.loss,
+    };
+    let (json, csv) = (loaded.out.join("eval.json"), loaded.out.join("eval.csv"));
+    write_json(&json, &record)?;
+    write_csv(&csv, std::slice::from_ref(&record))?;
+    println!("wrote {} and {}", json.display(), csv.display());
     Ok(())
+}
+
+/// What `gauntlet eval` writes: the clean accuracy with its Wilson 95% interval.
+#[derive(Debug, serde::Serialize)]
+struct EvalRecord {
+    model: String,
+    dataset: String,
+    n: usize,
+    correct: usize,
+    accuracy: f64,
+    ci_low: f64,
+    ci_high: f64,
+    loss: f64,
 }
