@@ -336,6 +336,20 @@ fn run_jobs(
     indices: &[usize],
     threads: usize,
 ) -> (Vec<(usize, f64)>, Option<Error>) {
+    // Jobs of one key share one folder (two models of one recipe and seed): the first runs,
+    // the others find its output instead of racing it for the same files.
+    let mut first_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let (mut unique, mut repeats) = (Vec::new(), Vec::new());
+    for &i in indices {
+        match first_of.entry(ctx.plan.jobs[i].key.as_str()) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(i);
+                unique.push(i);
+            }
+            std::collections::hash_map::Entry::Occupied(e) => repeats.push((i, *e.get())),
+        }
+    }
+    let indices = unique.as_slice();
     let next = AtomicUsize::new(0);
     let finished = Mutex::new(Vec::new());
     let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -367,7 +381,7 @@ fn run_jobs(
             }
         }
     };
-    let threads = threads.max(1).min(indices.len());
+    let threads = threads.max(1).min(indices.len().max(1));
     if threads <= 1 {
         // On the caller's thread: no thread-local state (Candle's gradient settings, the
         // trainer's float mode) differs from a plain library call.
@@ -380,6 +394,11 @@ fn run_jobs(
         });
     }
     let mut finished = finished.into_inner().expect("no panics while locked");
+    for (repeat, first) in repeats {
+        if finished.iter().any(|&(i, _)| i == first) {
+            finished.push((repeat, 0.0));
+        }
+    }
     finished.sort_by_key(|&(i, _)| i);
     (
         finished,

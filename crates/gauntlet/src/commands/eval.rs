@@ -77,8 +77,9 @@ pub fn check_classes(
     Ok(())
 }
 
+/// The model file at `path`; its errors already name the file.
 pub fn load_model(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
-    checkpoint::load(path, device).with_context(|| format!("loading {}", path.display()))
+    Ok(checkpoint::load(path, device)?)
 }
 
 pub fn load(args: &EvalDataArgs) -> Result<Loaded> {

@@ -293,3 +293,34 @@ fn a_gradient_penalty_model_trains() {
         .unwrap();
     assert_eq!(summary.executed(), 2, "{:?}", summary.jobs);
 }
+
+/// Two models of one recipe and seed have one job key, so one job folder: run side by side,
+/// the second must find the first's output, not race it for the same training state.
+#[test]
+fn two_models_of_one_recipe_share_their_jobs_instead_of_racing() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = TINY.replace(
+        "[[model]]\nname = \"fgsm-trained\"\nlike = \"base\"\nregularizer = { kind = \"lp\", p = \"inf\", eps = 0.1, alpha = 0.5 }",
+        "[[model]]\nname = \"twin\"\nlike = \"base\"",
+    );
+    assert_ne!(twin, TINY);
+    let path = write_suite(dir.path(), "tiny.toml", &twin);
+    let summary = run_suite(
+        &path,
+        &RunOptions {
+            jobs: 2,
+            ..options(&dir.path().join("results"))
+        },
+    )
+    .unwrap();
+    assert!(summary.is_complete());
+    let rows: Vec<RobustnessRow> = read_csv(&dir.path().join("results/tiny/robustness.csv"));
+    let of = |m: &str| -> Vec<f64> {
+        rows.iter()
+            .filter(|r| r.model == m)
+            .map(|r| r.adversarial_accuracy)
+            .collect()
+    };
+    assert!(!of("base").is_empty());
+    assert_eq!(of("base"), of("twin"));
+}
