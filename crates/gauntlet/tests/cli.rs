@@ -647,3 +647,36 @@ fn imported_models_are_attacked_from_either_file() {
         "{err}"
     );
 }
+
+/// A diverged model (finite weights, logits near 1e30) among transfer's models is named by
+/// file, not reported as a matrix of plausible numbers.
+#[test]
+fn transfer_names_the_model_whose_logits_are_absurd() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Path::new(small_model());
+    let huge = dir.path().join("huge.safetensors");
+    let mut t = candle_core::safetensors::load(small, &candle_core::Device::Cpu).unwrap();
+    let w = (&t["out.weight"] * 1e30).unwrap();
+    t.insert("out.weight".into(), w);
+    candle_core::safetensors::save(&t, &huge).unwrap();
+    std::fs::copy(small.with_extension("json"), huge.with_extension("json")).unwrap();
+    let models = format!("{},{}", small.display(), huge.display());
+    let out = dir.path().join("out");
+    let res = gauntlet(&[
+        "transfer",
+        "--models",
+        &models,
+        "--eps",
+        "0.1",
+        "--test-limit",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(res.status.code(), Some(1), "{}", stderr(&res));
+    let err = stderr(&res);
+    assert!(
+        err.contains("huge.safetensors") && err.contains("e30"),
+        "{err}"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use gauntlet_attacks::transfer_matrix;
 use gauntlet_models::Classifier;
 use serde::Serialize;
@@ -63,6 +63,11 @@ pub fn run(args: TransferArgs) -> Result<()> {
         }
     }
     let (_, test) = test_set(&args.models[0], models[0].spec(), &args.test, &device)?;
+    // One clean pass per model first: a broken model is named before the matrix mixes them.
+    for (path, model) in args.models.iter().zip(&models) {
+        gauntlet_train::evaluate(model.as_ref(), &test, args.test.batch_size, &device)
+            .with_context(|| format!("evaluating {}", path.display()))?;
+    }
     let named: Vec<(&str, &dyn Classifier)> = names
         .iter()
         .map(String::as_str)
