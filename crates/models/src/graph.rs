@@ -563,6 +563,12 @@ pub(crate) fn layer_out_shape(layer: &Layer, in_shapes: &[Vec<usize>]) -> Result
                 if g.ceil_mode {
                     bail!("ceil-mode is not supported for avg-pool")
                 }
+                if g.stride.0 != g.stride.1 && (g.kernel != g.stride || g.padding != (0, 0)) {
+                    bail!(
+                        "overlapping or padded windows need equal strides, got {:?}",
+                        g.stride
+                    )
+                }
             }
             vec![
                 c,
@@ -979,12 +985,27 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
         Op::MaxPool(g) => max_pool2d(&x, g),
         Op::AvgPool(g) => {
             let (ph, pw) = g.padding;
+            if g.kernel == g.stride && ph + pw == 0 {
+                return x.avg_pool2d_with_stride(g.kernel, g.stride);
+            }
+            // Candle's avg-pool backward needs kernel = stride: overlapping windows are a
+            // depthwise convolution with a constant kernel instead (padding zeros counted, as
+            // PyTorch's default `count_include_pad`).
+            let ((kh, kw), (sh, sw)) = (g.kernel, g.stride);
+            let c = x.dim(1)?;
             let x = if ph + pw > 0 {
                 x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?
             } else {
                 x
             };
-            x.avg_pool2d_with_stride(g.kernel, g.stride)
+            if sh != sw {
+                bail!(
+                    "avg-pool: overlapping windows need equal strides, got {:?}",
+                    g.stride
+                )
+            }
+            let kernel = (Tensor::ones((c, 1, kh, kw), x.dtype(), x.device())? / (kh * kw) as f64)?;
+            x.conv2d(&kernel, 0, sh, 1, c)
         }
         Op::GlobalAvgPool => x.mean_keepdim(3)?.mean_keepdim(2),
         Op::BatchNorm {
