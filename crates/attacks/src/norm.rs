@@ -426,14 +426,14 @@ mod tests {
         let dim = rng.random_range(1..30);
         let values: Vec<f32> = (0..batch * dim)
             .map(|i| {
-                if (case % 3 == 0 && i < dim) || rng.random_bool(0.2) {
+                if (case.is_multiple_of(3) && i < dim) || rng.random_bool(0.2) {
                     0.0
                 } else {
                     (rng.sample::<f64, _>(StandardNormal) * scale) as f32
                 }
             })
             .collect();
-        let shape: Vec<usize> = if case % 2 == 0 {
+        let shape: Vec<usize> = if case.is_multiple_of(2) {
             vec![batch, dim]
         } else {
             vec![batch, 1, dim, 1]

@@ -277,7 +277,7 @@ impl Square {
         }
         // L2: move the mass of window 1 (re-shaped by a new η) and window 2 into window 1.
         let mut s = (area.sqrt().round() as usize).max(3);
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             s += 1;
         }
         let s = s.min(side);
