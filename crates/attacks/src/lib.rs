@@ -37,6 +37,7 @@ mod apgd;
 mod attack;
 mod auto;
 mod batch;
+mod budget;
 mod eval;
 mod fast_gradient;
 mod loss;
@@ -56,6 +57,7 @@ mod visuals;
 pub use apgd::Apgd;
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use auto::{AutoAttack, AutoVersion};
+pub use budget::parse_budget;
 pub use eval::{
     check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise,
     AttackRecord, Ensemble, ExampleOutcome, MemberRecord, NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,

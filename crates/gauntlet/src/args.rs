@@ -132,8 +132,8 @@ pub struct AttackArgs {
     pub data: EvalDataArgs,
     #[command(flatten)]
     pub attack: AttackOptions,
-    /// Comma-separated budgets, e.g. 0.1,0.2,0.3.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = gauntlet_attacks::parse_budget)]
     pub eps: Vec<f64>,
     /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
     #[arg(long)]
@@ -209,7 +209,8 @@ pub struct TransferArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub attack: AttackOptions,
-    #[arg(long)]
+    /// The budget, e.g. 0.1 or 8/255.
+    #[arg(long, value_parser = gauntlet_attacks::parse_budget)]
     pub eps: f64,
     /// Output folder for transfer.csv and transfer.json (default: results/transfer-cli).
     #[arg(long, default_value = "results/transfer-cli")]

@@ -617,7 +617,7 @@ fn imported_models_are_attacked_from_either_file() {
             "--norm",
             "inf",
             "--eps",
-            "0.1",
+            "8/255,0.1",
             "--steps",
             "5",
             "--step-size",
@@ -631,7 +631,13 @@ fn imported_models_are_attacked_from_either_file() {
         assert!(res.status.success(), "{format}: {}", stderr(&res));
         examples.push(std::fs::read_to_string(out.join("attack-pgd-linf-examples.csv")).unwrap());
     }
-    assert_eq!(examples[0].lines().count(), 1 + 30);
+    // One row per example and budget; 8/255 as a fraction.
+    assert_eq!(examples[0].lines().count(), 1 + 2 * 30);
+    assert!(
+        examples[0].contains(&format!("{}", 8.0f64 / 255.0)),
+        "{}",
+        &examples[0][..200]
+    );
     assert_eq!(examples[0], examples[1]);
     let res = gauntlet(&[
         "eval",

@@ -90,6 +90,8 @@ pub struct AttackSpec {
     pub name: String,
     pub kind: AttackMethodSpec,
     pub norm: Norm,
+    /// Numbers or fractions written as strings (`"8/255"`).
+    #[serde(deserialize_with = "budgets")]
     pub eps: Vec<f64>,
     /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
     #[serde(default)]
@@ -315,7 +317,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(
     impl<'de> de::Visitor<'de> for Visitor {
         type Value = Vec<f64>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a number or a list of numbers")
+            f.write_str("a number, a fraction like \"8/255\", or a list of them")
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Vec<f64>, E> {
             Ok(vec![v])
@@ -326,18 +328,50 @@ fn one_or_many<'de, D: Deserializer<'de>>(
         fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Vec<f64>, E> {
             Ok(vec![v as f64])
         }
+        fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Vec<f64>, E> {
+            gauntlet_attacks::parse_budget(v)
+                .map(|b| vec![b])
+                .map_err(E::custom)
+        }
         fn visit_seq<A: de::SeqAccess<'de>>(
             self,
             mut seq: A,
         ) -> std::result::Result<Vec<f64>, A::Error> {
             let mut res = Vec::new();
-            while let Some(v) = seq.next_element::<f64>()? {
-                res.push(v);
+            while let Some(v) = seq.next_element::<Budget>()? {
+                res.push(v.0);
             }
             Ok(res)
         }
     }
     deserializer.deserialize_any(Visitor)
+}
+
+fn budgets<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Budget>::deserialize(d)?
+        .into_iter()
+        .map(|b| b.0)
+        .collect())
+}
+
+/// One budget in a list: a number, or a string such as `"8/255"`.
+struct Budget(f64);
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Number(v) => Ok(Budget(v)),
+            Written::Text(t) => gauntlet_attacks::parse_budget(&t)
+                .map(Budget)
+                .map_err(de::Error::custom),
+        }
+    }
 }
 
 /// Parses a suite file's text; `path` is only used in messages.

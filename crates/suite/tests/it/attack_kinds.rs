@@ -337,3 +337,29 @@ enabled = false
         .filter(|e| e["attack"] != "pgd-ll")
         .all(|e| e.get("targeted_n").is_none() && e.get("target_reached").is_none()));
 }
+
+#[test]
+fn budgets_are_written_as_numbers_or_fractions() {
+    let suite = load(
+        r#"
+[[attack]]
+name = "fgsm"
+kind = "fast-gradient"
+norm = "inf"
+eps = ["8/255", 0.1, "16/255"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(suite.attacks[0].eps, vec![8.0 / 255.0, 0.1, 16.0 / 255.0]);
+    let err = load(
+        r#"
+[[attack]]
+name = "fgsm"
+kind = "fast-gradient"
+norm = "inf"
+eps = ["8/0"]
+"#,
+    )
+    .unwrap_err();
+    assert!(err.contains("kinds.toml") && err.contains("8/0"), "{err}");
+}
