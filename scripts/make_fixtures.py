@@ -6,6 +6,7 @@ For each model it writes, into crates/models/tests/fixtures/torch/:
   NAME.toml          gauntlet's model spec for it: the same layers, named as PyTorch names them
   NAME.onnx          `torch.onnx.export` of the same weights
   mlp.pt             the MLP's state_dict as `torch.save` writes it (read with mlp.toml)
+  {preact,mlp}-dynamo.onnx   the same weights through the torch.export-based exporter
   NAME.expected.safetensors   inputs, labels, and PyTorch's logits and input gradients of the
                      summed cross-entropy (each row its own example's gradient), in float64
 
@@ -252,6 +253,14 @@ def export(name, model, example, toml_text):
                       opset_version=17, dynamo=False)
 
 
+def export_dynamo(name, model, example):
+    """The torch.export-based exporter (PyTorch's default since 2.9), beside the legacy one."""
+    model.eval()
+    torch.onnx.export(model, (example,), os.path.join(OUT, f"{name}-dynamo.onnx"),
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--torchattacks", type=int, default=0, metavar="N")
@@ -277,11 +286,13 @@ def main():
     x = torch.rand(6, 3, 16, 16, generator=g)
     y = torch.randint(0, 10, (6,), generator=g)
     export("preact", preact, x[:2], PREACT_TOML)
+    export_dynamo("preact", preact, x[:2])
     save_file(expected(preact, x, y), os.path.join(OUT, "preact.expected.safetensors"))
 
     torch.manual_seed(4)
     mlp = MLP()
     export("mlp", mlp, test_x[:2], MLP_TOML)
+    export_dynamo("mlp", mlp, test_x[:2])
     save_file(expected(mlp, test_x[8:16], test_y[8:16]), os.path.join(OUT, "mlp.expected.safetensors"))
     torch.save(mlp.state_dict(), os.path.join(OUT, "mlp.pt"))
 

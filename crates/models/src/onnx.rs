@@ -161,6 +161,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "AveragePool",
     "GlobalAveragePool",
+    "ReduceMean",
     "BatchNormalization",
     "Flatten",
     "Reshape",
@@ -610,6 +611,48 @@ impl<'a> Translator<'a> {
                     Layer::AvgPool(pool)
                 };
                 self.push(node, node.output[0].clone(), vec![x], layer)?;
+            }
+            "ReduceMean" => {
+                // The dynamo exporter's adaptive average pooling to 1×1: a mean over H and W.
+                let x = self.activation(node, 0)?;
+                let axes: Vec<i64> = match node.input.get(1).filter(|n| !n.is_empty()) {
+                    Some(_) => self
+                        .constant(node, 1)?
+                        .values
+                        .iter()
+                        .map(|&v| v as i64)
+                        .collect(),
+                    None => a.ints("axes").map(<[i64]>::to_vec).unwrap_or_default(),
+                };
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&v| if v < 0 { v + 4 } else { v })
+                    .collect();
+                axes.sort_unstable();
+                if axes != [2, 3] || self.shape(&x).len() != 3 {
+                    return Err(self.fail(node, format!("only a mean over the spatial axes [2, 3] of a feature map is supported, got axes {axes:?}")));
+                }
+                if a.int("keepdims", 1) == 1 {
+                    self.push(
+                        node,
+                        node.output[0].clone(),
+                        vec![x],
+                        Layer::GlobalAvgPool(Plain {}),
+                    )?;
+                } else {
+                    let pooled = format!("{}.pooled", node.output[0]);
+                    self.push(
+                        node,
+                        pooled.clone(),
+                        vec![x],
+                        Layer::GlobalAvgPool(Plain {}),
+                    )?;
+                    let pooled = match self.values.get(&node.output[0]) {
+                        Some(Value::Node(n)) => n.clone(),
+                        _ => pooled,
+                    };
+                    self.push(node, node.output[0].clone(), vec![pooled], Layer::flatten())?;
+                }
             }
             "GlobalAveragePool" => {
                 let x = self.activation(node, 0)?;

@@ -321,3 +321,23 @@ fn a_torch_save_state_dict_loads_and_a_broken_one_is_named() -> Result<()> {
     assert!(err.contains("m.pt") && err.contains("state_dict"), "{err}");
     Ok(())
 }
+
+/// The torch.export-based exporter (PyTorch's default since 2.9) writes other ops for the
+/// same networks (`ReduceMean` for adaptive pooling, opset 20): the same logits and gradients.
+#[test]
+fn dynamo_exports_match_pytorch_too() -> Result<()> {
+    for name in ["preact", "mlp"] {
+        let e = expected(name)?;
+        let model = checkpoint::load(&fixture(&format!("{name}-dynamo.onnx")), &Device::Cpu)?;
+        let err = worst_relative(&rows(&model.forward(&e.inputs, Mode::Eval)?)?, &e.logits);
+        assert!(err < 1e-4, "{name} (dynamo): logits differ by {err:.2e}");
+        let g = model.loss_and_input_grad(&e.inputs, &e.labels, Mode::Eval)?;
+        let gerr = worst_relative(&rows(&g.grad)?, &e.grad);
+        assert!(
+            gerr < 1e-3,
+            "{name} (dynamo): gradients differ by {gerr:.2e}"
+        );
+        eprintln!("{name} (dynamo): logits {err:.1e}, gradients {gerr:.1e}");
+    }
+    Ok(())
+}
