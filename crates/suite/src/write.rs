@@ -71,7 +71,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 let spec_file = format!("models/{}.json", def.name);
                 copy(&dir.join("model.json"), &results_dir.join(&spec_file))?;
                 written.push(results_dir.join(&checkpoint));
-                let correct = ((1.0 - out.test.error) * out.test.n as f64).round() as usize;
+                let correct = out.test.correct();
                 let (test_ci_low, test_ci_high) = wilson_interval(correct, out.test.n);
                 training.extend(
                     out.log

@@ -17,6 +17,11 @@ impl EvalResult {
     pub fn accuracy(&self) -> f64 {
         1.0 - self.error
     }
+
+    /// The number of correctly classified examples the error was computed from.
+    pub fn correct(&self) -> usize {
+        (self.accuracy() * self.n as f64).round() as usize
+    }
 }
 
 /// Mean cross-entropy and error of `model` on `data`, in batches of `batch_size`.

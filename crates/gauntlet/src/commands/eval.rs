@@ -121,7 +121,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         res.n,
         res.loss
     );
-    let correct = ((1.0 - res.error) * res.n as f64).round() as usize;
+    let correct = res.correct();
     let (ci_low, ci_high) = gauntlet_attacks::wilson_interval(correct, res.n);
     let record = EvalRecord {
         model: args.data.model.display().to_string(),
