@@ -372,14 +372,15 @@ impl<'a> Translator<'a> {
             .unwrap_or_else(|| format!("node{}", self.nodes.len()))
     }
 
-    /// Appends `layer` reading `from`, named `name`, and maps the node's output to it.
+    /// Appends `layer` reading `from`, named `name` (or a numbered name if that is taken),
+    /// maps the node's output to it, and returns the name it got.
     fn push(
         &mut self,
         node: &NodeProto,
         name: String,
         from: Vec<String>,
         layer: Layer,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let in_shapes: Vec<Vec<usize>> = from.iter().map(|f| self.shape(f)).collect();
         let name = self.unique(name);
         let shape =
@@ -388,11 +389,11 @@ impl<'a> Translator<'a> {
         self.values
             .insert(node.output[0].clone(), Value::Node(name.clone()));
         self.nodes.push(Node {
-            name: Some(name),
+            name: Some(name.clone()),
             inputs: from,
             layer,
         });
-        Ok(())
+        Ok(name)
     }
 
     fn alias(&mut self, node: &NodeProto, value: Value) {
@@ -632,25 +633,9 @@ impl<'a> Translator<'a> {
                 if axes != [2, 3] || self.shape(&x).len() != 3 {
                     return Err(self.fail(node, format!("only a mean over the spatial axes [2, 3] of a feature map is supported, got axes {axes:?}")));
                 }
-                if a.int("keepdims", 1) == 1 {
-                    self.push(
-                        node,
-                        node.output[0].clone(),
-                        vec![x],
-                        Layer::GlobalAvgPool(Plain {}),
-                    )?;
-                } else {
-                    let pooled = format!("{}.pooled", node.output[0]);
-                    self.push(
-                        node,
-                        pooled.clone(),
-                        vec![x],
-                        Layer::GlobalAvgPool(Plain {}),
-                    )?;
-                    let pooled = match self.values.get(&node.output[0]) {
-                        Some(Value::Node(n)) => n.clone(),
-                        _ => pooled,
-                    };
+                let pooled = format!("{}.pooled", node.output[0]);
+                let pooled = self.push(node, pooled, vec![x], Layer::GlobalAvgPool(Plain {}))?;
+                if a.int("keepdims", 1) == 0 {
                     self.push(node, node.output[0].clone(), vec![pooled], Layer::flatten())?;
                 }
             }
@@ -722,93 +707,81 @@ impl<'a> Translator<'a> {
     }
 
     /// `Add` of two activations is a residual connection; `Add` of a constant after a linear
-    /// layer without bias (a `MatMul`) is its bias; `Sub`, `Div` and `Mul` by a per-channel
-    /// constant are an input normalisation.
+    /// layer without bias (a `MatMul`) is its bias; `Add`, `Sub`, `Mul` and `Div` by a scalar
+    /// or per-channel constant are an input normalisation.
     fn arithmetic(&mut self, node: &NodeProto) -> Result<()> {
         let op = node.op_type.as_str();
         let (x, y) = (self.value(node, 0)?, self.value(node, 1)?);
+        let commutes = op == "Add" || op == "Mul";
         match (x, y) {
-            (Value::Node(a), Value::Node(b)) if op == "Add" => self.push(
-                node,
-                node.output[0].clone(),
-                vec![a, b],
-                Layer::Add(Plain {}),
-            ),
-            (Value::Const(c), Value::Node(a)) | (Value::Node(a), Value::Const(c))
-                if op == "Add" || op == "Mul" =>
-            {
-                // A bias for the preceding MatMul.
-                if op == "Add" {
-                    if let Some(last) = self
-                        .nodes
-                        .last_mut()
-                        .filter(|n| n.name.as_deref() == Some(a.as_str()))
-                    {
-                        if let Layer::Linear(l) = &mut last.layer {
-                            if !l.bias && c.values.len() == l.out_features {
-                                l.bias = true;
-                                let name = a.clone();
-                                let bias = Const {
-                                    dims: vec![c.values.len()],
-                                    values: c.values,
-                                };
-                                self.add_tensor(node, format!("{name}.bias"), &bias)?;
-                                self.alias(node, Value::Node(name));
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                let channels = self.shape(&a)[0];
-                let Some(v) = c.per_channel(channels) else {
-                    return Err(self.fail(
-                        node,
-                        format!(
-                            "expected a scalar or per-channel constant, got dims {:?}",
-                            c.dims
-                        ),
-                    ));
-                };
-                let (mean, std) = if op == "Add" {
-                    (v.iter().map(|m| -m).collect(), vec![1.0; channels])
-                } else {
-                    (vec![0.0; channels], v.iter().map(|s| 1.0 / s).collect())
-                };
+            (Value::Node(a), Value::Node(b)) if op == "Add" => {
                 self.push(
                     node,
                     node.output[0].clone(),
-                    vec![a],
-                    Layer::Normalize(Normalize { mean, std }),
-                )
+                    vec![a, b],
+                    Layer::Add(Plain {}),
+                )?;
+                Ok(())
             }
-            (Value::Node(a), Value::Const(c)) if op == "Sub" || op == "Div" => {
-                let channels = self.shape(&a)[0];
-                let Some(v) = c.per_channel(channels) else {
-                    return Err(self.fail(
-                        node,
-                        format!(
-                            "expected a scalar or per-channel constant, got dims {:?}",
-                            c.dims
-                        ),
-                    ));
-                };
-                let (mean, std) = if op == "Sub" {
-                    (v, vec![1.0; channels])
-                } else {
-                    (vec![0.0; channels], v)
-                };
-                self.push(
-                    node,
-                    node.output[0].clone(),
-                    vec![a],
-                    Layer::Normalize(Normalize { mean, std }),
-                )
-            }
+            (Value::Node(a), Value::Const(c)) => self.by_constant(node, a, c),
+            (Value::Const(c), Value::Node(a)) if commutes => self.by_constant(node, a, c),
             _ => Err(self.fail(
                 node,
                 "only an activation with a constant, or two activations for Add, are supported",
             )),
         }
+    }
+
+    /// The activation `a` combined with the constant `c` by the node's op.
+    fn by_constant(&mut self, node: &NodeProto, a: String, c: Const) -> Result<()> {
+        let op = node.op_type.as_str();
+        // A bias for the preceding MatMul.
+        if op == "Add" {
+            if let Some(last) = self
+                .nodes
+                .last_mut()
+                .filter(|n| n.name.as_deref() == Some(a.as_str()))
+            {
+                if let Layer::Linear(l) = &mut last.layer {
+                    if !l.bias && c.values.len() == l.out_features {
+                        l.bias = true;
+                        let bias = Const {
+                            dims: vec![c.values.len()],
+                            values: c.values,
+                        };
+                        self.add_tensor(node, format!("{a}.bias"), &bias)?;
+                        self.alias(node, Value::Node(a));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let channels = self.shape(&a)[0];
+        let Some(v) = c.per_channel(channels) else {
+            return Err(self.fail(
+                node,
+                format!(
+                    "expected a scalar or per-channel constant, got dims {:?}",
+                    c.dims
+                ),
+            ));
+        };
+        let ones = vec![1.0; channels];
+        let zeros = vec![0.0; channels];
+        // (x − mean) / std for each op.
+        let (mean, std) = match op {
+            "Add" => (v.iter().map(|m| -m).collect(), ones),
+            "Sub" => (v, ones),
+            "Mul" => (zeros, v.iter().map(|s| 1.0 / s).collect()),
+            _ => (zeros, v),
+        };
+        self.push(
+            node,
+            node.output[0].clone(),
+            vec![a],
+            Layer::Normalize(Normalize { mean, std }),
+        )?;
+        Ok(())
     }
 }
 
