@@ -228,12 +228,13 @@ first_ids=("${ids[@]}")
 [[ -f "$shared/report/index.html" ]] || fail "the merge job drew no report ($shared/report)"
 # Every file byte for byte, the job folders (checkpoints, crafted examples, per-example
 # outcomes) included, except those that hold wall times and nothing else reproducible:
-# timings.csv and each job's job.json (as gauntlet_suite::reproducible_files).
-if ! diff -r -q -x timings.csv -x job.json "$shared/single/ci-slurm" "$shared/sharded/ci-slurm" >&2; then
+# timings.csv and each job's job.json, and the lock file with its last holder's process id
+# (as gauntlet_suite::reproducible_files).
+if ! diff -r -q -x timings.csv -x job.json -x .gauntlet.lock "$shared/single/ci-slurm" "$shared/sharded/ci-slurm" >&2; then
     dump_logs
     fail "the merged Slurm results differ from the single-process run (files above)"
 fi
-compared=$(find "$shared/sharded/ci-slurm" -type f ! -name timings.csv ! -name job.json | wc -l)
+compared=$(find "$shared/sharded/ci-slurm" -type f ! -name timings.csv ! -name job.json ! -name .gauntlet.lock | wc -l)
 say "merged results equal the single-process run byte for byte ($compared files)"
 
 # --- a re-submitted chain skips finished work ------------------------------------------------
