@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{replace_rows, select_rows, where_rows};
 use crate::loss::succeeded;
 use crate::norm::check_eps;
-use crate::{Attack, AttackKind, AttackLoss, Goal, Norm};
+use crate::{Attack, AttackKind, AttackLoss, ConfigError, Goal, Norm};
 
 /// Auto-PGD (APGD): PGD without a step size to tune.
 ///
@@ -123,24 +123,25 @@ impl Apgd {
         }
     }
 
-    fn check(&self) -> Result<()> {
-        if self.steps == 0 {
-            bail!("apgd needs steps >= 1, got 0")
-        }
-        if self.restarts == 0 {
-            bail!("apgd needs restarts >= 1, got 0")
-        }
-        if self.eot_draws == 0 {
-            bail!("apgd needs eot-draws >= 1, got 0")
-        }
-        if self.target_classes == Some(0) {
-            bail!("apgd needs target-classes >= 1, got 0")
+    /// The settings' preconditions, by key ([`crate::AttackConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        ConfigError::at_least_one("steps", self.steps)?;
+        ConfigError::at_least_one("restarts", self.restarts)?;
+        ConfigError::at_least_one("eot-draws", self.eot_draws)?;
+        if let Some(n) = self.target_classes {
+            ConfigError::at_least_one("target-classes", n)?;
         }
         if !(self.rho > 0.0 && self.rho <= 1.0) {
-            bail!("apgd needs 0 < rho <= 1, got {}", self.rho)
+            return Err(ConfigError::new(
+                "rho",
+                format!("must be in (0, 1], got {}", self.rho),
+            ));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            bail!("apgd needs 0 <= momentum <= 1, got {}", self.momentum)
+            return Err(ConfigError::new(
+                "momentum",
+                format!("must be in [0, 1], got {}", self.momentum),
+            ));
         }
         Ok(())
     }
@@ -483,7 +484,7 @@ impl Attack for Apgd {
         eps: f64,
     ) -> Result<Tensor> {
         check_eps(eps)?;
-        self.check()?;
+        self.validate()?;
         let batch = xs.dim(0)?;
         let targeted = matches!(goal, Goal::Targeted { .. });
         if targeted && self.target_classes.is_some() {

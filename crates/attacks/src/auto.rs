@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Apgd, Attack, AttackLoss, Ensemble, Norm, Square};
+use crate::{Apgd, Attack, AttackLoss, ConfigError, Ensemble, Norm, Square};
 
 /// Which members [`AutoAttack`] runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,14 @@ impl AutoAttack {
                 ]
             }
         }
+    }
+
+    /// The settings' preconditions, by key ([`crate::AttackConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        ConfigError::at_least_one("steps", self.steps)?;
+        ConfigError::at_least_one("target-classes", self.target_classes)?;
+        ConfigError::at_least_one("n-queries", self.n_queries)?;
+        ConfigError::at_least_one("eot-draws", self.eot_draws)
     }
 
     /// The ensemble to run, named [`AutoAttack::name`].

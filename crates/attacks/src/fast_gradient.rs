@@ -3,7 +3,7 @@
 use candle_core::{Result, Tensor};
 use gauntlet_models::Classifier;
 
-use crate::{Attack, AttackKind, Goal, Norm};
+use crate::{Attack, AttackKind, Goal, Norm, Pgd};
 
 /// The fast gradient method in any Lp ball: `x_adv = x + r*`, with `r*` the steepest-ascent
 /// perturbation of the loss's input gradient ([`Norm::steepest`]).
@@ -52,6 +52,8 @@ impl Attack for FastGradient {
         AttackKind::SingleStep
     }
 
+    /// PGD with one step of length ε from the clean input ([`Pgd::fast_gradient`]), as
+    /// foolbox builds it: one forward and one backward pass.
     fn perturb(
         &self,
         model: &dyn Classifier,
@@ -59,13 +61,11 @@ impl Attack for FastGradient {
         goal: &Goal<'_>,
         eps: f64,
     ) -> Result<Tensor> {
-        let grad = goal.gradient(model, xs)?;
-        let adv = xs.detach().add(&self.norm.steepest(&grad, eps)?)?;
-        if self.clip {
-            adv.clamp(0.0, 1.0)
-        } else {
-            Ok(adv)
-        }
+        let pgd = Pgd {
+            clip: self.clip,
+            ..Pgd::fast_gradient(self.norm)
+        };
+        pgd.perturb(model, xs, goal, eps)
     }
 }
 

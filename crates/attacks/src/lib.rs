@@ -38,6 +38,7 @@ mod attack;
 mod auto;
 mod batch;
 mod budget;
+mod config;
 mod eval;
 mod fast_gradient;
 mod loss;
@@ -58,6 +59,9 @@ pub use apgd::Apgd;
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use auto::{AutoAttack, AutoVersion};
 pub use budget::parse_budget;
+pub use config::{
+    check_budgets, AttackConfig, AttackOptions, ConfigError, Method, Target, OPTION_KEYS,
+};
 pub use eval::{
     check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise,
     AttackRecord, Ensemble, ExampleOutcome, MemberRecord, NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,

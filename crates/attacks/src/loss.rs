@@ -33,11 +33,19 @@ use crate::Goal;
 /// as the example is still classified as `y`, and APGD-T ([`crate::Apgd`]) stops attacking
 /// an example as soon as it is not, so the two agree wherever it is used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum AttackLoss {
+    /// Cross-entropy (`ce`).
     #[default]
+    #[serde(alias = "ce")]
+    #[cfg_attr(feature = "clap", value(alias = "ce"))]
     CrossEntropy,
+    /// Carlini & Wagner's margin (`cw`).
+    #[serde(alias = "cw")]
+    #[cfg_attr(feature = "clap", value(alias = "cw"))]
     Margin,
+    /// Croce & Hein's difference of logits ratio.
     Dlr,
 }
 

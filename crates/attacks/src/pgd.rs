@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{replace_rows, select_rows, where_rows};
 use crate::loss::succeeded;
 use crate::norm::check_eps;
-use crate::{Attack, AttackKind, AttackLoss, Goal, Norm};
+use crate::{Attack, AttackKind, AttackLoss, ConfigError, Goal, Norm};
 
 /// Relative tolerance under which a perturbation counts as inside the ε-ball. A steepest-ascent
 /// step of length ε lands on the sphere only up to rounding (its measured norm can exceed ε by
@@ -143,12 +143,18 @@ impl Pgd {
         }
     }
 
-    fn check(&self) -> Result<()> {
-        if self.steps == 0 {
-            bail!("pgd needs steps >= 1, got 0")
-        }
-        if self.restarts == 0 {
-            bail!("pgd needs restarts >= 1, got 0")
+    /// The settings' preconditions, by key ([`crate::AttackConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        ConfigError::at_least_one("steps", self.steps)?;
+        ConfigError::at_least_one("restarts", self.restarts)?;
+        let factor = match self.step_size {
+            StepSize::EpsOverSteps(f) | StepSize::RelativeToEps(f) | StepSize::Absolute(f) => f,
+        };
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(ConfigError::new(
+                "step-size",
+                format!("must be finite and > 0, got {factor}"),
+            ));
         }
         Ok(())
     }
@@ -191,7 +197,7 @@ impl Attack for Pgd {
         eps: f64,
     ) -> Result<Tensor> {
         check_eps(eps)?;
-        self.check()?;
+        self.validate()?;
         let step_size = self.step_size.resolve(eps, self.steps)?;
         let batch = xs.dim(0)?;
         let n_labels = goal.labels().dims1()?;
@@ -224,6 +230,12 @@ impl Attack for Pgd {
             };
             for step in 0..=self.steps {
                 let last = step == self.steps;
+                if last && self.restarts == 1 && !self.early_stop {
+                    // One run that keeps its final iterate whatever it scores: no need to
+                    // classify it (so one step costs one forward and one backward pass).
+                    adv = take_rows(&adv, &active, &x, &(0..active.len()).collect::<Vec<_>>())?;
+                    break;
+                }
                 let ys: Vec<u32> = active.iter().map(|&i| label_ids[i]).collect();
                 let (logits, grad) = if last {
                     (model.forward(&x, Mode::Eval)?, None)
@@ -307,7 +319,7 @@ fn project_with_slack(norm: Norm, delta: &Tensor, eps: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{balanced_maxout, inputs, next_class, small_maxout, Saturated};
+    use crate::testing::{balanced_maxout, inputs, next_class, small_maxout, Counting, Saturated};
     use crate::{evaluate_attack_detailed, FastGradient, RandomNoise, TargetSelection};
     use candle_core::Device;
 
@@ -382,8 +394,8 @@ mod tests {
     }
 
     #[test]
-    fn one_step_without_random_start_equals_fast_gradient() -> Result<()> {
-        let model = small_maxout()?;
+    fn one_step_without_random_start_is_the_closed_form_in_one_gradient_pass() -> Result<()> {
+        let model = Counting::new(small_maxout()?);
         let (xs, _) = inputs(9, 2)?;
         // Labels i mod 3 leave some examples misclassified at the start.
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1, 2], &Device::Cpu)?;
@@ -398,22 +410,32 @@ mod tests {
                 Goal::Untargeted { labels: &labels },
                 Goal::Targeted { targets: &targets },
             ] {
-                let want = FastGradient::new(norm).perturb(model.as_ref(), &xs, &goal, 0.2)?;
+                // x + r*(∇ₓL), clipped: Goodfellow et al.'s formula, computed directly.
+                let grad = goal.gradient(&model, &xs)?;
+                let want = xs.add(&norm.steepest(&grad, 0.2)?)?.clamp(0.0, 1.0)?;
                 let want = want.flatten_from(1)?.to_vec2::<f32>()?;
+                model.take();
                 let pgd = Pgd::fast_gradient(norm);
-                let got = pgd.perturb(model.as_ref(), &xs, &goal, 0.2)?;
-                assert_eq!(
-                    got.flatten_from(1)?.to_vec2::<f32>()?,
-                    want,
-                    "{norm} {goal:?}"
-                );
-                assert_eq!(pgd.kind(), AttackKind::SingleStep);
+                for attack in [&pgd as &dyn Attack, &FastGradient::new(norm)] {
+                    let got = attack.perturb(&model, &xs, &goal, 0.2)?;
+                    assert_eq!(
+                        got.flatten_from(1)?.to_vec2::<f32>()?,
+                        want,
+                        "{norm} {goal:?}"
+                    );
+                    assert_eq!(
+                        model.take(),
+                        (0, 1),
+                        "one gradient pass and no other forward"
+                    );
+                    assert_eq!(attack.kind(), AttackKind::SingleStep);
+                }
                 // With early stopping, examples already broken at the start stay clean.
                 let stopping = Pgd {
                     early_stop: true,
                     ..pgd
                 };
-                let got = stopping.perturb(model.as_ref(), &xs, &goal, 0.2)?;
+                let got = stopping.perturb(&model, &xs, &goal, 0.2)?;
                 let got = got.flatten_from(1)?.to_vec2::<f32>()?;
                 let x0 = xs.flatten_from(1)?.to_vec2::<f32>()?;
                 let ids = goal.labels().to_vec1::<u32>()?;
@@ -627,13 +649,15 @@ mod tests {
                 .to_string()
         };
         let pgd = Pgd::new(Norm::L2);
-        assert!(err(Pgd { steps: 0, ..pgd }, 0.1).contains("steps >= 1, got 0"));
-        assert!(err(Pgd { restarts: 0, ..pgd }, 0.1).contains("restarts >= 1, got 0"));
+        assert!(err(Pgd { steps: 0, ..pgd }, 0.1).contains("steps: must be at least 1, got 0"));
+        assert!(
+            err(Pgd { restarts: 0, ..pgd }, 0.1).contains("restarts: must be at least 1, got 0")
+        );
         let negative = Pgd {
             step_size: StepSize::Absolute(-0.1),
             ..pgd
         };
-        assert!(err(negative, 0.1).contains("step size must be finite and >= 0"));
+        assert!(err(negative, 0.1).contains("step-size: must be finite and > 0"));
         assert!(err(pgd, f64::INFINITY).contains("eps must be finite"));
         let short = labels.narrow(0, 0, 1)?;
         let res = pgd.perturb(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::loss::succeeded;
 use crate::norm::check_eps;
-use crate::{Attack, AttackKind, AttackLoss, Goal, Norm};
+use crate::{Attack, AttackKind, AttackLoss, ConfigError, Goal, Norm};
 
 /// The Square attack: random search over square-shaped updates, accepted when they improve the
 /// margin loss.
@@ -73,21 +73,24 @@ impl Square {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    /// The settings' preconditions, by key ([`crate::AttackConfig::validate`]).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         if !matches!(self.norm, Norm::Linf | Norm::L2) {
-            bail!(
-                "the square attack supports norms inf and 2, got {}",
-                self.norm
-            )
+            return Err(ConfigError::new(
+                "norm",
+                format!(
+                    "the square attack supports norms inf and 2, got {}",
+                    self.norm
+                ),
+            ));
         }
-        if self.n_queries == 0 {
-            bail!("square needs n-queries >= 1, got 0")
-        }
-        if self.restarts == 0 {
-            bail!("square needs restarts >= 1, got 0")
-        }
+        ConfigError::at_least_one("n-queries", self.n_queries)?;
+        ConfigError::at_least_one("restarts", self.restarts)?;
         if !(self.p_init > 0.0 && self.p_init <= 1.0) {
-            bail!("square needs 0 < p-init <= 1, got {}", self.p_init)
+            return Err(ConfigError::new(
+                "p-init",
+                format!("must be in (0, 1], got {}", self.p_init),
+            ));
         }
         Ok(())
     }
@@ -372,7 +375,7 @@ impl Attack for Square {
         eps: f64,
     ) -> Result<Tensor> {
         check_eps(eps)?;
-        self.check()?;
+        self.validate()?;
         let dims = xs.dims().to_vec();
         let &[batch, c, h, w] = dims.as_slice() else {
             bail!("the square attack needs images (batch, channels, height, width), got shape {dims:?}")
@@ -621,12 +624,12 @@ mod tests {
             n_queries: 0,
             ..Square::new(Norm::Linf)
         })
-        .contains("n-queries >= 1"));
+        .contains("n-queries: must be at least 1"));
         assert!(err(Square {
             p_init: 1.5,
             ..Square::new(Norm::Linf)
         })
-        .contains("0 < p-init <= 1"));
+        .contains("p-init: must be in (0, 1]"));
         Ok(())
     }
 }

@@ -102,6 +102,60 @@ impl Classifier for Saturated {
     }
 }
 
+/// A model that counts its forward passes and its input-gradient passes (each a forward and a
+/// backward pass).
+pub struct Counting {
+    inner: Box<dyn Classifier>,
+    pub forwards: std::sync::atomic::AtomicUsize,
+    pub gradients: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    pub fn new(inner: Box<dyn Classifier>) -> Self {
+        Self {
+            inner,
+            forwards: Default::default(),
+            gradients: Default::default(),
+        }
+    }
+
+    /// (forward passes, gradient passes) so far, and both counters reset.
+    pub fn take(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (
+            self.forwards.swap(0, SeqCst),
+            self.gradients.swap(0, SeqCst),
+        )
+    }
+}
+
+impl Classifier for Counting {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forwards
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.forward(xs, mode)
+    }
+
+    fn loss_and_input_grad(
+        &self,
+        xs: &Tensor,
+        labels: &Tensor,
+        mode: Mode,
+    ) -> Result<gauntlet_models::InputGrad> {
+        self.gradients
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.loss_and_input_grad(xs, labels, mode)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+}
+
 /// A model whose logits are shifted so that they are all zero at the grey image (every pixel
 /// 0.5): its classes then split the input box between them instead of one class winning
 /// everywhere, as with the raw randomly initialised [`small_maxout`].

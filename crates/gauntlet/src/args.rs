@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use gauntlet_attacks::{AttackLoss, AttackOptions, AutoVersion, Method, Norm, StepSize, Target};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -131,7 +132,7 @@ pub struct AttackArgs {
     #[command(flatten)]
     pub data: EvalDataArgs,
     #[command(flatten)]
-    pub attack: AttackOptions,
+    pub attack: AttackFlags,
     /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255.
     #[arg(long, value_delimiter = ',', required = true, value_parser = gauntlet_attacks::parse_budget)]
     pub eps: Vec<f64>,
@@ -144,32 +145,34 @@ pub struct AttackArgs {
     pub randomized: bool,
 }
 
-/// Which attack, in which threat model, with which settings.
+/// Which attack, in which threat model, with which settings: typed here, then an
+/// [`AttackOptions`] (the suite's `[[attack]]` keys), which checks and fills in the rest.
 #[derive(Debug, Args)]
-pub struct AttackOptions {
+pub struct AttackFlags {
     /// fast-gradient (FGSM for --norm inf), pgd, apgd (Auto-PGD), square (score-based, inf
     /// and 2 only) or auto (APGD-CE, APGD-T and Square in turn, the per-example worst case).
-    #[arg(long, default_value = "fast-gradient")]
-    pub attack: String,
+    #[arg(long, value_enum, default_value_t = Method::FastGradient)]
+    pub attack: Method,
     /// Threat model: inf, 2, 1 or any p >= 1.
     #[arg(long, default_value = "inf")]
-    pub norm: String,
+    pub norm: Norm,
     /// Do not clip adversarial images to [0, 1] (fast-gradient, pgd, apgd).
     #[arg(long)]
     pub no_clip: bool,
     /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// PGD, APGD, Square: random restarts; an example is robust only if every restart failed.
-    #[arg(long, default_value_t = 1)]
-    pub restarts: usize,
+    /// PGD, APGD, Square: random restarts; an example is robust only if every restart failed
+    /// (1).
+    #[arg(long)]
+    pub restarts: Option<usize>,
     /// PGD: step size (default 2.5·ε/steps).
     #[arg(long)]
     pub step_size: Option<f64>,
-    /// PGD, APGD: ce (cross-entropy), margin (Carlini-Wagner) or dlr (difference of logits
-    /// ratio).
-    #[arg(long, default_value = "ce")]
-    pub loss: String,
+    /// PGD, APGD: cross-entropy (ce, the default), margin (cw: Carlini-Wagner) or dlr
+    /// (difference of logits ratio).
+    #[arg(long, value_enum)]
+    pub loss: Option<AttackLoss>,
     /// PGD, APGD: start at the clean image instead of a random point of the ball.
     #[arg(long)]
     pub no_random_start: bool,
@@ -192,10 +195,47 @@ pub struct AttackOptions {
     /// unattacked); robust accuracy still counts the examples classified correctly. Not for
     /// auto or --target-classes.
     #[arg(long)]
-    pub targeted: Option<String>,
-    /// Seed of random starts, Square's search, random targets and the noise baseline.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    pub targeted: Option<Target>,
+    /// Seed of random starts, Square's search, random targets and the noise baseline (0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl AttackFlags {
+    /// The seed of every random choice of the attack and its checks.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
+
+    /// The settings given, as the suite's `[[attack]]` keys.
+    pub fn options(&self) -> AttackOptions {
+        AttackOptions {
+            steps: self.steps,
+            restarts: self.restarts,
+            step_size: self.step_size.map(StepSize::Absolute),
+            random_start: self.no_random_start.then_some(false),
+            loss: self.loss,
+            clip: self.no_clip.then_some(false),
+            seed: self.seed,
+            targeted: self.targeted,
+            target_classes: self.target_classes,
+            eot_draws: self.eot_draws,
+            n_queries: self.n_queries,
+            version: self.rand.then_some(AutoVersion::Rand),
+            ..AttackOptions::new(self.attack, self.norm)
+        }
+    }
+
+    /// The flag that sets an [`AttackOptions`] key.
+    pub fn flag(key: &str) -> String {
+        match key {
+            "kind" => "--attack".into(),
+            "random-start" => "--no-random-start".into(),
+            "clip" => "--no-clip".into(),
+            "version" => "--rand".into(),
+            other => format!("--{other}"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +248,7 @@ pub struct TransferArgs {
     #[arg(long, value_delimiter = ',')]
     pub names: Vec<String>,
     #[command(flatten)]
-    pub attack: AttackOptions,
+    pub attack: AttackFlags,
     /// The budget, e.g. 0.1 or 8/255.
     #[arg(long, value_parser = gauntlet_attacks::parse_budget)]
     pub eps: f64,

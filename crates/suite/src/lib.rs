@@ -43,8 +43,8 @@ pub use error::{Error, Result};
 pub use plan::{canonical_json, Job, JobKind, Plan, Stage, Task, CODE_VERSION, INIT_STREAM};
 pub use prune::{prune, PruneReport};
 pub use resolve::{
-    AttackDef, AttackMethod, Budget, EvalOptions, ModelDef, NoiseDef, SourceDef, Suite, SweepDef,
-    TransferDef, VisualsDef,
+    AttackDef, Budget, EvalOptions, ModelDef, NoiseDef, SourceDef, Suite, SweepDef, TransferDef,
+    VisualsDef,
 };
 pub use runner::{
     merge_suite, run_suite, run_suite_with, JobReport, JobStatus, NoProgress, RunOptions,

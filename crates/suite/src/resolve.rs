@@ -5,16 +5,13 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use gauntlet_attacks::{
-    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, FastGradient, Norm, Pgd, Square, StepSize,
-    TargetSelection,
-};
+use gauntlet_attacks::{AttackConfig, Norm};
 use gauntlet_data::{default_data_dir, DataConfig, DataFile, DatasetName};
 use gauntlet_models::ModelSpec;
 use gauntlet_train::{Regularizer, TrainConfig};
 use serde::Serialize;
 
-use crate::spec::{self, AttackMethodSpec, AttackSpec, LossSpec, SuiteSpec, TargetSpec};
+use crate::spec::{self, AttackSpec, SuiteSpec};
 use crate::{Error, Result};
 
 /// A checked suite, ready to plan.
@@ -59,71 +56,8 @@ pub struct ModelDef {
 #[derive(Clone, Debug, Serialize)]
 pub struct AttackDef {
     pub name: String,
-    pub method: AttackMethod,
+    pub method: AttackConfig,
     pub eps: Vec<f64>,
-}
-
-/// The attack itself, resolved (defaults filled in), as recorded with its results.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum AttackMethod {
-    FastGradient {
-        norm: Norm,
-        clip: bool,
-    },
-    Pgd(Pgd),
-    Apgd(Apgd),
-    Square(Square),
-    Auto(AutoAttack),
-    /// `attack` aimed at targets chosen by `selection` ([`gauntlet_attacks::Targeted`]).
-    Targeted {
-        selection: TargetSelection,
-        attack: Box<AttackMethod>,
-    },
-}
-
-impl AttackMethod {
-    pub fn build(&self) -> Box<dyn Attack> {
-        match self {
-            AttackMethod::FastGradient { norm, clip } => Box::new(FastGradient {
-                norm: *norm,
-                clip: *clip,
-            }),
-            AttackMethod::Pgd(pgd) => Box::new(*pgd),
-            AttackMethod::Apgd(apgd) => Box::new(*apgd),
-            AttackMethod::Square(square) => Box::new(*square),
-            AttackMethod::Auto(auto) => Box::new(auto.ensemble()),
-            AttackMethod::Targeted { selection, attack } => {
-                Box::new(gauntlet_attacks::Targeted::new(attack.build(), *selection))
-            }
-        }
-    }
-
-    /// Forward and backward passes per example and ε, roughly (saturating).
-    pub fn evaluations_per_example(&self) -> u128 {
-        let times = |a: usize, b: usize| a as u128 * b.max(1) as u128;
-        match self {
-            AttackMethod::FastGradient { .. } => 1,
-            AttackMethod::Pgd(pgd) => times(pgd.steps, pgd.restarts),
-            AttackMethod::Apgd(apgd) => times(apgd.steps, apgd.restarts),
-            AttackMethod::Square(square) => times(square.n_queries, square.restarts),
-            AttackMethod::Auto(auto) => {
-                times(auto.steps, auto.target_classes + 1) + auto.n_queries as u128
-            }
-            AttackMethod::Targeted { attack, .. } => attack.evaluations_per_example(),
-        }
-    }
-
-    pub fn norm(&self) -> Norm {
-        match self {
-            AttackMethod::FastGradient { norm, .. } => *norm,
-            AttackMethod::Pgd(pgd) => pgd.norm,
-            AttackMethod::Apgd(apgd) => apgd.norm,
-            AttackMethod::Square(square) => square.norm,
-            AttackMethod::Auto(auto) => auto.norm,
-            AttackMethod::Targeted { attack, .. } => attack.norm(),
-        }
-    }
 }
 
 /// `[transfer]`, resolved.
@@ -308,25 +242,10 @@ fn check_output_names(path: &Path, models: &[ModelDef], attacks: &[AttackDef]) -
 }
 
 fn check_budgets(path: &Path, field: &str, what: &str, values: &[f64]) -> Result<()> {
-    if values.is_empty() {
-        return Err(Error::invalid(
-            path,
-            field,
-            format!("expected at least one {what}, got none"),
-        ));
-    }
-    if let Some((i, bad)) = values
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
-    {
-        return Err(Error::invalid(
-            path,
-            format!("{field}[{i}]"),
-            format!("{what} must be finite and >= 0, got {bad}"),
-        ));
-    }
-    Ok(())
+    gauntlet_attacks::check_budgets(what, values).map_err(|(i, message)| match i {
+        Some(i) => Error::invalid(path, format!("{field}[{i}]"), message),
+        None => Error::invalid(path, field, message),
+    })
 }
 
 fn resolve(
@@ -420,7 +339,7 @@ fn resolve(
         check_budgets(path, &format!("{field}.eps"), "eps", &a.eps)?;
         attacks.push(AttackDef {
             name: a.name.clone(),
-            method: attack_method(path, &field, a, spec.seed, n_classes)?,
+            method: attack_method(path, &field, a, spec.seed, input, n_classes)?,
             eps: a.eps.clone(),
         });
     }
@@ -672,268 +591,17 @@ fn resolve_visuals(
     }))
 }
 
-/// The keys of `[[attack]]` beyond name, kind, norm and eps, each with the kinds it applies
-/// to (docs/suites.md has the same table).
-const ATTACK_KEYS: &[(&str, &[AttackMethodSpec])] = {
-    use AttackMethodSpec::{Apgd as A, Auto as U, FastGradient as F, Pgd as P, Square as S};
-    &[
-        ("steps", &[P, A, U]),
-        ("restarts", &[P, A, S]),
-        ("step-size", &[P]),
-        ("random-start", &[P, A]),
-        ("loss", &[P, A]),
-        ("early-stop", &[P]),
-        ("clip", &[F, P, A]),
-        ("seed", &[P, A, S, U]),
-        ("targeted", &[F, P, A, S]),
-        ("target-classes", &[A, U]),
-        ("eot-draws", &[A, U]),
-        ("n-queries", &[S, U]),
-        ("p-init", &[S]),
-        ("version", &[U]),
-    ]
-};
-
-fn kind_name(kind: AttackMethodSpec) -> &'static str {
-    match kind {
-        AttackMethodSpec::FastGradient => "fast-gradient",
-        AttackMethodSpec::Pgd => "pgd",
-        AttackMethodSpec::Apgd => "apgd",
-        AttackMethodSpec::Square => "square",
-        AttackMethodSpec::Auto => "auto",
-    }
-}
-
+/// The attack of an `[[attack]]` entry: [`gauntlet_attacks::AttackOptions::resolve`], its
+/// errors pointed at the entry's key.
 fn attack_method(
     path: &Path,
     field: &str,
     a: &AttackSpec,
     suite_seed: u64,
+    input: [usize; 3],
     n_classes: usize,
-) -> Result<AttackMethod> {
-    let given = [
-        ("steps", a.steps.is_some()),
-        ("restarts", a.restarts.is_some()),
-        ("step-size", a.step_size.is_some()),
-        ("random-start", a.random_start.is_some()),
-        ("loss", a.loss.is_some()),
-        ("early-stop", a.early_stop.is_some()),
-        ("clip", a.clip.is_some()),
-        ("seed", a.seed.is_some()),
-        ("targeted", a.targeted.is_some()),
-        ("target-classes", a.target_classes.is_some()),
-        ("eot-draws", a.eot_draws.is_some()),
-        ("n-queries", a.n_queries.is_some()),
-        ("p-init", a.p_init.is_some()),
-        ("version", a.version.is_some()),
-    ];
-    for (key, _) in given.iter().filter(|(_, given)| *given) {
-        let kinds = ATTACK_KEYS
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, kinds)| *kinds)
-            .expect("every key is in the table");
-        // A seed also picks random targets, whatever the kind.
-        let seeds_targets = *key == "seed" && a.targeted == Some(TargetSpec::Random);
-        if !kinds.contains(&a.kind) && !seeds_targets {
-            let names: Vec<String> = kinds
-                .iter()
-                .map(|&k| format!("\"{}\"", kind_name(k)))
-                .collect();
-            return Err(Error::invalid(
-                path,
-                format!("{field}.{key}"),
-                format!(
-                    "only applies to kind = {}, not \"{}\"",
-                    names.join(", "),
-                    kind_name(a.kind)
-                ),
-            ));
-        }
-    }
-    let at_least_one = |key: &str, value: Option<usize>| -> Result<()> {
-        if value == Some(0) {
-            return Err(Error::invalid(
-                path,
-                format!("{field}.{key}"),
-                "must be at least 1, got 0",
-            ));
-        }
-        Ok(())
-    };
-    for (key, value) in [
-        ("steps", a.steps),
-        ("restarts", a.restarts),
-        ("target-classes", a.target_classes),
-        ("eot-draws", a.eot_draws),
-        ("n-queries", a.n_queries),
-    ] {
-        at_least_one(key, value)?;
-    }
-    let seed = a.seed.unwrap_or(suite_seed);
-    let loss = a.loss.map(|l| match l {
-        LossSpec::CrossEntropy => AttackLoss::CrossEntropy,
-        LossSpec::Margin => AttackLoss::Margin,
-        LossSpec::Dlr => AttackLoss::Dlr,
-    });
-    let method = match a.kind {
-        AttackMethodSpec::FastGradient => AttackMethod::FastGradient {
-            norm: a.norm,
-            clip: a.clip.unwrap_or(true),
-        },
-        AttackMethodSpec::Pgd => {
-            let defaults = Pgd::new(a.norm);
-            let pgd = Pgd {
-                norm: a.norm,
-                steps: a.steps.unwrap_or(defaults.steps),
-                step_size: a.step_size.unwrap_or(defaults.step_size),
-                random_start: a.random_start.unwrap_or(defaults.random_start),
-                restarts: a.restarts.unwrap_or(defaults.restarts),
-                loss: loss.unwrap_or(defaults.loss),
-                early_stop: a.early_stop.unwrap_or(defaults.early_stop),
-                clip: a.clip.unwrap_or(defaults.clip),
-                seed,
-            };
-            let factor = match pgd.step_size {
-                StepSize::EpsOverSteps(f) | StepSize::RelativeToEps(f) | StepSize::Absolute(f) => f,
-            };
-            if !(factor.is_finite() && factor > 0.0) {
-                return Err(Error::invalid(
-                    path,
-                    format!("{field}.step-size"),
-                    format!("must be finite and > 0, got {factor}"),
-                ));
-            }
-            AttackMethod::Pgd(pgd)
-        }
-        AttackMethodSpec::Apgd => {
-            let defaults = Apgd::new(a.norm);
-            let apgd = Apgd {
-                steps: a.steps.unwrap_or(defaults.steps),
-                restarts: a.restarts.unwrap_or(defaults.restarts),
-                loss: loss.unwrap_or(defaults.loss),
-                target_classes: a.target_classes,
-                eot_draws: a.eot_draws.unwrap_or(defaults.eot_draws),
-                random_start: a.random_start.unwrap_or(defaults.random_start),
-                clip: a.clip.unwrap_or(defaults.clip),
-                seed,
-                ..defaults
-            };
-            if apgd.target_classes.is_some() && a.targeted.is_some() {
-                return Err(Error::invalid(
-                    path,
-                    format!("{field}.targeted"),
-                    "cannot be combined with target-classes: APGD-T picks its own targets",
-                ));
-            }
-            check_classes(
-                path,
-                field,
-                apgd.loss,
-                apgd.target_classes.is_some() || a.targeted.is_some(),
-                n_classes,
-            )?;
-            AttackMethod::Apgd(apgd)
-        }
-        AttackMethodSpec::Square => {
-            if !matches!(a.norm, Norm::Linf | Norm::L2) {
-                return Err(Error::invalid(
-                    path,
-                    format!("{field}.norm"),
-                    format!(
-                        "the square attack supports norms \"inf\" and 2, got {}",
-                        a.norm
-                    ),
-                ));
-            }
-            let defaults = Square::new(a.norm);
-            let p_init = a.p_init.unwrap_or(defaults.p_init);
-            if !(p_init > 0.0 && p_init <= 1.0) {
-                return Err(Error::invalid(
-                    path,
-                    format!("{field}.p-init"),
-                    format!("must be in (0, 1], got {p_init}"),
-                ));
-            }
-            AttackMethod::Square(Square {
-                n_queries: a.n_queries.unwrap_or(defaults.n_queries),
-                p_init,
-                restarts: a.restarts.unwrap_or(defaults.restarts),
-                seed,
-                ..defaults
-            })
-        }
-        AttackMethodSpec::Auto => {
-            let defaults = AutoAttack::new(a.norm);
-            let auto = AutoAttack {
-                version: a.version.unwrap_or(defaults.version),
-                steps: a.steps.unwrap_or(defaults.steps),
-                target_classes: a.target_classes.unwrap_or(defaults.target_classes),
-                n_queries: a.n_queries.unwrap_or(defaults.n_queries),
-                eot_draws: a.eot_draws.unwrap_or(defaults.eot_draws),
-                seed,
-                ..defaults
-            };
-            if auto.version == AutoVersion::Standard {
-                if a.eot_draws.is_some() {
-                    return Err(Error::invalid(
-                        path,
-                        format!("{field}.eot-draws"),
-                        "only applies to version = \"rand\"",
-                    ));
-                }
-                check_classes(path, field, AttackLoss::Dlr, true, n_classes)?;
-            } else {
-                for (key, given) in [
-                    ("target-classes", a.target_classes.is_some()),
-                    ("n-queries", a.n_queries.is_some()),
-                ] {
-                    if given {
-                        return Err(Error::invalid(
-                            path,
-                            format!("{field}.{key}"),
-                            "only applies to version = \"standard\" (the rand version runs APGD-CE and APGD-DLR)",
-                        ));
-                    }
-                }
-                check_classes(path, field, AttackLoss::Dlr, false, n_classes)?;
-            }
-            AttackMethod::Auto(auto)
-        }
-    };
-    Ok(match a.targeted {
-        None => method,
-        Some(target) => {
-            let selection = match target {
-                TargetSpec::Random => TargetSelection::Random { seed },
-                TargetSpec::LeastLikely => TargetSelection::LeastLikely,
-                TargetSpec::Class(class) => {
-                    if class as usize >= n_classes {
-                        return Err(Error::invalid(
-                            path,
-                            format!("{field}.targeted"),
-                            format!("class {class} is not one of the data set's {n_classes} classes (0 to {})", n_classes - 1),
-                        ));
-                    }
-                    TargetSelection::Class(class)
-                }
-            };
-            AttackMethod::Targeted {
-                selection,
-                attack: Box::new(method),
-            }
-        }
-    })
-}
-
-/// The loss must have enough classes in the data set (DLR: 3, targeted DLR: 4).
-fn check_classes(
-    path: &Path,
-    field: &str,
-    loss: AttackLoss,
-    targeted: bool,
-    n_classes: usize,
-) -> Result<()> {
-    loss.check_classes(n_classes, targeted)
-        .map_err(|e| Error::invalid(path, format!("{field}.loss"), e.to_string()))
+) -> Result<AttackConfig> {
+    a.options
+        .resolve(suite_seed, n_classes, &input)
+        .map_err(|e| Error::invalid(path, format!("{field}.{}", e.key), e.message))
 }

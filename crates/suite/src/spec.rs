@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use gauntlet_attacks::{AutoVersion, Norm, StepSize};
+use gauntlet_attacks::{AttackOptions, Norm};
 use gauntlet_data::DataConfig;
 use gauntlet_models::{Arch, ModelSpec, Preprocess};
 use gauntlet_train::{Regularizer, TrainConfig};
@@ -82,133 +82,62 @@ pub struct ModelEntrySpec {
     pub path: Option<Spanned<String>>,
 }
 
-/// One `[[attack]]` entry. Which keys apply to which `kind` is checked in
-/// [`crate::resolve`]; docs/suites.md has the table.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// One `[[attack]]` entry: its name, its budgets and the attack itself
+/// ([`gauntlet_attacks::AttackOptions`], whose keys follow `name` and `eps` in the table;
+/// docs/suites.md lists which apply to which `kind`).
+#[derive(Clone, Debug)]
 pub struct AttackSpec {
     pub name: String,
-    pub kind: AttackMethodSpec,
-    pub norm: Norm,
-    /// Numbers or fractions written as strings (`"8/255"`).
-    #[serde(deserialize_with = "budgets")]
     pub eps: Vec<f64>,
-    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
-    #[serde(default)]
-    pub steps: Option<usize>,
-    /// PGD, APGD, Square: independent runs, the per-example worst case kept (1).
-    #[serde(default)]
-    pub restarts: Option<usize>,
-    /// PGD only: `{ eps-over-steps = 2.5 }` (the default), `{ relative-to-eps = 0.25 }` or
-    /// `{ absolute = 0.01 }`.
-    #[serde(default)]
-    pub step_size: Option<StepSize>,
-    /// PGD, APGD: start from a uniform point of the ball (true).
-    #[serde(default)]
-    pub random_start: Option<bool>,
-    /// PGD, APGD: `ce` (cross-entropy, the default), `cw` (Carlini & Wagner's margin) or
-    /// `dlr` (Croce & Hein's difference of logits ratio).
-    #[serde(default)]
-    pub loss: Option<LossSpec>,
-    /// PGD only: freeze an example once broken (true).
-    #[serde(default)]
-    pub early_stop: Option<bool>,
-    /// Fast gradient, PGD, APGD: clip to `[0, 1]` (true); Square and auto always clip.
-    #[serde(default)]
-    pub clip: Option<bool>,
-    /// PGD, APGD, Square, auto, and `targeted = "random"`: the seed; the suite's by default.
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Aim every example at a target: `"random"`, `"least-likely"` or `{ class = 3 }`.
-    /// Untargeted when absent; not for auto or APGD-T.
-    #[serde(default)]
-    pub targeted: Option<TargetSpec>,
-    /// APGD: run APGD-T, one run per each of this many most likely wrong classes (AutoAttack:
-    /// 9); auto: the same for its APGD-T member (9).
-    #[serde(default)]
-    pub target_classes: Option<usize>,
-    /// APGD, auto (`version = "rand"`): gradient evaluations averaged per step (1; rand: 20).
-    #[serde(default)]
-    pub eot_draws: Option<usize>,
-    /// Square, auto: model evaluations per example and restart (5000).
-    #[serde(default)]
-    pub n_queries: Option<usize>,
-    /// Square: the first window's fraction of the image (0.8).
-    #[serde(default)]
-    pub p_init: Option<f64>,
-    /// Auto: `"standard"` (APGD-CE, APGD-T, Square) or `"rand"` (APGD-CE and APGD-DLR with
-    /// Expectation over Transformation, for randomized models).
-    #[serde(default)]
-    pub version: Option<AutoVersion>,
+    pub options: AttackOptions,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackMethodSpec {
-    FastGradient,
-    Pgd,
-    Apgd,
-    Square,
-    Auto,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LossSpec {
-    #[serde(rename = "ce", alias = "cross-entropy")]
-    CrossEntropy,
-    #[serde(rename = "cw", alias = "margin")]
-    Margin,
-    #[serde(rename = "dlr")]
-    Dlr,
-}
-
-/// `targeted = "random" | "least-likely" | { class = N }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetSpec {
-    Random,
-    LeastLikely,
-    Class(u32),
-}
-
-impl<'de> Deserialize<'de> for TargetSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> de::Visitor<'de> for Visitor {
-            type Value = TargetSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"random\", \"least-likely\" or a table { class = N }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<TargetSpec, E> {
-                match v {
-                    "random" => Ok(TargetSpec::Random),
-                    "least-likely" => Ok(TargetSpec::LeastLikely),
-                    other => Err(E::custom(format!(
-                        "unknown target selection `{other}`, expected \"random\", \"least-likely\" or {{ class = N }}"
-                    ))),
-                }
-            }
-            fn visit_map<A: de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<TargetSpec, A::Error> {
-                let mut class = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "class" => class = Some(map.next_value::<u32>()?),
-                        other => {
-                            return Err(de::Error::custom(format!(
-                                "unknown key `{other}` in `targeted`, expected `class`"
-                            )))
-                        }
-                    }
-                }
-                class
-                    .map(TargetSpec::Class)
-                    .ok_or_else(|| de::Error::custom("`targeted` table needs `class = N`"))
-            }
+impl<'de> Deserialize<'de> for AttackSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Entry {
+            name: String,
+            /// Numbers or fractions written as strings (`"8/255"`).
+            #[serde(default, deserialize_with = "some_budgets")]
+            eps: Option<Vec<f64>>,
+            #[serde(flatten)]
+            options: toml::Table,
         }
-        deserializer.deserialize_any(Visitor)
+        let entry = Entry::deserialize(d)?;
+        let options = attack_options(&entry.options)
+            .map_err(|e| de::Error::custom(format!("attack `{}`{e}", entry.name)))?;
+        Ok(AttackSpec {
+            eps: entry.eps.ok_or_else(|| de::Error::missing_field("eps"))?,
+            name: entry.name,
+            options,
+        })
     }
+}
+
+/// The keys of an `[[attack]]` table after `name` and `eps`. On an error, the key at fault:
+/// the unknown one, or the first whose value does not fit on its own.
+fn attack_options(table: &toml::Table) -> std::result::Result<AttackOptions, String> {
+    let parse = |t: &toml::Table| AttackOptions::deserialize(Value::Table(t.clone()));
+    let whole = match parse(table) {
+        Ok(options) => return Ok(options),
+        Err(e) => e.message().to_string(),
+    };
+    for (key, value) in table {
+        let mut alone = toml::Table::new();
+        alone.insert("kind".into(), "pgd".into());
+        alone.insert("norm".into(), "inf".into());
+        alone.insert(key.clone(), value.clone());
+        if let Err(e) = parse(&alone) {
+            return Err(format!(".{key}: {}", e.message()));
+        }
+    }
+    Err(format!(": {whole}"))
+}
+
+fn some_budgets<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<f64>>, D::Error> {
+    budgets(d).map(Some)
 }
 
 /// `[transfer]`: examples crafted against each source, scored on every target.

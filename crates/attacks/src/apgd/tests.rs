@@ -293,13 +293,13 @@ fn invalid_settings_are_rejected() -> Result<()> {
             .to_string()
     };
     let apgd = Apgd::new(Norm::Linf);
-    assert!(err(Apgd { steps: 0, ..apgd }).contains("steps >= 1, got 0"));
+    assert!(err(Apgd { steps: 0, ..apgd }).contains("steps: must be at least 1, got 0"));
     assert!(err(Apgd {
         eot_draws: 0,
         ..apgd
     })
-    .contains("eot-draws >= 1"));
-    assert!(err(Apgd { rho: 0.0, ..apgd }).contains("0 < rho <= 1"));
+    .contains("eot-draws: must be at least 1"));
+    assert!(err(Apgd { rho: 0.0, ..apgd }).contains("rho: must be in (0, 1]"));
     assert!(err(Apgd {
         target_classes: Some(2),
         loss: AttackLoss::Dlr,

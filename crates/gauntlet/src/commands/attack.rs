@@ -3,175 +3,25 @@
 
 use anyhow::{anyhow, Context, Result};
 use gauntlet_attacks::{
-    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Apgd, Attack,
-    AttackKind, AttackLoss, AttackRecord, AutoAttack, AutoVersion, FastGradient, MaskingRules,
-    Norm, Pgd, RandomNoise, Randomized, Square, StepSize, TargetSelection, Targeted,
+    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Attack, AttackConfig,
+    AttackKind, AttackRecord, FastGradient, MaskingRules, RandomNoise, Randomized,
 };
+use gauntlet_models::ModelSpec;
 use serde::Serialize;
 
-use crate::args::{AttackArgs, AttackOptions};
+use crate::args::{AttackArgs, AttackFlags};
 use crate::commands::eval::{load, Loaded};
 use crate::output::{write_csv, write_json};
 
 /// Examples the masking checks attack at an unbounded ε (a subset keeps them cheap).
 const CHECK_SUBSET: usize = 500;
 
-/// The attack the options describe, with its norm parsed and checked, aimed at targets when
-/// `--targeted` is given.
-pub fn build_attack(args: &AttackOptions) -> Result<Box<dyn Attack>> {
-    let attack = untargeted_attack(args)?;
-    let Some(targeted) = &args.targeted else {
-        return Ok(attack);
-    };
-    if args.attack == "auto" || args.target_classes.is_some() {
-        return Err(anyhow!(
-            "--targeted does not apply to --attack auto or --target-classes (APGD-T picks its own targets)"
-        ));
-    }
-    let selection = match targeted.as_str() {
-        "random" => TargetSelection::Random { seed: args.seed },
-        "least-likely" => TargetSelection::LeastLikely,
-        other => match other.strip_prefix("class=").map(str::parse::<u32>) {
-            Some(Ok(class)) => TargetSelection::Class(class),
-            _ => {
-                return Err(anyhow!(
-                    "unknown --targeted `{other}`, expected random, least-likely or class=N"
-                ))
-            }
-        },
-    };
-    Ok(Box::new(Targeted::new(attack, selection)))
-}
-
-/// The attack the options describe, untargeted.
-fn untargeted_attack(args: &AttackOptions) -> Result<Box<dyn Attack>> {
-    let norm: Norm = args
-        .norm
-        .parse()
-        .map_err(|e| anyhow!("--norm `{}`: {e}", args.norm))?;
-    let kind = args.attack.as_str();
-    // Options that only some attacks take: (flag, given, attacks).
-    let options: [(&str, bool, &[&str]); 5] = [
-        (
-            "--target-classes",
-            args.target_classes.is_some(),
-            &["apgd", "auto"],
-        ),
-        ("--n-queries", args.n_queries.is_some(), &["square", "auto"]),
-        ("--rand", args.rand, &["auto"]),
-        ("--eot-draws", args.eot_draws.is_some(), &["apgd", "auto"]),
-        ("--steps", args.steps.is_some(), &["pgd", "apgd", "auto"]),
-    ];
-    for (flag, given, kinds) in options {
-        if given && !kinds.contains(&kind) {
-            return Err(anyhow!(
-                "{flag} applies to --attack {}, not {kind}",
-                kinds.join(" or ")
-            ));
-        }
-    }
-    for (flag, value) in [
-        ("--steps", args.steps),
-        ("--restarts", Some(args.restarts)),
-        ("--target-classes", args.target_classes),
-        ("--n-queries", args.n_queries),
-        ("--eot-draws", args.eot_draws),
-    ] {
-        if value == Some(0) {
-            let what = if matches!(flag, "--steps" | "--restarts") {
-                "--steps and --restarts"
-            } else {
-                flag
-            };
-            return Err(anyhow!("{what} must be at least 1, got {flag} 0"));
-        }
-    }
-    let loss = match args.loss.as_str() {
-        "ce" | "cross-entropy" => AttackLoss::CrossEntropy,
-        "margin" | "cw" => AttackLoss::Margin,
-        "dlr" => AttackLoss::Dlr,
-        other => {
-            return Err(anyhow!(
-                "unknown --loss `{other}`, expected ce, margin or dlr"
-            ))
-        }
-    };
-    match kind {
-        "fast-gradient" | "fgsm" | "fgm" => {
-            let mut attack = FastGradient::new(norm);
-            attack.clip = !args.no_clip;
-            Ok(Box::new(attack))
-        }
-        "pgd" => {
-            let mut pgd = Pgd::new(norm);
-            pgd.steps = args.steps.unwrap_or(pgd.steps);
-            pgd.restarts = args.restarts;
-            pgd.random_start = !args.no_random_start;
-            pgd.clip = !args.no_clip;
-            pgd.seed = args.seed;
-            pgd.loss = loss;
-            if let Some(step) = args.step_size {
-                if !(step.is_finite() && step > 0.0) {
-                    return Err(anyhow!("--step-size must be finite and > 0, got {step}"));
-                }
-                pgd.step_size = StepSize::Absolute(step);
-            }
-            Ok(Box::new(pgd))
-        }
-        "apgd" => {
-            let defaults = Apgd::new(norm);
-            Ok(Box::new(Apgd {
-                steps: args.steps.unwrap_or(defaults.steps),
-                restarts: args.restarts,
-                loss,
-                target_classes: args.target_classes,
-                eot_draws: args.eot_draws.unwrap_or(defaults.eot_draws),
-                random_start: !args.no_random_start,
-                clip: !args.no_clip,
-                seed: args.seed,
-                ..defaults
-            }))
-        }
-        "square" => {
-            if !matches!(norm, Norm::Linf | Norm::L2) {
-                return Err(anyhow!(
-                    "--attack square supports --norm inf and 2, got {norm}"
-                ));
-            }
-            let defaults = Square::new(norm);
-            Ok(Box::new(Square {
-                n_queries: args.n_queries.unwrap_or(defaults.n_queries),
-                restarts: args.restarts,
-                seed: args.seed,
-                ..defaults
-            }))
-        }
-        "auto" => {
-            if args.eot_draws.is_some() && !args.rand {
-                return Err(anyhow!("--eot-draws applies to --attack auto with --rand"));
-            }
-            let defaults = AutoAttack::new(norm);
-            Ok(Box::new(
-                AutoAttack {
-                    version: if args.rand {
-                        AutoVersion::Rand
-                    } else {
-                        AutoVersion::Standard
-                    },
-                    steps: args.steps.unwrap_or(defaults.steps),
-                    target_classes: args.target_classes.unwrap_or(defaults.target_classes),
-                    n_queries: args.n_queries.unwrap_or(defaults.n_queries),
-                    eot_draws: args.eot_draws.unwrap_or(defaults.eot_draws),
-                    seed: args.seed,
-                    ..defaults
-                }
-                .ensemble(),
-            ))
-        }
-        other => Err(anyhow!(
-            "unknown --attack `{other}`, expected fast-gradient, pgd, apgd, square or auto"
-        )),
-    }
+/// The attack the flags describe, checked against `model` (its classes and input shape).
+pub fn build_attack(flags: &AttackFlags, model: &ModelSpec) -> Result<AttackConfig> {
+    flags
+        .options()
+        .resolve(flags.seed(), model.n_classes, &model.input)
+        .map_err(|e| anyhow!("{}: {}", AttackFlags::flag(e.key), e.message))
 }
 
 /// One ensemble member at one ε (a row of `-members.csv`).
@@ -240,7 +90,7 @@ fn masking_records(
         )?);
     }
     let mut noise = RandomNoise::new(norm);
-    noise.seed = args.attack.seed;
+    noise.seed = args.attack.seed();
     records.extend(evaluate_attack(
         model,
         &noise,
@@ -266,10 +116,10 @@ fn masking_records(
 
 pub fn run(args: AttackArgs) -> Result<()> {
     super::check_budgets("--eps", &args.eps)?;
-    let attack = build_attack(&args.attack)?;
     let mut loaded = load(&args.data)?;
+    let attack = build_attack(&args.attack, loaded.model.spec())?.build();
     if args.randomized {
-        loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed));
+        loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed()));
     }
     let (records, examples) = evaluate_attack_detailed(
         loaded.model.as_ref(),

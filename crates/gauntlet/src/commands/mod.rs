@@ -31,8 +31,6 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Checks that every value of a budget flag (`--eps`, `--sigma`) is finite and non-negative.
 fn check_budgets(flag: &str, values: &[f64]) -> Result<()> {
-    match values.iter().find(|v| !(**v >= 0.0 && v.is_finite())) {
-        Some(bad) => Err(anyhow!("{flag} values must be finite and >= 0, got {bad}")),
-        None => Ok(()),
-    }
+    gauntlet_attacks::check_budgets("values", values)
+        .map_err(|(_, message)| anyhow!("{flag} {message}"))
 }

@@ -34,7 +34,6 @@ pub fn run(args: TransferArgs) -> Result<()> {
             args.models.len()
         ));
     }
-    let attack = build_attack(&args.attack)?;
     let device = device::open(&args.test.common.device)?;
     let names = if args.names.is_empty() {
         default_names(&args.models)
@@ -62,6 +61,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
             ));
         }
     }
+    let attack = build_attack(&args.attack, models[0].spec())?.build();
     let (_, test) = test_set(&args.models[0], models[0].spec(), &args.test, &device)?;
     // One clean pass per model first: a broken model is named before the matrix mixes them.
     for (path, model) in args.models.iter().zip(&models) {

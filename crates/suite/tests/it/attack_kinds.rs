@@ -1,11 +1,12 @@
 //! The attack kinds beyond fast-gradient and PGD (`apgd`, `square`, `auto`) and `targeted`:
 //! how they resolve, what they reject, and a run that records who broke each example.
 
+use gauntlet_attacks::AttackConfig as AttackMethod;
 use gauntlet_attacks::{
     Apgd, AttackLoss, AutoAttack, AutoVersion, Norm, Pgd, Square, TargetSelection,
 };
 use gauntlet_suite::record::RobustnessRow;
-use gauntlet_suite::{run_suite, AttackMethod, RunOptions, Suite};
+use gauntlet_suite::{run_suite, RunOptions, Suite};
 
 use crate::runs::read_csv;
 use crate::write_suite;
@@ -193,19 +194,19 @@ fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
         |extra: &str| format!("[[attack]]\nname = \"a\"\nnorm = \"inf\"\neps = [0.1]\n{extra}\n");
     let msg = err(&case("kind = \"pgd\"\nn-queries = 10"));
     assert!(
-        msg.contains(
-            "attack `a`.n-queries: only applies to kind = \"square\", \"auto\", not \"pgd\""
-        ),
+        msg.contains("attack `a`.n-queries: applies to square, auto only, not pgd"),
         "{msg}"
     );
     let msg = err(&case("kind = \"auto\"\ntargeted = \"random\""));
     assert!(
-        msg.contains("attack `a`.targeted: only applies to kind"),
+        msg.contains(
+            "attack `a`.targeted: applies to fast-gradient, pgd, apgd, square only, not auto"
+        ),
         "{msg}"
     );
     let msg = err("[[attack]]\nname = \"a\"\nkind = \"square\"\nnorm = 1\neps = [1.0]\n");
     assert!(
-        msg.contains("attack `a`.norm: the square attack supports norms \"inf\" and 2, got l1"),
+        msg.contains("attack `a`.norm: the square attack supports norms inf and 2, got l1"),
         "{msg}"
     );
     let msg = err(&case("kind = \"pgd\"\ntargeted = { class = 12 }"));
@@ -225,10 +226,13 @@ fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
         "{msg}"
     );
     let msg = err(&case("kind = \"auto\"\neot-draws = 3"));
-    assert!(msg.contains("only applies to version = \"rand\""), "{msg}");
+    assert!(
+        msg.contains("attack `a`.eot-draws: only applies to the rand version"),
+        "{msg}"
+    );
     let msg = err(&case("kind = \"auto\"\nversion = \"rand\"\nn-queries = 3"));
     assert!(
-        msg.contains("only applies to version = \"standard\""),
+        msg.contains("attack `a`.n-queries: only applies to the standard version"),
         "{msg}"
     );
     let msg = err(&case("kind = \"square\"\np-init = 0"));

@@ -36,7 +36,8 @@ fn wrong_type() {
 fn unknown_field() {
     let (_, message) = error_of("eps = [0.1, 0.2]", "epsilon = [0.1, 0.2]");
     assert!(
-        message.contains("bad.toml:20:") && message.contains("unknown field `epsilon`"),
+        message.contains("bad.toml:16:")
+            && message.contains("attack `fgsm`.epsilon: unknown field `epsilon`"),
         "{message}"
     );
 }
@@ -97,7 +98,7 @@ fn negative_eps() {
 fn p_below_one() {
     let (_, message) = error_of("norm = 2", "norm = 0.5");
     assert!(
-        message.contains("bad.toml:33:") && message.contains("p must be >= 1"),
+        message.contains("attack `fgm-l2`.norm: p must be >= 1"),
         "{message}"
     );
 }
