@@ -259,6 +259,22 @@ pub fn evaluate_attack_detailed(
     eps_list: &[f64],
     batch_size: usize,
 ) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+    let (records, outcomes, _) =
+        evaluate_attack_keeping(model, attack, images, labels, eps_list, batch_size, false)?;
+    Ok((records, outcomes))
+}
+
+/// [`evaluate_attack_detailed`], also returning, when `keep` is set, the adversarial images
+/// it scored: one `(n, channels, height, width)` tensor per ε (empty otherwise).
+pub fn evaluate_attack_keeping(
+    model: &dyn Classifier,
+    attack: &dyn Attack,
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+    keep: bool,
+) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>, Vec<Tensor>)> {
     let members = attack.members();
     let attacks = if members.is_empty() {
         vec![attack]
@@ -274,6 +290,7 @@ pub fn evaluate_attack_detailed(
         labels,
         eps_list,
         batch_size,
+        keep,
     )
 }
 
@@ -306,7 +323,7 @@ pub fn evaluate_ensemble(
 ) -> Result<Vec<AttackRecord>> {
     let names: Vec<String> = attacks.iter().map(|a| a.name()).collect();
     let name = format!("ensemble({})", names.join("+"));
-    let (records, _) = evaluate(
+    let (records, _, _) = evaluate(
         model,
         attacks,
         name,
@@ -315,6 +332,7 @@ pub fn evaluate_ensemble(
         labels,
         eps_list,
         batch_size,
+        false,
     )?;
     Ok(records)
 }
@@ -346,6 +364,7 @@ impl SizeStats {
 
 /// The one evaluation loop: `attacks` in order, later ones on the still-robust examples only.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     model: &dyn Classifier,
     attacks: &[&dyn Attack],
@@ -355,7 +374,8 @@ fn evaluate(
     labels: &Tensor,
     eps_list: &[f64],
     batch_size: usize,
-) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+    keep: bool,
+) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>, Vec<Tensor>)> {
     let (n, labels, label_ids) = check_inputs(images, labels, batch_size)?;
     for &eps in eps_list {
         check_eps(eps)?;
@@ -390,7 +410,9 @@ fn evaluate(
 
     let mut records = Vec::with_capacity(eps_list.len());
     let mut outcomes = Vec::with_capacity(n * eps_list.len());
+    let mut kept = Vec::new();
     for &eps in eps_list {
+        let mut batches_kept = Vec::new();
         let timer = Instant::now();
         let (mut robust, mut mistakes, mut confidence_sum) = (0usize, 0usize, 0f64);
         let mut broken = vec![0usize; attacks.len()];
@@ -410,6 +432,9 @@ fn evaluate(
                 |i, pred| clean_ok[start + i] && pred == ids[i],
             )?;
             let delta = adv.sub(&xs)?;
+            if keep {
+                batches_kept.push(adv.clone());
+            }
             let measured = [norm, Norm::Linf, Norm::L2, Norm::L1]
                 .iter()
                 .map(|m| m.norm(&delta)?.to_dtype(DType::F64)?.to_vec1::<f64>())
@@ -446,6 +471,9 @@ fn evaluate(
                     target,
                 });
             }
+        }
+        if keep {
+            kept.push(Tensor::cat(&batches_kept, 0)?);
         }
         let (ci_low, ci_high) = wilson_interval(robust, n);
         let [own, linf, l2, l1] = sizes;
@@ -490,7 +518,7 @@ fn evaluate(
             constant_logits,
         });
     }
-    Ok((records, outcomes))
+    Ok((records, outcomes, kept))
 }
 
 /// The class each example is aimed at when `attack` picks its own targets

@@ -63,8 +63,9 @@ pub use config::{
     check_budgets, AttackConfig, AttackOptions, ConfigError, Method, Target, OPTION_KEYS,
 };
 pub use eval::{
-    check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_ensemble, gaussian_noise,
-    AttackRecord, Ensemble, ExampleOutcome, MemberRecord, NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,
+    check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping,
+    evaluate_ensemble, gaussian_noise, AttackRecord, Ensemble, ExampleOutcome, MemberRecord,
+    NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,
 };
 pub use fast_gradient::FastGradient;
 pub use loss::{AttackLoss, Objective};

@@ -143,6 +143,13 @@ pub struct AttackArgs {
     /// evaluation is a new draw (seeded by --seed); for `--attack auto --rand`.
     #[arg(long)]
     pub randomized: bool,
+    /// Print results.json on standard output (and nothing else there), for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the adversarial images, with the clean images, labels, ε and the recorded
+    /// predictions, to this .safetensors file (docs/results.md).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub save_adversarials: Option<PathBuf>,
 }
 
 /// Which attack, in which threat model, with which settings: typed here, then an

@@ -691,3 +691,105 @@ fn transfer_names_the_model_whose_logits_are_absurd() {
         "{err}"
     );
 }
+
+/// The README's single-command example: results.json in the suite's schema with the model
+/// file's hash, the adversarial images saved and re-checked here (re-classified by the model
+/// they were made against, inside the ε-ball and the box), `--json` on stdout, and the
+/// report drawn from the folder.
+#[test]
+fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
+    use candle_core::{DType, Device};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("D");
+    let adv_path = out.join("adv.safetensors");
+    let (out_s, adv_s) = (out.to_str().unwrap(), adv_path.to_str().unwrap());
+    let res = attack_small(
+        out_s,
+        &[
+            "--attack",
+            "pgd",
+            "--steps",
+            "5",
+            "--eps",
+            "8/255,0.1",
+            "--save-adversarials",
+            adv_s,
+            "--json",
+        ],
+    );
+    assert!(res.status.success(), "{}", stderr(&res));
+    let printed: serde_json::Value =
+        serde_json::from_slice(&res.stdout).expect("--json prints JSON only");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(printed, written);
+    assert_eq!(written["schema_version"], 1);
+    let model = &written["models"][0];
+    let bytes = std::fs::read(small_model()).unwrap();
+    let sha = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(&bytes))
+    };
+    assert_eq!(model["source_sha256"], sha.as_str());
+    let rows = written["robustness"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["eps"], 8.0 / 255.0);
+    assert_eq!(rows[0]["spec"]["kind"], "pgd");
+    let csv = std::fs::read_to_string(out.join("robustness.csv")).unwrap();
+    assert!(
+        csv.starts_with("model,attack,method,kind,norm,eps,n,"),
+        "{csv}"
+    );
+
+    let tensors = candle_core::safetensors::load(&adv_path, &Device::Cpu).unwrap();
+    let (x_adv, x) = (&tensors["x_adv"], &tensors["x"]);
+    let eps = tensors["eps"].to_vec1::<f64>().unwrap();
+    assert_eq!(eps, [8.0 / 255.0, 0.1]);
+    assert_eq!(x_adv.dims()[..2], [2, 40]);
+    let recorded = tensors["adv_pred"].to_vec2::<i64>().unwrap();
+    let net = gauntlet_models::checkpoint::load(Path::new(small_model()), &Device::Cpu).unwrap();
+    let mut robust = 0;
+    for (k, &e) in eps.iter().enumerate() {
+        let adv = x_adv.get(k).unwrap();
+        let preds: Vec<u32> = net
+            .forward(&adv, gauntlet_models::Mode::Eval)
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let recorded: Vec<u32> = recorded[k].iter().map(|&p| p as u32).collect();
+        assert_eq!(preds, recorded, "eps {e}");
+        let linf = adv
+            .sub(x)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(linf <= e * (1.0 + 1e-6), "eps {e}: |d|inf = {linf}");
+        let flat = adv.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(flat.iter().all(|v| (0.0..=1.0).contains(v)));
+        if k == 0 {
+            let labels = tensors["label"].to_vec1::<i64>().unwrap();
+            robust = recorded
+                .iter()
+                .zip(&labels)
+                .filter(|(p, y)| **p as i64 == **y)
+                .count();
+        }
+    }
+    // Robust accuracy counts clean-correct examples only: at most the unchanged predictions.
+    assert!(rows[0]["adversarial_correct"].as_u64().unwrap() as usize <= robust);
+
+    let report = dir.path().join("report");
+    let res = gauntlet(&["report", out_s, "--out", report.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(report.join("index.html").is_file());
+}

@@ -1,16 +1,22 @@
 //! `gauntlet attack`: robust accuracy of a checkpoint under an attack at several ε, with
 //! per-example outcomes and the gradient-masking checks.
 
+use std::path::Path;
+
 use anyhow::{anyhow, Context, Result};
+use candle_core::{Device, Tensor};
 use gauntlet_attacks::{
-    evaluate_attack, evaluate_attack_detailed, masking_checks, unbounded_eps, Attack, AttackConfig,
-    AttackKind, AttackRecord, FastGradient, MaskingRules, RandomNoise, Randomized,
+    evaluate_attack, evaluate_attack_keeping, masking_checks, unbounded_eps, Attack, AttackConfig,
+    AttackKind, AttackRecord, ExampleOutcome, FastGradient, MaskingRules, RandomNoise, Randomized,
 };
+use gauntlet_models::io::write_atomic;
 use gauntlet_models::ModelSpec;
+use gauntlet_suite::record::{RobustnessEntry, RobustnessRow};
 use serde::Serialize;
 
 use crate::args::{AttackArgs, AttackFlags};
 use crate::commands::eval::{load, Loaded};
+use crate::commands::single::{self, SingleResults};
 use crate::output::{write_csv, write_json};
 
 /// Examples the masking checks attack at an unbounded ε (a subset keeps them cheap).
@@ -117,40 +123,44 @@ fn masking_records(
 pub fn run(args: AttackArgs) -> Result<()> {
     super::check_budgets("--eps", &args.eps)?;
     let mut loaded = load(&args.data)?;
-    let attack = build_attack(&args.attack, loaded.model.spec())?.build();
+    let config = build_attack(&args.attack, loaded.model.spec())?;
+    let attack = config.build();
+    let model_path = &args.data.model;
+    let batch = args.data.test.batch_size;
+    // The clean pass first: a broken model stops here, before any attack runs.
+    let model = single::model_result(model_path, &loaded, batch, args.attack.seed())?;
     if args.randomized {
         loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed()));
     }
-    let (records, examples) = evaluate_attack_detailed(
+    let (records, examples, adversarials) = evaluate_attack_keeping(
         loaded.model.as_ref(),
         attack.as_ref(),
         &loaded.test.images,
         &loaded.test.labels,
         &args.eps,
-        args.data.test.batch_size,
+        batch,
+        args.save_adversarials.is_some(),
     )
-    .with_context(|| format!("attacking {}", args.data.model.display()))?;
-    print_records(
-        &format!(
-            "{} on {} ({} test images)",
-            attack.name(),
-            args.data.model.display(),
-            loaded.test.len()
-        ),
-        &records,
-    );
-    let stem = format!("attack-{}", attack.name());
-    write_json(&loaded.out.join(format!("{stem}.json")), &records)?;
-    // A CSV row holds no list: an ensemble's members go to a table of their own.
-    let flat: Vec<AttackRecord> = records
-        .iter()
-        .map(|r| AttackRecord {
-            members: vec![],
-            ..r.clone()
-        })
-        .collect();
-    write_csv(&loaded.out.join(format!("{stem}.csv")), &flat)?;
-    write_csv(&loaded.out.join(format!("{stem}-examples.csv")), &examples)?;
+    .with_context(|| format!("attacking {}", model_path.display()))?;
+    let say = !args.json;
+    if say {
+        print_records(
+            &format!(
+                "{} on {} ({} test images)",
+                attack.name(),
+                model_path.display(),
+                loaded.test.len()
+            ),
+            &records,
+        );
+    }
+    let out = &loaded.out;
+    let stem = attack.name();
+    write_legacy(out, &format!("attack-{stem}"), &records, &examples)?;
+    let per_example = out
+        .join("per-example")
+        .join(format!("{}-{stem}.csv", model.name));
+    write_csv(&per_example, &examples)?;
     let members: Vec<MemberRow> = records
         .iter()
         .flat_map(|r| {
@@ -163,35 +173,130 @@ pub fn run(args: AttackArgs) -> Result<()> {
         })
         .collect();
     if !members.is_empty() {
-        println!("examples broken by each member (after the members before it):");
-        for m in &members {
-            println!("  eps {:>8}  {:<20} {}", m.eps, m.member, m.broken);
+        if say {
+            println!("examples broken by each member (after the members before it):");
+            for m in &members {
+                println!("  eps {:>8}  {:<20} {}", m.eps, m.member, m.broken);
+            }
         }
-        write_csv(&loaded.out.join(format!("{stem}-members.csv")), &members)?;
+        write_csv(&out.join(format!("attack-{stem}-members.csv")), &members)?;
     }
 
+    let mut flags = Vec::new();
     if !args.no_checks {
-        let mut all = records.clone();
-        all.extend(masking_records(&args, attack.as_ref(), &loaded)?);
+        let mut all = records.to_vec();
+        let extra = masking_records(&args, attack.as_ref(), &loaded)?;
+        all.extend(extra.iter().cloned());
         let spec = loaded.model.spec();
         let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
-        let flags = masking_checks(&all, &rules);
-        println!("gradient-masking checks:");
-        for flag in &flags {
-            println!(
-                "  [{}] {} ({}): {}",
-                if flag.passed { "ok" } else { "FLAG" },
-                flag.check.name(),
-                flag.attack,
-                flag.detail
-            );
+        flags = masking_checks(&all, &rules);
+        if say {
+            println!("gradient-masking checks:");
+            for flag in &flags {
+                println!(
+                    "  [{}] {} ({}): {}",
+                    if flag.passed { "ok" } else { "FLAG" },
+                    flag.check.name(),
+                    flag.attack,
+                    flag.detail
+                );
+            }
         }
-        write_json(&loaded.out.join(format!("{stem}-masking.json")), &flags)?;
-        write_json(&loaded.out.join(format!("{stem}-checks.json")), &all)?;
+        // The extra runs behind the checks (single step, noise, unbounded ε).
+        write_json(&out.join(format!("attack-{stem}-checks.json")), &extra)?;
+        write_json(&out.join(format!("attack-{stem}-masking.json")), &flags)?;
     }
-    println!(
-        "wrote {}/{stem}.json, .csv and -examples.csv",
-        loaded.out.display()
-    );
+    let spec = serde_json::to_value(&config)?;
+    let robustness = records
+        .iter()
+        .map(|r| RobustnessEntry {
+            row: RobustnessRow::new(&model.name, &stem, model.seed, r),
+            spec: spec.clone(),
+            targeted_n: r.targeted_n,
+            target_reached: r.target_reached,
+        })
+        .collect();
+    let single = SingleResults {
+        name: format!("attack-{stem}"),
+        seed: args.attack.seed(),
+        model,
+        robustness,
+        noise: vec![],
+        masking: flags,
+    };
+    let results = single.results(&loaded, batch);
+    single.write(out, &results)?;
+    if let Some(path) = &args.save_adversarials {
+        save_adversarials(path, &loaded, &args.eps, &adversarials, &examples)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "wrote {0}/results.json, {0}/robustness.csv and {1}",
+            out.display(),
+            per_example.display()
+        );
+        if let Some(path) = &args.save_adversarials {
+            println!("wrote the adversarial images to {}", path.display());
+        }
+    }
     Ok(())
+}
+
+/// The per-attack files of earlier versions (`attack-NAME.json`, a bare list of records, and
+/// `-examples.csv`), kept beside results.json while scripts move to it.
+fn write_legacy(
+    out: &Path,
+    stem: &str,
+    records: &[AttackRecord],
+    examples: &[ExampleOutcome],
+) -> Result<()> {
+    write_json(&out.join(format!("{stem}.json")), &records)?;
+    write_csv(&out.join(format!("{stem}-examples.csv")), examples)
+}
+
+/// The adversarial images in one safetensors file, for another framework to re-check:
+/// `x_adv` `[n_eps, n, C, H, W]` f32, `x` (the clean images) `[n, C, H, W]`, `eps` `[n_eps]`
+/// f64, `index` `[n]` (positions in the test split), `label` `[n]` and `adv_pred`
+/// `[n_eps, n]` (this model's predictions, as the per-example file records them), i64.
+fn save_adversarials(
+    path: &Path,
+    loaded: &Loaded,
+    eps: &[f64],
+    adversarials: &[Tensor],
+    examples: &[ExampleOutcome],
+) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(anyhow!(
+            "--save-adversarials {}: expected a .safetensors file",
+            path.display()
+        ));
+    }
+    let cpu = Device::Cpu;
+    let n = loaded.test.len();
+    let ints = |values: Vec<i64>, shape: &[usize]| Tensor::from_vec(values, shape, &cpu);
+    let tensors: Vec<(&str, Tensor)> = vec![
+        ("x_adv", Tensor::stack(adversarials, 0)?.to_device(&cpu)?),
+        ("x", loaded.test.images.to_device(&cpu)?),
+        ("eps", Tensor::new(eps, &cpu)?),
+        ("index", ints((0..n as i64).collect(), &[n])?),
+        (
+            "label",
+            ints(examples[..n].iter().map(|e| e.label as i64).collect(), &[n])?,
+        ),
+        (
+            "adv_pred",
+            ints(
+                examples.iter().map(|e| e.adv_pred as i64).collect(),
+                &[eps.len(), n],
+            )?,
+        ),
+    ];
+    let bytes = safetensors::serialize(tensors, None)
+        .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }

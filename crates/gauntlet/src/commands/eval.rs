@@ -17,6 +17,8 @@ use crate::output::{write_csv, write_json};
 pub struct Loaded {
     pub model: Box<dyn Classifier>,
     pub dataset: DatasetName,
+    /// The data set, its folder and limits, as results.json records it.
+    pub data: DataConfig,
     pub test: Dataset,
     pub device: Device,
     /// Where result files go.
@@ -30,7 +32,7 @@ pub fn test_set(
     spec: &ModelSpec,
     args: &TestSetArgs,
     device: &Device,
-) -> Result<(DatasetName, Dataset)> {
+) -> Result<(DataConfig, Dataset)> {
     if args.batch_size == 0 {
         return Err(anyhow!("--batch-size must be at least 1"));
     }
@@ -56,7 +58,7 @@ pub fn test_set(
         ));
     }
     check_classes(model_path, spec, dataset, test.n_classes)?;
-    Ok((dataset, test.to_device(device)?))
+    Ok((config, test.to_device(device)?))
 }
 
 /// A model must give one logit per class of the data it is evaluated on: an imported model
@@ -85,7 +87,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Box<dyn Classifier>> {
 pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
     let device = device::open(&args.test.common.device)?;
     let model = load_model(&args.model, &device)?;
-    let (dataset, test) = test_set(&args.model, model.spec(), &args.test, &device)?;
+    let (data, test) = test_set(&args.model, model.spec(), &args.test, &device)?;
     let out = match &args.out {
         Some(dir) => dir.clone(),
         None => args
@@ -96,7 +98,8 @@ pub fn load(args: &EvalDataArgs) -> Result<Loaded> {
     };
     Ok(Loaded {
         model,
-        dataset,
+        dataset: data.dataset,
+        data,
         test,
         device,
         out,

@@ -6,6 +6,7 @@ mod noise;
 mod prune;
 mod report;
 mod run;
+mod single;
 mod slurm;
 mod train;
 mod transfer;

@@ -1,0 +1,134 @@
+//! What a single command (`attack`, `noise`) leaves in its `--out` folder: a results.json
+//! of the suite's schema (docs/results.md), with the provenance a suite records (gauntlet
+//! version, the model file's SHA-256, the data files' hashes, the resolved attack), and the
+//! suite's CSV tables, so that `gauntlet report DIR` draws it like a suite's folder.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use gauntlet_attacks::{wilson_interval, MaskingFlag};
+use gauntlet_suite::record::{
+    EvalSettings, MaskingEntry, ModelResult, NoiseRow, Results, RobustnessEntry, RobustnessRow,
+    SCHEMA_VERSION,
+};
+use gauntlet_suite::CODE_VERSION;
+use gauntlet_train::{evaluate, TrainConfig};
+use sha2::{Digest, Sha256};
+
+use crate::commands::eval::Loaded;
+use crate::output::{write_csv, write_json};
+
+/// The model's name in the results: its file stem, or its folder's name for the
+/// `DIR/model.safetensors` of `gauntlet train`.
+pub fn model_name(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    match stem.as_deref() {
+        Some("model") | None => path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+        Some(stem) => stem.to_string(),
+    }
+}
+
+/// The model as results.json lists it: clean accuracy on the same test images, and the
+/// file it came from with its SHA-256 (the weights' identity; it was not trained here).
+pub fn model_result(
+    path: &Path,
+    loaded: &Loaded,
+    batch_size: usize,
+    seed: u64,
+) -> Result<ModelResult> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let sha256 = format!("{:x}", Sha256::digest(&bytes));
+    let clean = evaluate(
+        loaded.model.as_ref(),
+        &loaded.test,
+        batch_size,
+        &loaded.device,
+    )
+    .with_context(|| format!("evaluating {}", path.display()))?;
+    let (test_ci_low, test_ci_high) = wilson_interval(clean.correct(), clean.n);
+    let spec = loaded.model.spec().clone();
+    Ok(ModelResult {
+        name: model_name(path),
+        seed,
+        arch: spec.arch.kind().to_string(),
+        n_params: loaded.model.params().n_scalars(),
+        spec,
+        train: TrainConfig::default(),
+        best_epoch: 0,
+        epochs_run: 0,
+        stopped_by: "imported".into(),
+        test_n: clean.n,
+        test_error: clean.error,
+        test_loss: clean.loss,
+        test_ci_low,
+        test_ci_high,
+        checkpoint: path.display().to_string(),
+        checkpoint_sha256: sha256.clone(),
+        job: String::new(),
+        source: Some(path.display().to_string()),
+        source_sha256: Some(sha256),
+    })
+}
+
+/// The results of one command: `name` is the command and what it ran (`attack-pgd-linf`).
+pub struct SingleResults {
+    pub name: String,
+    pub seed: u64,
+    pub model: ModelResult,
+    pub robustness: Vec<RobustnessEntry>,
+    pub noise: Vec<NoiseRow>,
+    pub masking: Vec<MaskingFlag>,
+}
+
+impl SingleResults {
+    pub fn results(&self, loaded: &Loaded, batch_size: usize) -> Results {
+        let mut data = loaded.data.clone();
+        let data_files = gauntlet_data::identify(&data).map_or_else(|_| vec![], |id| id.files);
+        // As a suite records it: the data set and its limits, not this machine's folder.
+        data.dir = None;
+        Results {
+            schema_version: SCHEMA_VERSION,
+            suite: self.name.clone(),
+            gauntlet_version: env!("CARGO_PKG_VERSION").to_string(),
+            code_version: CODE_VERSION.to_string(),
+            seed: self.seed,
+            data,
+            data_files,
+            eval: EvalSettings {
+                test_limit: loaded.data.test_limit,
+                batch_size,
+            },
+            models: vec![self.model.clone()],
+            robustness: self.robustness.clone(),
+            noise: self.noise.clone(),
+            transfer: vec![],
+            masking: self
+                .masking
+                .iter()
+                .map(|flag| MaskingEntry {
+                    model: self.model.name.clone(),
+                    flag: flag.clone(),
+                })
+                .collect(),
+            missing: vec![],
+            report: Default::default(),
+        }
+    }
+
+    /// results.json and the tables beside it (robustness.csv, noise.csv) into `out`.
+    pub fn write(&self, out: &Path, results: &Results) -> Result<()> {
+        write_json(&out.join("results.json"), results)?;
+        if !self.robustness.is_empty() {
+            let rows: Vec<&RobustnessRow> = self.robustness.iter().map(|e| &e.row).collect();
+            write_csv(&out.join("robustness.csv"), &rows)?;
+        }
+        if !self.noise.is_empty() {
+            write_csv(&out.join("noise.csv"), &self.noise)?;
+        }
+        Ok(())
+    }
+}
