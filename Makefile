@@ -130,3 +130,14 @@ reproduce-maxout: build
 
 clean:
 	$(CARGO) clean
+
+# Builds the Dockerfile's image (gauntlet:latest, what deploy/k8s/ runs) and runs a tiny
+# suite in it against the repository's data/ folder. Needs a running Docker daemon that can
+# pull rust and debian images; elsewhere it prints SKIPPED.
+.PHONY: docker-smoke
+docker-smoke:
+	@if ! docker info >/dev/null 2>&1; then echo "docker-smoke: SKIPPED (no Docker daemon)"; exit 0; fi; \
+	docker build -t gauntlet:latest . && \
+	docker run --rm -v "$(CURDIR)/data:/work/data:ro" -v "$(CURDIR)/suites:/work/suites:ro" \
+		gauntlet:latest run suites/ci-slurm.toml --results /tmp/results --quiet && \
+	echo "docker-smoke: 1 passed"

@@ -792,4 +792,7 @@ fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
     let res = gauntlet(&["report", out_s, "--out", report.to_str().unwrap()]);
     assert!(res.status.success(), "{}", stderr(&res));
     assert!(report.join("index.html").is_file());
+    // The attack's own name once: a single command names the attack by its method.
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("### pgd-linf (L∞), iterative"), "{md}");
 }

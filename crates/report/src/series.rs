@@ -125,7 +125,11 @@ pub fn accuracy_panels(results: &Results) -> Vec<AccuracyPanel> {
                 })
                 .collect();
             AccuracyPanel {
-                method: rows.iter().find_map(|r| r.method.clone()),
+                // Shown beside the attack's name only when it says something more.
+                method: rows
+                    .iter()
+                    .find_map(|r| r.method.clone())
+                    .filter(|m| *m != attack),
                 kind: rows.iter().find_map(|r| r.kind.clone()),
                 n: rows.iter().map(|r| r.n).max().unwrap_or(0),
                 attack,
