@@ -364,7 +364,6 @@ impl SizeStats {
 
 /// The one evaluation loop: `attacks` in order, later ones on the still-robust examples only.
 #[allow(clippy::too_many_arguments)]
-#[allow(clippy::too_many_arguments)]
 fn evaluate(
     model: &dyn Classifier,
     attacks: &[&dyn Attack],
