@@ -275,6 +275,9 @@ pub struct NoiseArgs {
     pub sigma: Vec<f64>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print results.json on standard output (and nothing else there), for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where data comes from and where tensors live.

@@ -796,3 +796,47 @@ fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("### pgd-linf (L∞), iterative"), "{md}");
 }
+
+#[test]
+fn noise_writes_suite_results_that_the_report_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("N");
+    let args = [
+        "noise",
+        "--model",
+        small_model(),
+        "--test-limit",
+        "40",
+        "--sigma",
+        "0.1,0.3",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let res = gauntlet(&args);
+    assert!(res.status.success(), "{}", stderr(&res));
+    let printed: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    assert_eq!(printed["schema_version"], 1);
+    let rows = printed["noise"].as_array().unwrap();
+    // Both σ, clipped and not.
+    assert_eq!(rows.len(), 4);
+    assert!(
+        rows.iter()
+            .all(|r| r["n"] == 40 && r["model"] == "cli-small-model"),
+        "{rows:?}"
+    );
+    let csv = std::fs::read_to_string(out.join("noise.csv")).unwrap();
+    assert!(
+        csv.starts_with("model,sigma,clip,seed,n,correct,accuracy,ci_low,ci_high,error"),
+        "{csv}"
+    );
+    let report = dir.path().join("report");
+    let res = gauntlet(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{}", stderr(&res));
+    assert!(report.join("figures").read_dir().unwrap().count() > 0);
+}

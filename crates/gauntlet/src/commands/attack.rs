@@ -128,7 +128,13 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let model_path = &args.data.model;
     let batch = args.data.test.batch_size;
     // The clean pass first: a broken model stops here, before any attack runs.
-    let model = single::model_result(model_path, &loaded, batch, args.attack.seed())?;
+    let model = single::model_result(
+        model_path,
+        loaded.model.as_ref(),
+        &loaded.test,
+        batch,
+        args.attack.seed(),
+    )?;
     if args.randomized {
         loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed()));
     }
@@ -219,12 +225,13 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let single = SingleResults {
         name: format!("attack-{stem}"),
         seed: args.attack.seed(),
-        model,
+        models: vec![model],
         robustness,
         noise: vec![],
+        transfer: vec![],
         masking: flags,
     };
-    let results = single.results(&loaded, batch);
+    let results = single.results(&loaded.data, batch);
     single.write(out, &results)?;
     if let Some(path) = &args.save_adversarials {
         save_adversarials(path, &loaded, &args.eps, &adversarials, &examples)?;

@@ -10,6 +10,7 @@ use gauntlet_models::{checkpoint, Classifier, ModelSpec};
 use gauntlet_train::evaluate;
 
 use crate::args::{EvalArgs, EvalDataArgs, TestSetArgs};
+use crate::commands::single::{self, SingleResults};
 use crate::device;
 use crate::output::{write_csv, write_json};
 
@@ -139,7 +140,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (json, csv) = (loaded.out.join("eval.json"), loaded.out.join("eval.csv"));
     write_json(&json, &record)?;
     write_csv(&csv, std::slice::from_ref(&record))?;
-    println!("wrote {} and {}", json.display(), csv.display());
+    let single = SingleResults {
+        name: "eval".into(),
+        seed: 0,
+        models: vec![single::described(
+            &args.data.model,
+            loaded.model.as_ref(),
+            &res,
+            0,
+        )?],
+        robustness: vec![],
+        noise: vec![],
+        transfer: vec![],
+        masking: vec![],
+    };
+    single.write(
+        &loaded.out,
+        &single.results(&loaded.data, args.data.test.batch_size),
+    )?;
+    println!(
+        "wrote {}, {} and {}",
+        json.display(),
+        csv.display(),
+        loaded.out.join("results.json").display()
+    );
     Ok(())
 }
 

@@ -5,11 +5,21 @@ use gauntlet_attacks::gaussian_noise;
 
 use crate::args::NoiseArgs;
 use crate::commands::eval::load;
-use crate::output::{write_csv, write_json};
+use crate::commands::single::{self, SingleResults};
+use crate::output::write_json;
+use gauntlet_suite::record::NoiseRow;
 
 pub fn run(args: NoiseArgs) -> Result<()> {
     super::check_budgets("--sigma", &args.sigma)?;
     let loaded = load(&args.data)?;
+    let batch = args.data.test.batch_size;
+    let model = single::model_result(
+        &args.data.model,
+        loaded.model.as_ref(),
+        &loaded.test,
+        batch,
+        args.seed,
+    )?;
     let mut records = Vec::new();
     for clip in [false, true] {
         records.extend(
@@ -24,6 +34,25 @@ pub fn run(args: NoiseArgs) -> Result<()> {
             )
             .with_context(|| format!("evaluating {}", args.data.model.display()))?,
         );
+    }
+    let single = SingleResults {
+        name: "noise".into(),
+        seed: args.seed,
+        noise: records
+            .iter()
+            .map(|r| NoiseRow::new(&model.name, r))
+            .collect(),
+        models: vec![model],
+        robustness: vec![],
+        transfer: vec![],
+        masking: vec![],
+    };
+    let results = single.results(&loaded.data, batch);
+    single.write(&loaded.out, &results)?;
+    write_json(&loaded.out.join("noise.json"), &records)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
     }
     println!(
         "Gaussian noise on {} ({} test images)",
@@ -44,8 +73,9 @@ pub fn run(args: NoiseArgs) -> Result<()> {
             100.0 * r.ci_high
         );
     }
-    write_json(&loaded.out.join("noise.json"), &records)?;
-    write_csv(&loaded.out.join("noise.csv"), &records)?;
-    println!("wrote {}/noise.json and .csv", loaded.out.display());
+    println!(
+        "wrote {0}/results.json and {0}/noise.csv (and noise.json, the records)",
+        loaded.out.display()
+    );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! What a single command (`attack`, `noise`) leaves in its `--out` folder: a results.json
+//! What a single command (`eval`, `attack`, `noise`, `transfer`) leaves in its `--out` folder: a results.json
 //! of the suite's schema (docs/results.md), with the provenance a suite records (gauntlet
 //! version, the model file's SHA-256, the data files' hashes, the resolved attack), and the
 //! suite's CSV tables, so that `gauntlet report DIR` draws it like a suite's folder.
@@ -7,15 +7,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use gauntlet_attacks::{wilson_interval, MaskingFlag};
+use gauntlet_data::{DataConfig, Dataset};
+use gauntlet_models::Classifier;
 use gauntlet_suite::record::{
     EvalSettings, MaskingEntry, ModelResult, NoiseRow, Results, RobustnessEntry, RobustnessRow,
-    SCHEMA_VERSION,
+    TransferRow, SCHEMA_VERSION,
 };
 use gauntlet_suite::CODE_VERSION;
-use gauntlet_train::{evaluate, TrainConfig};
+use gauntlet_train::{evaluate, EvalResult, TrainConfig};
 use sha2::{Digest, Sha256};
 
-use crate::commands::eval::Loaded;
 use crate::output::{write_csv, write_json};
 
 /// The model's name in the results: its file stem, or its folder's name for the
@@ -36,26 +37,32 @@ pub fn model_name(path: &Path) -> String {
 /// file it came from with its SHA-256 (the weights' identity; it was not trained here).
 pub fn model_result(
     path: &Path,
-    loaded: &Loaded,
+    model: &dyn Classifier,
+    test: &Dataset,
     batch_size: usize,
+    seed: u64,
+) -> Result<ModelResult> {
+    let clean = evaluate(model, test, batch_size, test.images.device())
+        .with_context(|| format!("evaluating {}", path.display()))?;
+    described(path, model, &clean, seed)
+}
+
+/// [`model_result`] from a clean evaluation already made.
+pub fn described(
+    path: &Path,
+    model: &dyn Classifier,
+    clean: &EvalResult,
     seed: u64,
 ) -> Result<ModelResult> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let sha256 = format!("{:x}", Sha256::digest(&bytes));
-    let clean = evaluate(
-        loaded.model.as_ref(),
-        &loaded.test,
-        batch_size,
-        &loaded.device,
-    )
-    .with_context(|| format!("evaluating {}", path.display()))?;
     let (test_ci_low, test_ci_high) = wilson_interval(clean.correct(), clean.n);
-    let spec = loaded.model.spec().clone();
+    let spec = model.spec().clone();
     Ok(ModelResult {
         name: model_name(path),
         seed,
         arch: spec.arch.kind().to_string(),
-        n_params: loaded.model.params().n_scalars(),
+        n_params: model.params().n_scalars(),
         spec,
         train: TrainConfig::default(),
         best_epoch: 0,
@@ -78,15 +85,18 @@ pub fn model_result(
 pub struct SingleResults {
     pub name: String,
     pub seed: u64,
-    pub model: ModelResult,
+    pub models: Vec<ModelResult>,
     pub robustness: Vec<RobustnessEntry>,
     pub noise: Vec<NoiseRow>,
+    pub transfer: Vec<TransferRow>,
+    /// The first model's checks.
     pub masking: Vec<MaskingFlag>,
 }
 
 impl SingleResults {
-    pub fn results(&self, loaded: &Loaded, batch_size: usize) -> Results {
-        let mut data = loaded.data.clone();
+    pub fn results(&self, data: &DataConfig, batch_size: usize) -> Results {
+        let test_limit = data.test_limit;
+        let mut data = data.clone();
         let data_files = gauntlet_data::identify(&data).map_or_else(|_| vec![], |id| id.files);
         // As a suite records it: the data set and its limits, not this machine's folder.
         data.dir = None;
@@ -99,18 +109,18 @@ impl SingleResults {
             data,
             data_files,
             eval: EvalSettings {
-                test_limit: loaded.data.test_limit,
+                test_limit,
                 batch_size,
             },
-            models: vec![self.model.clone()],
+            models: self.models.clone(),
             robustness: self.robustness.clone(),
             noise: self.noise.clone(),
-            transfer: vec![],
+            transfer: self.transfer.clone(),
             masking: self
                 .masking
                 .iter()
                 .map(|flag| MaskingEntry {
-                    model: self.model.name.clone(),
+                    model: self.models[0].name.clone(),
                     flag: flag.clone(),
                 })
                 .collect(),
@@ -128,6 +138,9 @@ impl SingleResults {
         }
         if !self.noise.is_empty() {
             write_csv(&out.join("noise.csv"), &self.noise)?;
+        }
+        if !self.transfer.is_empty() {
+            write_csv(&out.join("transfer.csv"), &self.transfer)?;
         }
         Ok(())
     }

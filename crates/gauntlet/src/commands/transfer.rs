@@ -10,8 +10,10 @@ use serde::Serialize;
 use crate::args::TransferArgs;
 use crate::commands::attack::build_attack;
 use crate::commands::eval::{load_model, test_set};
+use crate::commands::single::{self, SingleResults};
 use crate::device;
-use crate::output::{write_csv, write_json};
+use crate::output::write_json;
+use gauntlet_suite::record::TransferRow;
 
 /// transfer.json: the names and the error matrix (rows: sources, columns: targets) beside
 /// the long-form records of transfer.csv.
@@ -62,11 +64,14 @@ pub fn run(args: TransferArgs) -> Result<()> {
         }
     }
     let attack = build_attack(&args.attack, models[0].spec())?.build();
-    let (_, test) = test_set(&args.models[0], models[0].spec(), &args.test, &device)?;
-    // One clean pass per model first: a broken model is named before the matrix mixes them.
-    for (path, model) in args.models.iter().zip(&models) {
-        gauntlet_train::evaluate(model.as_ref(), &test, args.test.batch_size, &device)
-            .with_context(|| format!("evaluating {}", path.display()))?;
+    let (data, test) = test_set(&args.models[0], models[0].spec(), &args.test, &device)?;
+    // One clean pass per model first (results.json's models): a broken model is named
+    // before the matrix mixes them.
+    let mut results_models = Vec::with_capacity(models.len());
+    for ((path, model), name) in args.models.iter().zip(&models).zip(&names) {
+        let mut row = single::model_result(path, model.as_ref(), &test, args.test.batch_size, 0)?;
+        row.name = name.clone();
+        results_models.push(row);
     }
     let named: Vec<(&str, &dyn Classifier)> = names
         .iter()
@@ -115,7 +120,18 @@ pub fn run(args: TransferArgs) -> Result<()> {
         }
         println!();
     }
-    write_csv(&args.out.join("transfer.csv"), &records)?;
+    let single = SingleResults {
+        name: format!("transfer-{}", attack.name()),
+        seed: args.attack.seed(),
+        models: results_models,
+        robustness: vec![],
+        noise: vec![],
+        transfer: records.iter().map(TransferRow::from).collect(),
+        masking: vec![],
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    single.write(&args.out, &single.results(&data, args.test.batch_size))?;
     let matrix = Matrix {
         attack: attack.name(),
         eps: args.eps,
@@ -126,7 +142,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
     };
     write_json(&args.out.join("transfer.json"), &matrix)?;
     println!(
-        "wrote {}/transfer.csv and transfer.json",
+        "wrote {0}/results.json, {0}/transfer.csv and {0}/transfer.json (the matrix)",
         args.out.display()
     );
     Ok(())
