@@ -157,13 +157,8 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         "0,0.1,0.3",
     ]);
     assert!(res.status.success(), "{}", stderr(&res));
-    let records: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("attack-fast-gradient-linf.json")).unwrap(),
-    )
-    .unwrap();
+    let records = robustness(dir.path());
     let acc: Vec<f64> = records
-        .as_array()
-        .unwrap()
         .iter()
         .map(|r| r["adversarial_accuracy"].as_f64().unwrap())
         .collect();
@@ -187,20 +182,16 @@ fn train_then_eval_attack_and_noise_write_their_files() {
     assert!(res.status.success(), "{}", stderr(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
     assert!(stdout.contains("gradient-masking checks"), "{stdout}");
-    let read = |name: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
-    };
-    let pgd = read("attack-pgd-linf.json");
+    let pgd = robustness(dir.path());
     let pgd_acc = pgd[1]["adversarial_accuracy"].as_f64().unwrap();
     assert!(
         pgd_acc <= acc[2],
         "PGD at 0.3 ({pgd_acc}) must be at least as strong as FGSM ({})",
         acc[2]
     );
-    let flags = read("attack-pgd-linf-masking.json");
+    let flags = &results(dir.path())["masking"];
     assert!(!flags.as_array().unwrap().is_empty(), "masking checks ran");
-    let examples =
-        std::fs::read_to_string(dir.path().join("attack-pgd-linf-examples.csv")).unwrap();
+    let examples = per_example(dir.path(), "pgd-linf");
     assert_eq!(
         examples.lines().count(),
         1 + 2 * 200,
@@ -222,7 +213,8 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         out,
     ]);
     assert!(res.status.success(), "{}", stderr(&res));
-    let matrix = read("transfer.json");
+    let matrix: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("transfer.json")).unwrap()).unwrap();
     let cells: Vec<f64> = matrix["error"]
         .as_array()
         .unwrap()
@@ -340,6 +332,29 @@ fn bad_input_is_a_clear_error_not_a_panic() {
 
 /// A small Maxout MLP trained once for the attack tests below (checkpoints are not in git, so
 /// the tests cannot lean on a suite's results).
+/// The name results give [`small_model`]: its folder's.
+const SMALL: &str = "cli-small-model";
+
+/// The results.json a command wrote into `dir`.
+fn results(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Its robustness rows, one per ε.
+fn robustness(dir: &Path) -> Vec<serde_json::Value> {
+    results(dir)["robustness"].as_array().unwrap().clone()
+}
+
+/// The per-example file of the model the last command in `dir` attacked with `method`.
+fn per_example(dir: &Path, method: &str) -> String {
+    let model = results(dir)["models"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::read_to_string(dir.join(format!("per-example/{model}-{method}.csv"))).unwrap()
+}
+
 fn small_model() -> &'static str {
     static MODEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     MODEL.get_or_init(|| {
@@ -388,26 +403,29 @@ fn auto_writes_who_broke_each_example_and_checks_square() {
     );
     assert!(res.status.success(), "{}", stderr(&res));
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
-    let records: serde_json::Value = serde_json::from_str(&read("attack-auto-linf.json")).unwrap();
-    let members = records[1]["members"].as_array().unwrap();
-    let names: Vec<&str> = members
-        .iter()
-        .map(|m| m["attack"].as_str().unwrap())
+    let records = robustness(dir.path());
+    let table = read("members.csv");
+    // eps,member,kind,broken; the rows of ε = 0.1 come last.
+    let members: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .filter(|f: &Vec<&str>| f[0] == "0.1")
         .collect();
+    let names: Vec<&str> = members.iter().map(|f| f[1]).collect();
     assert_eq!(names, ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"]);
-    let broken: u64 = members.iter().map(|m| m["broken"].as_u64().unwrap()).sum();
+    let broken: u64 = members.iter().map(|f| f[3].parse::<u64>().unwrap()).sum();
     let (clean, robust) = (
         records[1]["clean_correct"].as_u64().unwrap(),
         records[1]["adversarial_correct"].as_u64().unwrap(),
     );
     assert_eq!(broken, clean - robust);
     assert!(robust < clean, "auto at 0.1 broke nothing");
-    let examples = read("attack-auto-linf-examples.csv");
+    let examples = per_example(dir.path(), "auto-linf");
     assert!(examples.lines().next().unwrap().ends_with(",broken_by"));
     assert_eq!(examples.lines().count(), 1 + 2 * 40);
-    let table = read("attack-auto-linf-members.csv");
     assert_eq!(table.lines().count(), 1 + 2 * 3, "{table}");
-    let flags = read("attack-auto-linf-masking.json");
+    let flags = results(dir.path())["masking"].to_string();
     assert!(flags.contains("gradient-beats-score-based"), "{flags}");
 }
 
@@ -434,15 +452,12 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         let res = attack_small(out, &args);
         assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
     }
-    for name in [
-        "attack-apgd-dlr-linf.json",
-        "attack-square-l2.json",
-        "attack-auto-rand-linf.json",
-    ] {
-        assert!(dir.path().join(name).is_file(), "{name} missing");
+    for name in ["apgd-dlr-linf", "square-l2", "auto-rand-linf"] {
+        let file = dir.path().join(format!("per-example/{SMALL}-{name}.csv"));
+        assert!(file.is_file(), "{} missing", file.display());
     }
     // A least-likely target is harder to reach than any wrong class.
-    let robust = |extra: &[&str], file: &str| -> u64 {
+    let robust = |extra: &[&str]| -> u64 {
         let mut args = vec![
             "--attack",
             "pgd",
@@ -455,23 +470,17 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         args.extend_from_slice(extra);
         let res = attack_small(out, &args);
         assert!(res.status.success(), "{extra:?}: {}", stderr(&res));
-        let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
-        let records: serde_json::Value = serde_json::from_str(&text).unwrap();
-        records[0]["adversarial_correct"].as_u64().unwrap()
+        robustness(dir.path())[0]["adversarial_correct"]
+            .as_u64()
+            .unwrap()
     };
-    let untargeted = robust(&[], "attack-pgd-linf.json");
-    let least_likely = robust(
-        &["--targeted", "least-likely"],
-        "attack-pgd-linf-targeted-least-likely.json",
-    );
+    let untargeted = robust(&[]);
+    let untargeted_json = results(dir.path())["robustness"].to_string();
+    assert!(!untargeted_json.contains("target"), "{untargeted_json}");
+    let least_likely = robust(&["--targeted", "least-likely"]);
     assert!(least_likely >= untargeted, "{least_likely} < {untargeted}");
     // The targeted record counts the targets reached; the examples file says which each was.
-    let text = std::fs::read_to_string(
-        dir.path()
-            .join("attack-pgd-linf-targeted-least-likely.json"),
-    )
-    .unwrap();
-    let record = &serde_json::from_str::<serde_json::Value>(&text).unwrap()[0];
+    let record = &robustness(dir.path())[0];
     let (aimed, reached) = (
         record["targeted_n"].as_u64().unwrap(),
         record["target_reached"].as_u64().unwrap(),
@@ -481,11 +490,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         record["n"].as_u64().unwrap(),
         "least-likely never aims at the label"
     );
-    let examples = std::fs::read_to_string(
-        dir.path()
-            .join("attack-pgd-linf-targeted-least-likely-examples.csv"),
-    )
-    .unwrap();
+    let examples = per_example(dir.path(), "pgd-linf-targeted-least-likely");
     let mut lines = examples.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
@@ -497,8 +502,6 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         })
         .count() as u64;
     assert_eq!(hits, reached);
-    let untargeted_json = std::fs::read_to_string(dir.path().join("attack-pgd-linf.json")).unwrap();
-    assert!(!untargeted_json.contains("target"), "{untargeted_json}");
     for (extra, message) in [
         (
             &["--attack", "square", "--norm", "1"][..],
@@ -634,7 +637,7 @@ fn imported_models_are_attacked_from_either_file() {
             out.to_str().unwrap(),
         ]);
         assert!(res.status.success(), "{format}: {}", stderr(&res));
-        examples.push(std::fs::read_to_string(out.join("attack-pgd-linf-examples.csv")).unwrap());
+        examples.push(per_example(&out, "pgd-linf"));
     }
     // One row per example and budget; 8/255 as a fraction.
     assert_eq!(examples[0].lines().count(), 1 + 2 * 30);

@@ -162,7 +162,6 @@ pub fn run(args: AttackArgs) -> Result<()> {
     }
     let out = &loaded.out;
     let stem = attack.name();
-    write_legacy(out, &format!("attack-{stem}"), &records, &examples)?;
     let per_example = out
         .join("per-example")
         .join(format!("{}-{stem}.csv", model.name));
@@ -185,7 +184,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
                 println!("  eps {:>8}  {:<20} {}", m.eps, m.member, m.broken);
             }
         }
-        write_csv(&out.join(format!("attack-{stem}-members.csv")), &members)?;
+        write_csv(&out.join("members.csv"), &members)?;
     }
 
     let mut flags = Vec::new();
@@ -209,8 +208,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
             }
         }
         // The extra runs behind the checks (single step, noise, unbounded ε).
-        write_json(&out.join(format!("attack-{stem}-checks.json")), &extra)?;
-        write_json(&out.join(format!("attack-{stem}-masking.json")), &flags)?;
+        write_json(&out.join("masking-runs.json"), &extra)?;
     }
     let spec = serde_json::to_value(&config)?;
     let robustness = records
@@ -249,18 +247,6 @@ pub fn run(args: AttackArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The per-attack files of earlier versions (`attack-NAME.json`, a bare list of records, and
-/// `-examples.csv`), kept beside results.json while scripts move to it.
-fn write_legacy(
-    out: &Path,
-    stem: &str,
-    records: &[AttackRecord],
-    examples: &[ExampleOutcome],
-) -> Result<()> {
-    write_json(&out.join(format!("{stem}.json")), &records)?;
-    write_csv(&out.join(format!("{stem}-examples.csv")), examples)
 }
 
 /// The adversarial images in one safetensors file, for another framework to re-check:
