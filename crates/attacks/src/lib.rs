@@ -72,7 +72,7 @@ pub use loss::{AttackLoss, Objective};
 pub use masking::{masking_checks, unbounded_eps, MaskingCheck, MaskingFlag, MaskingRules};
 pub use noise::RandomNoise;
 pub use norm::Norm;
-pub use pgd::{Pgd, StepSize};
+pub use pgd::{fast_gradient_step, Pgd, StepSize};
 pub use randomized::Randomized;
 pub use square::Square;
 pub use stats::wilson_interval;

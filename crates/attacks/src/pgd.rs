@@ -284,7 +284,12 @@ impl Attack for Pgd {
                     grad = select_rows(&grad, &keep)?;
                     active = keep.iter().map(|&k| active[k]).collect();
                 }
-                // δ is re-read from the clipped iterate; from the clean input it is exactly 0.
+                if step == 0 && start.is_none() && step_size <= eps {
+                    // From the clean input a step no longer than ε stays in the ball.
+                    x = fast_gradient_step(self.norm, &origin, &grad, step_size, self.clip)?;
+                    continue;
+                }
+                // δ is re-read from the clipped iterate.
                 let delta = x
                     .sub(&origin)?
                     .add(&self.norm.steepest(&grad, step_size)?)?;
@@ -292,6 +297,25 @@ impl Attack for Pgd {
                 x = self.clipped(origin.add(&delta)?)?;
             }
         }
+        Ok(adv)
+    }
+}
+
+/// `xs + r*`, clipped to `[0, 1]` when `clip`: one step of length `eps` along the
+/// steepest-ascent direction of `grad` ([`Norm::steepest`]). The fast gradient method is this
+/// step from the clean input (PGD's first step without a random start), and so is the
+/// perturbation `r*` of the Lp-regularized training objective.
+pub fn fast_gradient_step(
+    norm: Norm,
+    xs: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+    clip: bool,
+) -> Result<Tensor> {
+    let adv = xs.add(&norm.steepest(grad, eps)?)?;
+    if clip {
+        adv.clamp(0f32, 1f32)
+    } else {
         Ok(adv)
     }
 }

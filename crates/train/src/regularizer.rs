@@ -176,10 +176,7 @@ impl Regularizer {
                     Some(g) => g,
                     None => xs.zeros_like()?,
                 };
-                let mut x_adv = (xs + p.steepest(&gx, eps)?)?;
-                if clip {
-                    x_adv = x_adv.clamp(0f32, 1f32)?;
-                }
+                let x_adv = gauntlet_attacks::fast_gradient_step(p, xs, &gx, eps, clip)?;
                 let adv_logits = model.forward(
                     &x_adv.detach(),
                     Mode::Train {
