@@ -1,5 +1,71 @@
 //! Budgets as users write them: `0.3`, `8/255`.
 
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// A budget (ε or σ) with the fraction it was written as, if any, so that results and reports
+/// can show `8/255` rather than `0.03137254901960784`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Budget {
+    pub value: f64,
+    /// The fraction as written (spaces removed), for a budget written as one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written: Option<String>,
+}
+
+impl Budget {
+    pub fn new(value: f64) -> Self {
+        Self {
+            value,
+            written: None,
+        }
+    }
+
+    /// The fraction as written, else the number.
+    pub fn label(&self) -> String {
+        self.written
+            .clone()
+            .unwrap_or_else(|| self.value.to_string())
+    }
+}
+
+impl FromStr for Budget {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let value = parse_budget(text)?;
+        let written = text
+            .contains('/')
+            .then(|| text.chars().filter(|c| !c.is_whitespace()).collect());
+        Ok(Self { value, written })
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// A number, or a string such as `"8/255"`.
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Number(v) => Ok(Budget::new(v)),
+            Written::Text(t) => t.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
 /// Parses a budget: a decimal number or a fraction `a/b` of two (`8/255`, as papers write
 /// L∞ budgets on 8-bit images). Its range is checked where budgets are validated.
 pub fn parse_budget(text: &str) -> Result<f64, String> {
@@ -24,7 +90,15 @@ pub fn parse_budget(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_budget;
+    use super::{parse_budget, Budget};
+
+    #[test]
+    fn a_fraction_keeps_how_it_was_written() {
+        let b: Budget = " 8 / 255".parse().unwrap();
+        assert_eq!((b.value, b.label()), (8.0 / 255.0, "8/255".to_string()));
+        let b: Budget = "0.3".parse().unwrap();
+        assert_eq!((b.written.clone(), b.label()), (None, "0.3".to_string()));
+    }
 
     #[test]
     fn decimals_and_fractions_parse_and_nonsense_is_named() {

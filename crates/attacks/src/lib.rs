@@ -58,7 +58,7 @@ mod visuals;
 pub use apgd::Apgd;
 pub use attack::{Attack, AttackKind, Goal, TargetSelection};
 pub use auto::{AutoAttack, AutoVersion};
-pub use budget::parse_budget;
+pub use budget::{parse_budget, Budget};
 pub use config::{
     check_budgets, AttackConfig, AttackOptions, ConfigError, Method, Target, OPTION_KEYS,
 };

@@ -134,8 +134,8 @@ pub struct AttackArgs {
     #[command(flatten)]
     pub attack: AttackFlags,
     /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255.
-    #[arg(long, value_delimiter = ',', required = true, value_parser = gauntlet_attacks::parse_budget)]
-    pub eps: Vec<f64>,
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub eps: Vec<gauntlet_attacks::Budget>,
     /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
     #[arg(long)]
     pub no_checks: bool,

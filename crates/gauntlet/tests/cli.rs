@@ -737,6 +737,9 @@ fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
     let rows = written["robustness"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["eps"], 8.0 / 255.0);
+    // The fraction as written beside its value; a decimal needs none.
+    assert_eq!(rows[0]["eps_written"], "8/255");
+    assert!(rows[1].get("eps_written").is_none());
     assert_eq!(rows[0]["spec"]["kind"], "pgd");
     let csv = std::fs::read_to_string(out.join("robustness.csv")).unwrap();
     assert!(
@@ -798,6 +801,7 @@ fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
     // The attack's own name once: a single command names the attack by its method.
     let md = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(md.contains("### pgd-linf (L∞), iterative"), "{md}");
+    assert!(md.contains("ε = 8/255 | ε = 0.1"), "{md}");
 }
 
 #[test]

@@ -53,9 +53,14 @@ fn figure(fig: &FigureFile, report_dir: &Path) -> Block {
 }
 
 /// A table header: the `lead` columns, then one per ε.
-fn eps_header(lead: &[&str], eps: &[f64]) -> Vec<String> {
+fn eps_header(lead: &[&str], eps: &[f64], panel: &AccuracyPanel) -> Vec<String> {
     let mut header: Vec<String> = lead.iter().map(|s| s.to_string()).collect();
-    header.extend(eps.iter().map(|x| format!("ε = {}", fmt_num(*x))));
+    header.extend(eps.iter().map(|&x| {
+        let label = panel
+            .eps_written(x)
+            .map_or_else(|| fmt_num(x), str::to_string);
+        format!("ε = {label}")
+    }));
     header
 }
 
@@ -69,7 +74,7 @@ fn targeted_success(rows: &[RobustnessRow], panel: &AccuracyPanel, eps: &[f64]) 
     if mine.is_empty() {
         return None;
     }
-    let header = eps_header(&["model"], eps);
+    let header = eps_header(&["model"], eps, panel);
     let rows = panel
         .series
         .iter()
@@ -286,7 +291,7 @@ pub(crate) fn document(
         }
         b.push(Block::Heading(3, heading));
         let eps = panel.eps_values();
-        let header = eps_header(&["model", "clean"], &eps);
+        let header = eps_header(&["model", "clean"], &eps, panel);
         let rows = panel
             .series
             .iter()

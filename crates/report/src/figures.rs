@@ -92,7 +92,16 @@ impl Figure for AccuracyFigure<'_> {
             .collect();
         let axes = Axes {
             caption: None,
-            x_label: format!("ε ({} budget, pixels in [0, 1])", p.norm),
+            x_label: if p.eps_written.is_empty() {
+                format!("ε ({} budget, pixels in [0, 1])", p.norm)
+            } else {
+                let written: Vec<&str> = p.eps_written.iter().map(|(_, t)| t.as_str()).collect();
+                format!(
+                    "ε ({} budget, pixels in [0, 1]; {})",
+                    p.norm,
+                    written.join(", ")
+                )
+            },
             y_label: "accuracy".into(),
             x: 0.0..max_eps * 1.04,
             y: -0.015..1.02,

@@ -218,6 +218,9 @@ pub struct RobustnessRow {
     pub targeted_n: Option<usize>,
     #[serde(default)]
     pub target_reached: Option<usize>,
+    /// The budget as written where it was a fraction (`8/255`).
+    #[serde(default)]
+    pub eps_written: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

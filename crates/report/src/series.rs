@@ -56,9 +56,20 @@ pub struct AccuracyPanel {
     /// Examples per point (the largest n of the panel's rows).
     pub n: usize,
     pub series: Vec<Series>,
+    /// The budgets written as fractions (`8/255`), by value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub eps_written: Vec<(f64, String)>,
 }
 
 impl AccuracyPanel {
+    /// How budget `eps` was written, if as a fraction.
+    pub fn eps_written(&self, eps: f64) -> Option<&str> {
+        self.eps_written
+            .iter()
+            .find(|(value, _)| *value == eps)
+            .map(|(_, text)| text.as_str())
+    }
+
     /// The ε values of the panel, sorted, without the clean point.
     pub fn eps_values(&self) -> Vec<f64> {
         let mut eps: Vec<f64> = self
@@ -131,6 +142,15 @@ pub fn accuracy_panels(results: &Results) -> Vec<AccuracyPanel> {
                     .find_map(|r| r.method.clone())
                     .filter(|m| *m != attack),
                 kind: rows.iter().find_map(|r| r.kind.clone()),
+                eps_written: {
+                    let mut written: Vec<(f64, String)> = rows
+                        .iter()
+                        .filter_map(|r| Some((r.eps, r.eps_written.clone()?)))
+                        .collect();
+                    written.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    written.dedup();
+                    written
+                },
                 n: rows.iter().map(|r| r.n).max().unwrap_or(0),
                 attack,
                 norm,

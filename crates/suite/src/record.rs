@@ -216,6 +216,9 @@ pub struct RobustnessEntry {
     pub targeted_n: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_reached: Option<usize>,
+    /// The budget as written where it was a fraction (`"8/255"`); `eps` holds its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_written: Option<String>,
 }
 
 /// One row of `noise.csv`.

@@ -58,6 +58,22 @@ pub struct AttackDef {
     pub name: String,
     pub method: AttackConfig,
     pub eps: Vec<f64>,
+    /// How each budget was written where it was a fraction (`8/255`), else `None`; absent
+    /// from the resolved suite when none was.
+    #[serde(skip_serializing_if = "no_fractions")]
+    pub eps_written: Vec<Option<String>>,
+}
+
+fn no_fractions(written: &[Option<String>]) -> bool {
+    written.iter().all(Option::is_none)
+}
+
+impl AttackDef {
+    /// The fraction budget `eps` was written as, if any.
+    pub fn written(&self, eps: f64) -> Option<String> {
+        let i = self.eps.iter().position(|&e| e == eps)?;
+        self.eps_written.get(i).cloned().flatten()
+    }
 }
 
 /// `[transfer]`, resolved.
@@ -336,11 +352,13 @@ fn resolve(
         if !names.insert(a.name.clone()) {
             return Err(Error::invalid(path, field, "duplicate attack name"));
         }
-        check_budgets(path, &format!("{field}.eps"), "eps", &a.eps)?;
+        let eps: Vec<f64> = a.eps.iter().map(|b| b.value).collect();
+        check_budgets(path, &format!("{field}.eps"), "eps", &eps)?;
         attacks.push(AttackDef {
             name: a.name.clone(),
             method: attack_method(path, &field, a, spec.seed, input, n_classes)?,
-            eps: a.eps.clone(),
+            eps,
+            eps_written: a.eps.iter().map(|b| b.written.clone()).collect(),
         });
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use gauntlet_attacks::{AttackOptions, Norm};
+use gauntlet_attacks::{AttackOptions, Budget, Norm};
 use gauntlet_data::DataConfig;
 use gauntlet_models::{Arch, ModelSpec, Preprocess};
 use gauntlet_train::{Regularizer, TrainConfig};
@@ -88,7 +88,7 @@ pub struct ModelEntrySpec {
 #[derive(Clone, Debug)]
 pub struct AttackSpec {
     pub name: String,
-    pub eps: Vec<f64>,
+    pub eps: Vec<Budget>,
     pub options: AttackOptions,
 }
 
@@ -99,7 +99,7 @@ impl<'de> Deserialize<'de> for AttackSpec {
             name: String,
             /// Numbers or fractions written as strings (`"8/255"`).
             #[serde(default, deserialize_with = "some_budgets")]
-            eps: Option<Vec<f64>>,
+            eps: Option<Vec<Budget>>,
             #[serde(flatten)]
             options: toml::Table,
         }
@@ -136,8 +136,8 @@ fn attack_options(table: &toml::Table) -> std::result::Result<AttackOptions, Str
 
 fn some_budgets<'de, D: Deserializer<'de>>(
     d: D,
-) -> std::result::Result<Option<Vec<f64>>, D::Error> {
-    budgets(d).map(Some)
+) -> std::result::Result<Option<Vec<Budget>>, D::Error> {
+    Vec::<Budget>::deserialize(d).map(Some)
 }
 
 /// `[transfer]`: examples crafted against each source, scored on every target.
@@ -268,39 +268,12 @@ fn one_or_many<'de, D: Deserializer<'de>>(
         ) -> std::result::Result<Vec<f64>, A::Error> {
             let mut res = Vec::new();
             while let Some(v) = seq.next_element::<Budget>()? {
-                res.push(v.0);
+                res.push(v.value);
             }
             Ok(res)
         }
     }
     deserializer.deserialize_any(Visitor)
-}
-
-fn budgets<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
-    Ok(Vec::<Budget>::deserialize(d)?
-        .into_iter()
-        .map(|b| b.0)
-        .collect())
-}
-
-/// One budget in a list: a number, or a string such as `"8/255"`.
-struct Budget(f64);
-
-impl<'de> Deserialize<'de> for Budget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Written {
-            Number(f64),
-            Text(String),
-        }
-        match Written::deserialize(d)? {
-            Written::Number(v) => Ok(Budget(v)),
-            Written::Text(t) => gauntlet_attacks::parse_budget(&t)
-                .map(Budget)
-                .map_err(de::Error::custom),
-        }
-    }
 }
 
 /// Parses a suite file's text; `path` is only used in messages.

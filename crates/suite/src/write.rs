@@ -123,6 +123,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                         spec: spec.clone(),
                         targeted_n: r.targeted_n,
                         target_reached: r.target_reached,
+                        eps_written: attack_def.written(r.eps),
                     });
                 }
                 per_model_records[model].extend(file.output.records);

@@ -74,6 +74,7 @@ fn masking_records(
     args: &AttackArgs,
     attack: &dyn Attack,
     loaded: &Loaded,
+    eps: &[f64],
 ) -> Result<Vec<AttackRecord>> {
     let (model, test, batch) = (
         loaded.model.as_ref(),
@@ -91,7 +92,7 @@ fn masking_records(
             &single,
             &test.images,
             &test.labels,
-            &args.eps,
+            eps,
             batch,
         )?);
     }
@@ -102,7 +103,7 @@ fn masking_records(
         &noise,
         &test.images,
         &test.labels,
-        &args.eps,
+        eps,
         batch,
     )?);
     if iterative {
@@ -121,7 +122,8 @@ fn masking_records(
 }
 
 pub fn run(args: AttackArgs) -> Result<()> {
-    super::check_budgets("--eps", &args.eps)?;
+    let eps: Vec<f64> = args.eps.iter().map(|b| b.value).collect();
+    super::check_budgets("--eps", &eps)?;
     let mut loaded = load(&args.data)?;
     let config = build_attack(&args.attack, loaded.model.spec())?;
     let attack = config.build();
@@ -143,7 +145,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         attack.as_ref(),
         &loaded.test.images,
         &loaded.test.labels,
-        &args.eps,
+        &eps,
         batch,
         args.save_adversarials.is_some(),
     )
@@ -190,7 +192,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let mut flags = Vec::new();
     if !args.no_checks {
         let mut all = records.to_vec();
-        let extra = masking_records(&args, attack.as_ref(), &loaded)?;
+        let extra = masking_records(&args, attack.as_ref(), &loaded, &eps)?;
         all.extend(extra.iter().cloned());
         let spec = loaded.model.spec();
         let rules = MaskingRules::new(spec.input_dim()).with_classes(spec.n_classes);
@@ -218,6 +220,11 @@ pub fn run(args: AttackArgs) -> Result<()> {
             spec: spec.clone(),
             targeted_n: r.targeted_n,
             target_reached: r.target_reached,
+            eps_written: args
+                .eps
+                .iter()
+                .find(|b| b.value == r.eps)
+                .and_then(|b| b.written.clone()),
         })
         .collect();
     let single = SingleResults {
@@ -232,7 +239,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let results = single.results(&loaded.data, batch);
     single.write(out, &results)?;
     if let Some(path) = &args.save_adversarials {
-        save_adversarials(path, &loaded, &args.eps, &adversarials, &examples)?;
+        save_adversarials(path, &loaded, &eps, &adversarials, &examples)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);

@@ -355,6 +355,10 @@ eps = ["8/255", 0.1, "16/255"]
     )
     .unwrap();
     assert_eq!(suite.attacks[0].eps, vec![8.0 / 255.0, 0.1, 16.0 / 255.0]);
+    assert_eq!(
+        suite.attacks[0].eps_written,
+        [Some("8/255".to_string()), None, Some("16/255".to_string())]
+    );
     let err = load(
         r#"
 [[attack]]
