@@ -223,7 +223,9 @@ impl AttackFlags {
             random_start: self.no_random_start.then_some(false),
             loss: self.loss,
             clip: self.no_clip.then_some(false),
-            seed: self.seed,
+            // --seed is the default seed of the attack and also of the checks' noise baseline,
+            // so it is given to every method (AttackOptions::resolve's default), never refused.
+            seed: None,
             targeted: self.targeted,
             target_classes: self.target_classes,
             eot_draws: self.eot_draws,
