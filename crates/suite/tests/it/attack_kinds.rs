@@ -1,9 +1,8 @@
 //! The attack kinds beyond fast-gradient and PGD (`apgd`, `square`, `auto`) and `targeted`:
 //! how they resolve, what they reject, and a run that records who broke each example.
 
-use gauntlet_attacks::AttackConfig as AttackMethod;
 use gauntlet_attacks::{
-    Apgd, AttackLoss, AutoAttack, AutoVersion, Norm, Pgd, Square, TargetSelection,
+    Apgd, AttackConfig, AttackLoss, AutoAttack, AutoVersion, Norm, Pgd, Square, TargetSelection,
 };
 use gauntlet_suite::record::RobustnessRow;
 use gauntlet_suite::{run_suite, RunOptions, Suite};
@@ -28,7 +27,7 @@ fn load(attacks: &str) -> Result<Suite, String> {
     Suite::load(&path, None).map_err(|e| e.to_string())
 }
 
-fn methods(attacks: &str) -> Vec<AttackMethod> {
+fn methods(attacks: &str) -> Vec<AttackConfig> {
     load(attacks)
         .unwrap_or_else(|e| panic!("{e}"))
         .attacks
@@ -76,7 +75,7 @@ eot-draws = 5
     );
     assert_eq!(
         got[0],
-        AttackMethod::Apgd(Apgd {
+        AttackConfig::Apgd(Apgd {
             loss: AttackLoss::Dlr,
             target_classes: Some(4),
             steps: 30,
@@ -86,7 +85,7 @@ eot-draws = 5
     );
     assert_eq!(
         got[1],
-        AttackMethod::Square(Square {
+        AttackConfig::Square(Square {
             n_queries: 100,
             p_init: 0.3,
             seed: 9,
@@ -95,14 +94,14 @@ eot-draws = 5
     );
     assert_eq!(
         got[2],
-        AttackMethod::Auto(AutoAttack {
+        AttackConfig::Auto(AutoAttack {
             seed: 5,
             ..AutoAttack::new(Norm::Linf)
         })
     );
     assert_eq!(
         got[3],
-        AttackMethod::Auto(AutoAttack {
+        AttackConfig::Auto(AutoAttack {
             version: AutoVersion::Rand,
             eot_draws: 5,
             seed: 5,
@@ -154,19 +153,19 @@ targeted = { class = 3 }
     };
     assert_eq!(
         got[0],
-        AttackMethod::Targeted {
+        AttackConfig::Targeted {
             selection: TargetSelection::Random { seed: 11 },
-            attack: Box::new(AttackMethod::Pgd(pgd)),
+            attack: Box::new(AttackConfig::Pgd(pgd)),
         }
     );
     assert!(matches!(
         &got[1],
-        AttackMethod::Targeted { selection: TargetSelection::LeastLikely, attack }
-            if matches!(**attack, AttackMethod::FastGradient { .. })
+        AttackConfig::Targeted { selection: TargetSelection::LeastLikely, attack }
+            if matches!(**attack, AttackConfig::FastGradient { .. })
     ));
     assert!(matches!(
         &got[2],
-        AttackMethod::Targeted {
+        AttackConfig::Targeted {
             selection: TargetSelection::Class(3),
             ..
         }
