@@ -11,7 +11,6 @@
 //! <https://arxiv.org/abs/1705.07204> (ensembles as sources).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
@@ -20,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::norm::check_eps;
 use crate::{wilson_interval, Attack, Goal, Norm};
 
-/// The outcome of examples crafted against `source` and classified by `target` (one row of
-/// `transfer.csv`). With `source == target` it is the white-box result.
+/// The outcome of examples crafted against `source` and classified by `target`: one row of
+/// `transfer.csv` and of results.json's `transfer`, as written (wall times are the caller's).
+/// With `source == target` it is the white-box result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransferRecord {
     pub source: String,
@@ -57,8 +57,6 @@ pub struct TransferRecord {
     /// The same share among the source's mistakes that the target also gets wrong; `None` when
     /// there are none.
     pub agreement_when_both_wrong: Option<f64>,
-    /// Wall time of scoring (not crafting), in seconds.
-    pub seconds: f64,
 }
 
 /// A classifier whose logits are the mean of its members' logits. Its spec is the first
@@ -193,7 +191,6 @@ pub fn score_transfer(
     eps: f64,
     batch_size: usize,
 ) -> Result<TransferRecord> {
-    let timer = Instant::now();
     let n = check_batch(x_adv, labels, batch_size)?;
     if images.dims() != x_adv.dims() {
         bail!(
@@ -253,7 +250,6 @@ pub fn score_transfer(
         source_mistakes,
         agreement: share(agree, source_mistakes),
         agreement_when_both_wrong: share(agree_both_wrong, both_wrong),
-        seconds: timer.elapsed().as_secs_f64(),
     })
 }
 

@@ -70,6 +70,9 @@ pub struct CraftOutput {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScoreOutput {
     pub record: TransferRecord,
+    /// Wall time of the scoring (not of crafting).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// `results/NAME/results.json`.
@@ -293,51 +296,8 @@ pub struct MaskingEntry {
     pub flag: MaskingFlag,
 }
 
-/// One row of `transfer.csv`: a [`TransferRecord`] without its wall time (in `timings.csv`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransferRow {
-    pub source: String,
-    pub target: String,
-    pub attack: String,
-    pub norm: Norm,
-    pub eps: f64,
-    pub n: usize,
-    pub clean_correct: usize,
-    pub adversarial_correct: usize,
-    pub accuracy: f64,
-    pub error: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub target_mistakes: usize,
-    pub mean_confidence_on_mistakes: Option<f64>,
-    pub source_mistakes: usize,
-    pub agreement: Option<f64>,
-    pub agreement_when_both_wrong: Option<f64>,
-}
-
-impl From<&TransferRecord> for TransferRow {
-    fn from(r: &TransferRecord) -> Self {
-        Self {
-            source: r.source.clone(),
-            target: r.target.clone(),
-            attack: r.attack.clone(),
-            norm: r.norm,
-            eps: r.eps,
-            n: r.n,
-            clean_correct: r.clean_correct,
-            adversarial_correct: r.adversarial_correct,
-            accuracy: r.accuracy,
-            error: r.error,
-            ci_low: r.ci_low,
-            ci_high: r.ci_high,
-            target_mistakes: r.target_mistakes,
-            mean_confidence_on_mistakes: r.mean_confidence_on_mistakes,
-            source_mistakes: r.source_mistakes,
-            agreement: r.agreement,
-            agreement_when_both_wrong: r.agreement_when_both_wrong,
-        }
-    }
-}
+/// One row of `transfer.csv` and of results.json's `transfer`.
+pub type TransferRow = TransferRecord;
 
 /// One row of `timings.csv`: the wall time of a job or of one part of it. Kept apart from
 /// the results, which are then identical from run to run.

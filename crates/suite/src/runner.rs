@@ -766,6 +766,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 )))
             })?;
             let net = ctx.load_model(job.inputs[1])?;
+            let timer = Instant::now();
             let record = score_transfer(
                 &crafted.output.source,
                 &suite.models[target].name,
@@ -779,7 +780,8 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 crafted.output.eps,
                 batch_size,
             )?;
-            ctx.finish(job, started, ScoreOutput { record })
+            let seconds = timer.elapsed().as_secs_f64();
+            ctx.finish(job, started, ScoreOutput { record, seconds })
         }
         Task::Visuals => {
             let def = suite

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
     NoiseRow, Results, RobustnessEntry, RobustnessRow, ScoreOutput, TimingRow, TrainOutput,
-    TrainingRow, TransferRow, SCHEMA_VERSION,
+    TrainingRow, SCHEMA_VERSION,
 };
 use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, MODEL_FILE};
 use crate::visuals::{VisualsOutput, LOGIT_SWEEP_FILE, PERTURBATIONS_FILE};
@@ -153,9 +153,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
             }
             Task::Score { .. } => {
                 let file: JobFile<ScoreOutput> = read_job(&dir)?;
-                let record = file.output.record;
-                timings.push(TimingRow::new(&job.id, "scoring", record.seconds));
-                transfer.push(TransferRow::from(&record));
+                timings.push(TimingRow::new(&job.id, "scoring", file.output.seconds));
+                transfer.push(file.output.record);
             }
             Task::Visuals => {
                 let _: JobFile<VisualsOutput> = read_job(&dir)?;

@@ -13,7 +13,6 @@ use crate::commands::eval::{load_model, test_set};
 use crate::commands::single::{self, SingleResults};
 use crate::device;
 use crate::output::write_json;
-use gauntlet_suite::record::TransferRow;
 
 /// transfer.json: the names and the error matrix (rows: sources, columns: targets) beside
 /// the long-form records of transfer.csv.
@@ -126,7 +125,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
         models: results_models,
         robustness: vec![],
         noise: vec![],
-        transfer: records.iter().map(TransferRow::from).collect(),
+        transfer: records.clone(),
         masking: vec![],
     };
     std::fs::create_dir_all(&args.out)
