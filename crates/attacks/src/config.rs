@@ -74,14 +74,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
-        Method::FastGradient,
-        Method::Pgd,
-        Method::Apgd,
-        Method::Square,
-        Method::Auto,
-    ];
-
     /// The name suites and the CLI use.
     pub fn name(self) -> &'static str {
         match self {
@@ -563,6 +555,17 @@ mod tests {
 
     fn options(kind: Method, norm: Norm) -> AttackOptions {
         AttackOptions::new(kind, norm)
+    }
+
+    #[test]
+    fn the_given_keys_follow_the_table() {
+        let given: Vec<&str> = options(Method::Pgd, Norm::L2)
+            .given()
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        let table: Vec<&str> = OPTION_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(given, table);
     }
 
     #[test]
