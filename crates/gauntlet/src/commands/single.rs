@@ -26,11 +26,12 @@ pub fn model_name(path: &Path) -> String {
     match stem.as_deref() {
         Some("model") | None => path
             .parent()
-            .and_then(|p| p.file_name())
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into()),
-        Some(stem) => stem.to_string(),
+            .and_then(|d| d.file_name())
+            .map(|d| d.to_string_lossy().into_owned())
+            .or(stem),
+        Some(_) => stem,
     }
+    .unwrap_or_else(|| path.display().to_string())
 }
 
 /// The model as results.json lists it: clean accuracy on the same test images, and the

@@ -151,19 +151,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
 /// or its folder's name for `gauntlet train`'s `DIR/model.safetensors`; the whole path where
 /// those names collide.
 fn default_names(paths: &[PathBuf]) -> Vec<String> {
-    let short = |p: &PathBuf| {
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned());
-        match stem.as_deref() {
-            Some("model") | None => p
-                .parent()
-                .and_then(|d| d.file_name())
-                .map(|d| d.to_string_lossy().into_owned())
-                .or(stem),
-            Some(_) => stem,
-        }
-        .unwrap_or_else(|| p.display().to_string())
-    };
-    let names: Vec<String> = paths.iter().map(short).collect();
+    let names: Vec<String> = paths.iter().map(|p| single::model_name(p)).collect();
     if first_repeat(&names).is_some() {
         return paths.iter().map(|p| p.display().to_string()).collect();
     }
