@@ -75,9 +75,19 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The identity of the files [`crate::load`] reads for `config`, computed without loading them.
 pub fn identify(config: &crate::DataConfig) -> Result<DataIdentity> {
+    identify_splits(config, &[true, false])
+}
+
+/// The identity of the files [`crate::load_test`] reads: the test split's alone, so a folder
+/// holding only the test files is identified too.
+pub fn identify_test(config: &crate::DataConfig) -> Result<DataIdentity> {
+    identify_splits(config, &[false])
+}
+
+fn identify_splits(config: &crate::DataConfig, splits: &[bool]) -> Result<DataIdentity> {
     let dir = crate::splits::data_folder(config)?;
     let mut paths = Vec::new();
-    for train in [true, false] {
+    for &train in splits {
         match config.dataset {
             DatasetName::Mnist | DatasetName::FashionMnist => {
                 let split = if train { "train" } else { "t10k" };

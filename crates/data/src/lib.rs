@@ -20,7 +20,7 @@ mod splits;
 pub use batch::Batches;
 pub use cifar10::load_cifar10;
 pub use error::{Error, Result};
-pub use identity::{identify, DataFile, DataIdentity};
+pub use identity::{identify, identify_test, DataFile, DataIdentity};
 pub use idx::{load_idx_images, load_idx_labels, load_mnist_like};
 pub use splits::{default_data_dir, load, load_test, DataConfig, DatasetName, Splits, TestSplit};
 

@@ -81,6 +81,18 @@ fn evaluation_flags_out_of_range() {
             "p must be >= 1",
         ),
         (
+            vec![
+                "attack",
+                "--model",
+                m,
+                "--eps",
+                "0.1",
+                "--save-adversarials",
+                "adv.npz",
+            ],
+            "--save-adversarials adv.npz: expected a .safetensors file",
+        ),
+        (
             vec!["eval", "--model", m, "--test-limit", "0"],
             "the test split of mnist",
         ),

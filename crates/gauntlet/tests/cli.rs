@@ -734,6 +734,15 @@ fn attack_writes_suite_results_and_adversarials_that_reclassify_as_recorded() {
         format!("{:x}", sha2::Sha256::digest(&bytes))
     };
     assert_eq!(model["source_sha256"], sha.as_str());
+    // The data files read: the test split's, by name, size and hash.
+    let files: Vec<&str> = written["data_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files.iter().all(|f| f.starts_with("t10k-")), "{files:?}");
     let rows = written["robustness"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0]["eps"], 8.0 / 255.0);

@@ -124,6 +124,15 @@ fn masking_records(
 pub fn run(args: AttackArgs) -> Result<()> {
     let eps: Vec<f64> = args.eps.iter().map(|b| b.value).collect();
     super::check_budgets("--eps", &eps)?;
+    // Before any work: a wrong name would otherwise be found after the whole attack.
+    if let Some(path) = &args.save_adversarials {
+        if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            return Err(anyhow!(
+                "--save-adversarials {}: expected a .safetensors file",
+                path.display()
+            ));
+        }
+    }
     let mut loaded = load(&args.data)?;
     let config = build_attack(&args.attack, loaded.model.spec())?;
     let attack = config.build();
@@ -236,7 +245,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         transfer: vec![],
         masking: flags,
     };
-    let results = single.results(&loaded.data, batch);
+    let results = single.results(&loaded.data, batch)?;
     single.write(out, &results)?;
     if let Some(path) = &args.save_adversarials {
         save_adversarials(path, &loaded, &eps, &adversarials, &examples)?;
@@ -267,12 +276,6 @@ fn save_adversarials(
     adversarials: &[Tensor],
     examples: &[ExampleOutcome],
 ) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        return Err(anyhow!(
-            "--save-adversarials {}: expected a .safetensors file",
-            path.display()
-        ));
-    }
     let cpu = Device::Cpu;
     let n = loaded.test.len();
     let ints = |values: Vec<i64>, shape: &[usize]| Tensor::from_vec(values, shape, &cpu);

@@ -156,7 +156,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     single.write(
         &loaded.out,
-        &single.results(&loaded.data, args.data.test.batch_size),
+        &single.results(&loaded.data, args.data.test.batch_size)?,
     )?;
     println!(
         "wrote {}, {} and {}",

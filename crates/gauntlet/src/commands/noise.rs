@@ -47,7 +47,7 @@ pub fn run(args: NoiseArgs) -> Result<()> {
         transfer: vec![],
         masking: vec![],
     };
-    let results = single.results(&loaded.data, batch);
+    let results = single.results(&loaded.data, batch)?;
     single.write(&loaded.out, &results)?;
     write_json(&loaded.out.join("noise.json"), &records)?;
     if args.json {

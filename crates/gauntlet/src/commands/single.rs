@@ -95,13 +95,14 @@ pub struct SingleResults {
 }
 
 impl SingleResults {
-    pub fn results(&self, data: &DataConfig, batch_size: usize) -> Results {
+    pub fn results(&self, data: &DataConfig, batch_size: usize) -> Result<Results> {
         let test_limit = data.test_limit;
         let mut data = data.clone();
-        let data_files = gauntlet_data::identify(&data).map_or_else(|_| vec![], |id| id.files);
+        // The files the command read: the test split's.
+        let data_files = gauntlet_data::identify_test(&data)?.files;
         // As a suite records it: the data set and its limits, not this machine's folder.
         data.dir = None;
-        Results {
+        Ok(Results {
             schema_version: SCHEMA_VERSION,
             suite: self.name.clone(),
             gauntlet_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -127,7 +128,7 @@ impl SingleResults {
                 .collect(),
             missing: vec![],
             report: Default::default(),
-        }
+        })
     }
 
     /// results.json and the tables beside it (robustness.csv, noise.csv) into `out`.

@@ -130,7 +130,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    single.write(&args.out, &single.results(&data, args.test.batch_size))?;
+    single.write(&args.out, &single.results(&data, args.test.batch_size)?)?;
     let matrix = Matrix {
         attack: attack.name(),
         eps: args.eps,
