@@ -298,8 +298,5 @@ fn save_adversarials(
     ];
     let bytes = safetensors::serialize(tensors, None)
         .map_err(|e| anyhow!("serialising {}: {e}", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use gauntlet_attacks::transfer_matrix;
 use gauntlet_models::Classifier;
 use serde::Serialize;
@@ -128,8 +128,6 @@ pub fn run(args: TransferArgs) -> Result<()> {
         transfer: records.clone(),
         masking: vec![],
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     single.write(&args.out, &single.results(&data, args.test.batch_size)?)?;
     let matrix = Matrix {
         attack: attack.name(),
