@@ -98,7 +98,7 @@ impl<'de> Deserialize<'de> for AttackSpec {
         struct Entry {
             name: String,
             /// Numbers or fractions written as strings (`"8/255"`).
-            #[serde(default, deserialize_with = "some_budgets")]
+            #[serde(default)]
             eps: Option<Vec<Budget>>,
             #[serde(flatten)]
             options: toml::Table,
@@ -132,12 +132,6 @@ fn attack_options(table: &toml::Table) -> std::result::Result<AttackOptions, Str
         }
     }
     Err(format!(": {whole}"))
-}
-
-fn some_budgets<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Vec<Budget>>, D::Error> {
-    Vec::<Budget>::deserialize(d).map(Some)
 }
 
 /// `[transfer]`: examples crafted against each source, scored on every target.
