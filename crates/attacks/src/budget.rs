@@ -1,18 +1,16 @@
 //! Budgets as users write them: `0.3`, `8/255`.
 
-use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// A budget (ε or σ) with the fraction it was written as, if any, so that results and reports
 /// can show `8/255` rather than `0.03137254901960784`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Budget {
     pub value: f64,
     /// The fraction as written (spaces removed), for a budget written as one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub written: Option<String>,
 }
 
@@ -22,13 +20,6 @@ impl Budget {
             value,
             written: None,
         }
-    }
-
-    /// The fraction as written, else the number.
-    pub fn label(&self) -> String {
-        self.written
-            .clone()
-            .unwrap_or_else(|| self.value.to_string())
     }
 }
 
@@ -41,12 +32,6 @@ impl FromStr for Budget {
             .contains('/')
             .then(|| text.chars().filter(|c| !c.is_whitespace()).collect());
         Ok(Self { value, written })
-    }
-}
-
-impl fmt::Display for Budget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.label())
     }
 }
 
@@ -95,9 +80,12 @@ mod tests {
     #[test]
     fn a_fraction_keeps_how_it_was_written() {
         let b: Budget = " 8 / 255".parse().unwrap();
-        assert_eq!((b.value, b.label()), (8.0 / 255.0, "8/255".to_string()));
+        assert_eq!(
+            (b.value, b.written),
+            (8.0 / 255.0, Some("8/255".to_string()))
+        );
         let b: Budget = "0.3".parse().unwrap();
-        assert_eq!((b.written.clone(), b.label()), (None, "0.3".to_string()));
+        assert_eq!((b.value, b.written), (0.3, None));
     }
 
     #[test]
