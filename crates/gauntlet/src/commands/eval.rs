@@ -125,16 +125,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         res.n,
         res.loss
     );
-    let correct = res.correct();
-    let (ci_low, ci_high) = gauntlet_attacks::wilson_interval(correct, res.n);
+    // results.json's model row, and eval.json's record from it.
+    let model = single::described(&args.data.model, loaded.model.as_ref(), &res, 0)?;
     let record = EvalRecord {
         model: args.data.model.display().to_string(),
         dataset: loaded.dataset.to_string(),
         n: res.n,
-        correct,
+        correct: res.correct(),
         accuracy: res.accuracy(),
-        ci_low,
-        ci_high,
+        ci_low: model.test_ci_low,
+        ci_high: model.test_ci_high,
         loss: res.loss,
     };
     let (json, csv) = (loaded.out.join("eval.json"), loaded.out.join("eval.csv"));
@@ -143,12 +143,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let single = SingleResults {
         name: "eval".into(),
         seed: 0,
-        models: vec![single::described(
-            &args.data.model,
-            loaded.model.as_ref(),
-            &res,
-            0,
-        )?],
+        models: vec![model],
         robustness: vec![],
         noise: vec![],
         transfer: vec![],
