@@ -203,17 +203,12 @@ pub struct AttackFlags {
     /// auto or --target-classes.
     #[arg(long)]
     pub targeted: Option<Target>,
-    /// Seed of random starts, Square's search, random targets and the noise baseline (0).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Seed of random starts, Square's search, random targets and the noise baseline.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 impl AttackFlags {
-    /// The seed of every random choice of the attack and its checks.
-    pub fn seed(&self) -> u64 {
-        self.seed.unwrap_or(0)
-    }
-
     /// The settings given, as the suite's `[[attack]]` keys.
     pub fn options(&self) -> AttackOptions {
         AttackOptions {
@@ -223,9 +218,6 @@ impl AttackFlags {
             random_start: self.no_random_start.then_some(false),
             loss: self.loss,
             clip: self.no_clip.then_some(false),
-            // --seed is the default seed of the attack and also of the checks' noise baseline,
-            // so it is given to every method (AttackOptions::resolve's default), never refused.
-            seed: None,
             targeted: self.targeted,
             target_classes: self.target_classes,
             eot_draws: self.eot_draws,

@@ -26,7 +26,9 @@ const CHECK_SUBSET: usize = 500;
 pub fn build_attack(flags: &AttackFlags, model: &ModelSpec) -> Result<AttackConfig> {
     flags
         .options()
-        .resolve(flags.seed(), model.n_classes, &model.input)
+        // --seed seeds the checks' noise baseline too: the default of every method, so never
+        // refused as a key that does not apply.
+        .resolve(flags.seed, model.n_classes, &model.input)
         .map_err(|e| anyhow!("{}: {}", AttackFlags::flag(e.key), e.message))
 }
 
@@ -97,7 +99,7 @@ fn masking_records(
         )?);
     }
     let mut noise = RandomNoise::new(norm);
-    noise.seed = args.attack.seed();
+    noise.seed = args.attack.seed;
     records.extend(evaluate_attack(
         model,
         &noise,
@@ -144,10 +146,10 @@ pub fn run(args: AttackArgs) -> Result<()> {
         loaded.model.as_ref(),
         &loaded.test,
         batch,
-        args.attack.seed(),
+        args.attack.seed,
     )?;
     if args.randomized {
-        loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed()));
+        loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed));
     }
     let (records, examples, adversarials) = evaluate_attack_keeping(
         loaded.model.as_ref(),
@@ -238,7 +240,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         .collect();
     let single = SingleResults {
         name: format!("attack-{stem}"),
-        seed: args.attack.seed(),
+        seed: args.attack.seed,
         models: vec![model],
         robustness,
         noise: vec![],

@@ -121,7 +121,7 @@ pub fn run(args: TransferArgs) -> Result<()> {
     }
     let single = SingleResults {
         name: format!("transfer-{}", attack.name()),
-        seed: args.attack.seed(),
+        seed: args.attack.seed,
         models: results_models,
         robustness: vec![],
         noise: vec![],
