@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::Norm;
+use crate::{AttackKind, Norm};
 
 /// What the attacker is trying to achieve.
 #[derive(Clone, Copy, Debug)]
@@ -62,27 +62,6 @@ impl Goal<'_> {
             Goal::Targeted { .. } => grad.neg(),
         }
     }
-}
-
-/// How an attack searches its ball, recorded with its results so the gradient-masking checks
-/// ([`crate::masking_checks`]) know which records to compare.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AttackKind {
-    /// One gradient step (FGSM, the fast gradient method).
-    SingleStep,
-    /// Several gradient steps (PGD).
-    Iterative,
-    /// No gradient at all: random noise of the same norm, the baseline every attack must beat.
-    Random,
-    /// No gradient, but the model's scores guide the search (the Square attack): immune to
-    /// masked gradients, so it must not beat the gradient attacks on a sound evaluation.
-    ScoreBased,
-    /// The per-example worst case over several attacks.
-    Ensemble,
-    /// Anything else (transfer, black-box, user-defined); no check relies on it.
-    #[default]
-    Other,
 }
 
 /// An attack within an Lp ball of radius ε.

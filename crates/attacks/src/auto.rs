@@ -185,7 +185,7 @@ mod tests {
         let pgd_records = evaluate_attack(model.as_ref(), &pgd, &xs, &labels, &eps, 16)?;
         for (r, p) in records.iter().zip(&pgd_records) {
             assert_eq!(
-                (r.attack.as_str(), r.kind),
+                (r.method.as_str(), r.kind),
                 ("auto-linf", AttackKind::Ensemble)
             );
             assert!(

@@ -48,7 +48,6 @@ mod norm;
 mod pgd;
 mod randomized;
 mod square;
-mod stats;
 mod targeted;
 #[cfg(test)]
 mod testing;
@@ -56,7 +55,7 @@ mod transfer;
 mod visuals;
 
 pub use apgd::Apgd;
-pub use attack::{Attack, AttackKind, Goal, TargetSelection};
+pub use attack::{Attack, Goal, TargetSelection};
 pub use auto::{AutoAttack, AutoVersion};
 pub use budget::{parse_budget, Budget};
 pub use config::{
@@ -64,22 +63,23 @@ pub use config::{
 };
 pub use eval::{
     check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping,
-    evaluate_ensemble, gaussian_noise, AttackRecord, Ensemble, ExampleOutcome, MemberRecord,
-    NoiseRecord, CONSTANT_LOGITS, MAX_LOGIT,
+    evaluate_ensemble, gaussian_noise, Ensemble, ExampleOutcome, CONSTANT_LOGITS, MAX_LOGIT,
 };
 pub use fast_gradient::FastGradient;
+/// The record types, declared once for every writer and reader (the `gauntlet-results` crate).
+pub use gauntlet_results::{
+    wilson_interval, AttackKind, AttackRecord, Lp, MaskingCheck, MaskingFlag, MemberRecord,
+    NoiseRecord, Timed, TransferRecord,
+};
 pub use loss::{AttackLoss, Objective};
-pub use masking::{masking_checks, unbounded_eps, MaskingCheck, MaskingFlag, MaskingRules};
+pub use masking::{masking_checks, unbounded_eps, MaskingRules};
 pub use noise::RandomNoise;
 pub use norm::Norm;
 pub use pgd::{fast_gradient_step, Pgd, StepSize};
 pub use randomized::Randomized;
 pub use square::Square;
-pub use stats::wilson_interval;
 pub use targeted::Targeted;
-pub use transfer::{
-    craft, predict, score_transfer, transfer_matrix, EnsembleModel, TransferRecord,
-};
+pub use transfer::{craft, predict, score_transfer, transfer_matrix, EnsembleModel};
 pub use visuals::{
     first_correct_per_class, logit_sweep, perturbation_views, ImageView, PerturbationView,
 };

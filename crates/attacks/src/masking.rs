@@ -9,67 +9,12 @@
 //! [`crate::RandomNoise`] evaluation, an evaluation at [`unbounded_eps`], a score-based attack
 //! such as [`crate::Square`] or an ensemble with one, like [`crate::AutoAttack`]).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AttackKind, AttackRecord, Norm};
-
-/// The checks of [`masking_checks`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MaskingCheck {
-    /// Accuracy does not rise with ε: the ε-balls are nested, so a working attack can only
-    /// do better with a larger budget.
-    MonotoneInEps,
-    /// An iterative attack is at least as strong as a single-step one at the same ε and norm.
-    IterativeBeatsSingleStep,
-    /// An iterative attack (or ensemble) at an ε covering the whole `[0, 1]` box takes the
-    /// accuracy to about 0: it may move to any image, so only a model constant on the box
-    /// survives.
-    LargeEpsBreaksModel,
-    /// Every gradient attack is at least as strong as random noise of the same norm and ε.
-    AttackBeatsNoise,
-    /// A score-based attack ([`AttackKind::ScoreBased`], e.g. Square) does not beat the
-    /// gradient attacks at the same norm and ε, and within an ensemble it breaks (almost) no
-    /// example the gradient members missed: a gradient-free search that finds what gradients
-    /// cannot is the signature of masked gradients (Croce & Hein 2020, §5).
-    GradientBeatsScoreBased,
-    /// Clean accuracy is above chance (`1 / n_classes` plus three binomial standard
-    /// deviations): robustness of a model that has learnt nothing is no evidence of anything.
-    CleanAboveChance,
-    /// The logits depend on the input ([`AttackRecord::constant_logits`]): a constant model is
-    /// "robust" at every ε because nothing can move it.
-    LogitsVaryWithInput,
-}
-
-impl MaskingCheck {
-    /// Stable identifier, as serialized: `"monotone-in-eps"`, ...
-    pub fn name(&self) -> &'static str {
-        match self {
-            MaskingCheck::MonotoneInEps => "monotone-in-eps",
-            MaskingCheck::IterativeBeatsSingleStep => "iterative-beats-single-step",
-            MaskingCheck::LargeEpsBreaksModel => "large-eps-breaks-model",
-            MaskingCheck::AttackBeatsNoise => "attack-beats-noise",
-            MaskingCheck::GradientBeatsScoreBased => "gradient-beats-score-based",
-            MaskingCheck::CleanAboveChance => "clean-above-chance",
-            MaskingCheck::LogitsVaryWithInput => "logits-vary-with-input",
-        }
-    }
-}
-
-/// The outcome of one check on one attack (or one pair of attacks).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MaskingFlag {
-    pub check: MaskingCheck,
-    /// The attack checked, or `"a vs b"` for a comparison of two.
-    pub attack: String,
-    pub norm: Norm,
-    /// `false` means the symptom was found: the evaluation may be masked.
-    pub passed: bool,
-    /// What was compared, with the accuracies and the tolerance.
-    pub detail: String,
-}
+use crate::{AttackKind, AttackRecord, Lp, MaskingCheck, MaskingFlag};
 
 /// Thresholds of [`masking_checks`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,8 +66,8 @@ impl MaskingRules {
 
 /// The smallest ε whose ball around *any* point of `[0, 1]^input_dim` contains the whole box:
 /// the norm of the box's diagonal, `input_dim^(1/p)` (1 for L∞, `√d` for L2, `d` for L1).
-pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
-    let p = norm.p();
+pub fn unbounded_eps(norm: impl Into<Lp>, input_dim: usize) -> f64 {
+    let p = norm.into().p;
     if p.is_infinite() {
         1.0
     } else {
@@ -162,12 +107,16 @@ pub fn unbounded_eps(norm: Norm, input_dim: usize) -> f64 {
 ///   set: fails when its clean accuracy is not above `1/k + 3·√(p(1−p)/n)`, `p = 1/k`.
 /// - [`MaskingCheck::LogitsVaryWithInput`], once, only as a failure: when some record saw
 ///   the same logits for every clean example ([`AttackRecord::constant_logits`]).
-pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<MaskingFlag> {
+pub fn masking_checks<R: Borrow<AttackRecord>>(
+    records: &[R],
+    rules: &MaskingRules,
+) -> Vec<MaskingFlag> {
     // Grouped by (attack, norm) in first-seen order, each group sorted by ε.
     let mut order: Vec<(String, String)> = vec![];
     let mut groups: BTreeMap<(String, String), Vec<&AttackRecord>> = BTreeMap::new();
-    for r in records {
-        let key = (r.attack.clone(), r.norm.name());
+    let records: Vec<&AttackRecord> = records.iter().map(Borrow::borrow).collect();
+    for &r in &records {
+        let key = (r.method.clone(), r.norm.slug());
         groups
             .entry(key.clone())
             .or_insert_with(|| {
@@ -192,7 +141,7 @@ pub fn masking_checks(records: &[AttackRecord], rules: &MaskingRules) -> Vec<Mas
         if let Some(r) = records.iter().find(|r| r.constant_logits) {
             flags.push(MaskingFlag {
                 check: MaskingCheck::LogitsVaryWithInput,
-                attack: r.attack.clone(),
+                attack: r.method.clone(),
                 norm: r.norm,
                 passed: false,
                 detail: format!(
@@ -299,7 +248,7 @@ fn score_based_members(group: &[&AttackRecord], rules: &MaskingRules) -> Option<
         .collect();
     Some(MaskingFlag {
         check: MaskingCheck::GradientBeatsScoreBased,
-        attack: format!("{} ({})", first.attack, members.join("+")),
+        attack: format!("{} ({})", first.method, members.join("+")),
         norm: first.norm,
         passed: !rules.beyond(share, r.n),
         detail: format!(
@@ -323,7 +272,7 @@ fn above_chance(r: &AttackRecord, rules: &MaskingRules) -> Option<MaskingFlag> {
     let bound = chance + 3.0 * (chance * (1.0 - chance) / r.n as f64).sqrt();
     Some(MaskingFlag {
         check: MaskingCheck::CleanAboveChance,
-        attack: r.attack.clone(),
+        attack: r.method.clone(),
         norm: r.norm,
         passed: r.clean_accuracy > bound,
         detail: format!(
@@ -373,7 +322,7 @@ fn monotone(group: &[&AttackRecord], rules: &MaskingRules) -> MaskingFlag {
     };
     MaskingFlag {
         check: MaskingCheck::MonotoneInEps,
-        attack: first.attack.clone(),
+        attack: first.method.clone(),
         norm: first.norm,
         passed: worst.is_none(),
         detail,
@@ -412,22 +361,22 @@ fn compare(
         Some((_, s, w)) => format!(
             "at eps {} {} leaves {} accurate, {} only {} (tolerance {})",
             s.eps,
-            s.attack,
+            s.method,
             percent(s.adversarial_accuracy),
-            w.attack,
+            w.method,
             percent(w.adversarial_accuracy),
             percent(tolerance)
         ),
         None => format!(
             "{} at most as accurate as {} at {shared} shared eps values (tolerance {})",
-            s0.attack,
-            w0.attack,
+            s0.method,
+            w0.method,
             percent(tolerance)
         ),
     };
     Some(MaskingFlag {
         check,
-        attack: format!("{} vs {}", s0.attack, w0.attack),
+        attack: format!("{} vs {}", s0.method, w0.method),
         norm: s0.norm,
         passed: worst.is_none(),
         detail,
@@ -451,7 +400,7 @@ fn large_eps(group: &[&AttackRecord], rules: &MaskingRules) -> Option<MaskingFla
     let passed = worst.adversarial_accuracy < rules.large_eps_accuracy;
     Some(MaskingFlag {
         check: MaskingCheck::LargeEpsBreaksModel,
-        attack: first.attack.clone(),
+        attack: first.method.clone(),
         norm: first.norm,
         passed,
         detail: format!(
@@ -471,6 +420,7 @@ fn same_eps(a: f64, b: f64) -> bool {
 mod tests {
     use super::*;
     use crate::testing::{balanced_maxout, Saturated};
+    use crate::Norm;
     use crate::{evaluate_attack, wilson_interval, FastGradient, Pgd, RandomNoise};
     use candle_core::{Result, Tensor};
     use gauntlet_models::{Classifier, Mode};
@@ -478,17 +428,17 @@ mod tests {
     fn record(attack: &str, kind: AttackKind, eps: f64, n: usize, correct: usize) -> AttackRecord {
         let (lo, hi) = wilson_interval(correct, n);
         AttackRecord {
-            attack: attack.to_string(),
+            method: attack.to_string(),
             kind,
-            norm: Norm::Linf,
+            norm: Lp::LINF,
             eps,
             n,
             clean_correct: n,
             clean_accuracy: 1.0,
             adversarial_correct: correct,
             adversarial_accuracy: correct as f64 / n as f64,
-            adversarial_ci_low: lo,
-            adversarial_ci_high: hi,
+            ci_low: lo,
+            ci_high: hi,
             mean_perturbation: eps,
             max_perturbation: eps,
             mean_linf: eps,
@@ -499,7 +449,6 @@ mod tests {
             max_l1: eps,
             mistakes: n - correct,
             mean_confidence_on_mistakes: None,
-            seconds: 0.0,
             members: vec![],
             targeted_n: None,
             target_reached: None,
@@ -601,7 +550,7 @@ mod tests {
             record("pgd", Iterative, 0.1, 100, 90),
             record("fgsm", SingleStep, 0.1, 200, 10),
             AttackRecord {
-                norm: Norm::L2,
+                norm: Lp { p: 2.0 },
                 ..record("noise", Random, 0.1, 100, 10)
             },
         ];
@@ -619,7 +568,7 @@ mod tests {
         model: &dyn Classifier,
         xs: &Tensor,
         labels: &Tensor,
-    ) -> Result<Vec<AttackRecord>> {
+    ) -> Result<Vec<crate::Timed<AttackRecord>>> {
         let eps = [0.05, 0.1, 0.2];
         let pgd = Pgd {
             steps: 10,
@@ -704,9 +653,9 @@ mod tests {
     #[test]
     fn on_masked_models_gradients_fail_square_and_dlr_succeed_and_the_checks_fire() -> Result<()> {
         use crate::testing::{wide_maxout, Quantized};
-        use crate::{evaluate_attack, Apgd, AttackLoss, AutoAttack, Square};
+        use crate::{evaluate_attack, Apgd, AttackLoss, AutoAttack, Square, Timed};
         let rules = MaskingRules::new(16);
-        let robust = |records: &[AttackRecord]| records[0].adversarial_correct;
+        let robust = |records: &[Timed<AttackRecord>]| records[0].adversarial_correct;
         // Saturated logits: the cross-entropy gradient is exactly zero, DLR is scale-free.
         let saturated = Saturated::new(wide_maxout()?, 1e4);
         let (xs, _) = crate::testing::inputs(60, 61)?;

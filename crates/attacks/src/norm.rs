@@ -318,6 +318,21 @@ impl<'de> Deserialize<'de> for Norm {
     }
 }
 
+impl From<Norm> for gauntlet_results::Lp {
+    fn from(norm: Norm) -> Self {
+        gauntlet_results::Lp { p: norm.p() }
+    }
+}
+
+impl TryFrom<gauntlet_results::Lp> for Norm {
+    type Error = candle_core::Error;
+
+    /// Fails on a hand-written `p < 1` or NaN.
+    fn try_from(norm: gauntlet_results::Lp) -> Result<Norm> {
+        Norm::new(norm.p)
+    }
+}
+
 /// Fails unless `eps` is finite and non-negative.
 pub(crate) fn check_eps(eps: f64) -> Result<()> {
     if !(eps.is_finite() && eps >= 0.0) {

@@ -14,50 +14,9 @@ use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
-use serde::{Deserialize, Serialize};
 
 use crate::norm::check_eps;
-use crate::{wilson_interval, Attack, Goal, Norm};
-
-/// The outcome of examples crafted against `source` and classified by `target`: one row of
-/// `transfer.csv` and of results.json's `transfer`, as written (wall times are the caller's).
-/// With `source == target` it is the white-box result.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransferRecord {
-    pub source: String,
-    pub target: String,
-    /// The attack used against the source ([`Attack::name`] or the suite's name for it).
-    pub attack: String,
-    pub norm: Norm,
-    pub eps: f64,
-    /// Number of examples.
-    pub n: usize,
-    /// Examples the target classifies correctly without attack.
-    pub clean_correct: usize,
-    /// Examples the target classifies correctly both clean and on the transferred input (the
-    /// clean input is in the ε-ball too, so this is the per-example worst case, as in
-    /// [`crate::AttackRecord::adversarial_correct`]).
-    pub adversarial_correct: usize,
-    pub accuracy: f64,
-    /// `1 − accuracy`.
-    pub error: f64,
-    /// Wilson 95% interval of `accuracy` (that of `error` is `1 − high, 1 − low`).
-    pub ci_low: f64,
-    pub ci_high: f64,
-    /// Transferred inputs the target misclassifies.
-    pub target_mistakes: usize,
-    /// Mean softmax probability of the target's (wrong) predicted class over its mistakes;
-    /// `None` when there are none.
-    pub mean_confidence_on_mistakes: Option<f64>,
-    /// Transferred inputs the *source* misclassifies (its white-box mistakes).
-    pub source_mistakes: usize,
-    /// Of the source's mistakes, the share on which the target predicts the same wrong class;
-    /// `None` when the source made no mistake.
-    pub agreement: Option<f64>,
-    /// The same share among the source's mistakes that the target also gets wrong; `None` when
-    /// there are none.
-    pub agreement_when_both_wrong: Option<f64>,
-}
+use crate::{wilson_interval, Attack, Goal, Norm, TransferRecord};
 
 /// A classifier whose logits are the mean of its members' logits. Its spec is the first
 /// member's; it has no parameters of its own.
@@ -236,7 +195,7 @@ pub fn score_transfer(
         source: source.to_string(),
         target: target.to_string(),
         attack: attack_name.to_string(),
-        norm,
+        norm: norm.into(),
         eps,
         n,
         clean_correct,

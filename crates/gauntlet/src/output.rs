@@ -12,6 +12,13 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The CSV table of `rows` with `columns` ([`gauntlet_results::write_table`]).
+pub fn write_table<T: Serialize>(path: &Path, rows: &[T], columns: &[&str]) -> Result<()> {
+    let bytes = gauntlet_results::write_table(rows, columns)
+        .with_context(|| format!("writing {}", path.display()))?;
+    write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {

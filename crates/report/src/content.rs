@@ -460,12 +460,9 @@ pub(crate) fn document(
             .map(|m| {
                 vec![
                     Cell::from(m.model.clone()),
-                    m.check.clone().into(),
+                    m.check.name().into(),
                     m.attack.clone().into(),
-                    m.norm
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|| "—".into())
-                        .into(),
+                    m.norm.to_string().into(),
                     if m.passed {
                         Cell::from("passed")
                     } else {

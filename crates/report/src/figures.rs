@@ -709,7 +709,7 @@ impl PerturbationFigure<'_> {
     const BOTTOM: u32 = 90;
 
     /// The norms, in order of first appearance.
-    fn norms(&self) -> Vec<crate::schema::Norm> {
+    fn norms(&self) -> Vec<crate::schema::Lp> {
         let mut norms = Vec::new();
         for img in &self.model.images {
             for p in &img.perturbations {

@@ -17,15 +17,14 @@ mod figures;
 mod plot;
 pub mod schema;
 pub mod series;
-mod stats;
 pub mod tensors;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
+pub use gauntlet_results::wilson_interval;
 pub use schema::{read_results_dir, ResultsDir, SUPPORTED_SCHEMA_VERSION};
-pub use stats::wilson_interval;
 pub use tensors::TENSOR_SCHEMA_VERSION;
 
 use crate::figures::{

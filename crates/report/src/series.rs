@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::schema::{Norm, Results, RobustnessRow, TrainingRow};
-use crate::stats::wilson_interval;
+use crate::schema::{Lp, Results, RobustnessRow, TrainingRow};
+use gauntlet_results::wilson_interval;
 
 /// A value with its 95% interval, at `x`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -49,7 +49,7 @@ fn position(order: &[String], name: &str) -> usize {
 pub struct AccuracyPanel {
     /// The suite's name for the attack.
     pub attack: String,
-    pub norm: Norm,
+    pub norm: Lp,
     /// The attack's own name (`pgd-linf`), when the results give it.
     pub method: Option<String>,
     pub kind: Option<String>,
@@ -89,7 +89,7 @@ impl AccuracyPanel {
 /// then the robust accuracy at each ε, ascending, with Wilson 95% intervals.
 pub fn accuracy_panels(results: &Results) -> Vec<AccuracyPanel> {
     let order = model_order(results);
-    let mut groups: Vec<((String, Norm), Vec<&RobustnessRow>)> = Vec::new();
+    let mut groups: Vec<((String, Lp), Vec<&RobustnessRow>)> = Vec::new();
     for row in &results.robustness {
         let key = (row.attack.clone(), row.norm);
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -138,10 +138,10 @@ pub fn accuracy_panels(results: &Results) -> Vec<AccuracyPanel> {
             AccuracyPanel {
                 // Shown beside the attack's name only when it says something more.
                 method: rows
-                    .iter()
-                    .find_map(|r| r.method.clone())
+                    .first()
+                    .map(|r| r.method.clone())
                     .filter(|m| *m != attack),
-                kind: rows.iter().find_map(|r| r.kind.clone()),
+                kind: rows.first().map(|r| r.kind.name().to_string()),
                 eps_written: {
                     let mut written: Vec<(f64, String)> = rows
                         .iter()
@@ -176,7 +176,7 @@ pub struct TransferCell {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TransferMatrix {
     pub attack: String,
-    pub norm: Norm,
+    pub norm: Lp,
     pub eps: f64,
     pub sources: Vec<String>,
     pub targets: Vec<String>,
@@ -299,7 +299,7 @@ pub struct TradeoffPoint {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TradeoffPanel {
     pub attack: String,
-    pub norm: Norm,
+    pub norm: Lp,
     pub eps: f64,
     pub points: Vec<TradeoffPoint>,
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::schema::{read_versioned_json, Norm};
+use crate::schema::{read_versioned_json, Lp};
 
 /// The `schema_version` of `perturbations.json` and `logit_sweep.json` this report reads.
 pub const TENSOR_SCHEMA_VERSION: u32 = 1;
@@ -75,7 +75,7 @@ struct ImageWire {
 
 #[derive(Clone, Debug, Deserialize)]
 struct PerturbationWire {
-    norm: Norm,
+    norm: Lp,
     #[serde(default)]
     eps: Option<f64>,
     r: Array,
@@ -141,7 +141,7 @@ pub struct ImagePerturbations {
 
 #[derive(Clone, Debug)]
 pub struct Perturbation {
-    pub norm: Norm,
+    pub norm: Lp,
     pub eps: Option<f64>,
     pub r: Image,
     /// `x + r` as written, or clipped to `[0, 1]` when the file has none.
@@ -274,7 +274,7 @@ pub struct LogitSweep {
     pub index: Option<usize>,
     pub label: u32,
     #[serde(default)]
-    pub norm: Option<Norm>,
+    pub norm: Option<Lp>,
     pub eps: Vec<f64>,
     /// `logits[i][c]`: class `c` at `eps[i]`.
     pub logits: Vec<Vec<f64>>,

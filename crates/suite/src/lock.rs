@@ -35,7 +35,7 @@ pub fn lock_results(results_dir: &Path, shared: bool) -> Result<ResultsLock> {
         .map_err(|e| Error::io(&path, e))?;
     let previous = holder(&path);
     if !try_flock(&file, shared).map_err(|e| Error::io(&path, e))? {
-        return Err(in_use(results_dir, &path, previous));
+        return Err(in_use(results_dir, &path, live_holder(&path)));
     }
     if !shared {
         // The flock is the lock; the id is for the message a second run prints.
@@ -48,9 +48,21 @@ pub fn lock_results(results_dir: &Path, shared: bool) -> Result<ResultsLock> {
     })
 }
 
+/// The live process named in the lock file. An exclusive holder writes its id just after
+/// taking the flock, so a run that lost the race by a moment may find the file empty or
+/// naming an earlier, dead run: it waits up to a second for the id. Shards write none.
+fn live_holder(path: &Path) -> Option<u32> {
+    for _ in 0..50 {
+        if let Some(pid) = holder(path).filter(|&pid| crate::prune::process_alive(pid)) {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    None
+}
+
 fn in_use(results_dir: &Path, path: &Path, pid: Option<u32>) -> Error {
-    // Shards write no id: a dead id in the file is an earlier run's, not the holder's.
-    let holder = match pid.filter(|&pid| crate::prune::process_alive(pid)) {
+    let holder = match pid {
         Some(pid) => format!("gauntlet process {pid}"),
         None => "sharded gauntlet runs".to_string(),
     };

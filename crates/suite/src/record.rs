@@ -1,9 +1,10 @@
 //! What the suite writes: each job's output file (`jobs/<kind>-<key>/job.json`) and the rows
 //! of the aggregated `results.json` and CSV tables (docs/results.md documents both).
 
-use gauntlet_attacks::{AttackKind, AttackRecord, MaskingFlag, NoiseRecord, Norm, TransferRecord};
+use gauntlet_attacks::{AttackRecord, NoiseRecord, Timed, TransferRecord};
 use gauntlet_data::DataConfig;
 use gauntlet_models::ModelSpec;
+pub use gauntlet_results::{MaskingEntry, NoiseRow, RobustnessRow, TransferRecord as TransferRow};
 use gauntlet_train::{EpochRecord, EvalResult, TrainConfig, TrainLog};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,13 +48,13 @@ pub struct TrainOutput {
 pub struct AttackOutput {
     pub model: String,
     pub attack: String,
-    pub records: Vec<AttackRecord>,
+    pub records: Vec<Timed<AttackRecord>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NoiseOutput {
     pub model: String,
-    pub records: Vec<NoiseRecord>,
+    pub records: Vec<Timed<NoiseRecord>>,
 }
 
 /// Output of a craft job (beside `x_adv.safetensors`, tensor `x_adv`, f32 `[n, C, H, W]`).
@@ -92,7 +93,7 @@ pub struct Results {
     pub data_files: Vec<gauntlet_data::DataFile>,
     pub eval: EvalSettings,
     pub models: Vec<ModelResult>,
-    pub robustness: Vec<RobustnessEntry>,
+    pub robustness: Vec<RobustnessRow>,
     pub noise: Vec<NoiseRow>,
     pub transfer: Vec<TransferRow>,
     pub masking: Vec<MaskingEntry>,
@@ -143,119 +144,6 @@ pub struct ModelResult {
     pub source_sha256: Option<String>,
 }
 
-/// One row of `robustness.csv`: a model under one attack at one ε.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RobustnessRow {
-    pub model: String,
-    /// The suite's name for the attack.
-    pub attack: String,
-    /// The attack's own name ([`gauntlet_attacks::Attack::name`]), e.g. `pgd-linf`.
-    pub method: String,
-    pub kind: AttackKind,
-    pub norm: Norm,
-    pub eps: f64,
-    pub n: usize,
-    pub clean_correct: usize,
-    pub clean_accuracy: f64,
-    pub adversarial_correct: usize,
-    pub adversarial_accuracy: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub mean_perturbation: f64,
-    pub max_perturbation: f64,
-    pub mean_linf: f64,
-    pub max_linf: f64,
-    pub mean_l2: f64,
-    pub max_l2: f64,
-    pub mean_l1: f64,
-    pub max_l1: f64,
-    pub mistakes: usize,
-    pub mean_confidence_on_mistakes: Option<f64>,
-    /// The model's seed.
-    pub seed: u64,
-}
-
-impl RobustnessRow {
-    pub fn new(model: &str, attack: &str, seed: u64, r: &AttackRecord) -> Self {
-        Self {
-            model: model.to_string(),
-            attack: attack.to_string(),
-            method: r.attack.clone(),
-            kind: r.kind,
-            norm: r.norm,
-            eps: r.eps,
-            n: r.n,
-            clean_correct: r.clean_correct,
-            clean_accuracy: r.clean_accuracy,
-            adversarial_correct: r.adversarial_correct,
-            adversarial_accuracy: r.adversarial_accuracy,
-            ci_low: r.adversarial_ci_low,
-            ci_high: r.adversarial_ci_high,
-            mean_perturbation: r.mean_perturbation,
-            max_perturbation: r.max_perturbation,
-            mean_linf: r.mean_linf,
-            max_linf: r.max_linf,
-            mean_l2: r.mean_l2,
-            max_l2: r.max_l2,
-            mean_l1: r.mean_l1,
-            max_l1: r.max_l1,
-            mistakes: r.mistakes,
-            mean_confidence_on_mistakes: r.mean_confidence_on_mistakes,
-            seed,
-        }
-    }
-}
-
-/// A [`RobustnessRow`] in `results.json`, with the attack's resolved spec.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RobustnessEntry {
-    #[serde(flatten)]
-    pub row: RobustnessRow,
-    pub spec: Value,
-    /// A targeted attack's examples aimed at another class, and those classified as their
-    /// target ([`AttackRecord::targeted_n`]); absent for an untargeted one, and from
-    /// robustness.csv, whose one header serves both.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub targeted_n: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_reached: Option<usize>,
-    /// The budget as written where it was a fraction (`"8/255"`); `eps` holds its value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eps_written: Option<String>,
-}
-
-/// One row of `noise.csv`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NoiseRow {
-    pub model: String,
-    pub sigma: f64,
-    pub clip: bool,
-    pub seed: u64,
-    pub n: usize,
-    pub correct: usize,
-    pub accuracy: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    pub error: f64,
-}
-
-impl NoiseRow {
-    pub fn new(model: &str, r: &NoiseRecord) -> Self {
-        Self {
-            model: model.to_string(),
-            sigma: r.sigma,
-            clip: r.clip,
-            seed: r.seed,
-            n: r.n,
-            correct: r.correct,
-            accuracy: r.accuracy,
-            ci_low: r.ci_low,
-            ci_high: r.ci_high,
-            error: r.error,
-        }
-    }
-}
-
 /// One row of `training.csv`: a model's epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRow {
@@ -287,17 +175,6 @@ impl TrainingRow {
         }
     }
 }
-
-/// A gradient-masking check on one model's attack records.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct MaskingEntry {
-    pub model: String,
-    #[serde(flatten)]
-    pub flag: MaskingFlag,
-}
-
-/// One row of `transfer.csv` and of results.json's `transfer`.
-pub type TransferRow = TransferRecord;
 
 /// One row of `timings.csv`: the wall time of a job or of one part of it. Kept apart from
 /// the results, which are then identical from run to run.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{ModelResult, NoiseRow, RobustnessEntry, TransferRow};
+use crate::record::{ModelResult, NoiseRow, RobustnessRow, TransferRow};
 use crate::{Error, Result, Suite};
 
 /// `[report]` as written.
@@ -163,7 +163,7 @@ pub(crate) fn check(path: &Path, spec: &ReportSpec, suite: &Suite) -> Result<()>
 pub(crate) fn section(
     spec: &ReportSpec,
     models: &[ModelResult],
-    robustness: &[RobustnessEntry],
+    robustness: &[RobustnessRow],
     transfer: &[TransferRow],
     noise: &[NoiseRow],
 ) -> ReportSection {
@@ -179,7 +179,6 @@ pub(crate) fn section(
                     .map(|m| (m.test_error, m.test_ci_low, m.test_ci_high, m.test_n)),
                 Metric::AttackError { model, attack, eps } => robustness
                     .iter()
-                    .map(|e| &e.row)
                     .find(|row| &row.model == model && &row.attack == attack && row.eps == *eps)
                     .map(|row| {
                         let acc = row.adversarial_accuracy;

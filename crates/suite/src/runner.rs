@@ -551,6 +551,15 @@ pub(crate) fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
+/// Writes the CSV table of `rows` with `columns` ([`gauntlet_results::write_table`]).
+pub(crate) fn write_table<T: Serialize>(path: &Path, rows: &[T], columns: &[&str]) -> Result<()> {
+    let bytes = gauntlet_results::write_table(rows, columns).map_err(|e| Error::Unstorable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
+}
+
 /// Forwards the trainer's progress to the suite's observer.
 struct TrainProgress<'a> {
     job: &'a Job,

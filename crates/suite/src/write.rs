@@ -13,12 +13,14 @@ use gauntlet_models::io::write_atomic;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use gauntlet_results::{NOISE_COLUMNS, ROBUSTNESS_COLUMNS, TRANSFER_COLUMNS};
+
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
-    NoiseRow, Results, RobustnessEntry, RobustnessRow, ScoreOutput, TimingRow, TrainOutput,
-    TrainingRow, SCHEMA_VERSION,
+    NoiseRow, Results, RobustnessRow, ScoreOutput, TimingRow, TrainOutput, TrainingRow,
+    SCHEMA_VERSION,
 };
-use crate::runner::{read_job, write_csv, write_json, EXAMPLES_FILE, MODEL_FILE};
+use crate::runner::{read_job, write_csv, write_json, write_table, EXAMPLES_FILE, MODEL_FILE};
 use crate::visuals::{VisualsOutput, LOGIT_SWEEP_FILE, PERTURBATIONS_FILE};
 use crate::{Error, JobKind, Plan, Result, Suite, Task, CODE_VERSION};
 
@@ -118,11 +120,12 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     serde_json::to_value(&attack_def.method).expect("attack specs serialize");
                 for r in &file.output.records {
                     timings.push(TimingRow::new(&job.id, format!("eps {}", r.eps), r.seconds));
-                    robustness.push(RobustnessEntry {
-                        row: RobustnessRow::new(&def.name, &attack_def.name, def.seed, r),
+                    robustness.push(RobustnessRow {
+                        model: def.name.clone(),
+                        attack: attack_def.name.clone(),
+                        record: r.record.clone(),
+                        seed: def.seed,
                         spec: spec.clone(),
-                        targeted_n: r.targeted_n,
-                        target_reached: r.target_reached,
                         eps_written: attack_def.written(r.eps),
                     });
                 }
@@ -140,12 +143,10 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                         .iter()
                         .map(|r| TimingRow::new(&job.id, format!("sigma {}", r.sigma), r.seconds)),
                 );
-                noise.extend(
-                    file.output
-                        .records
-                        .iter()
-                        .map(|r| NoiseRow::new(&suite.models[model].name, r)),
-                );
+                noise.extend(file.output.records.iter().map(|r| NoiseRow {
+                    model: suite.models[model].name.clone(),
+                    record: r.record.clone(),
+                }));
             }
             Task::Craft { .. } => {
                 // Read to check it parses; its content reaches the results through the scores.
@@ -188,10 +189,17 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         );
     }
 
-    let rows: Vec<&RobustnessRow> = robustness.iter().map(|e| &e.row).collect();
-    write_csv(&results_dir.join("robustness.csv"), &rows)?;
-    write_csv(&results_dir.join("noise.csv"), &noise)?;
-    write_csv(&results_dir.join("transfer.csv"), &transfer)?;
+    write_table(
+        &results_dir.join("robustness.csv"),
+        &robustness,
+        ROBUSTNESS_COLUMNS,
+    )?;
+    write_table(&results_dir.join("noise.csv"), &noise, NOISE_COLUMNS)?;
+    write_table(
+        &results_dir.join("transfer.csv"),
+        &transfer,
+        TRANSFER_COLUMNS,
+    )?;
     write_csv(&results_dir.join("training.csv"), &training)?;
     write_csv(&results_dir.join("timings.csv"), &timings)?;
     for name in [

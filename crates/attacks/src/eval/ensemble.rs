@@ -34,7 +34,7 @@ pub fn evaluate_ensemble(
     labels: &Tensor,
     eps_list: &[f64],
     batch_size: usize,
-) -> Result<Vec<AttackRecord>> {
+) -> Result<Vec<Timed<AttackRecord>>> {
     let names: Vec<String> = attacks.iter().map(|a| a.name()).collect();
     let name = format!("ensemble({})", names.join("+"));
     let (records, _, _) = evaluate(

@@ -12,9 +12,10 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use crate::{AttackRecord, MemberRecord, NoiseRecord, Timed};
 pub use ensemble::{evaluate_ensemble, Ensemble};
 pub use noise::gaussian_noise;
-pub use records::{AttackRecord, ExampleOutcome, MemberRecord, NoiseRecord};
+pub use records::ExampleOutcome;
 pub use sweep::{evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping};
 
 use candle_core::{bail, DType, Result, Tensor};

@@ -28,7 +28,7 @@ pub fn gaussian_noise(
     clip: bool,
     seed: u64,
     batch_size: usize,
-) -> Result<Vec<NoiseRecord>> {
+) -> Result<Vec<Timed<NoiseRecord>>> {
     let (n, _, label_ids) = check_inputs(images, labels, batch_size)?;
     for &sigma in sigmas {
         if !(sigma.is_finite() && sigma >= 0.0) {
@@ -61,7 +61,7 @@ pub fn gaussian_noise(
                 .count();
         }
         let (ci_low, ci_high) = wilson_interval(correct, n);
-        records.push(NoiseRecord {
+        let record = NoiseRecord {
             sigma,
             clip,
             seed,
@@ -71,6 +71,9 @@ pub fn gaussian_noise(
             ci_low,
             ci_high,
             error: 1.0 - fraction(correct, n),
+        };
+        records.push(Timed {
+            record,
             seconds: timer.elapsed().as_secs_f64(),
         });
     }

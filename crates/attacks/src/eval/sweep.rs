@@ -12,6 +12,9 @@ use crate::batch::{replace_rows, select_rows};
 use crate::norm::check_eps;
 use crate::{wilson_interval, Attack, AttackKind, Goal, Norm};
 
+/// The records, per-example outcomes and (when kept) adversarial images of an evaluation.
+type Evaluated = (Vec<Timed<AttackRecord>>, Vec<ExampleOutcome>, Vec<Tensor>);
+
 /// Runs `attack` (untargeted, against the true labels) at every ε of `eps_list` on `images`,
 /// `batch_size` examples at a time, and scores each ε.
 ///
@@ -30,7 +33,7 @@ pub fn evaluate_attack(
     labels: &Tensor,
     eps_list: &[f64],
     batch_size: usize,
-) -> Result<Vec<AttackRecord>> {
+) -> Result<Vec<Timed<AttackRecord>>> {
     Ok(evaluate_attack_detailed(model, attack, images, labels, eps_list, batch_size)?.0)
 }
 
@@ -54,7 +57,7 @@ pub fn evaluate_attack_detailed(
     labels: &Tensor,
     eps_list: &[f64],
     batch_size: usize,
-) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>)> {
+) -> Result<(Vec<Timed<AttackRecord>>, Vec<ExampleOutcome>)> {
     let (records, outcomes, _) =
         evaluate_attack_keeping(model, attack, images, labels, eps_list, batch_size, false)?;
     Ok((records, outcomes))
@@ -70,7 +73,7 @@ pub fn evaluate_attack_keeping(
     eps_list: &[f64],
     batch_size: usize,
     keep: bool,
-) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>, Vec<Tensor>)> {
+) -> Result<Evaluated> {
     let members = attack.members();
     let attacks = if members.is_empty() {
         vec![attack]
@@ -127,7 +130,7 @@ pub(super) fn evaluate(
     eps_list: &[f64],
     batch_size: usize,
     keep: bool,
-) -> Result<(Vec<AttackRecord>, Vec<ExampleOutcome>, Vec<Tensor>)> {
+) -> Result<Evaluated> {
     let (n, labels, label_ids) = check_inputs(images, labels, batch_size)?;
     for &eps in eps_list {
         check_eps(eps)?;
@@ -229,18 +232,18 @@ pub(super) fn evaluate(
         }
         let (ci_low, ci_high) = wilson_interval(robust, n);
         let [own, linf, l2, l1] = sizes;
-        records.push(AttackRecord {
-            attack: name.clone(),
+        let record = AttackRecord {
+            method: name.clone(),
             kind,
-            norm,
+            norm: norm.into(),
             eps,
             n,
             clean_correct,
             clean_accuracy: fraction(clean_correct, n),
             adversarial_correct: robust,
             adversarial_accuracy: fraction(robust, n),
-            adversarial_ci_low: ci_low,
-            adversarial_ci_high: ci_high,
+            ci_low,
+            ci_high,
             mean_perturbation: own.mean(n),
             max_perturbation: own.max,
             mean_linf: linf.mean(n),
@@ -251,7 +254,6 @@ pub(super) fn evaluate(
             max_l1: l1.max,
             mistakes,
             mean_confidence_on_mistakes: (mistakes > 0).then(|| confidence_sum / mistakes as f64),
-            seconds: timer.elapsed().as_secs_f64(),
             members: if attacks.len() > 1 {
                 attacks
                     .iter()
@@ -268,6 +270,10 @@ pub(super) fn evaluate(
             targeted_n: aimed,
             target_reached: aimed.map(|_| reached),
             constant_logits,
+        };
+        records.push(Timed {
+            record,
+            seconds: timer.elapsed().as_secs_f64(),
         });
     }
     Ok((records, outcomes, kept))

@@ -1,7 +1,7 @@
 use super::*;
 use crate::testing::LinearModel;
 use crate::FastGradient;
-use crate::{wilson_interval, Attack, AttackKind, Goal, Norm};
+use crate::{wilson_interval, Attack, AttackKind, Goal, Lp, Norm};
 use candle_core::{Device, Result, Tensor};
 use gauntlet_models::{Classifier, Mode};
 
@@ -40,11 +40,11 @@ fn fgsm_on_a_linear_model_gives_the_hand_counted_records() -> Result<()> {
     assert_eq!(robust, [4, 4, 2, 1, 0]);
     for r in &records {
         assert_eq!(
-            (r.n, r.clean_correct, r.attack.as_str(), r.norm),
-            (5, 4, "fast-gradient-linf", Norm::Linf)
+            (r.n, r.clean_correct, r.method.as_str(), r.norm),
+            (5, 4, "fast-gradient-linf", Lp::LINF)
         );
         assert_eq!(
-            (r.adversarial_ci_low, r.adversarial_ci_high),
+            (r.ci_low, r.ci_high),
             wilson_interval(r.adversarial_correct, 5)
         );
         assert!((r.adversarial_accuracy - r.adversarial_correct as f64 / 5.0).abs() < 1e-12);
@@ -115,7 +115,7 @@ fn an_attack_over_budget_shows_in_the_measured_perturbation() -> Result<()> {
 fn bad_inputs_are_rejected_before_any_work() -> Result<()> {
     let (model, images, labels) = model_and_data()?;
     let fgsm = FastGradient::fgsm();
-    let err = |r: Result<Vec<AttackRecord>>| r.expect_err("must fail").to_string();
+    let err = |r: Result<Vec<Timed<AttackRecord>>>| r.expect_err("must fail").to_string();
     assert!(err(evaluate_attack(
         &model,
         &fgsm,
@@ -235,13 +235,13 @@ fn records_round_trip_through_json() -> Result<()> {
     assert!(records[0].mean_confidence_on_mistakes.is_some());
     let text = serde_json::to_string(&records).unwrap();
     assert!(text.contains("\"norm\":1.5"), "{text}");
-    let back: Vec<AttackRecord> = serde_json::from_str(&text).unwrap();
+    let back: Vec<Timed<AttackRecord>> = serde_json::from_str(&text).unwrap();
     // serde_json's default float parsing may differ in the last bit, so floats get a tolerance.
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
     for (b, r) in back.iter().zip(&records) {
         assert_eq!(
-            (&b.attack, b.kind, b.norm, b.n, b.clean_correct),
-            (&r.attack, r.kind, r.norm, r.n, r.clean_correct)
+            (&b.method, b.kind, b.norm, b.n, b.clean_correct),
+            (&r.method, r.kind, r.norm, r.n, r.clean_correct)
         );
         assert!(close(b.mean_l2, r.mean_l2) && close(b.max_l1, r.max_l1));
         assert_eq!(
@@ -279,7 +279,7 @@ fn records_measure_the_perturbation_in_every_norm() -> Result<()> {
             assert!(
                 (mean - want).abs() < 1e-6 && (max - want).abs() < 1e-6,
                 "{} {name}: mean {mean} max {max}, want {want}",
-                r.attack
+                r.method
             );
         }
         assert_eq!(r.kind, AttackKind::SingleStep);
@@ -378,11 +378,11 @@ fn ensemble_is_the_per_example_worst_case() -> Result<()> {
         let both = (0..60).filter(|&i| a[k * 60 + i] && b[k * 60 + i]).count();
         assert_eq!(r.adversarial_correct, both, "eps {}", r.eps);
         assert_eq!(
-            (r.attack.as_str(), r.kind, r.norm),
+            (r.method.as_str(), r.kind, r.norm),
             (
                 "ensemble(fast-gradient-linf+pgd-margin-linf)",
                 AttackKind::Ensemble,
-                Norm::Linf
+                Lp::LINF
             )
         );
         assert!(r.max_perturbation <= r.eps + 1e-6);
@@ -427,7 +427,7 @@ fn an_ensemble_attack_is_evaluated_member_by_member() -> Result<()> {
     let members: [&dyn Attack; 2] = [&FastGradient::fgsm(), &pgd];
     let plain = evaluate_ensemble(model.as_ref(), &members, &images, &labels, &eps_list, 25)?;
     for (r, p) in records.iter().zip(&plain) {
-        assert_eq!((r.attack.as_str(), r.kind), ("pair", AttackKind::Ensemble));
+        assert_eq!((r.method.as_str(), r.kind), ("pair", AttackKind::Ensemble));
         assert_eq!(r.adversarial_correct, p.adversarial_correct);
         assert_eq!(r.members, p.members);
         let counted: usize = r.members.iter().map(|m| m.broken).sum();

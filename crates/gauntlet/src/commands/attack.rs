@@ -8,10 +8,11 @@ use candle_core::{Device, Tensor};
 use gauntlet_attacks::{
     evaluate_attack, evaluate_attack_keeping, masking_checks, unbounded_eps, Attack, AttackConfig,
     AttackKind, AttackRecord, ExampleOutcome, FastGradient, MaskingRules, RandomNoise, Randomized,
+    Timed,
 };
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::ModelSpec;
-use gauntlet_suite::record::{RobustnessEntry, RobustnessRow};
+use gauntlet_suite::record::RobustnessRow;
 use serde::Serialize;
 
 use crate::args::{AttackArgs, AttackFlags};
@@ -41,7 +42,7 @@ struct MemberRow<'a> {
     broken: usize,
 }
 
-fn print_records(title: &str, records: &[AttackRecord]) {
+fn print_records(title: &str, records: &[Timed<AttackRecord>]) {
     println!("{title}");
     println!(
         "{:>8}  {:>9}  {:>9}  {:>19}  {:>10}  {:>8}",
@@ -53,8 +54,8 @@ fn print_records(title: &str, records: &[AttackRecord]) {
             r.eps,
             100.0 * r.clean_accuracy,
             100.0 * r.adversarial_accuracy,
-            100.0 * r.adversarial_ci_low,
-            100.0 * r.adversarial_ci_high,
+            100.0 * r.ci_low,
+            100.0 * r.ci_high,
             r.max_perturbation,
             r.seconds
         );
@@ -77,7 +78,7 @@ fn masking_records(
     attack: &dyn Attack,
     loaded: &Loaded,
     eps: &[f64],
-) -> Result<Vec<AttackRecord>> {
+) -> Result<Vec<Timed<AttackRecord>>> {
     let (model, test, batch) = (
         loaded.model.as_ref(),
         &loaded.test,
@@ -226,11 +227,12 @@ pub fn run(args: AttackArgs) -> Result<()> {
     let spec = serde_json::to_value(&config)?;
     let robustness = records
         .iter()
-        .map(|r| RobustnessEntry {
-            row: RobustnessRow::new(&model.name, &stem, model.seed, r),
+        .map(|r| RobustnessRow {
+            model: model.name.clone(),
+            attack: stem.clone(),
+            record: r.record.clone(),
+            seed: model.seed,
             spec: spec.clone(),
-            targeted_n: r.targeted_n,
-            target_reached: r.target_reached,
             eps_written: args
                 .eps
                 .iter()

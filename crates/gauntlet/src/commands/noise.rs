@@ -40,7 +40,10 @@ pub fn run(args: NoiseArgs) -> Result<()> {
         seed: args.seed,
         noise: records
             .iter()
-            .map(|r| NoiseRow::new(&model.name, r))
+            .map(|r| NoiseRow {
+                model: model.name.clone(),
+                record: r.record.clone(),
+            })
             .collect(),
         models: vec![model],
         robustness: vec![],

@@ -10,14 +10,16 @@ use gauntlet_attacks::{wilson_interval, MaskingFlag};
 use gauntlet_data::{DataConfig, Dataset};
 use gauntlet_models::Classifier;
 use gauntlet_suite::record::{
-    EvalSettings, MaskingEntry, ModelResult, NoiseRow, Results, RobustnessEntry, RobustnessRow,
-    TransferRow, SCHEMA_VERSION,
+    EvalSettings, MaskingEntry, ModelResult, NoiseRow, Results, RobustnessRow, TransferRow,
+    SCHEMA_VERSION,
 };
 use gauntlet_suite::CODE_VERSION;
 use gauntlet_train::{evaluate, EvalResult, TrainConfig};
 use sha2::{Digest, Sha256};
 
-use crate::output::{write_csv, write_json};
+use gauntlet_results::{NOISE_COLUMNS, ROBUSTNESS_COLUMNS, TRANSFER_COLUMNS};
+
+use crate::output::{write_json, write_table};
 
 /// The model's name in the results: its file stem, or its folder's name for the
 /// `DIR/model.safetensors` of `gauntlet train`.
@@ -87,7 +89,7 @@ pub struct SingleResults {
     pub name: String,
     pub seed: u64,
     pub models: Vec<ModelResult>,
-    pub robustness: Vec<RobustnessEntry>,
+    pub robustness: Vec<RobustnessRow>,
     pub noise: Vec<NoiseRow>,
     pub transfer: Vec<TransferRow>,
     /// The first model's checks.
@@ -135,14 +137,17 @@ impl SingleResults {
     pub fn write(&self, out: &Path, results: &Results) -> Result<()> {
         write_json(&out.join("results.json"), results)?;
         if !self.robustness.is_empty() {
-            let rows: Vec<&RobustnessRow> = self.robustness.iter().map(|e| &e.row).collect();
-            write_csv(&out.join("robustness.csv"), &rows)?;
+            write_table(
+                &out.join("robustness.csv"),
+                &self.robustness,
+                ROBUSTNESS_COLUMNS,
+            )?;
         }
         if !self.noise.is_empty() {
-            write_csv(&out.join("noise.csv"), &self.noise)?;
+            write_table(&out.join("noise.csv"), &self.noise, NOISE_COLUMNS)?;
         }
         if !self.transfer.is_empty() {
-            write_csv(&out.join("transfer.csv"), &self.transfer)?;
+            write_table(&out.join("transfer.csv"), &self.transfer, TRANSFER_COLUMNS)?;
         }
         Ok(())
     }

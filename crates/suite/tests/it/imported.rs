@@ -89,12 +89,12 @@ fn imported_models_are_attacked_transferred_and_keyed_by_their_bytes() {
     let robust: Vec<_> = results
         .robustness
         .iter()
-        .filter(|r| r.row.model.starts_with("mlp-"))
+        .filter(|r| r.model.starts_with("mlp-"))
         .collect();
     assert_eq!(robust.len(), 2);
     assert_eq!(
-        robust[0].row.adversarial_accuracy,
-        robust[1].row.adversarial_accuracy
+        robust[0].adversarial_accuracy,
+        robust[1].adversarial_accuracy
     );
     // Every source × target pair of the three models, imported ones included.
     let transfer: Vec<TransferRow> = read_csv(&out.join("transfer.csv"));

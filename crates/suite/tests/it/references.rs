@@ -62,9 +62,9 @@ fn references_carry_the_matching_results() {
                 let e = r
                     .robustness
                     .iter()
-                    .find(|e| &e.row.model == model && &e.row.attack == attack && e.row.eps == *eps)
+                    .find(|e| &e.model == model && &e.attack == attack && e.eps == *eps)
                     .unwrap();
-                (1.0 - e.row.adversarial_accuracy, e.row.n)
+                (1.0 - e.adversarial_accuracy, e.n)
             }
             Metric::TransferError {
                 source,
