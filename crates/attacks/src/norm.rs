@@ -258,63 +258,26 @@ impl fmt::Display for Norm {
 impl FromStr for Norm {
     type Err = candle_core::Error;
 
-    /// `"inf"`, `"linf"`, `"l1"`, `"l2"`, `"l1.5"`, `"2"`, `"1.5"` (case-insensitive).
+    /// `"inf"`, `"linf"`, `"l1"`, `"l2"`, `"l1.5"`, `"2"`, `"1.5"` (case-insensitive), as
+    /// [`gauntlet_results::Lp`] reads them.
     fn from_str(s: &str) -> Result<Norm> {
-        let lower = s.trim().to_ascii_lowercase();
-        let number = lower.strip_prefix('l').unwrap_or(&lower);
-        if matches!(number, "inf" | "infinity") {
-            return Ok(Norm::Linf);
-        }
-        match number.parse::<f64>() {
-            Ok(p) if !p.is_nan() => Norm::new(p),
-            _ => bail!("expected a norm (\"inf\", \"l1\", \"l2\" or a number p >= 1), got \"{s}\""),
-        }
+        s.parse::<gauntlet_results::Lp>()
+            .map_err(candle_core::Error::msg)?
+            .try_into()
     }
 }
 
+/// Written and read as [`gauntlet_results::Lp`]: `"inf"` or the number `p`.
 impl Serialize for Norm {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let p = self.p();
-        if p.is_infinite() {
-            serializer.serialize_str("inf")
-        } else if p.fract() == 0.0 && p < 1e15 {
-            // Integers stay integers, so `norm = 2` round-trips as written.
-            serializer.serialize_u64(p as u64)
-        } else {
-            serializer.serialize_f64(p)
-        }
+        gauntlet_results::Lp::from(*self).serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Norm {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Norm, D::Error> {
-        struct NormVisitor;
-
-        impl de::Visitor<'_> for NormVisitor {
-            type Value = Norm;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number p >= 1 or one of \"inf\", \"l1\", \"l2\"")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Norm, E> {
-                Norm::new(v as f64).map_err(E::custom)
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Norm, E> {
-                Norm::new(v as f64).map_err(E::custom)
-            }
-
-            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Norm, E> {
-                Norm::new(v).map_err(E::custom)
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Norm, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_any(NormVisitor)
+        let lp = gauntlet_results::Lp::deserialize(deserializer)?;
+        Norm::try_from(lp).map_err(de::Error::custom)
     }
 }
 

@@ -53,9 +53,14 @@ impl FromStr for Lp {
         if matches!(number, "inf" | "infinity" | "∞") {
             return Ok(Lp::LINF);
         }
-        number.parse::<f64>().ok().and_then(Lp::new).ok_or_else(|| {
-            format!("expected a norm (\"inf\", \"l2\" or a number p >= 1), got \"{s}\"")
-        })
+        match number.parse::<f64>() {
+            Ok(p) if !p.is_nan() => {
+                Lp::new(p).ok_or_else(|| format!("p must be >= 1 (an Lp norm), got {p}"))
+            }
+            _ => Err(format!(
+                "expected a norm (\"inf\", \"l1\", \"l2\" or a number p >= 1), got \"{s}\""
+            )),
+        }
     }
 }
 
@@ -78,7 +83,7 @@ impl<'de> Deserialize<'de> for Lp {
         impl de::Visitor<'_> for Visitor {
             type Value = Lp;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number p >= 1 or \"inf\"")
+                f.write_str("a number p >= 1 or one of \"inf\", \"l1\", \"l2\"")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Lp, E> {
                 self.visit_f64(v as f64)
@@ -87,7 +92,7 @@ impl<'de> Deserialize<'de> for Lp {
                 self.visit_f64(v as f64)
             }
             fn visit_f64<E: de::Error>(self, p: f64) -> Result<Lp, E> {
-                Lp::new(p).ok_or_else(|| E::custom(format!("p must be >= 1, got {p}")))
+                Lp::new(p).ok_or_else(|| E::custom(format!("p must be >= 1 (an Lp norm), got {p}")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Lp, E> {
                 v.parse().map_err(E::custom)

@@ -87,15 +87,8 @@ fn a_run_writes_every_result_and_a_rerun_redoes_nothing() {
     }
     for e in &results.robustness {
         assert_eq!(e.n, 100);
-        assert!(
-            e.ci_low <= e.adversarial_accuracy
-                && e.adversarial_accuracy <= e.ci_high
-        );
-        assert!(
-            e.max_perturbation <= e.eps * (1.0 + 1e-5),
-            "{:?}",
-            e
-        );
+        assert!(e.ci_low <= e.adversarial_accuracy && e.adversarial_accuracy <= e.ci_high);
+        assert!(e.max_perturbation <= e.eps * (1.0 + 1e-5), "{:?}", e);
     }
     // White-box transfer (source = target) equals the white-box fgsm record at that ε.
     for t in results.transfer.iter().filter(|t| t.source == t.target) {
@@ -104,10 +97,7 @@ fn a_run_writes_every_result_and_a_rerun_redoes_nothing() {
             .iter()
             .find(|e| e.model == t.source && e.attack == "fgsm" && e.eps == t.eps)
             .unwrap();
-        assert_eq!(
-            t.adversarial_correct, white.adversarial_correct,
-            "{t:?}"
-        );
+        assert_eq!(t.adversarial_correct, white.adversarial_correct, "{t:?}");
     }
 
     let robustness: Vec<RobustnessRow> = read_csv(&out.join("robustness.csv"));
