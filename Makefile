@@ -37,6 +37,31 @@ train-maxout: build
 
 test: setup
 	$(CARGO) test --workspace --release
+	$(MAKE) python-test
+
+# The Python package (crates/python, docs/python.md) built into a venv of pinned maturin,
+# NumPy and pytest (.venv-python), then its tests. `make python` alone builds and installs it.
+VENV_PYTHON := .venv-python
+.PHONY: python python-test
+$(VENV_PYTHON)/.installed: crates/python/requirements-test.txt
+	rm -rf $(VENV_PYTHON)
+	python3 -m venv $(VENV_PYTHON)
+	$(VENV_PYTHON)/bin/pip install --no-input --quiet -r crates/python/requirements-test.txt
+	touch $@
+
+python: setup $(VENV_PYTHON)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV_PYTHON) $(VENV_PYTHON)/bin/maturin develop --release --quiet \
+		-m crates/python/Cargo.toml
+
+# Throughput of one attack from Python against the CLI's (BENCHMARKS.md); on an idle machine.
+.PHONY: python-bench
+python-bench: python
+	$(CARGO) build --release -p gauntlet
+	$(VENV_PYTHON)/bin/python crates/python/bench/throughput.py $(PYTHON_BENCH_ARGS)
+
+python-test: python
+	$(CARGO) build --release -p gauntlet
+	$(VENV_PYTHON)/bin/python -m pytest crates/python/tests -q
 
 # Long fuzzing run (proptest) of the suite parser and the data and checkpoint loaders:
 # FUZZ_CASES inputs per property (`make test` tries 256); prints the counts of each outcome.

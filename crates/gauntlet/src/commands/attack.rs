@@ -50,7 +50,7 @@ fn print_records(title: &str, records: &[Timed<AttackRecord>]) {
     );
     for r in records {
         println!(
-            "{:>8}  {:>8.2}%  {:>8.2}%  [{:>6.2}%, {:>6.2}%]  {:>10.4}  {:>8.1}",
+            "{:>8}  {:>8.2}%  {:>8.2}%  [{:>6.2}%, {:>6.2}%]  {:>10.4}  {:>8.2}",
             r.eps,
             100.0 * r.clean_accuracy,
             100.0 * r.adversarial_accuracy,
