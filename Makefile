@@ -59,8 +59,10 @@ python-bench: python
 	$(CARGO) build --release -p gauntlet
 	$(VENV_PYTHON)/bin/python crates/python/bench/throughput.py $(PYTHON_BENCH_ARGS)
 
+# The tests compare with the CLI binary; `make test` has just built it with the workspace's
+# features (building it again here alone would rebuild Candle with other features).
 python-test: python
-	$(CARGO) build --release -p gauntlet
+	test -x $(GAUNTLET) || $(CARGO) build --release -p gauntlet
 	$(VENV_PYTHON)/bin/python -m pytest crates/python/tests -q
 
 # Long fuzzing run (proptest) of the suite parser and the data and checkpoint loaders:
