@@ -124,8 +124,8 @@ def attack(
     keep_adversarials: bool = True,
     **options,
 ) -> AttackResult:
-    """Runs ``attack`` (``fgsm``/``fast-gradient``, ``pgd``, ``apgd``, ``square``, ``auto``,
-    ``noise``) in ``norm`` (``"inf"``, ``2``, ``1`` or any p >= 1) at every ε of ``eps``.
+    """Runs ``attack`` (``fgsm``/``fast-gradient``, ``pgd``, ``apgd``, ``square``, ``auto``)
+    in ``norm`` (``"inf"``, ``2``, ``1`` or any p >= 1) at every ε of ``eps``.
 
     ``options`` are the suite's ``[[attack]]`` keys with ``_`` for ``-``: ``steps=40``,
     ``step_size={"relative-to-eps": 0.25}``, ``restarts=5``, ``loss="dlr"``,
