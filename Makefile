@@ -114,8 +114,8 @@ bench-compare: bench-venv
 	python3 bench/compare.py $(BENCH_OUT)/gauntlet-$(THREADS)t.jsonl $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl
 
 # The PyTorch fixture models the tests load (crates/models/tests/fixtures/torch; committed):
-# scripts/make_fixtures.py in a pinned virtual environment with PyTorch, ONNX and torchattacks
-# (about 5 GB). Not part of `make test`. FIXTURE_ARGS=--torchattacks 1000 also prints
+# scripts/make_fixtures.py in a pinned virtual environment with PyTorch, ONNX, torchattacks and
+# maturin (about 5 GB). Not part of `make test`. FIXTURE_ARGS=--torchattacks 1000 also prints
 # torchattacks' PGD on the trained SmallCNN.
 VENV_FIXTURES := .venv-fixtures
 FIXTURE_ARGS ?=
@@ -126,8 +126,16 @@ fixtures: $(VENV_FIXTURES)/.installed
 $(VENV_FIXTURES)/.installed:
 	python3 -m venv $(VENV_FIXTURES)
 	$(VENV_FIXTURES)/bin/pip install --no-input torch==2.15.0 numpy==2.4.6 onnx==1.23.2 \
-		onnxscript==0.7.2 safetensors==0.8.0 torchattacks==3.5.1
+		onnxscript==0.7.2 safetensors==0.8.0 torchattacks==3.5.1 maturin==1.16.0
 	touch $@
+
+# docs/python.md's worked example: a small PyTorch CNN trained, exported to ONNX and attacked
+# by gauntlet and torchattacks side by side, in the fixtures venv with gauntlet built into it.
+.PHONY: python-example
+python-example: $(VENV_FIXTURES)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV_FIXTURES) $(VENV_FIXTURES)/bin/maturin develop --release --quiet \
+		-m crates/python/Cargo.toml
+	$(VENV_FIXTURES)/bin/python crates/python/examples/torch_side_by_side.py $(EXAMPLE_ARGS)
 
 fmt:
 	$(CARGO) fmt --all
