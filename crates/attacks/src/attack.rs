@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{AttackKind, Norm};
+use crate::{AttackKind, MinNorm, Norm};
 
 /// What the attacker is trying to achieve.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +82,12 @@ pub trait Attack: Send + Sync {
     /// which one broke each example ([`crate::ExampleOutcome::broken_by`]).
     fn members(&self) -> Vec<&dyn Attack> {
         Vec::new()
+    }
+
+    /// The attack as a minimum-norm search, when it is one: evaluation then runs the search
+    /// once and scores every ε from its minimal examples ([`crate::evaluate_min_norm`]).
+    fn min_norm(&self) -> Option<&dyn MinNorm> {
+        None
     }
 
     /// The class each row of `xs` is aimed at when the attack, given the true `labels`,

@@ -43,6 +43,7 @@ mod eval;
 mod fast_gradient;
 mod loss;
 mod masking;
+mod min_norm;
 mod noise;
 mod norm;
 mod pgd;
@@ -63,16 +64,18 @@ pub use config::{
 };
 pub use eval::{
     check_logits, evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping,
-    evaluate_ensemble, gaussian_noise, Ensemble, ExampleOutcome, CONSTANT_LOGITS, MAX_LOGIT,
+    evaluate_ensemble, evaluate_min_norm, gaussian_noise, Ensemble, ExampleOutcome,
+    MinNormEvaluated, CONSTANT_LOGITS, MAX_LOGIT,
 };
 pub use fast_gradient::FastGradient;
 /// The record types, declared once for every writer and reader (the `gauntlet-results` crate).
 pub use gauntlet_results::{
-    wilson_interval, AttackKind, AttackRecord, Lp, MaskingCheck, MaskingFlag, MemberRecord,
-    NoiseRecord, Timed, TransferRecord,
+    wilson_interval, AttackKind, AttackRecord, CurvePoint, Lp, MaskingCheck, MaskingFlag,
+    MemberRecord, MinNormExample, NoiseRecord, SecurityCurve, Timed, TransferRecord,
 };
 pub use loss::{AttackLoss, Objective};
 pub use masking::{masking_checks, unbounded_eps, MaskingRules};
+pub use min_norm::{Ddn, DeepFool, Fmn, MinNorm};
 pub use noise::RandomNoise;
 pub use norm::Norm;
 pub use pgd::{fast_gradient_step, Pgd, StepSize};

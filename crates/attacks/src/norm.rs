@@ -205,6 +205,67 @@ impl Norm {
         }
     }
 
+    /// [`Norm::project`] with a radius of its own for each example, as the minimum-norm
+    /// attacks need: row `i` onto the ball of radius `eps[i]`.
+    ///
+    /// # Shapes
+    /// - `delta`: `(eps.len(), ...)`; returns the same shape and dtype, detached
+    pub fn project_each(&self, delta: &Tensor, eps: &[f64]) -> Result<Tensor> {
+        let norm = self.checked()?;
+        for &e in eps {
+            check_eps(e)?;
+        }
+        let delta = delta.detach();
+        let flat = rows(&delta)?;
+        if flat.dim(0)? != eps.len() {
+            bail!(
+                "expected one radius per example ({}), got {}",
+                flat.dim(0)?,
+                eps.len()
+            )
+        }
+        let column = Tensor::from_vec(eps.to_vec(), (eps.len(), 1), &Device::Cpu)?
+            .to_dtype(flat.dtype())?
+            .to_device(flat.device())?;
+        let res = match norm {
+            Norm::Linf => flat
+                .broadcast_minimum(&column)?
+                .broadcast_maximum(&column.neg()?)?,
+            Norm::L1 => {
+                let values: Vec<f64> = flat
+                    .to_dtype(DType::F64)?
+                    .to_vec2::<f64>()?
+                    .iter()
+                    .zip(eps)
+                    .flat_map(|(row, &e)| {
+                        if e == 0.0 {
+                            vec![0.0; row.len()]
+                        } else {
+                            project_row_l1(row, e)
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(values, flat.shape(), &Device::Cpu)?
+                    .to_dtype(flat.dtype())?
+                    .to_device(flat.device())?
+            }
+            Norm::L2 | Norm::Lp(_) => {
+                let lens = norm.norm(&flat)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                // Inner rows keep a factor of exactly 1, so they come back bit for bit.
+                let factors: Vec<f64> = lens
+                    .iter()
+                    .zip(eps)
+                    .map(|(&len, &e)| if len > e { e / len } else { 1.0 })
+                    .collect();
+                let factors = Tensor::from_vec(factors, (eps.len(), 1), &Device::Cpu)?
+                    .to_dtype(flat.dtype())?
+                    .to_device(flat.device())?;
+                flat.broadcast_mul(&factors)?
+            }
+        };
+        res.reshape(delta.shape())
+    }
+
     /// A sample from the uniform distribution on the ε-ball, one per example, shaped like
     /// `like` and drawn from `rng` (Candle's own CPU generator cannot be seeded).
     ///
@@ -620,6 +681,38 @@ mod tests {
         let lhs = eps * ref_norm(&diff, q);
         let rhs: f64 = diff.iter().zip(w).map(|(d, x)| d * x).sum();
         lhs <= rhs + 1e-5 * (1.0 + lhs.abs())
+    }
+
+    #[test]
+    fn each_row_projects_onto_its_own_radius_as_project_does() -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for p in PS {
+            let norm = Norm::new(p)?;
+            for case in 0..30 {
+                let delta = random_case(&mut rng, case, [0.1, 1.0, 10.0][case % 3])?;
+                let batch = delta.dim(0)?;
+                let radii: Vec<f64> = (0..batch)
+                    .map(|i| {
+                        if i == 1 {
+                            0.0
+                        } else {
+                            rng.random_range(0.05..2.0)
+                        }
+                    })
+                    .collect();
+                let each = rows_f64(&norm.project_each(&delta, &radii)?);
+                for (i, &eps) in radii.iter().enumerate() {
+                    let alone = rows_f64(&norm.project(&delta.narrow(0, i, 1)?, eps)?);
+                    for (a, b) in each[i].iter().zip(&alone[0]) {
+                        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "p {p}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+        assert!(Norm::L2
+            .project_each(&Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?, &[1.0])
+            .is_err());
+        Ok(())
     }
 
     #[test]

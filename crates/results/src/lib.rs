@@ -7,15 +7,19 @@
 //!   name in its suite (a row of `robustness.csv` and of results.json's `robustness`).
 //! - [`NoiseRecord`] / [`NoiseRow`]: accuracy under Gaussian noise of one σ.
 //! - [`TransferRecord`]: examples crafted against one model, scored on another.
+//! - [`MinNormExample`] / [`SecurityCurve`]: a minimum-norm attack's per-example distances and
+//!   the robust accuracy at every ε they give.
 //! - [`MaskingFlag`] / [`MaskingEntry`]: a gradient-masking check.
 //! - [`Timed`]: a record with the wall time it took, kept out of the results files.
 //! - [`write_table`]: a CSV table of chosen columns from any of them.
 
+mod min_norm;
 mod norm;
 mod records;
 mod stats;
 mod table;
 
+pub use min_norm::{curve_point, CurvePoint, MinNormExample, SecurityCurve, CURVE_COLUMNS};
 pub use norm::Lp;
 pub use records::{
     AttackKind, AttackRecord, MaskingCheck, MaskingEntry, MaskingFlag, MemberRecord, NoiseRecord,

@@ -24,13 +24,17 @@ pub enum AttackKind {
     ScoreBased,
     /// The per-example worst case over several attacks.
     Ensemble,
+    /// A search for each example's smallest adversarial perturbation (FMN, DDN, DeepFool),
+    /// scored at each ε from its minimal examples.
+    MinimumNorm,
     /// Anything else (transfer, black-box, user-defined); no check relies on it.
     #[default]
     Other,
 }
 
 impl AttackKind {
-    /// As serialized: `single-step`, `iterative`, `random`, `score-based`, `ensemble`, `other`.
+    /// As serialized: `single-step`, `iterative`, `random`, `score-based`, `ensemble`,
+    /// `minimum-norm`, `other`.
     pub fn name(&self) -> &'static str {
         match self {
             AttackKind::SingleStep => "single-step",
@@ -38,6 +42,7 @@ impl AttackKind {
             AttackKind::Random => "random",
             AttackKind::ScoreBased => "score-based",
             AttackKind::Ensemble => "ensemble",
+            AttackKind::MinimumNorm => "minimum-norm",
             AttackKind::Other => "other",
         }
     }

@@ -6,6 +6,7 @@
 //! example's outcome ([`ExampleOutcome`]).
 
 mod ensemble;
+mod min_norm;
 mod noise;
 mod records;
 mod sweep;
@@ -14,6 +15,7 @@ mod tests;
 
 pub(crate) use crate::{AttackRecord, MemberRecord, NoiseRecord, Timed};
 pub use ensemble::{evaluate_ensemble, Ensemble};
+pub use min_norm::{evaluate_min_norm, MinNormEvaluated};
 pub use noise::gaussian_noise;
 pub use records::ExampleOutcome;
 pub use sweep::{evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping};

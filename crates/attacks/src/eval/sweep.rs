@@ -7,6 +7,7 @@ use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode};
 
 use super::ensemble::common_norm;
+use super::min_norm::evaluate_min_norm;
 use super::*;
 use crate::batch::{replace_rows, select_rows};
 use crate::norm::check_eps;
@@ -75,6 +76,12 @@ pub fn evaluate_attack_keeping(
     keep: bool,
 ) -> Result<Evaluated> {
     let members = attack.members();
+    if members.is_empty() {
+        if let Some(search) = attack.min_norm() {
+            let run = evaluate_min_norm(model, search, images, labels, eps_list, batch_size, keep)?;
+            return Ok((run.records, run.outcomes, run.adversarials));
+        }
+    }
     let attacks = if members.is_empty() {
         vec![attack]
     } else {
@@ -131,6 +138,51 @@ pub(super) fn evaluate(
     batch_size: usize,
     keep: bool,
 ) -> Result<Evaluated> {
+    let mut attack =
+        |eps: f64, _start: usize, xs: &Tensor, ys: &Tensor, open: &dyn Fn(usize, u32) -> bool| {
+            run_in_turn(
+                model,
+                attacks,
+                xs,
+                &Goal::Untargeted { labels: ys },
+                eps,
+                open,
+            )
+        };
+    score(
+        model,
+        attacks,
+        name,
+        kind,
+        images,
+        labels,
+        eps_list,
+        batch_size,
+        keep,
+        &mut attack,
+    )
+}
+
+/// The adversarial batch at one ε: given ε, the batch's first index, its images and labels,
+/// and which rows are still open (correct clean and at the prediction given).
+pub(super) type Produce<'a> =
+    dyn FnMut(f64, usize, &Tensor, &Tensor, &dyn Fn(usize, u32) -> bool) -> Result<InTurn> + 'a;
+
+/// Scores the batches `produce` gives at every ε: the records, per-example outcomes and (when
+/// `keep`) the adversarial images. `attacks` name the sources of [`InTurn::source`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn score(
+    model: &dyn Classifier,
+    attacks: &[&dyn Attack],
+    name: String,
+    kind: AttackKind,
+    images: &Tensor,
+    labels: &Tensor,
+    eps_list: &[f64],
+    batch_size: usize,
+    keep: bool,
+    produce: &mut Produce<'_>,
+) -> Result<Evaluated> {
     let (n, labels, label_ids) = check_inputs(images, labels, batch_size)?;
     for &eps in eps_list {
         check_eps(eps)?;
@@ -178,14 +230,8 @@ pub(super) fn evaluate(
             let xs = images.narrow(0, start, len)?;
             let ys = labels.narrow(0, start, len)?;
             let ids = &label_ids[start..start + len];
-            let InTurn { adv, preds, source } = run_in_turn(
-                model,
-                attacks,
-                &xs,
-                &Goal::Untargeted { labels: &ys },
-                eps,
-                |i, pred| clean_ok[start + i] && pred == ids[i],
-            )?;
+            let open = |i: usize, pred: u32| clean_ok[start + i] && pred == ids[i];
+            let InTurn { adv, preds, source } = produce(eps, start, &xs, &ys, &open)?;
             let delta = adv.sub(&xs)?;
             if keep {
                 batches_kept.push(adv.clone());
