@@ -12,8 +12,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, FastGradient, Norm, Pgd, Square, StepSize,
-    TargetSelection, Targeted,
+    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, Ddn, DeepFool, FastGradient, Fmn, Norm, Pgd,
+    Square, StepSize, TargetSelection, Targeted,
 };
 
 /// A setting that breaks a precondition: its key, as a suite writes it, and what was expected.
@@ -71,6 +71,14 @@ pub enum Method {
     Square,
     /// The AutoAttack-style ensemble ([`AutoAttack`]).
     Auto,
+    /// Fast Minimum-Norm ([`Fmn`]): each example's smallest perturbation, L1, L2, L∞.
+    Fmn,
+    /// Decoupled Direction and Norm ([`Ddn`]), L2.
+    Ddn,
+    /// DeepFool ([`DeepFool`]), L2 and L∞.
+    #[serde(alias = "deep-fool")]
+    #[cfg_attr(feature = "clap", value(alias = "deep-fool"))]
+    Deepfool,
 }
 
 impl Method {
@@ -82,7 +90,15 @@ impl Method {
             Method::Apgd => "apgd",
             Method::Square => "square",
             Method::Auto => "auto",
+            Method::Fmn => "fmn",
+            Method::Ddn => "ddn",
+            Method::Deepfool => "deepfool",
         }
+    }
+
+    /// A minimum-norm attack: one search gives every ε.
+    pub fn is_min_norm(self) -> bool {
+        matches!(self, Method::Fmn | Method::Ddn | Method::Deepfool)
     }
 }
 
@@ -161,7 +177,8 @@ impl<'de> Deserialize<'de> for Target {
 pub struct AttackOptions {
     pub kind: Method,
     pub norm: Norm,
-    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
+    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100); FMN and
+    /// DDN: iterations (100); DeepFool: at most this many linearisations (50).
     #[serde(default)]
     pub steps: Option<usize>,
     /// PGD, APGD, Square: independent runs, the per-example worst case kept (1).
@@ -208,13 +225,34 @@ pub struct AttackOptions {
     /// Expectation over Transformation, for randomized models).
     #[serde(default)]
     pub version: Option<AutoVersion>,
+    /// FMN: the first step size (1.0), annealed to a hundredth of it.
+    #[serde(default)]
+    pub alpha_init: Option<f64>,
+    /// FMN: the first radius factor (0.05), annealed to 0.001.
+    #[serde(default)]
+    pub gamma_init: Option<f64>,
+    /// DDN: the radius factor (0.05).
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// DDN: the first radius (1.0).
+    #[serde(default)]
+    pub init_norm: Option<f64>,
+    /// DeepFool: how far past the boundary, as `1 + overshoot` (0.02).
+    #[serde(default)]
+    pub overshoot: Option<f64>,
+    /// DeepFool: the classes of largest clean logit considered (10).
+    #[serde(default)]
+    pub candidates: Option<usize>,
 }
 
 /// The keys beyond `kind` and `norm`, each with the methods it applies to.
 pub const OPTION_KEYS: &[(&str, &[Method])] = {
-    use Method::{Apgd as A, Auto as U, FastGradient as F, Pgd as P, Square as S};
+    use Method::{
+        Apgd as A, Auto as U, Ddn as D, Deepfool as DF, FastGradient as F, Fmn as M, Pgd as P,
+        Square as S,
+    };
     &[
-        ("steps", &[P, A, U]),
+        ("steps", &[P, A, U, M, D, DF]),
         ("restarts", &[P, A, S]),
         ("step-size", &[P]),
         ("random-start", &[P, A]),
@@ -222,12 +260,18 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("early-stop", &[P]),
         ("clip", &[F, P, A]),
         ("seed", &[P, A, S, U]),
-        ("targeted", &[F, P, A, S]),
+        ("targeted", &[F, P, A, S, M, D, DF]),
         ("target-classes", &[A, U]),
         ("eot-draws", &[A, U]),
         ("n-queries", &[S, U]),
         ("p-init", &[S]),
         ("version", &[U]),
+        ("alpha-init", &[M]),
+        ("gamma-init", &[M]),
+        ("gamma", &[D]),
+        ("init-norm", &[D]),
+        ("overshoot", &[DF]),
+        ("candidates", &[DF]),
     ]
 };
 
@@ -251,11 +295,17 @@ impl AttackOptions {
             n_queries: None,
             p_init: None,
             version: None,
+            alpha_init: None,
+            gamma_init: None,
+            gamma: None,
+            init_norm: None,
+            overshoot: None,
+            candidates: None,
         }
     }
 
     /// The keys given, in [`OPTION_KEYS`] order.
-    fn given(&self) -> [(&'static str, bool); 14] {
+    fn given(&self) -> [(&'static str, bool); 20] {
         [
             ("steps", self.steps.is_some()),
             ("restarts", self.restarts.is_some()),
@@ -271,6 +321,12 @@ impl AttackOptions {
             ("n-queries", self.n_queries.is_some()),
             ("p-init", self.p_init.is_some()),
             ("version", self.version.is_some()),
+            ("alpha-init", self.alpha_init.is_some()),
+            ("gamma-init", self.gamma_init.is_some()),
+            ("gamma", self.gamma.is_some()),
+            ("init-norm", self.init_norm.is_some()),
+            ("overshoot", self.overshoot.is_some()),
+            ("candidates", self.candidates.is_some()),
         ]
     }
 
@@ -378,6 +434,40 @@ impl AttackOptions {
                     ..d
                 })
             }
+            Method::Fmn => {
+                let d = Fmn::new(norm);
+                let alpha_init = self.alpha_init.unwrap_or(d.alpha_init);
+                AttackConfig::Fmn(Fmn {
+                    steps: self.steps.unwrap_or(d.steps),
+                    alpha_init,
+                    alpha_final: alpha_init / 100.0,
+                    gamma_init: self.gamma_init.unwrap_or(d.gamma_init),
+                    ..d
+                })
+            }
+            Method::Ddn => {
+                if norm != Norm::L2 {
+                    return Err(ConfigError::new(
+                        "norm",
+                        format!("ddn minimises the L2 norm only, got {norm}"),
+                    ));
+                }
+                let d = Ddn::default();
+                AttackConfig::Ddn(Ddn {
+                    steps: self.steps.unwrap_or(d.steps),
+                    gamma: self.gamma.unwrap_or(d.gamma),
+                    init_norm: self.init_norm.unwrap_or(d.init_norm),
+                })
+            }
+            Method::Deepfool => {
+                let d = DeepFool::new(norm);
+                AttackConfig::DeepFool(DeepFool {
+                    steps: self.steps.unwrap_or(d.steps),
+                    overshoot: self.overshoot.unwrap_or(d.overshoot),
+                    candidates: self.candidates.unwrap_or(d.candidates),
+                    ..d
+                })
+            }
         };
         let config = match self.targeted {
             None => config,
@@ -409,6 +499,10 @@ pub enum AttackConfig {
     Apgd(Apgd),
     Square(Square),
     Auto(AutoAttack),
+    Fmn(Fmn),
+    Ddn(Ddn),
+    #[serde(rename = "deepfool")]
+    DeepFool(DeepFool),
     /// `attack` aimed at targets chosen by `selection` ([`Targeted`]).
     Targeted {
         selection: TargetSelection,
@@ -428,6 +522,9 @@ impl AttackConfig {
             AttackConfig::Apgd(apgd) => Box::new(*apgd),
             AttackConfig::Square(square) => Box::new(*square),
             AttackConfig::Auto(auto) => Box::new(auto.ensemble()),
+            AttackConfig::Fmn(fmn) => Box::new(*fmn),
+            AttackConfig::Ddn(ddn) => Box::new(*ddn),
+            AttackConfig::DeepFool(deepfool) => Box::new(*deepfool),
             AttackConfig::Targeted { selection, attack } => {
                 Box::new(Targeted::new(attack.build(), *selection))
             }
@@ -441,6 +538,9 @@ impl AttackConfig {
             AttackConfig::Apgd(apgd) => apgd.norm,
             AttackConfig::Square(square) => square.norm,
             AttackConfig::Auto(auto) => auto.norm,
+            AttackConfig::Fmn(fmn) => fmn.norm,
+            AttackConfig::Ddn(_) => Norm::L2,
+            AttackConfig::DeepFool(deepfool) => deepfool.norm,
             AttackConfig::Targeted { attack, .. } => attack.norm(),
         }
     }
@@ -456,6 +556,10 @@ impl AttackConfig {
             AttackConfig::Auto(auto) => {
                 times(auto.steps, auto.target_classes + 1) + auto.n_queries as u128
             }
+            AttackConfig::Fmn(fmn) => fmn.steps as u128,
+            AttackConfig::Ddn(ddn) => ddn.steps as u128,
+            // One forward and a backward pass per candidate class at each linearisation.
+            AttackConfig::DeepFool(d) => times(d.steps, d.candidates),
             AttackConfig::Targeted { attack, .. } => attack.evaluations_per_example(),
         }
     }
@@ -501,6 +605,12 @@ impl AttackConfig {
                 auto.validate()?;
                 classes(AttackLoss::Dlr, auto.version == AutoVersion::Standard)
             }
+            AttackConfig::Fmn(fmn) => {
+                fmn.validate()?;
+                classes(AttackLoss::Margin, targeted)
+            }
+            AttackConfig::Ddn(ddn) => ddn.validate(),
+            AttackConfig::DeepFool(deepfool) => deepfool.validate(),
             AttackConfig::Targeted { selection, attack } => {
                 if matches!(
                     **attack,

@@ -133,8 +133,9 @@ pub struct AttackArgs {
     pub data: EvalDataArgs,
     #[command(flatten)]
     pub attack: AttackFlags,
-    /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255. Optional for the
+    /// minimum-norm attacks (fmn, ddn, deepfool), which give robust accuracy at every ε.
+    #[arg(long, value_delimiter = ',')]
     pub eps: Vec<gauntlet_attacks::Budget>,
     /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
     #[arg(long)]
@@ -157,7 +158,8 @@ pub struct AttackArgs {
 #[derive(Debug, Args)]
 pub struct AttackFlags {
     /// fast-gradient (FGSM for --norm inf), pgd, apgd (Auto-PGD), square (score-based, inf
-    /// and 2 only) or auto (APGD-CE, APGD-T and Square in turn, the per-example worst case).
+    /// and 2 only), auto (APGD-CE, APGD-T and Square in turn, the per-example worst case), or
+    /// a minimum-norm attack: fmn (1, 2, inf), ddn (2) or deepfool (2, inf).
     #[arg(long, value_enum, default_value_t = Method::FastGradient)]
     pub attack: Method,
     /// Threat model: inf, 2, 1 or any p >= 1.
@@ -166,7 +168,8 @@ pub struct AttackFlags {
     /// Do not clip adversarial images to [0, 1] (fast-gradient, pgd, apgd).
     #[arg(long)]
     pub no_clip: bool,
-    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100).
+    /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100); FMN,
+    /// DDN: iterations (100); DeepFool: at most this many linearisations (50).
     #[arg(long)]
     pub steps: Option<usize>,
     /// PGD, APGD, Square: random restarts; an example is robust only if every restart failed
@@ -203,6 +206,24 @@ pub struct AttackFlags {
     /// auto or --target-classes.
     #[arg(long)]
     pub targeted: Option<Target>,
+    /// FMN: the first step size (1.0), annealed to a hundredth of it.
+    #[arg(long)]
+    pub alpha_init: Option<f64>,
+    /// FMN: the first radius factor (0.05), annealed to 0.001.
+    #[arg(long)]
+    pub gamma_init: Option<f64>,
+    /// DDN: the radius factor (0.05).
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// DDN: the first radius (1.0).
+    #[arg(long)]
+    pub init_norm: Option<f64>,
+    /// DeepFool: how far past the boundary, as 1 + overshoot (0.02).
+    #[arg(long)]
+    pub overshoot: Option<f64>,
+    /// DeepFool: the classes of largest clean logit considered (10).
+    #[arg(long)]
+    pub candidates: Option<usize>,
     /// Seed of random starts, Square's search, random targets and the noise baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -223,6 +244,12 @@ impl AttackFlags {
             eot_draws: self.eot_draws,
             n_queries: self.n_queries,
             version: self.rand.then_some(AutoVersion::Rand),
+            alpha_init: self.alpha_init,
+            gamma_init: self.gamma_init,
+            gamma: self.gamma,
+            init_norm: self.init_norm,
+            overshoot: self.overshoot,
+            candidates: self.candidates,
             ..AttackOptions::new(self.attack, self.norm)
         }
     }

@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
 use gauntlet_attacks::{
-    evaluate_attack, evaluate_attack_keeping, masking_checks, unbounded_eps, Attack, AttackConfig,
-    AttackKind, AttackRecord, ExampleOutcome, FastGradient, MaskingRules, RandomNoise, Randomized,
-    Timed,
+    evaluate_attack, evaluate_attack_keeping, evaluate_min_norm, masking_checks, unbounded_eps,
+    Attack, AttackConfig, AttackKind, AttackRecord, ExampleOutcome, FastGradient, MaskingRules,
+    RandomNoise, Randomized, SecurityCurve, Timed,
 };
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::ModelSpec;
@@ -71,6 +71,33 @@ fn print_records(title: &str, records: &[Timed<AttackRecord>]) {
     }
 }
 
+fn print_curve(curve: &Timed<SecurityCurve>) {
+    let median = match curve.median_distance {
+        Some(d) => format!("{d:.4}"),
+        None => "not reached (most examples not broken)".into(),
+    };
+    println!(
+        "{}: broke {} of the {} examples correct clean (of {}) in {:.2} s; median minimal {} distance {median}",
+        curve.method, curve.found, curve.clean_correct, curve.n, curve.seconds, curve.norm
+    );
+    // The curve at ten evenly spaced quantiles of the distances found.
+    let points = &curve.points;
+    if points.len() > 1 {
+        println!("{:>10}  {:>9}  {:>19}", "eps", "robust", "95% interval");
+        let shown = 10.min(points.len());
+        for k in 0..shown {
+            let p = &points[k * (points.len() - 1) / (shown - 1).max(1)];
+            println!(
+                "{:>10.4}  {:>8.2}%  [{:>6.2}%, {:>6.2}%]",
+                p.eps,
+                100.0 * p.robust_accuracy,
+                100.0 * p.ci_low,
+                100.0 * p.ci_high
+            );
+        }
+    }
+}
+
 /// The extra evaluations the masking checks compare against: a single step and random noise at
 /// the same ε, and the attack itself at an ε covering the whole box (on a subset).
 fn masking_records(
@@ -86,6 +113,9 @@ fn masking_records(
     );
     let norm = attack.norm();
     let mut records = Vec::new();
+    if eps.is_empty() {
+        return Ok(records);
+    }
     let iterative = matches!(attack.kind(), AttackKind::Iterative | AttackKind::Ensemble);
     if attack.kind() == AttackKind::Iterative {
         let mut single = FastGradient::new(norm);
@@ -126,7 +156,16 @@ fn masking_records(
 
 pub fn run(args: AttackArgs) -> Result<()> {
     let eps: Vec<f64> = args.eps.iter().map(|b| b.value).collect();
-    super::check_budgets("--eps", &eps)?;
+    // A minimum-norm attack gives every ε from one search: its budgets are optional.
+    if !(eps.is_empty() && args.attack.attack.is_min_norm() && args.attack.targeted.is_none()) {
+        super::check_budgets("--eps", &eps).map_err(|e| {
+            if eps.is_empty() {
+                anyhow!("{e} (only the untargeted minimum-norm attacks fmn, ddn and deepfool run without)")
+            } else {
+                e
+            }
+        })?;
+    }
     // Before any work: a wrong name would otherwise be found after the whole attack.
     if let Some(path) = &args.save_adversarials {
         if path.extension().and_then(|e| e.to_str()) != Some("safetensors") {
@@ -152,16 +191,36 @@ pub fn run(args: AttackArgs) -> Result<()> {
     if args.randomized {
         loaded.model = Box::new(Randomized::new(loaded.model, args.attack.seed));
     }
-    let (records, examples, adversarials) = evaluate_attack_keeping(
-        loaded.model.as_ref(),
-        attack.as_ref(),
-        &loaded.test.images,
-        &loaded.test.labels,
-        &eps,
-        batch,
-        args.save_adversarials.is_some(),
-    )
-    .with_context(|| format!("attacking {}", model_path.display()))?;
+    let keep = args.save_adversarials.is_some();
+    let (records, examples, adversarials, min_norm) = match attack.min_norm() {
+        Some(search) => {
+            let run = evaluate_min_norm(
+                loaded.model.as_ref(),
+                search,
+                &loaded.test.images,
+                &loaded.test.labels,
+                &eps,
+                batch,
+                keep,
+            )
+            .with_context(|| format!("attacking {}", model_path.display()))?;
+            let curve = (run.curve, run.examples);
+            (run.records, run.outcomes, run.adversarials, Some(curve))
+        }
+        None => {
+            let (records, examples, adversarials) = evaluate_attack_keeping(
+                loaded.model.as_ref(),
+                attack.as_ref(),
+                &loaded.test.images,
+                &loaded.test.labels,
+                &eps,
+                batch,
+                keep,
+            )
+            .with_context(|| format!("attacking {}", model_path.display()))?;
+            (records, examples, adversarials, None)
+        }
+    };
     let say = !args.json;
     if say {
         print_records(
@@ -180,6 +239,18 @@ pub fn run(args: AttackArgs) -> Result<()> {
         .join("per-example")
         .join(format!("{}-{stem}.csv", model.name));
     write_csv(&per_example, &examples)?;
+    if let Some((curve, distances)) = &min_norm {
+        if say {
+            print_curve(curve);
+        }
+        write_json(&out.join("security-curve.json"), &curve.record)?;
+        write_csv(&out.join("security-curve.csv"), &curve.points)?;
+        write_csv(
+            &out.join("per-example")
+                .join(format!("{}-{stem}-distances.csv", model.name)),
+            distances,
+        )?;
+    }
     let members: Vec<MemberRow> = records
         .iter()
         .flat_map(|r| {
@@ -262,6 +333,12 @@ pub fn run(args: AttackArgs) -> Result<()> {
             out.display(),
             per_example.display()
         );
+        if min_norm.is_some() {
+            println!(
+                "wrote {0}/security-curve.json, {0}/security-curve.csv and the per-example distances",
+                out.display()
+            );
+        }
         if let Some(path) = &args.save_adversarials {
             println!("wrote the adversarial images to {}", path.display());
         }
