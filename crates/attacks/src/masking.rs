@@ -204,7 +204,70 @@ pub fn masking_checks<R: Borrow<AttackRecord>>(
             flags.push(flag);
         }
     }
+    let fixed = |g: &&Vec<&AttackRecord>| {
+        matches!(
+            g[0].kind,
+            AttackKind::SingleStep | AttackKind::Iterative | AttackKind::Ensemble
+        )
+    };
+    for curve in groups
+        .iter()
+        .filter(|g| g[0].kind == AttackKind::MinimumNorm)
+    {
+        for attack in groups.iter().filter(fixed) {
+            if let Some(flag) = curve_below(curve, attack) {
+                flags.push(flag);
+            }
+        }
+    }
     flags
+}
+
+/// A minimum-norm attack's records (its curve read at its ε) against a fixed-ε attack's at the
+/// same ε: the curve may not be above the fixed attack's Wilson interval. `None` without a
+/// shared ε, or for another norm or set of examples.
+fn curve_below(curve: &[&AttackRecord], fixed: &[&AttackRecord]) -> Option<MaskingFlag> {
+    let (c0, f0) = (curve[0], fixed[0]);
+    if c0.norm != f0.norm || c0.n != f0.n {
+        return None;
+    }
+    let mut shared = 0;
+    let mut worst: Option<(f64, &AttackRecord, &AttackRecord)> = None;
+    for &c in curve {
+        let Some(&f) = fixed.iter().find(|f| same_eps(f.eps, c.eps)) else {
+            continue;
+        };
+        shared += 1;
+        let excess = c.adversarial_accuracy - f.ci_high;
+        if excess > 0.0 && worst.is_none_or(|(e, _, _)| excess > e) {
+            worst = Some((excess, c, f));
+        }
+    }
+    if shared == 0 {
+        return None;
+    }
+    let detail = match worst {
+        Some((_, c, f)) => format!(
+            "at eps {} the curve of {} leaves {} accurate, above {}'s {} and its interval's top {}",
+            c.eps,
+            c.method,
+            percent(c.adversarial_accuracy),
+            f.method,
+            percent(f.adversarial_accuracy),
+            percent(f.ci_high)
+        ),
+        None => format!(
+            "the curve of {} is within or below {}'s interval at {shared} shared eps values",
+            c0.method, f0.method
+        ),
+    };
+    Some(MaskingFlag {
+        check: MaskingCheck::CurveBelowFixedEps,
+        attack: format!("{} vs {}", c0.method, f0.method),
+        norm: c0.norm,
+        passed: worst.is_none(),
+        detail,
+    })
 }
 
 /// Within an ensemble, the score-based members must break no more than the tolerance of the
@@ -462,6 +525,34 @@ mod tests {
             .filter(|f| !f.passed)
             .map(|f| (f.check, f.attack.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn a_curve_above_a_fixed_eps_attack_is_flagged() {
+        let rules = MaskingRules::new(784);
+        let pgd = [
+            record("pgd-linf", AttackKind::Iterative, 0.1, 1000, 700),
+            record("pgd-linf", AttackKind::Iterative, 0.2, 1000, 300),
+        ];
+        let curve = |at_02: usize| {
+            [
+                record("fmn-linf", AttackKind::MinimumNorm, 0.1, 1000, 705),
+                record("fmn-linf", AttackKind::MinimumNorm, 0.2, 1000, at_02),
+            ]
+        };
+        let check = |records: Vec<AttackRecord>| {
+            masking_checks(&records, &rules)
+                .into_iter()
+                .find(|f| f.check == MaskingCheck::CurveBelowFixedEps)
+                .unwrap()
+        };
+        // Within PGD's interval at 0.1 (70% ± 2.8 points) and below it at 0.2.
+        let ok = check([pgd.to_vec(), curve(290).to_vec()].concat());
+        assert!(ok.passed, "{}", ok.detail);
+        // 40% at 0.2 is far above PGD's 30% and its interval.
+        let bad = check([pgd.to_vec(), curve(400).to_vec()].concat());
+        assert!(!bad.passed);
+        assert!(bad.detail.contains("at eps 0.2"), "{}", bad.detail);
     }
 
     #[test]

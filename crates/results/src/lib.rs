@@ -19,7 +19,10 @@ mod records;
 mod stats;
 mod table;
 
-pub use min_norm::{curve_point, CurvePoint, MinNormExample, SecurityCurve, CURVE_COLUMNS};
+pub use min_norm::{
+    curve_point, CurvePoint, CurvePointRow, MinNormExample, SecurityCurve, SecurityCurveRow,
+    CURVE_COLUMNS, SECURITY_CURVE_COLUMNS,
+};
 pub use norm::Lp;
 pub use records::{
     AttackKind, AttackRecord, MaskingCheck, MaskingEntry, MaskingFlag, MemberRecord, NoiseRecord,

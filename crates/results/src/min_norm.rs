@@ -127,6 +127,59 @@ pub fn curve_point(examples: &[MinNormExample], eps: f64) -> CurvePoint {
 /// The columns of a security curve's CSV, in order.
 pub const CURVE_COLUMNS: &[&str] = &["eps", "robust", "robust_accuracy", "ci_low", "ci_high"];
 
+/// A model's security curve under one attack of a suite: an entry of results.json's
+/// `security_curves`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecurityCurveRow {
+    pub model: String,
+    /// The attack's name in its suite.
+    pub attack: String,
+    #[serde(flatten)]
+    pub curve: SecurityCurve,
+}
+
+impl SecurityCurveRow {
+    /// One row per point, for `security-curves.csv`.
+    pub fn point_rows(&self) -> Vec<CurvePointRow> {
+        self.curve
+            .points
+            .iter()
+            .map(|point| CurvePointRow {
+                model: self.model.clone(),
+                attack: self.attack.clone(),
+                method: self.curve.method.clone(),
+                norm: self.curve.norm,
+                point: point.clone(),
+            })
+            .collect()
+    }
+}
+
+/// One point of a suite's security curve: a row of `security-curves.csv`
+/// ([`SECURITY_CURVE_COLUMNS`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePointRow {
+    pub model: String,
+    pub attack: String,
+    pub method: String,
+    pub norm: Lp,
+    #[serde(flatten)]
+    pub point: CurvePoint,
+}
+
+/// The columns of `security-curves.csv`, in order.
+pub const SECURITY_CURVE_COLUMNS: &[&str] = &[
+    "model",
+    "attack",
+    "method",
+    "norm",
+    "eps",
+    "robust",
+    "robust_accuracy",
+    "ci_low",
+    "ci_high",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

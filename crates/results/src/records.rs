@@ -328,6 +328,10 @@ pub enum MaskingCheck {
     /// The logits depend on the input ([`AttackRecord::constant_logits`]): a constant model is
     /// "robust" at every ε because nothing can move it.
     LogitsVaryWithInput,
+    /// A minimum-norm attack's security curve, read at a fixed-ε attack's budget, is not
+    /// above that attack's robust accuracy by more than the latter's Wilson interval: a curve
+    /// above it overstates robustness at every ε near there.
+    CurveBelowFixedEps,
 }
 
 impl MaskingCheck {
@@ -341,6 +345,7 @@ impl MaskingCheck {
             MaskingCheck::GradientBeatsScoreBased => "gradient-beats-score-based",
             MaskingCheck::CleanAboveChance => "clean-above-chance",
             MaskingCheck::LogitsVaryWithInput => "logits-vary-with-input",
+            MaskingCheck::CurveBelowFixedEps => "curve-below-fixed-eps",
         }
     }
 }

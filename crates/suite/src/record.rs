@@ -1,10 +1,12 @@
 //! What the suite writes: each job's output file (`jobs/<kind>-<key>/job.json`) and the rows
 //! of the aggregated `results.json` and CSV tables (docs/results.md documents both).
 
-use gauntlet_attacks::{AttackRecord, NoiseRecord, Timed, TransferRecord};
+use gauntlet_attacks::{AttackRecord, NoiseRecord, SecurityCurve, Timed, TransferRecord};
 use gauntlet_data::DataConfig;
 use gauntlet_models::ModelSpec;
-pub use gauntlet_results::{MaskingEntry, NoiseRow, RobustnessRow, TransferRecord as TransferRow};
+pub use gauntlet_results::{
+    MaskingEntry, NoiseRow, RobustnessRow, SecurityCurveRow, TransferRecord as TransferRow,
+};
 use gauntlet_train::{EpochRecord, EvalResult, TrainConfig, TrainLog};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -49,6 +51,10 @@ pub struct AttackOutput {
     pub model: String,
     pub attack: String,
     pub records: Vec<Timed<AttackRecord>>,
+    /// A minimum-norm attack's security curve (its per-example distances are in
+    /// `distances.csv` beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Timed<SecurityCurve>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,6 +102,9 @@ pub struct Results {
     pub robustness: Vec<RobustnessRow>,
     pub noise: Vec<NoiseRow>,
     pub transfer: Vec<TransferRow>,
+    /// The minimum-norm attacks' robust accuracy at every ε (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_curves: Vec<SecurityCurveRow>,
     pub masking: Vec<MaskingEntry>,
     /// Ids of the planned jobs that have no output yet; empty for a complete suite.
     pub missing: Vec<String>,

@@ -353,7 +353,10 @@ fn resolve(
             return Err(Error::invalid(path, field, "duplicate attack name"));
         }
         let eps: Vec<f64> = a.eps.iter().map(|b| b.value).collect();
-        check_budgets(path, &format!("{field}.eps"), "eps", &eps)?;
+        let searched = a.options.kind.is_min_norm() && a.options.targeted.is_none();
+        if !(searched && eps.is_empty()) {
+            check_budgets(path, &format!("{field}.eps"), "eps", &eps)?;
+        }
         attacks.push(AttackDef {
             name: a.name.clone(),
             method: attack_method(path, &field, a, spec.seed, input, n_classes)?,

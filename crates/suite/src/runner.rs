@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use gauntlet_attacks::{
-    craft, evaluate_attack_detailed, gaussian_noise, predict, score_transfer, EnsembleModel,
+    craft, evaluate_attack_detailed, evaluate_min_norm, gaussian_noise, predict, score_transfer,
+    EnsembleModel,
 };
 use gauntlet_data::Splits;
 use gauntlet_models::io::write_atomic;
@@ -36,6 +37,8 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const CRAFTED_FILE: &str = "x_adv.safetensors";
 /// An attack job's per-example outcomes.
 pub const EXAMPLES_FILE: &str = "examples.csv";
+/// A minimum-norm attack job's per-example distances, beside its `examples.csv`.
+pub const DISTANCES_FILE: &str = "distances.csv";
 /// A training job's resumable state while it runs (deleted once `job.json` is written).
 pub const TRAIN_STATE_FILE: &str = "train-state.safetensors";
 
@@ -674,14 +677,32 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
         Task::Attack { model, attack } => {
             let (def, net) = (&suite.attacks[attack], ctx.load_model(job.inputs[0])?);
             let method = def.method.build();
-            let (records, outcomes) = evaluate_attack_detailed(
-                net.as_ref(),
-                method.as_ref(),
-                images,
-                labels,
-                &def.eps,
-                batch_size,
-            )?;
+            let (records, outcomes, curve) = match method.min_norm() {
+                Some(search) => {
+                    let run = evaluate_min_norm(
+                        net.as_ref(),
+                        search,
+                        images,
+                        labels,
+                        &def.eps,
+                        batch_size,
+                        false,
+                    )?;
+                    write_csv(&dir.join(DISTANCES_FILE), &run.examples)?;
+                    (run.records, run.outcomes, Some(run.curve))
+                }
+                None => {
+                    let (records, outcomes) = evaluate_attack_detailed(
+                        net.as_ref(),
+                        method.as_ref(),
+                        images,
+                        labels,
+                        &def.eps,
+                        batch_size,
+                    )?;
+                    (records, outcomes, None)
+                }
+            };
             write_csv(&dir.join(EXAMPLES_FILE), &outcomes)?;
             ctx.finish(
                 job,
@@ -690,6 +711,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                     model: suite.models[model].name.clone(),
                     attack: def.name.clone(),
                     records,
+                    curve,
                 },
             )
         }

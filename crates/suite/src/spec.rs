@@ -106,8 +106,14 @@ impl<'de> Deserialize<'de> for AttackSpec {
         let entry = Entry::deserialize(d)?;
         let options = attack_options(&entry.options)
             .map_err(|e| de::Error::custom(format!("attack `{}`{e}", entry.name)))?;
+        // A minimum-norm attack gives every ε from one search: its `eps` is optional.
+        let eps = match entry.eps {
+            Some(eps) => eps,
+            None if options.kind.is_min_norm() => Vec::new(),
+            None => return Err(de::Error::missing_field("eps")),
+        };
         Ok(AttackSpec {
-            eps: entry.eps.ok_or_else(|| de::Error::missing_field("eps"))?,
+            eps,
             name: entry.name,
             options,
         })

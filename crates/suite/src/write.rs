@@ -13,14 +13,18 @@ use gauntlet_models::io::write_atomic;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use gauntlet_results::{NOISE_COLUMNS, ROBUSTNESS_COLUMNS, TRANSFER_COLUMNS};
+use gauntlet_results::{
+    NOISE_COLUMNS, ROBUSTNESS_COLUMNS, SECURITY_CURVE_COLUMNS, TRANSFER_COLUMNS,
+};
 
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
-    NoiseRow, Results, RobustnessRow, ScoreOutput, TimingRow, TrainOutput, TrainingRow,
-    SCHEMA_VERSION,
+    NoiseRow, Results, RobustnessRow, ScoreOutput, SecurityCurveRow, TimingRow, TrainOutput,
+    TrainingRow, SCHEMA_VERSION,
 };
-use crate::runner::{read_job, write_csv, write_json, write_table, EXAMPLES_FILE, MODEL_FILE};
+use crate::runner::{
+    read_job, write_csv, write_json, write_table, DISTANCES_FILE, EXAMPLES_FILE, MODEL_FILE,
+};
 use crate::visuals::{VisualsOutput, LOGIT_SWEEP_FILE, PERTURBATIONS_FILE};
 use crate::{Error, JobKind, Plan, Result, Suite, Task, CODE_VERSION};
 
@@ -48,6 +52,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     let mut robustness = Vec::new();
     let mut noise = Vec::new();
     let mut transfer = Vec::new();
+    let mut curves = Vec::new();
     let mut masking = Vec::new();
     let mut missing = Vec::new();
     let mut timings = Vec::new();
@@ -134,6 +139,18 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     .join("per-example")
                     .join(format!("{}-{}.csv", def.name, attack_def.name));
                 copy(&dir.join(EXAMPLES_FILE), &examples)?;
+                if let Some(curve) = file.output.curve {
+                    timings.push(TimingRow::new(&job.id, "search", curve.seconds));
+                    curves.push(SecurityCurveRow {
+                        model: def.name.clone(),
+                        attack: attack_def.name.clone(),
+                        curve: curve.record,
+                    });
+                    let distances = results_dir
+                        .join("per-example")
+                        .join(format!("{}-{}-distances.csv", def.name, attack_def.name));
+                    copy(&dir.join(DISTANCES_FILE), &distances)?;
+                }
             }
             Task::Noise { model } => {
                 let file: JobFile<NoiseOutput> = read_job(&dir)?;
@@ -200,6 +217,15 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         &transfer,
         TRANSFER_COLUMNS,
     )?;
+    let points: Vec<_> = curves
+        .iter()
+        .flat_map(SecurityCurveRow::point_rows)
+        .collect();
+    if !points.is_empty() {
+        let path = results_dir.join("security-curves.csv");
+        write_table(&path, &points, SECURITY_CURVE_COLUMNS)?;
+        written.push(path);
+    }
     write_csv(&results_dir.join("training.csv"), &training)?;
     write_csv(&results_dir.join("timings.csv"), &timings)?;
     for name in [
@@ -228,6 +254,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         robustness,
         noise,
         transfer,
+        security_curves: curves,
         masking,
         missing,
         report,

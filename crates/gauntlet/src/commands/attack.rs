@@ -12,7 +12,7 @@ use gauntlet_attacks::{
 };
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::ModelSpec;
-use gauntlet_suite::record::RobustnessRow;
+use gauntlet_suite::record::{RobustnessRow, SecurityCurveRow};
 use serde::Serialize;
 
 use crate::args::{AttackArgs, AttackFlags};
@@ -243,8 +243,6 @@ pub fn run(args: AttackArgs) -> Result<()> {
         if say {
             print_curve(curve);
         }
-        write_json(&out.join("security-curve.json"), &curve.record)?;
-        write_csv(&out.join("security-curve.csv"), &curve.points)?;
         write_csv(
             &out.join("per-example")
                 .join(format!("{}-{stem}-distances.csv", model.name)),
@@ -311,6 +309,14 @@ pub fn run(args: AttackArgs) -> Result<()> {
                 .and_then(|b| b.written.clone()),
         })
         .collect();
+    let security_curves = min_norm
+        .iter()
+        .map(|(curve, _)| SecurityCurveRow {
+            model: model.name.clone(),
+            attack: stem.clone(),
+            curve: curve.record.clone(),
+        })
+        .collect();
     let single = SingleResults {
         name: format!("attack-{stem}"),
         seed: args.attack.seed,
@@ -318,6 +324,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         robustness,
         noise: vec![],
         transfer: vec![],
+        security_curves,
         masking: flags,
     };
     let results = single.results(&loaded.data, batch)?;
@@ -335,7 +342,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
         );
         if min_norm.is_some() {
             println!(
-                "wrote {0}/security-curve.json, {0}/security-curve.csv and the per-example distances",
+                "wrote {}/security-curves.csv and the per-example distances",
                 out.display()
             );
         }

@@ -147,6 +147,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         robustness: vec![],
         noise: vec![],
         transfer: vec![],
+
+        security_curves: vec![],
         masking: vec![],
     };
     single.write(

@@ -48,6 +48,8 @@ pub fn run(args: NoiseArgs) -> Result<()> {
         models: vec![model],
         robustness: vec![],
         transfer: vec![],
+
+        security_curves: vec![],
         masking: vec![],
     };
     let results = single.results(&loaded.data, batch)?;

@@ -17,7 +17,9 @@ use gauntlet_suite::CODE_VERSION;
 use gauntlet_train::{evaluate, EvalResult, TrainConfig};
 use sha2::{Digest, Sha256};
 
-use gauntlet_results::{NOISE_COLUMNS, ROBUSTNESS_COLUMNS, TRANSFER_COLUMNS};
+use gauntlet_results::{
+    SecurityCurveRow, NOISE_COLUMNS, ROBUSTNESS_COLUMNS, SECURITY_CURVE_COLUMNS, TRANSFER_COLUMNS,
+};
 
 use crate::output::{write_json, write_table};
 
@@ -92,6 +94,8 @@ pub struct SingleResults {
     pub robustness: Vec<RobustnessRow>,
     pub noise: Vec<NoiseRow>,
     pub transfer: Vec<TransferRow>,
+    /// A minimum-norm attack's robust accuracy at every ε.
+    pub security_curves: Vec<SecurityCurveRow>,
     /// The first model's checks.
     pub masking: Vec<MaskingFlag>,
 }
@@ -120,6 +124,7 @@ impl SingleResults {
             robustness: self.robustness.clone(),
             noise: self.noise.clone(),
             transfer: self.transfer.clone(),
+            security_curves: self.security_curves.clone(),
             masking: self
                 .masking
                 .iter()
@@ -148,6 +153,18 @@ impl SingleResults {
         }
         if !self.transfer.is_empty() {
             write_table(&out.join("transfer.csv"), &self.transfer, TRANSFER_COLUMNS)?;
+        }
+        let points: Vec<_> = self
+            .security_curves
+            .iter()
+            .flat_map(SecurityCurveRow::point_rows)
+            .collect();
+        if !points.is_empty() {
+            write_table(
+                &out.join("security-curves.csv"),
+                &points,
+                SECURITY_CURVE_COLUMNS,
+            )?;
         }
         Ok(())
     }

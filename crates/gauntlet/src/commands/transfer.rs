@@ -126,6 +126,8 @@ pub fn run(args: TransferArgs) -> Result<()> {
         robustness: vec![],
         noise: vec![],
         transfer: records.clone(),
+
+        security_curves: vec![],
         masking: vec![],
     };
     single.write(&args.out, &single.results(&data, args.test.batch_size)?)?;

@@ -370,3 +370,92 @@ eps = ["8/0"]
     .unwrap_err();
     assert!(err.contains("kinds.toml") && err.contains("8/0"), "{err}");
 }
+
+#[test]
+fn a_minimum_norm_attack_writes_its_curve_and_records_at_its_eps() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{HEAD}\n{}",
+        r#"
+[[attack]]
+name = "pgd"
+kind = "pgd"
+norm = 2
+eps = [0.5, 1.0]
+steps = 10
+
+[[attack]]
+name = "fmn"
+kind = "fmn"
+norm = 2
+eps = [0.5, 1.0]
+steps = 30
+
+[[attack]]
+name = "deepfool"
+kind = "deepfool"
+norm = 2
+
+[visuals]
+enabled = false
+"#
+    );
+    let path = write_suite(dir.path(), "kinds.toml", &text);
+    let suite = Suite::load(&path, None).unwrap();
+    assert!(suite.attacks[2].eps.is_empty());
+    let root = dir.path().join("results");
+    let summary = run_suite(
+        &path,
+        &RunOptions {
+            results_root: root.clone(),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(summary.is_complete(), "{:?}", summary.missing);
+    let results = root.join("kinds");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results.join("results.json")).unwrap())
+            .unwrap();
+    let curves = json["security_curves"].as_array().unwrap();
+    let names: Vec<&str> = curves
+        .iter()
+        .map(|c| c["attack"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fmn", "deepfool"]);
+    let points: Vec<gauntlet_results::CurvePointRow> =
+        read_csv(&results.join("security-curves.csv"));
+    let fmn: Vec<_> = points.iter().filter(|p| p.attack == "fmn").collect();
+    assert_eq!(fmn.len(), curves[0]["points"].as_array().unwrap().len());
+    assert!(fmn
+        .windows(2)
+        .all(|w| w[0].point.eps < w[1].point.eps && w[0].point.robust >= w[1].point.robust));
+    // The robustness rows at fmn's ε are its curve read there.
+    let rows: Vec<RobustnessRow> = read_csv(&results.join("robustness.csv"));
+    for eps in [0.5, 1.0] {
+        let row = rows
+            .iter()
+            .find(|r| r.attack == "fmn" && r.eps == eps)
+            .unwrap();
+        let at = fmn
+            .iter()
+            .take_while(|p| p.point.eps <= eps)
+            .last()
+            .unwrap();
+        assert_eq!(row.adversarial_correct, at.point.robust, "eps {eps}");
+        assert_eq!(row.kind, gauntlet_attacks::AttackKind::MinimumNorm);
+    }
+    // Its per-example distances: one row per test example, each broken one misclassified.
+    let distances: Vec<gauntlet_results::MinNormExample> =
+        read_csv(&results.join("per-example/base-fmn-distances.csv"));
+    assert_eq!(distances.len(), 60);
+    assert!(distances
+        .iter()
+        .filter(|d| d.distance.is_some_and(|d| d > 0.0))
+        .all(|d| d.adv_pred != d.label));
+    // The check of the curve against PGD ran.
+    let masking = json["masking"].as_array().unwrap();
+    assert!(masking
+        .iter()
+        .any(|m| m["check"] == "curve-below-fixed-eps" && m["attack"] == "fmn-l2 vs pgd-l2"));
+}
