@@ -6,12 +6,13 @@ use std::path::Path;
 use crate::doc::{Block, Cell};
 use crate::plot::fmt_num;
 use crate::schema::{ReportSection, ResultsDir, RobustnessRow};
-use crate::series::{AccuracyPanel, NoiseSeries, Point, TransferMatrix};
+use crate::series::{AccuracyPanel, CurvePanel, NoiseSeries, Point, TransferMatrix};
 use crate::FigureFile;
 
 pub(crate) struct Data<'a> {
     pub panels: &'a [AccuracyPanel],
     pub matrices: &'a [TransferMatrix],
+    pub curves: &'a [CurvePanel],
     pub noise: &'a [NoiseSeries],
 }
 
@@ -20,6 +21,7 @@ pub(crate) struct Figures<'a> {
     pub accuracy: &'a [FigureFile],
     pub tradeoff: &'a [FigureFile],
     pub transfer: &'a [FigureFile],
+    pub curves: &'a [FigureFile],
     pub noise: Option<&'a FigureFile>,
     pub training: Option<&'a FigureFile>,
     pub perturbations: &'a [FigureFile],
@@ -394,6 +396,88 @@ pub(crate) fn document(
             )));
         }
         if let Some(f) = figs.transfer.get(i) {
+            b.push(figure(f, report_dir));
+        }
+    }
+
+    // Security curves.
+    if !d.curves.is_empty() {
+        b.push(Block::Heading(
+            2,
+            "Minimum-norm attacks and security curves".into(),
+        ));
+        b.push(Block::Para(
+            "A minimum-norm attack searches, for each example, the smallest perturbation that breaks it; the robust accuracy at ε is the share of examples correct clean whose smallest perturbation found is larger than ε. One search gives the whole curve; a fixed-ε attack's point should lie on or above the curve of a stronger attack.".into(),
+        ));
+        let rows = d
+            .curves
+            .iter()
+            .flat_map(|panel| {
+                panel.curves.iter().map(move |(attack, c)| {
+                    let dist = |d: Option<f64>| d.map_or("—".to_string(), |v| format!("{v:.4}"));
+                    vec![
+                        Cell::from(panel.model.clone()),
+                        Cell::from(format!("{attack} ({})", c.method)),
+                        Cell::from(c.norm.to_string()),
+                        Cell::from(format!("{} / {}", c.found, c.clean_correct)),
+                        Cell::from(dist(c.median_distance)),
+                        Cell::from(dist(c.mean_distance)),
+                    ]
+                })
+            })
+            .collect();
+        b.push(Block::Table {
+            header: ["model", "attack", "norm", "broken / correct clean", "median distance", "mean distance (broken)"]
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            rows,
+            caption: Some(
+                "The median is over all examples (0 for those misclassified clean); — where more than half were never broken.".into(),
+            ),
+        });
+        let envelopes: Vec<_> = d
+            .curves
+            .iter()
+            .filter_map(|p| p.envelope.as_ref())
+            .collect();
+        if !envelopes.is_empty() {
+            b.push(Block::Heading(3, "Optimality".into()));
+            b.push(Block::Para(
+                "The envelope takes, for each example, the smallest perturbation any of the minimum-norm attacks found. Each attack's local optimality (AttackBench, Cinà et al. 2025) compares the area under its security curve with the envelope's, both clipped at the envelope's largest distance d*: 1 − (A − A*) / (c·d* − A*), with c the clean accuracy; 100% is the envelope itself, 0% an attack that breaks nothing.".into(),
+            ));
+            let rows = envelopes
+                .iter()
+                .flat_map(|env| {
+                    env.attacks.iter().map(move |a| {
+                        vec![
+                            Cell::from(env.model.clone()),
+                            Cell::from(env.norm.to_string()),
+                            Cell::from(format!("{} ({})", a.attack, a.method)),
+                            Cell::from(format!("{:.4}", a.area)),
+                            Cell::from(format!("{:.4}", env.area)),
+                            Cell::from(a.local_optimality.map_or("—".to_string(), pct)),
+                        ]
+                    })
+                })
+                .collect();
+            b.push(Block::Table {
+                header: [
+                    "model",
+                    "norm",
+                    "attack",
+                    "area",
+                    "envelope area",
+                    "local optimality",
+                ]
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+                rows,
+                caption: None,
+            });
+        }
+        for f in figs.curves {
             b.push(figure(f, report_dir));
         }
     }

@@ -10,7 +10,9 @@ use crate::plot::{
     diverging, e, fit_text, fmt_num, line_chart, padded_range, palette, sequential, side_legend,
     text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind, FONT, LEGEND_WIDTH,
 };
-use crate::series::{AccuracyPanel, NoiseSeries, TradeoffPanel, TrainingCurves, TransferMatrix};
+use crate::series::{
+    AccuracyPanel, CurvePanel, NoiseSeries, TradeoffPanel, TrainingCurves, TransferMatrix,
+};
 use crate::tensors::{Image, LogitSweep, ModelImages};
 
 const GREY: RGBColor = RGBColor(90, 90, 90);
@@ -1005,6 +1007,118 @@ impl Figure for LogitSweepFigure<'_> {
                 marker: false,
             });
         }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Security curves: robust accuracy at every ε from each minimum-norm attack (a step line with
+/// its Wilson band), and the fixed-ε attacks' points of the same model and norm beside them.
+pub(crate) struct SecurityCurveFigure<'a> {
+    pub panel: &'a CurvePanel,
+}
+
+impl Figure for SecurityCurveFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let p = self.panel;
+        let area = title(root, &format!("Security curves: {} ({})", p.model, p.norm))?;
+        let (chart, legend) = with_legend(&area);
+        // Up to the largest distance found or fixed ε, whichever is larger.
+        let max_eps = p
+            .curves
+            .iter()
+            .flat_map(|(_, c)| c.points.iter().map(|q| q.eps))
+            .chain(
+                p.fixed
+                    .iter()
+                    .flat_map(|(_, _, pts)| pts.iter().map(|q| q.x)),
+            )
+            .fold(0.0f64, f64::max);
+        let max_eps = if max_eps > 0.0 { max_eps * 1.05 } else { 1.0 };
+        let mut lines = Vec::new();
+        let mut items = vec![LegendItem::Header("minimum-norm attack".into())];
+        for (k, (attack, curve)) in p.curves.iter().enumerate() {
+            // The step function: flat from each point to the next, and on to the right edge.
+            let mut points = Vec::new();
+            let mut band = Vec::new();
+            for (i, q) in curve.points.iter().enumerate() {
+                let next = curve.points.get(i + 1).map_or(max_eps, |n| n.eps);
+                points.push((q.eps, q.robust_accuracy));
+                points.push((next, q.robust_accuracy));
+                band.push((q.eps, q.ci_low, q.ci_high));
+                band.push((next, q.ci_low, q.ci_high));
+            }
+            let color = palette(k);
+            let mut line = Line::new(points, color);
+            line.band = band;
+            line.markers = false;
+            lines.push(line);
+            items.push(LegendItem::Entry {
+                label: format!("{attack} ({})", curve.method),
+                color,
+                kind: LineKind::Solid,
+                width: 2,
+                band: true,
+                marker: false,
+            });
+        }
+        if let Some(env) = &p.envelope {
+            let mut points = Vec::new();
+            for (i, q) in env.curve.points.iter().enumerate() {
+                let next = env.curve.points.get(i + 1).map_or(max_eps, |n| n.eps);
+                points.push((q.eps, q.robust_accuracy));
+                points.push((next, q.robust_accuracy));
+            }
+            let mut line = Line::new(points, BLACK);
+            line.markers = false;
+            line.width = 1;
+            lines.push(line);
+            items.push(LegendItem::Entry {
+                label: "envelope (per-example best)".into(),
+                color: BLACK,
+                kind: LineKind::Solid,
+                width: 1,
+                band: false,
+                marker: false,
+            });
+        }
+        if !p.fixed.is_empty() {
+            items.push(LegendItem::Header("fixed-ε attack".into()));
+        }
+        for (k, (attack, method, pts)) in p.fixed.iter().enumerate() {
+            let color = palette(p.curves.len() + k);
+            let mut line = Line::new(pts.iter().map(|q| (q.x, q.y)).collect(), color);
+            line.kind = LineKind::Dashed;
+            lines.push(line);
+            items.push(LegendItem::Entry {
+                label: format!("{attack} ({method})"),
+                color,
+                kind: LineKind::Dashed,
+                width: 2,
+                band: false,
+                marker: true,
+            });
+        }
+        let axes = Axes {
+            caption: None,
+            x_label: format!("ε ({} budget, pixels in [0, 1])", p.norm),
+            y_label: "robust accuracy".into(),
+            x: 0.0..max_eps,
+            y: -0.015..1.02,
+            x_percent: false,
+            y_percent: true,
+            x_integer: false,
+        };
+        line_chart(&chart, &axes, &lines, &[])?;
+        items.push(LegendItem::Header("notes".into()));
+        if let Some((_, c)) = p.curves.first() {
+            items.push(note(&format!("n = {} examples", c.n)));
+        }
+        items.push(note("curve: one search, every ε"));
+        items.push(note("shaded: Wilson 95% CI"));
         side_legend(&legend, 60, &items)
     }
 }

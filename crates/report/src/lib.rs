@@ -28,8 +28,8 @@ pub use schema::{read_results_dir, ResultsDir, SUPPORTED_SCHEMA_VERSION};
 pub use tensors::TENSOR_SCHEMA_VERSION;
 
 use crate::figures::{
-    AccuracyFigure, LogitSweepFigure, NoiseFigure, PerturbationFigure, TradeoffFigure,
-    TrainingFigure, TransferFigure,
+    AccuracyFigure, LogitSweepFigure, NoiseFigure, PerturbationFigure, SecurityCurveFigure,
+    TradeoffFigure, TrainingFigure, TransferFigure,
 };
 use crate::plot::{render, Figure};
 
@@ -54,6 +54,8 @@ pub enum FigureKind {
     Perturbations,
     /// Logits along a fixed attack direction, one file per sweep.
     LogitSweep,
+    /// Robust accuracy at every ε from the minimum-norm attacks, one file per model and norm.
+    SecurityCurve,
 }
 
 /// One figure, written twice.
@@ -179,6 +181,17 @@ pub fn write_report(results_dir: &Path, report_dir: &Path) -> Result<ReportSumma
         );
     }
 
+    let curve_panels = series::curve_panels(results);
+    let mut curve_figs = Vec::new();
+    for panel in &curve_panels {
+        curve_figs.push(out.draw(
+            &SecurityCurveFigure { panel },
+            &format!("security-{}-{}", slug(&panel.model), panel.norm.slug()),
+            FigureKind::SecurityCurve,
+            format!("Security curves: {} ({})", panel.model, panel.norm),
+        )?);
+    }
+
     let matrices = series::transfer_matrices(results);
     let mut transfer_figs = Vec::new();
     for matrix in &matrices {
@@ -294,6 +307,7 @@ pub fn write_report(results_dir: &Path, report_dir: &Path) -> Result<ReportSumma
         accuracy: &accuracy_figs,
         tradeoff: &tradeoff_figs,
         transfer: &transfer_figs,
+        curves: &curve_figs,
         noise: noise_fig.as_ref(),
         training: training_fig.as_ref(),
         perturbations: &perturbation_figs,
@@ -304,6 +318,7 @@ pub fn write_report(results_dir: &Path, report_dir: &Path) -> Result<ReportSumma
         &content::Data {
             panels: &panels,
             matrices: &matrices,
+            curves: &curve_panels,
             noise: &noise,
         },
         &figs,

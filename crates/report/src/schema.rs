@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 pub use gauntlet_results::{
-    Lp, MaskingEntry, NoiseRow, RobustnessRow, TransferRecord as TransferRow,
+    AttackKind, Envelope, Lp, MaskingEntry, NoiseRow, RobustnessRow, SecurityCurveRow,
+    TransferRecord as TransferRow,
 };
 use serde::Deserialize;
 
@@ -39,6 +40,12 @@ pub struct Results {
     pub noise: Vec<NoiseRow>,
     #[serde(default)]
     pub transfer: Vec<TransferRow>,
+    /// The minimum-norm attacks' robust accuracy at every ε.
+    #[serde(default)]
+    pub security_curves: Vec<SecurityCurveRow>,
+    /// Per model and norm, the envelope of its minimum-norm attacks.
+    #[serde(default)]
+    pub optimality: Vec<Envelope>,
     #[serde(default)]
     pub masking: Vec<MaskingEntry>,
     #[serde(default)]

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::schema::{Lp, Results, RobustnessRow, TrainingRow};
+use crate::schema::{AttackKind, Lp, Results, RobustnessRow, TrainingRow};
 use gauntlet_results::wilson_interval;
 
 /// A value with its 95% interval, at `x`.
@@ -392,4 +392,70 @@ pub fn noise_series(results: &Results) -> Vec<NoiseSeries> {
             }
         })
         .collect()
+}
+
+/// The security curves of one model in one norm, with the fixed-ε attacks' points beside them.
+#[derive(Clone, Debug)]
+pub struct CurvePanel {
+    pub model: String,
+    pub norm: Lp,
+    /// `(attack, its curve)`, in the order of results.json.
+    pub curves: Vec<(String, gauntlet_results::SecurityCurve)>,
+    /// `(attack, method, points)` of the other attacks of the same model and norm.
+    pub fixed: Vec<(String, String, Vec<Point>)>,
+    /// The envelope over the curves (with two or more of them).
+    pub envelope: Option<gauntlet_results::Envelope>,
+}
+
+/// One [`CurvePanel`] per model and norm with a security curve.
+pub fn curve_panels(results: &Results) -> Vec<CurvePanel> {
+    let mut panels: Vec<CurvePanel> = Vec::new();
+    for row in &results.security_curves {
+        let norm = row.curve.norm;
+        let at = panels
+            .iter()
+            .position(|p| p.model == row.model && p.norm == norm)
+            .unwrap_or_else(|| {
+                panels.push(CurvePanel {
+                    model: row.model.clone(),
+                    norm,
+                    curves: Vec::new(),
+                    fixed: Vec::new(),
+                    envelope: None,
+                });
+                panels.len() - 1
+            });
+        panels[at]
+            .curves
+            .push((row.attack.clone(), row.curve.clone()));
+    }
+    for panel in &mut panels {
+        if panel.curves.len() > 1 {
+            panel.envelope = results
+                .optimality
+                .iter()
+                .find(|e| e.model == panel.model && e.norm == panel.norm)
+                .cloned();
+        }
+        for r in results.robustness.iter().filter(|r| {
+            r.model == panel.model && r.norm == panel.norm && r.kind != AttackKind::MinimumNorm
+        }) {
+            let point = Point {
+                x: r.eps,
+                y: r.adversarial_accuracy,
+                low: r.ci_low,
+                high: r.ci_high,
+            };
+            match panel.fixed.iter_mut().find(|(a, _, _)| *a == r.attack) {
+                Some((_, _, points)) => points.push(point),
+                None => panel
+                    .fixed
+                    .push((r.attack.clone(), r.method.clone(), vec![point])),
+            }
+        }
+        for (_, _, points) in &mut panel.fixed {
+            points.sort_by(|a, b| a.x.total_cmp(&b.x));
+        }
+    }
+    panels
 }

@@ -20,8 +20,8 @@ mod stats;
 mod table;
 
 pub use min_norm::{
-    curve_point, CurvePoint, CurvePointRow, MinNormExample, SecurityCurve, SecurityCurveRow,
-    CURVE_COLUMNS, SECURITY_CURVE_COLUMNS,
+    curve_point, CurvePoint, CurvePointRow, Envelope, MinNormExample, Optimality, OptimalityRow,
+    SecurityCurve, SecurityCurveRow, CURVE_COLUMNS, OPTIMALITY_COLUMNS, SECURITY_CURVE_COLUMNS,
 };
 pub use norm::Lp;
 pub use records::{

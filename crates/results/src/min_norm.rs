@@ -180,6 +180,184 @@ pub const SECURITY_CURVE_COLUMNS: &[&str] = &[
     "ci_high",
 ];
 
+/// One attack's place against the envelope of a model and norm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Optimality {
+    /// The attack's name in its suite, and its own.
+    pub attack: String,
+    pub method: String,
+    /// Area under its security curve up to the envelope's largest distance.
+    pub area: f64,
+    /// AttackBench's local optimality ([`Envelope::new`]); `None` when the envelope leaves
+    /// nothing to compare (no example broken at a positive distance).
+    pub local_optimality: Option<f64>,
+}
+
+/// The per-example best over several minimum-norm attacks of one model and norm: the smallest
+/// distance any of them found for each example, its security curve, and each attack's
+/// optimality against it (AttackBench, Cinà et al., AAAI 2025).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub model: String,
+    pub norm: Lp,
+    /// The envelope's own curve (its `method` is `envelope`).
+    pub curve: SecurityCurve,
+    /// Area under the envelope's curve up to its largest distance.
+    pub area: f64,
+    pub attacks: Vec<Optimality>,
+}
+
+impl Envelope {
+    /// The envelope of `attacks` (`(suite name, method, per-example distances)`, each over the
+    /// same examples in the same order), and each attack's local optimality as AttackBench's
+    /// `analysis/plot.py` computes it: with `d*` the envelope's largest finite distance, every
+    /// distance clipped to `d*` (not found counts as `d*`), `A` the trapezoidal area under a
+    /// curve's points up to `d*`, and `c` the clean accuracy,
+    /// `LO = 1 − (A_attack − A_envelope) / (c · d* − A_envelope)`: 1 for an attack that is the
+    /// envelope, 0 for one that breaks nothing correct clean.
+    ///
+    /// # Errors
+    /// When the attacks do not cover the same examples.
+    pub fn new(
+        model: String,
+        norm: Lp,
+        attacks: &[(String, String, &[MinNormExample])],
+    ) -> Result<Self, String> {
+        let Some((_, _, first)) = attacks.first() else {
+            return Err("no attacks to take the envelope of".into());
+        };
+        let n = first.len();
+        for (attack, _, examples) in attacks {
+            let same = examples.len() == n
+                && examples
+                    .iter()
+                    .zip(first.iter())
+                    .all(|(a, b)| a.index == b.index && a.label == b.label);
+            if !same {
+                return Err(format!(
+                    "attack `{attack}` was run on other examples than `{}` ({} against {n})",
+                    attacks[0].0,
+                    examples.len()
+                ));
+            }
+        }
+        // Per example, the attack with the smallest distance (the first on ties).
+        let best: Vec<MinNormExample> = (0..n)
+            .map(|i| {
+                attacks
+                    .iter()
+                    .map(|(_, _, e)| &e[i])
+                    .min_by(|a, b| {
+                        let d = |e: &MinNormExample| e.distance.unwrap_or(f64::INFINITY);
+                        d(a).total_cmp(&d(b))
+                    })
+                    .expect("at least one attack")
+                    .clone()
+            })
+            .collect();
+        let distances = |e: &[MinNormExample]| -> Vec<f64> {
+            e.iter()
+                .map(|x| x.distance.unwrap_or(f64::INFINITY))
+                .collect()
+        };
+        let envelope = distances(&best);
+        let max = envelope
+            .iter()
+            .copied()
+            .filter(|d| d.is_finite())
+            .fold(0.0f64, f64::max);
+        let clean =
+            first.iter().filter(|e| e.clean_pred == e.label).count() as f64 / n.max(1) as f64;
+        let area = curve_area(&envelope, max);
+        let span = clean * max - area;
+        let attacks = attacks
+            .iter()
+            .map(|(attack, method, examples)| {
+                let own = curve_area(&distances(examples), max);
+                Optimality {
+                    attack: attack.clone(),
+                    method: method.clone(),
+                    area: own,
+                    local_optimality: (span > 0.0).then(|| 1.0 - (own - area) / span),
+                }
+            })
+            .collect();
+        Ok(Self {
+            curve: SecurityCurve::new("envelope".into(), norm, &best),
+            model,
+            norm,
+            area,
+            attacks,
+        })
+    }
+}
+
+/// The trapezoidal area under the robust-accuracy points of `distances` clipped to `max`:
+/// at each distinct distance, the share of examples whose distance is larger (AttackBench's
+/// curve; an example never broken counts as broken at `max`).
+fn curve_area(distances: &[f64], max: f64) -> f64 {
+    let n = distances.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let mut clipped: Vec<f64> = distances.iter().map(|d| d.min(max)).collect();
+    clipped.sort_by(f64::total_cmp);
+    // (distance, robust accuracy just after it), one point per distinct distance.
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for (k, &d) in clipped.iter().enumerate() {
+        let after = 1.0 - (k + 1) as f64 / n as f64;
+        match points.last_mut() {
+            Some(last) if last.0 == d => last.1 = after,
+            _ => points.push((d, after)),
+        }
+    }
+    points
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+        .sum()
+}
+
+/// A row of `optimality.csv` ([`OPTIMALITY_COLUMNS`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimalityRow {
+    pub model: String,
+    pub norm: Lp,
+    pub attack: String,
+    pub method: String,
+    pub area: f64,
+    pub envelope_area: f64,
+    pub local_optimality: Option<f64>,
+}
+
+impl Envelope {
+    /// One row per attack, for `optimality.csv`.
+    pub fn rows(&self) -> Vec<OptimalityRow> {
+        self.attacks
+            .iter()
+            .map(|a| OptimalityRow {
+                model: self.model.clone(),
+                norm: self.norm,
+                attack: a.attack.clone(),
+                method: a.method.clone(),
+                area: a.area,
+                envelope_area: self.area,
+                local_optimality: a.local_optimality,
+            })
+            .collect()
+    }
+}
+
+/// The columns of `optimality.csv`, in order.
+pub const OPTIMALITY_COLUMNS: &[&str] = &[
+    "model",
+    "norm",
+    "attack",
+    "method",
+    "area",
+    "envelope_area",
+    "local_optimality",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +397,73 @@ mod tests {
         let point = curve_point(&examples, 0.3);
         assert_eq!((point.robust, point.robust_accuracy), (2, 0.5));
         assert!(point.ci_low < 0.5 && point.ci_high > 0.5);
+    }
+
+    #[test]
+    fn the_envelope_takes_each_examples_best_and_scores_each_attack_against_it() {
+        let with_index = |mut e: Vec<MinNormExample>| {
+            for (i, x) in e.iter_mut().enumerate() {
+                x.index = i;
+            }
+            e
+        };
+        // Four examples, all correct clean.
+        let a = with_index(vec![
+            example(1, 1, Some(0.2)),
+            example(1, 1, Some(0.4)),
+            example(1, 1, Some(0.6)),
+            example(1, 1, Some(0.8)),
+        ]);
+        let b = with_index(vec![
+            example(1, 1, Some(0.4)),
+            example(1, 1, Some(0.2)),
+            example(1, 1, None),
+            example(1, 1, Some(0.8)),
+        ]);
+        let env = Envelope::new(
+            "m".into(),
+            Lp { p: 2.0 },
+            &[
+                ("a".into(), "fmn-l2".into(), &a),
+                ("b".into(), "ddn-l2".into(), &b),
+            ],
+        )
+        .unwrap();
+        // The envelope's distances are 0.2, 0.2, 0.6, 0.8: robust 4 at 0, 2 from 0.2, 1 from
+        // 0.6, 0 from 0.8.
+        let at: Vec<(f64, usize)> = env.curve.points.iter().map(|p| (p.eps, p.robust)).collect();
+        assert_eq!(at, [(0.0, 4), (0.2, 2), (0.6, 1), (0.8, 0)]);
+        // Areas by the trapezoidal rule over (d, accuracy after d), clipped at d* = 0.8:
+        // envelope (0.2, .5), (0.6, .25), (0.8, 0): 0.4·0.375 + 0.2·0.125 = 0.175.
+        assert!((env.area - 0.175).abs() < 1e-12);
+        // a: (0.2, .75), (0.4, .5), (0.6, .25), (0.8, 0): 0.125 + 0.075 + 0.025 = 0.225.
+        let la = &env.attacks[0];
+        assert!((la.area - 0.225).abs() < 1e-12);
+        // LO = 1 − (0.225 − 0.175) / (1 · 0.8 − 0.175).
+        assert!((la.local_optimality.unwrap() - (1.0 - 0.05 / 0.625)).abs() < 1e-12);
+        // b misses example 2, counted at d*: 0.2, 0.4, 0.8, 0.8 give (0.2, .75), (0.4, .5),
+        // (0.8, 0): 0.125 + 0.1, the same area and optimality as a.
+        assert!((env.attacks[1].area - 0.225).abs() < 1e-12);
+        let lb = env.attacks[1].local_optimality.unwrap();
+        assert!((lb - la.local_optimality.unwrap()).abs() < 1e-12);
+        // The envelope scores itself 1.
+        let alone = Envelope::new(
+            "m".into(),
+            Lp { p: 2.0 },
+            &[("a".into(), "fmn-l2".into(), &a)],
+        )
+        .unwrap();
+        assert!((alone.attacks[0].local_optimality.unwrap() - 1.0).abs() < 1e-12);
+        // Other examples are refused.
+        let short = &a[..3];
+        assert!(Envelope::new(
+            "m".into(),
+            Lp { p: 2.0 },
+            &[
+                ("a".into(), "x".into(), &a),
+                ("c".into(), "y".into(), short)
+            ]
+        )
+        .is_err());
     }
 }

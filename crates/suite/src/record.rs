@@ -5,7 +5,8 @@ use gauntlet_attacks::{AttackRecord, NoiseRecord, SecurityCurve, Timed, Transfer
 use gauntlet_data::DataConfig;
 use gauntlet_models::ModelSpec;
 pub use gauntlet_results::{
-    MaskingEntry, NoiseRow, RobustnessRow, SecurityCurveRow, TransferRecord as TransferRow,
+    Envelope, MaskingEntry, NoiseRow, RobustnessRow, SecurityCurveRow,
+    TransferRecord as TransferRow,
 };
 use gauntlet_train::{EpochRecord, EvalResult, TrainConfig, TrainLog};
 use serde::{Deserialize, Serialize};
@@ -105,6 +106,10 @@ pub struct Results {
     /// The minimum-norm attacks' robust accuracy at every ε (absent when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_curves: Vec<SecurityCurveRow>,
+    /// Per model and norm, the envelope over its minimum-norm attacks and each one's
+    /// optimality against it (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optimality: Vec<Envelope>,
     pub masking: Vec<MaskingEntry>,
     /// Ids of the planned jobs that have no output yet; empty for a complete suite.
     pub missing: Vec<String>,

@@ -14,7 +14,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use gauntlet_results::{
-    NOISE_COLUMNS, ROBUSTNESS_COLUMNS, SECURITY_CURVE_COLUMNS, TRANSFER_COLUMNS,
+    Envelope, Lp, MinNormExample, NOISE_COLUMNS, OPTIMALITY_COLUMNS, ROBUSTNESS_COLUMNS,
+    SECURITY_CURVE_COLUMNS, TRANSFER_COLUMNS,
 };
 
 use crate::record::{
@@ -53,6 +54,8 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     let mut noise = Vec::new();
     let mut transfer = Vec::new();
     let mut curves = Vec::new();
+    // (model, attack, method, norm, per-example distances) of every minimum-norm job.
+    let mut searches = Vec::new();
     let mut masking = Vec::new();
     let mut missing = Vec::new();
     let mut timings = Vec::new();
@@ -141,6 +144,15 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 copy(&dir.join(EXAMPLES_FILE), &examples)?;
                 if let Some(curve) = file.output.curve {
                     timings.push(TimingRow::new(&job.id, "search", curve.seconds));
+                    let path = dir.join(DISTANCES_FILE);
+                    let examples: Vec<MinNormExample> = read_table(&path)?;
+                    searches.push((
+                        model,
+                        attack_def.name.clone(),
+                        curve.method.clone(),
+                        curve.norm,
+                        examples,
+                    ));
                     curves.push(SecurityCurveRow {
                         model: def.name.clone(),
                         attack: attack_def.name.clone(),
@@ -217,6 +229,32 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         &transfer,
         TRANSFER_COLUMNS,
     )?;
+    // Each model and norm with a minimum-norm attack: the envelope over them.
+    let mut optimality = Vec::new();
+    for (model, def) in suite.models.iter().enumerate() {
+        let mut norms: Vec<Lp> = Vec::new();
+        for (m, _, _, norm, _) in &searches {
+            if *m == model && !norms.contains(norm) {
+                norms.push(*norm);
+            }
+        }
+        for norm in norms {
+            let attacks: Vec<(String, String, &[MinNormExample])> = searches
+                .iter()
+                .filter(|(m, _, _, p, _)| *m == model && *p == norm)
+                .map(|(_, attack, method, _, e)| (attack.clone(), method.clone(), e.as_slice()))
+                .collect();
+            let envelope = Envelope::new(def.name.clone(), norm, &attacks)
+                .map_err(|message| Error::invalid(results_dir, "optimality", message))?;
+            optimality.push(envelope);
+        }
+    }
+    let rows: Vec<_> = optimality.iter().flat_map(Envelope::rows).collect();
+    if !rows.is_empty() {
+        let path = results_dir.join("optimality.csv");
+        write_table(&path, &rows, OPTIMALITY_COLUMNS)?;
+        written.push(path);
+    }
     let points: Vec<_> = curves
         .iter()
         .flat_map(SecurityCurveRow::point_rows)
@@ -255,6 +293,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         noise,
         transfer,
         security_curves: curves,
+        optimality,
         masking,
         missing,
         report,
@@ -290,6 +329,16 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         written.push(path);
     }
     Ok(written)
+}
+
+/// The rows of a CSV file a job wrote.
+fn read_table<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|e| Error::invalid(path, "file", format!("cannot read this CSV file: {e}")))?;
+    reader
+        .deserialize()
+        .collect::<std::result::Result<Vec<T>, _>>()
+        .map_err(|e| Error::invalid(path, "row", format!("malformed row: {e}")))
 }
 
 /// Copies `from` to `to` atomically; returns the bytes copied.

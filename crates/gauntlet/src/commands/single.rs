@@ -125,6 +125,7 @@ impl SingleResults {
             noise: self.noise.clone(),
             transfer: self.transfer.clone(),
             security_curves: self.security_curves.clone(),
+            optimality: vec![],
             masking: self
                 .masking
                 .iter()

@@ -453,6 +453,19 @@ enabled = false
         .iter()
         .filter(|d| d.distance.is_some_and(|d| d > 0.0))
         .all(|d| d.adv_pred != d.label));
+    // The envelope of fmn and deepfool, and each one's optimality against it.
+    let envelopes = json["optimality"].as_array().unwrap();
+    assert_eq!(envelopes.len(), 1);
+    let scores: Vec<f64> = envelopes[0]["attacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["local_optimality"].as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 2);
+    assert!(scores.iter().all(|&s| (0.0..=1.0 + 1e-12).contains(&s)), "{scores:?}");
+    let table = std::fs::read_to_string(results.join("optimality.csv")).unwrap();
+    assert_eq!(table.lines().count(), 3, "{table}");
     // The check of the curve against PGD ran.
     let masking = json["masking"].as_array().unwrap();
     assert!(masking
