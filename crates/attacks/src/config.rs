@@ -12,8 +12,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, Ddn, DeepFool, FastGradient, Fmn, Norm, Pgd,
-    Square, StepSize, TargetSelection, Targeted,
+    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, CarliniWagner, Ddn, DeepFool, FastGradient,
+    Fmn, Norm, Pgd, Square, StepSize, TargetSelection, Targeted,
 };
 
 /// A setting that breaks a precondition: its key, as a suite writes it, and what was expected.
@@ -79,6 +79,10 @@ pub enum Method {
     #[serde(alias = "deep-fool")]
     #[cfg_attr(feature = "clap", value(alias = "deep-fool"))]
     Deepfool,
+    /// Carlini & Wagner's L2 attack ([`CarliniWagner`]).
+    #[serde(alias = "carlini-wagner")]
+    #[cfg_attr(feature = "clap", value(alias = "carlini-wagner"))]
+    Cw,
 }
 
 impl Method {
@@ -93,12 +97,16 @@ impl Method {
             Method::Fmn => "fmn",
             Method::Ddn => "ddn",
             Method::Deepfool => "deepfool",
+            Method::Cw => "cw",
         }
     }
 
     /// A minimum-norm attack: one search gives every ε.
     pub fn is_min_norm(self) -> bool {
-        matches!(self, Method::Fmn | Method::Ddn | Method::Deepfool)
+        matches!(
+            self,
+            Method::Fmn | Method::Ddn | Method::Deepfool | Method::Cw
+        )
     }
 }
 
@@ -243,16 +251,28 @@ pub struct AttackOptions {
     /// DeepFool: the classes of largest clean logit considered (10).
     #[serde(default)]
     pub candidates: Option<usize>,
+    /// C&W: rounds of the binary search over the constant c (9).
+    #[serde(default)]
+    pub binary_search_steps: Option<usize>,
+    /// C&W: the first constant c (1e-3).
+    #[serde(default)]
+    pub initial_const: Option<f64>,
+    /// C&W: Adam's step size (0.01).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// C&W: κ, the margin past the boundary (0).
+    #[serde(default)]
+    pub confidence: Option<f64>,
 }
 
 /// The keys beyond `kind` and `norm`, each with the methods it applies to.
 pub const OPTION_KEYS: &[(&str, &[Method])] = {
     use Method::{
-        Apgd as A, Auto as U, Ddn as D, Deepfool as DF, FastGradient as F, Fmn as M, Pgd as P,
-        Square as S,
+        Apgd as A, Auto as U, Cw as C, Ddn as D, Deepfool as DF, FastGradient as F, Fmn as M,
+        Pgd as P, Square as S,
     };
     &[
-        ("steps", &[P, A, U, M, D, DF]),
+        ("steps", &[P, A, U, M, D, DF, C]),
         ("restarts", &[P, A, S]),
         ("step-size", &[P]),
         ("random-start", &[P, A]),
@@ -260,7 +280,7 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("early-stop", &[P]),
         ("clip", &[F, P, A]),
         ("seed", &[P, A, S, U]),
-        ("targeted", &[F, P, A, S, M, D, DF]),
+        ("targeted", &[F, P, A, S, M, D, DF, C]),
         ("target-classes", &[A, U]),
         ("eot-draws", &[A, U]),
         ("n-queries", &[S, U]),
@@ -272,6 +292,10 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("init-norm", &[D]),
         ("overshoot", &[DF]),
         ("candidates", &[DF]),
+        ("binary-search-steps", &[C]),
+        ("initial-const", &[C]),
+        ("lr", &[C]),
+        ("confidence", &[C]),
     ]
 };
 
@@ -301,11 +325,15 @@ impl AttackOptions {
             init_norm: None,
             overshoot: None,
             candidates: None,
+            binary_search_steps: None,
+            initial_const: None,
+            lr: None,
+            confidence: None,
         }
     }
 
     /// The keys given, in [`OPTION_KEYS`] order.
-    fn given(&self) -> [(&'static str, bool); 20] {
+    fn given(&self) -> [(&'static str, bool); 24] {
         [
             ("steps", self.steps.is_some()),
             ("restarts", self.restarts.is_some()),
@@ -327,6 +355,10 @@ impl AttackOptions {
             ("init-norm", self.init_norm.is_some()),
             ("overshoot", self.overshoot.is_some()),
             ("candidates", self.candidates.is_some()),
+            ("binary-search-steps", self.binary_search_steps.is_some()),
+            ("initial-const", self.initial_const.is_some()),
+            ("lr", self.lr.is_some()),
+            ("confidence", self.confidence.is_some()),
         ]
     }
 
@@ -459,6 +491,22 @@ impl AttackOptions {
                     init_norm: self.init_norm.unwrap_or(d.init_norm),
                 })
             }
+            Method::Cw => {
+                if norm != Norm::L2 {
+                    return Err(ConfigError::new(
+                        "norm",
+                        format!("cw minimises the L2 norm only, got {norm}"),
+                    ));
+                }
+                let d = CarliniWagner::default();
+                AttackConfig::Cw(CarliniWagner {
+                    steps: self.steps.unwrap_or(d.steps),
+                    binary_search_steps: self.binary_search_steps.unwrap_or(d.binary_search_steps),
+                    initial_const: self.initial_const.unwrap_or(d.initial_const),
+                    lr: self.lr.unwrap_or(d.lr),
+                    confidence: self.confidence.unwrap_or(d.confidence),
+                })
+            }
             Method::Deepfool => {
                 let d = DeepFool::new(norm);
                 AttackConfig::DeepFool(DeepFool {
@@ -503,6 +551,7 @@ pub enum AttackConfig {
     Ddn(Ddn),
     #[serde(rename = "deepfool")]
     DeepFool(DeepFool),
+    Cw(CarliniWagner),
     /// `attack` aimed at targets chosen by `selection` ([`Targeted`]).
     Targeted {
         selection: TargetSelection,
@@ -525,6 +574,7 @@ impl AttackConfig {
             AttackConfig::Fmn(fmn) => Box::new(*fmn),
             AttackConfig::Ddn(ddn) => Box::new(*ddn),
             AttackConfig::DeepFool(deepfool) => Box::new(*deepfool),
+            AttackConfig::Cw(cw) => Box::new(*cw),
             AttackConfig::Targeted { selection, attack } => {
                 Box::new(Targeted::new(attack.build(), *selection))
             }
@@ -541,6 +591,7 @@ impl AttackConfig {
             AttackConfig::Fmn(fmn) => fmn.norm,
             AttackConfig::Ddn(_) => Norm::L2,
             AttackConfig::DeepFool(deepfool) => deepfool.norm,
+            AttackConfig::Cw(_) => Norm::L2,
             AttackConfig::Targeted { attack, .. } => attack.norm(),
         }
     }
@@ -560,6 +611,7 @@ impl AttackConfig {
             AttackConfig::Ddn(ddn) => ddn.steps as u128,
             // One forward and a backward pass per candidate class at each linearisation.
             AttackConfig::DeepFool(d) => times(d.steps, d.candidates),
+            AttackConfig::Cw(cw) => times(cw.steps, cw.binary_search_steps),
             AttackConfig::Targeted { attack, .. } => attack.evaluations_per_example(),
         }
     }
@@ -611,6 +663,10 @@ impl AttackConfig {
             }
             AttackConfig::Ddn(ddn) => ddn.validate(),
             AttackConfig::DeepFool(deepfool) => deepfool.validate(),
+            AttackConfig::Cw(cw) => {
+                cw.validate()?;
+                classes(AttackLoss::Margin, targeted)
+            }
             AttackConfig::Targeted { selection, attack } => {
                 if matches!(
                     **attack,

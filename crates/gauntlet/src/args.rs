@@ -159,7 +159,7 @@ pub struct AttackArgs {
 pub struct AttackFlags {
     /// fast-gradient (FGSM for --norm inf), pgd, apgd (Auto-PGD), square (score-based, inf
     /// and 2 only), auto (APGD-CE, APGD-T and Square in turn, the per-example worst case), or
-    /// a minimum-norm attack: fmn (1, 2, inf), ddn (2) or deepfool (2, inf).
+    /// a minimum-norm attack: fmn (1, 2, inf), ddn (2), deepfool (2, inf) or cw (2).
     #[arg(long, value_enum, default_value_t = Method::FastGradient)]
     pub attack: Method,
     /// Threat model: inf, 2, 1 or any p >= 1.
@@ -169,7 +169,8 @@ pub struct AttackFlags {
     #[arg(long)]
     pub no_clip: bool,
     /// PGD: gradient steps per restart (40); APGD and auto: iterations per run (100); FMN,
-    /// DDN: iterations (100); DeepFool: at most this many linearisations (50).
+    /// DDN: iterations (100); DeepFool: at most this many linearisations (50); C&W: Adam
+    /// iterations per round of its binary search (10000).
     #[arg(long)]
     pub steps: Option<usize>,
     /// PGD, APGD, Square: random restarts; an example is robust only if every restart failed
@@ -224,6 +225,18 @@ pub struct AttackFlags {
     /// DeepFool: the classes of largest clean logit considered (10).
     #[arg(long)]
     pub candidates: Option<usize>,
+    /// C&W: rounds of the binary search over the constant c (9).
+    #[arg(long)]
+    pub binary_search_steps: Option<usize>,
+    /// C&W: the first constant c (1e-3).
+    #[arg(long)]
+    pub initial_const: Option<f64>,
+    /// C&W: Adam's step size (0.01).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// C&W: the margin κ past the boundary (0).
+    #[arg(long)]
+    pub confidence: Option<f64>,
     /// Seed of random starts, Square's search, random targets and the noise baseline.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -250,6 +263,10 @@ impl AttackFlags {
             init_norm: self.init_norm,
             overshoot: self.overshoot,
             candidates: self.candidates,
+            binary_search_steps: self.binary_search_steps,
+            initial_const: self.initial_const,
+            lr: self.lr,
+            confidence: self.confidence,
             ..AttackOptions::new(self.attack, self.norm)
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use gauntlet_attacks::{
-    check_budgets, evaluate_attack_keeping, transfer_matrix, AttackConfig, AttackOptions,
+    check_budgets, evaluate_attack_keeping, evaluate_min_norm, transfer_matrix, AttackConfig, AttackOptions,
 };
 use gauntlet_data::{DataConfig, DatasetName};
 use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
@@ -449,29 +449,75 @@ fn attack<'py>(
     options: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     check_batch_size(batch_size)?;
-    check_eps(&eps)?;
     let classifier = model.inner.as_ref();
     let config = attack_config(classifier, attack, norm, seed, options)?;
+    let built = config.build();
+    // A minimum-norm attack gives every ε from one search: its budgets are optional.
+    if !(eps.is_empty() && built.min_norm().is_some()) {
+        check_eps(&eps)?;
+    }
     let xs = images(&x, classifier.spec())?;
     let n = xs.dim(0).map_err(gauntlet_error)?;
     let ys = labels(&y, n, classifier.n_classes())?;
-    let built = config.build();
-    let (records, outcomes, kept) = interruptible(py, |stop| {
+    let (records, outcomes, kept, search) = interruptible(py, |stop| {
         let model = Interruptible {
             inner: classifier,
             stop,
         };
-        evaluate_attack_keeping(
-            &model,
-            built.as_ref(),
-            &xs,
-            &ys,
-            &eps,
-            batch_size,
-            keep_adversarials,
-        )
+        match built.min_norm() {
+            Some(search) => {
+                let run = evaluate_min_norm(
+                    &model,
+                    search,
+                    &xs,
+                    &ys,
+                    &eps,
+                    batch_size,
+                    keep_adversarials,
+                )?;
+                let found = (run.curve.record, run.examples, run.minimal);
+                Ok((run.records, run.outcomes, run.adversarials, Some(found)))
+            }
+            None => evaluate_attack_keeping(
+                &model,
+                built.as_ref(),
+                &xs,
+                &ys,
+                &eps,
+                batch_size,
+                keep_adversarials,
+            )
+            .map(|(r, o, k)| (r, o, k, None)),
+        }
     })?;
     let out = PyDict::new(py);
+    match search {
+        Some((curve, distances, minimal)) => {
+            out.set_item("curve", pythonize::pythonize(py, &curve)?)?;
+            let columns = PyDict::new(py);
+            macro_rules! column {
+                ($name:literal, $f:expr) => {
+                    columns.set_item($name, vec_array(py, distances.iter().map($f).collect()))?;
+                };
+            }
+            column!("index", |e| e.index as i64);
+            column!("label", |e| i64::from(e.label));
+            column!("clean_pred", |e| i64::from(e.clean_pred));
+            column!("adv_pred", |e| i64::from(e.adv_pred));
+            // NaN where none was found: a float column NumPy users can mask.
+            column!("distance", |e| e.distance.unwrap_or(f64::NAN));
+            column!("linf", |e| e.linf);
+            column!("l2", |e| e.l2);
+            column!("l1", |e| e.l1);
+            out.set_item("distances", columns)?;
+            out.set_item("minimal", array_f32(py, &minimal)?)?;
+        }
+        None => {
+            out.set_item("curve", py.None())?;
+            out.set_item("distances", py.None())?;
+            out.set_item("minimal", py.None())?;
+        }
+    }
     let records: Vec<_> = records.into_iter().map(|t| t.record).collect();
     out.set_item("records", pythonize::pythonize(py, &records)?)?;
     out.set_item("config", pythonize::pythonize(py, &config)?)?;

@@ -239,3 +239,32 @@ def test_the_readme_example_runs_as_written():
     # `print(result.robust_accuracy, result.intervals)`: the first list is the accuracies.
     accuracies = json.loads(run.stdout[: run.stdout.index("]") + 1])
     assert len(accuracies) == 2 and 0.0 <= accuracies[1] <= accuracies[0] <= 1.0
+
+
+def test_minimum_norm_attack_gives_distances_curve_and_records(smallcnn, test_set):
+    x, y = test_set
+    x, y = x[:60], y[:60]
+    res = gauntlet.attack(smallcnn, x, y, attack="fmn", norm="inf", eps=[0.1, 0.2], steps=30)
+    d = res.distances
+    assert res.curve is not None and res.minimal.shape == x.shape
+    preds = smallcnn.predict(res.minimal)
+    clean_ok = d["clean_pred"] == d["label"]
+    broken = clean_ok & ~np.isnan(d["distance"])
+    assert broken.sum() > 0
+    # Each broken example's minimal image is misclassified, in the box, at its distance.
+    assert (preds[broken] != y[broken]).all()
+    assert res.minimal.min() >= 0.0 and res.minimal.max() <= 1.0
+    linf = np.abs(res.minimal - x).reshape(len(x), -1).max(axis=1)
+    np.testing.assert_allclose(linf[broken], d["distance"][broken], rtol=1e-6)
+    assert (d["distance"][~clean_ok] == 0).all()
+    # The records at the given ε are the curve read there.
+    for eps, acc in zip(res.eps, res.robust_accuracy):
+        assert res.robust_accuracy_at(eps) == acc
+        expected = (clean_ok & ~(d["distance"] <= eps)).sum() / len(x)
+        assert acc == expected
+    # Without ε: the curve alone.
+    only = gauntlet.attack(smallcnn, x, y, attack="deepfool", norm=2, eps=[])
+    assert only.records == [] and only.curve["n"] == 60
+    assert 0.0 < only.clean_accuracy <= 1.0
+    with pytest.raises(ValueError, match="eps"):
+        gauntlet.attack(smallcnn, x, y, attack="pgd", norm="inf", eps=[])

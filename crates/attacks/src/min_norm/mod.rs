@@ -7,12 +7,14 @@
 //! ensembles and transfer take it like any other, and evaluation runs its search once for all
 //! ε ([`Attack::min_norm`]).
 
+mod cw;
 mod ddn;
 mod deepfool;
 mod fmn;
 #[cfg(test)]
 mod tests;
 
+pub use cw::CarliniWagner;
 pub use ddn::Ddn;
 pub use deepfool::DeepFool;
 pub use fmn::Fmn;

@@ -160,7 +160,7 @@ pub fn run(args: AttackArgs) -> Result<()> {
     if !(eps.is_empty() && args.attack.attack.is_min_norm() && args.attack.targeted.is_none()) {
         super::check_budgets("--eps", &eps).map_err(|e| {
             if eps.is_empty() {
-                anyhow!("{e} (only the untargeted minimum-norm attacks fmn, ddn and deepfool run without)")
+                anyhow!("{e} (only the untargeted minimum-norm attacks fmn, ddn, deepfool and cw run without)")
             } else {
                 e
             }

@@ -78,13 +78,32 @@ class AttackResult:
     ``examples`` the per-example outcomes as arrays, ε-major (``eps``, ``index``, ``label``,
     ``clean_pred``, ``adv_pred``, ``robust``, ``perturbation``, ``linf``, ``l2``, ``l1``);
     ``adversarials`` the attacked images ``[E, N, C, H, W]`` (``None`` when not kept);
-    ``config`` the resolved attack, as a suite records it."""
+    ``config`` the resolved attack, as a suite records it.
+
+    A minimum-norm attack (``fmn``, ``ddn``, ``deepfool``, ``cw``) also gives ``curve`` (its
+    security curve: ``points``, each ``eps``, ``robust``, ``robust_accuracy``, ``ci_low``,
+    ``ci_high``; ``found``, ``median_distance``, ...), ``distances`` (per example: ``index``,
+    ``label``, ``clean_pred``, ``adv_pred``, ``distance`` (0 when misclassified clean, NaN
+    when none was found), ``linf``, ``l2``, ``l1``) and ``minimal``, the minimal adversarial
+    images ``[N, C, H, W]`` (the clean image where none was found)."""
 
     name: str
     records: List[Dict[str, Any]]
     examples: Dict[str, np.ndarray]
     adversarials: Optional[np.ndarray]
     config: Dict[str, Any] = field(repr=False)
+    curve: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    distances: Optional[Dict[str, np.ndarray]] = field(default=None, repr=False)
+    minimal: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def robust_accuracy_at(self, eps: float) -> float:
+        """A minimum-norm attack's robust accuracy at any ``eps``, read off its security
+        curve: the share of examples correct clean whose smallest perturbation found is larger
+        than ``eps``."""
+        if self.curve is None:
+            raise ValueError(f"{self.name} is not a minimum-norm attack: it has no security curve")
+        points = [p for p in self.curve["points"] if p["eps"] <= eps]
+        return points[-1]["robust_accuracy"]
 
     @property
     def eps(self) -> List[float]:
@@ -102,6 +121,8 @@ class AttackResult:
 
     @property
     def clean_accuracy(self) -> float:
+        if not self.records and self.curve is not None:
+            return self.curve["clean_correct"] / max(self.curve["n"], 1)
         return self.records[0]["clean_accuracy"]
 
     def to_pandas(self):
@@ -124,8 +145,10 @@ def attack(
     keep_adversarials: bool = True,
     **options,
 ) -> AttackResult:
-    """Runs ``attack`` (``fgsm``/``fast-gradient``, ``pgd``, ``apgd``, ``square``, ``auto``)
-    in ``norm`` (``"inf"``, ``2``, ``1`` or any p >= 1) at every ε of ``eps``.
+    """Runs ``attack`` (``fgsm``/``fast-gradient``, ``pgd``, ``apgd``, ``square``, ``auto``,
+    or a minimum-norm attack: ``fmn``, ``ddn``, ``deepfool``, ``cw``) in ``norm`` (``"inf"``,
+    ``2``, ``1`` or any p >= 1) at every ε of ``eps`` (which may be empty for a minimum-norm
+    attack: its ``curve`` gives every ε).
 
     ``options`` are the suite's ``[[attack]]`` keys with ``_`` for ``-``: ``steps=40``,
     ``step_size={"relative-to-eps": 0.25}``, ``restarts=5``, ``loss="dlr"``,
@@ -141,6 +164,9 @@ def attack(
         examples=out["examples"],
         adversarials=out["adversarials"],
         config=out["config"],
+        curve=out["curve"],
+        distances=out["distances"],
+        minimal=out["minimal"],
     )
 
 

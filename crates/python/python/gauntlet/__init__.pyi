@@ -35,6 +35,10 @@ class AttackResult:
     examples: Dict[str, np.ndarray]
     adversarials: Optional[npt.NDArray[np.float32]]
     config: Dict[str, Any]
+    curve: Optional[Dict[str, Any]]
+    distances: Optional[Dict[str, np.ndarray]]
+    minimal: Optional[npt.NDArray[np.float32]]
+    def robust_accuracy_at(self, eps: float) -> float: ...
     @property
     def eps(self) -> List[float]: ...
     @property
