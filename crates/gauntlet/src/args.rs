@@ -134,8 +134,8 @@ pub struct AttackArgs {
     #[command(flatten)]
     pub attack: AttackFlags,
     /// Comma-separated budgets, e.g. 0.1,0.2,0.3 or 8/255,16/255. Optional for the
-    /// minimum-norm attacks (fmn, ddn, deepfool), which give robust accuracy at every ε.
-    #[arg(long, value_delimiter = ',')]
+    /// minimum-norm attacks (fmn, ddn, deepfool, cw), which give robust accuracy at every ε.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     pub eps: Vec<gauntlet_attacks::Budget>,
     /// Skip the gradient-masking checks (extra single-step, noise and large-ε runs).
     #[arg(long)]

@@ -529,7 +529,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         ),
         (
             &["--attack", "auto", "--targeted", "random"][..],
-            "--targeted: applies to fast-gradient, pgd, apgd, square only, not auto",
+            "--targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw only, not auto",
         ),
         (
             &["--attack", "pgd", "--targeted", "class=12"][..],

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use gauntlet_attacks::{
-    check_budgets, evaluate_attack_keeping, evaluate_min_norm, transfer_matrix, AttackConfig, AttackOptions,
+    check_budgets, evaluate_attack_keeping, evaluate_min_norm, transfer_matrix, AttackConfig,
+    AttackOptions,
 };
 use gauntlet_data::{DataConfig, DatasetName};
 use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
@@ -539,7 +540,7 @@ fn attack<'py>(
     column!("l2", |o| o.l2);
     column!("l1", |o| o.l1);
     out.set_item("examples", examples)?;
-    if keep_adversarials {
+    if keep_adversarials && !kept.is_empty() {
         let stacked = Tensor::stack(&kept, 0).map_err(gauntlet_error)?;
         out.set_item("adversarials", array_f32(py, &stacked)?)?;
     } else {

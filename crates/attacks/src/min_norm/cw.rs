@@ -117,10 +117,7 @@ impl MinNorm for CarliniWagner {
                 let objective = AttackLoss::Margin.value_and_input_grad(model, &adv, goal)?;
                 // margin: best other minus label (untargeted), target minus best other
                 // (targeted); f = max(−margin, −κ), active while −margin > −κ.
-                let margin = objective
-                    .value
-                    .to_dtype(DType::F64)?
-                    .to_vec1::<f64>()?;
+                let margin = objective.value.to_dtype(DType::F64)?.to_vec1::<f64>()?;
                 let adversarial = successes(&objective.logits, &ids, targeted)?;
                 let size = row_norms(Norm::L2, &delta)?;
                 best.offer(&adv, &size, &adversarial)?;
@@ -137,7 +134,9 @@ impl MinNorm for CarliniWagner {
                     .affine(2.0, 0.0)?
                     .add(&objective.grad.broadcast_mul(&column(&active, xs)?)?)?;
                 let grad_w = grad_x.mul(&tanh.sqr()?.affine(-0.5, 0.5)?)?;
-                m = m.affine(beta1, 0.0)?.add(&grad_w.affine(1.0 - beta1, 0.0)?)?;
+                m = m
+                    .affine(beta1, 0.0)?
+                    .add(&grad_w.affine(1.0 - beta1, 0.0)?)?;
                 v = v
                     .affine(beta2, 0.0)?
                     .add(&grad_w.sqr()?.affine(1.0 - beta2, 0.0)?)?;

@@ -4,7 +4,7 @@ use candle_core::{Result, Tensor};
 use gauntlet_models::Classifier;
 use serde::{Deserialize, Serialize};
 
-use super::fmn::{positive, scale_rows};
+use super::fmn::{inside_box, positive, scale_rows};
 use super::{attack_at_fixed_eps, box_diameter, cosine, goal_ids, row_norms, successes, Best};
 use crate::{ConfigError, Goal, MinNorm, Norm};
 
@@ -24,7 +24,10 @@ use crate::{ConfigError, Goal, MinNorm, Norm};
 /// best one when adversarial and smaller than the best so far; then `δ ← δ + α g / ‖g‖₂`,
 /// `ε ← (1 − γ)ε` if the iterate was adversarial else `(1 + γ)ε` (at most the largest
 /// perturbation in the box), `δ ← ε δ / ‖δ‖₂`, clipped so `x + δ ∈ [0, 1]`. `α` falls from
-/// 1 to 0.01 by cosine annealing. A zero gradient leaves `δ` where it is.
+/// 1 to 0.01 by cosine annealing. A zero gradient leaves `δ` where it is. The gradient's
+/// components that point out of the box at `x + δ` are dropped first (as in
+/// [`crate::Fmn`]; the reference keeps them, and its radius can then stall short of the
+/// boundary).
 ///
 /// **Parameters** (defaults of [`Ddn::new`], the paper's):
 /// - `steps`: iterations, each one forward and one backward pass (100);
@@ -81,6 +84,7 @@ impl MinNorm for Ddn {
             let adversarial = successes(&res.logits, &ids, targeted)?;
             best.offer(&adv, &size, &adversarial)?;
             let grad = if targeted { res.grad.neg()? } else { res.grad };
+            let grad = inside_box(&grad, &adv)?;
             let lens = row_norms(Norm::L2, &grad)?;
             let scale: Vec<f64> = lens
                 .iter()

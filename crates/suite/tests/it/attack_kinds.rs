@@ -199,7 +199,7 @@ fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
     let msg = err(&case("kind = \"auto\"\ntargeted = \"random\""));
     assert!(
         msg.contains(
-            "attack `a`.targeted: applies to fast-gradient, pgd, apgd, square only, not auto"
+            "attack `a`.targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw only, not auto"
         ),
         "{msg}"
     );
@@ -463,7 +463,10 @@ enabled = false
         .map(|a| a["local_optimality"].as_f64().unwrap())
         .collect();
     assert_eq!(scores.len(), 2);
-    assert!(scores.iter().all(|&s| (0.0..=1.0 + 1e-12).contains(&s)), "{scores:?}");
+    assert!(
+        scores.iter().all(|&s| (0.0..=1.0 + 1e-12).contains(&s)),
+        "{scores:?}"
+    );
     let table = std::fs::read_to_string(results.join("optimality.csv")).unwrap();
     assert_eq!(table.lines().count(), 3, "{table}");
     // The check of the curve against PGD ran.
