@@ -7,6 +7,7 @@ use crate::doc::{Block, Cell};
 use crate::plot::fmt_num;
 use crate::schema::{ReportSection, ResultsDir, RobustnessRow};
 use crate::series::{AccuracyPanel, CurvePanel, NoiseSeries, Point, TransferMatrix};
+use crate::figures::named;
 use crate::FigureFile;
 
 pub(crate) struct Data<'a> {
@@ -417,7 +418,7 @@ pub(crate) fn document(
                     let dist = |d: Option<f64>| d.map_or("—".to_string(), |v| format!("{v:.4}"));
                     vec![
                         Cell::from(panel.model.clone()),
-                        Cell::from(format!("{attack} ({})", c.method)),
+                        Cell::from(named(attack, &c.method)),
                         Cell::from(c.norm.to_string()),
                         Cell::from(format!("{} / {}", c.found, c.clean_correct)),
                         Cell::from(dist(c.median_distance)),
@@ -453,7 +454,7 @@ pub(crate) fn document(
                         vec![
                             Cell::from(env.model.clone()),
                             Cell::from(env.norm.to_string()),
-                            Cell::from(format!("{} ({})", a.attack, a.method)),
+                            Cell::from(named(&a.attack, &a.method)),
                             Cell::from(format!("{:.4}", a.area)),
                             Cell::from(format!("{:.4}", env.area)),
                             Cell::from(a.local_optimality.map_or("—".to_string(), pct)),

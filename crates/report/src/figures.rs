@@ -1011,6 +1011,15 @@ impl Figure for LogitSweepFigure<'_> {
     }
 }
 
+/// `attack (method)`, or the name alone where the suite kept the method's own.
+pub(crate) fn named(attack: &str, method: &str) -> String {
+    if attack == method {
+        attack.to_string()
+    } else {
+        format!("{attack} ({method})")
+    }
+}
+
 /// Security curves: robust accuracy at every ε from each minimum-norm attack (a step line with
 /// its Wilson band), and the fixed-ε attacks' points of the same model and norm beside them.
 pub(crate) struct SecurityCurveFigure<'a> {
@@ -1057,7 +1066,7 @@ impl Figure for SecurityCurveFigure<'_> {
             line.markers = false;
             lines.push(line);
             items.push(LegendItem::Entry {
-                label: format!("{attack} ({})", curve.method),
+                label: named(attack, &curve.method),
                 color,
                 kind: LineKind::Solid,
                 width: 2,
@@ -1077,7 +1086,7 @@ impl Figure for SecurityCurveFigure<'_> {
             line.width = 1;
             lines.push(line);
             items.push(LegendItem::Entry {
-                label: "envelope (per-example best)".into(),
+                label: "envelope".into(),
                 color: BLACK,
                 kind: LineKind::Solid,
                 width: 1,
@@ -1094,7 +1103,7 @@ impl Figure for SecurityCurveFigure<'_> {
             line.kind = LineKind::Dashed;
             lines.push(line);
             items.push(LegendItem::Entry {
-                label: format!("{attack} ({method})"),
+                label: named(attack, method),
                 color,
                 kind: LineKind::Dashed,
                 width: 2,
@@ -1116,6 +1125,9 @@ impl Figure for SecurityCurveFigure<'_> {
         items.push(LegendItem::Header("notes".into()));
         if let Some((_, c)) = p.curves.first() {
             items.push(note(&format!("n = {} examples", c.n)));
+        }
+        if p.envelope.is_some() {
+            items.push(note("envelope: per-example best"));
         }
         items.push(note("curve: one search, every ε"));
         items.push(note("shaded: Wilson 95% CI"));
