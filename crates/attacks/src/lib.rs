@@ -71,7 +71,7 @@ pub use fast_gradient::FastGradient;
 /// The record types, declared once for every writer and reader (the `gauntlet-results` crate).
 pub use gauntlet_results::{
     wilson_interval, AttackKind, AttackRecord, CurvePoint, Lp, MaskingCheck, MaskingFlag,
-    MemberRecord, MinNormExample, NoiseRecord, SecurityCurve, Timed, TransferRecord,
+    MemberRecord, MinNormExample, NoiseRecord, Queries, SecurityCurve, Timed, TransferRecord,
 };
 pub use loss::{AttackLoss, Objective};
 pub use masking::{masking_checks, unbounded_eps, MaskingRules};

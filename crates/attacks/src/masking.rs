@@ -516,6 +516,7 @@ mod tests {
             targeted_n: None,
             target_reached: None,
             constant_logits: false,
+            queries: None,
         }
     }
 
@@ -880,6 +881,7 @@ mod tests {
         // Constant logits fail their own check, whatever the accuracy.
         let constant = vec![AttackRecord {
             constant_logits: true,
+            queries: None,
             ..record("fgsm", SingleStep, 0.1, 1000, 1000)
         }];
         let flags = masking_checks(&constant, &rules);

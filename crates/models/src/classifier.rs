@@ -63,6 +63,12 @@ pub trait Classifier: Send + Sync {
         self.spec().n_classes
     }
 
+    /// Told of `rows` examples' backward passes that the model cannot see: an attack that
+    /// takes several gradients from one [`Classifier::forward_input_grad`] graph (DeepFool, one
+    /// per candidate class) reports the extra ones here, so a wrapper counting passes counts
+    /// them. A no-op by default.
+    fn note_backward(&self, _rows: usize) {}
+
     /// Per-example cross-entropy against `labels` and its gradient with respect to `xs`.
     fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
         autograd_input_grad(self, xs, labels, mode)

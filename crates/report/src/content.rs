@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::doc::{Block, Cell};
+use crate::figures::named;
 use crate::plot::fmt_num;
 use crate::schema::{ReportSection, ResultsDir, RobustnessRow};
 use crate::series::{AccuracyPanel, CurvePanel, NoiseSeries, Point, TransferMatrix};
-use crate::figures::named;
 use crate::FigureFile;
 
 pub(crate) struct Data<'a> {
@@ -423,12 +423,15 @@ pub(crate) fn document(
                         Cell::from(format!("{} / {}", c.found, c.clean_correct)),
                         Cell::from(dist(c.median_distance)),
                         Cell::from(dist(c.mean_distance)),
+                        Cell::from(c.queries.map_or("—".to_string(), |q| {
+                            format!("{:.0} / {:.0}", q.forward, q.backward)
+                        })),
                     ]
                 })
             })
             .collect();
         b.push(Block::Table {
-            header: ["model", "attack", "norm", "broken / correct clean", "median distance", "mean distance (broken)"]
+            header: ["model", "attack", "norm", "broken / correct clean", "median distance", "mean distance (broken)", "passes per example (forward / backward)"]
                 .iter()
                 .map(|h| h.to_string())
                 .collect(),

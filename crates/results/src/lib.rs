@@ -26,7 +26,7 @@ pub use min_norm::{
 pub use norm::Lp;
 pub use records::{
     AttackKind, AttackRecord, MaskingCheck, MaskingEntry, MaskingFlag, MemberRecord, NoiseRecord,
-    NoiseRow, RobustnessRow, Timed, TransferRecord, NOISE_COLUMNS, ROBUSTNESS_COLUMNS,
+    NoiseRow, Queries, RobustnessRow, Timed, TransferRecord, NOISE_COLUMNS, ROBUSTNESS_COLUMNS,
     TRANSFER_COLUMNS,
 };
 pub use stats::wilson_interval;

@@ -60,6 +60,9 @@ pub struct SecurityCurve {
     pub median_distance: Option<f64>,
     /// Mean distance over the examples broken by the attack (correct clean); `None` if none.
     pub mean_distance: Option<f64>,
+    /// The forward and backward passes the search spent, per example.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<crate::Queries>,
     pub points: Vec<CurvePoint>,
 }
 
@@ -93,6 +96,7 @@ impl SecurityCurve {
             found: found.len(),
             median_distance,
             mean_distance,
+            queries: None,
             points,
         }
     }

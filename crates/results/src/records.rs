@@ -136,6 +136,18 @@ pub struct AttackRecord {
     /// Absent from files when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub constant_logits: bool,
+    /// The forward and backward passes the attack spent, per example (absent from files
+    /// written before they were counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<Queries>,
+}
+
+/// Model passes an attack spent, as means per example: `forward` counts every forward pass
+/// (with or without a gradient after it), `backward` every backward pass to the input.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Queries {
+    pub forward: f64,
+    pub backward: f64,
 }
 
 /// One member of an ensemble in an [`AttackRecord`].
@@ -409,6 +421,7 @@ mod tests {
             targeted_n: Some(9),
             target_reached: Some(3),
             constant_logits: false,
+            queries: None,
         }
     }
 

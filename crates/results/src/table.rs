@@ -142,6 +142,7 @@ mod tests {
             targeted_n: None,
             target_reached: None,
             constant_logits: true,
+            queries: None,
         };
         let row = RobustnessRow {
             model: "x".into(),

@@ -131,7 +131,7 @@ impl Attack for Ensemble {
         check_eps(eps)?;
         let ids = goal.checked_ids(xs.dim(0)?, model.n_classes())?;
         let targeted = matches!(goal, Goal::Targeted { .. });
-        let res = run_in_turn(model, &self.members(), xs, goal, eps, |i, pred| {
+        let res = run_in_turn(model, model, &self.members(), xs, goal, eps, |i, pred| {
             (pred == ids[i]) != targeted
         })?;
         Ok(res.adv)

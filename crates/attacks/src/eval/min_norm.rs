@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode};
 
+use super::queries::Counted;
 use super::sweep::{score, InTurn};
 use super::*;
 use crate::batch::where_rows;
@@ -54,6 +55,7 @@ pub fn evaluate_min_norm(
         check_eps(eps)?;
     }
     let norm = attack.norm();
+    let counted = Counted::new(model);
     let timer = Instant::now();
     let mut minimal = Vec::new();
     let mut examples = Vec::with_capacity(n);
@@ -62,7 +64,7 @@ pub fn evaluate_min_norm(
     for (start, len) in batches(n, batch_size) {
         let xs = images.narrow(0, start, len)?;
         let ys = labels.narrow(0, start, len)?;
-        let adv = attack.minimize(model, &xs, &Goal::Untargeted { labels: &ys })?;
+        let adv = attack.minimize(&counted, &xs, &Goal::Untargeted { labels: &ys })?;
         if adv.dims() != xs.dims() {
             bail!(
                 "attack {} returned shape {:?}, expected {:?}",
@@ -132,8 +134,11 @@ pub fn evaluate_min_norm(
         Tensor::cat(&minimal, 0)?
     };
     let seconds = timer.elapsed().as_secs_f64();
+    let spent = counted.take(n);
+    let mut curve = SecurityCurve::new(attack.name(), norm.into(), &examples);
+    curve.queries = Some(spent);
     let curve = Timed {
-        record: SecurityCurve::new(attack.name(), norm.into(), &examples),
+        record: curve,
         seconds,
     };
 
@@ -175,6 +180,8 @@ pub fn evaluate_min_norm(
         batch_size,
         keep,
         &mut produce,
+        // Every ε is read off the one search: each record carries all of its passes.
+        &|_| Some(spent),
     )?;
     let share = seconds / eps_list.len().max(1) as f64;
     for record in &mut records {

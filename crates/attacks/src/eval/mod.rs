@@ -8,6 +8,7 @@
 mod ensemble;
 mod min_norm;
 mod noise;
+mod queries;
 mod records;
 mod sweep;
 #[cfg(test)]

@@ -8,10 +8,11 @@ use gauntlet_models::{Classifier, Mode};
 
 use super::ensemble::common_norm;
 use super::min_norm::evaluate_min_norm;
+use super::queries::Counted;
 use super::*;
 use crate::batch::{replace_rows, select_rows};
 use crate::norm::check_eps;
-use crate::{wilson_interval, Attack, AttackKind, Goal, Norm};
+use crate::{wilson_interval, Attack, AttackKind, Goal, Norm, Queries};
 
 /// The records, per-example outcomes and (when kept) adversarial images of an evaluation.
 type Evaluated = (Vec<Timed<AttackRecord>>, Vec<ExampleOutcome>, Vec<Tensor>);
@@ -138,9 +139,12 @@ pub(super) fn evaluate(
     batch_size: usize,
     keep: bool,
 ) -> Result<Evaluated> {
+    // The attacks' own passes are counted; scoring's forward passes are not.
+    let counted = Counted::new(model);
     let mut attack =
         |eps: f64, _start: usize, xs: &Tensor, ys: &Tensor, open: &dyn Fn(usize, u32) -> bool| {
             run_in_turn(
+                &counted,
                 model,
                 attacks,
                 xs,
@@ -149,6 +153,7 @@ pub(super) fn evaluate(
                 open,
             )
         };
+    let queries = |n: usize| Some(counted.take(n));
     score(
         model,
         attacks,
@@ -160,6 +165,7 @@ pub(super) fn evaluate(
         batch_size,
         keep,
         &mut attack,
+        &queries,
     )
 }
 
@@ -182,6 +188,7 @@ pub(super) fn score(
     batch_size: usize,
     keep: bool,
     produce: &mut Produce<'_>,
+    queries: &dyn Fn(usize) -> Option<Queries>,
 ) -> Result<Evaluated> {
     let (n, labels, label_ids) = check_inputs(images, labels, batch_size)?;
     for &eps in eps_list {
@@ -316,6 +323,7 @@ pub(super) fn score(
             targeted_n: aimed,
             target_reached: aimed.map(|_| reached),
             constant_logits,
+            queries: queries(n),
         };
         records.push(Timed {
             record,
@@ -347,7 +355,8 @@ pub(super) fn own_targets(
     Ok(Some(all))
 }
 
-/// One batch through `attacks` in turn, AutoAttack's protocol: the first attack runs on every
+/// One batch through `attacks` in turn (each attacking `attacked`; the predictions that
+/// decide which rows stay open are `model`'s), AutoAttack's protocol: the first attack runs on every
 /// row, each later one only on the rows for which `still_open(row, prediction)` holds. Returns
 /// the adversarial batch, each row's prediction with its softmax probability, and the index of
 /// the attack whose output each row holds: the last one run on it, which for a broken row is
@@ -356,6 +365,7 @@ pub(super) fn own_targets(
 /// The one worst-case loop: evaluation ([`evaluate_ensemble`]) and [`Ensemble::perturb`] both
 /// run it.
 pub(super) fn run_in_turn(
+    attacked: &dyn Classifier,
     model: &dyn Classifier,
     attacks: &[&dyn Attack],
     xs: &Tensor,
@@ -385,7 +395,7 @@ pub(super) fn run_in_turn(
                 targets: &sub_labels,
             },
         };
-        let out = attack.perturb(model, &sub_xs, &sub_goal, eps)?;
+        let out = attack.perturb(attacked, &sub_xs, &sub_goal, eps)?;
         if out.dims() != sub_xs.dims() {
             bail!(
                 "attack {} returned shape {:?}, expected {:?}",

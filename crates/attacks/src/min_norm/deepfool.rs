@@ -149,6 +149,10 @@ impl MinNorm for DeepFool {
                 };
                 let f = gather(win.clone())?.sub(&gather(lose.clone())?)?;
                 let grads = f.sum_all()?.backward()?;
+                if slot > 0 {
+                    // The first backward pass is the forward_input_grad's own.
+                    model.note_backward(n);
+                }
                 let w = match grads.get(leaf.as_tensor()) {
                     Some(g) => g.detach(),
                     None => xs.zeros_like()?,

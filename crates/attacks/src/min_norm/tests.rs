@@ -311,3 +311,37 @@ fn bad_settings_are_refused_by_key() {
     };
     assert_eq!(deepfool.validate().unwrap_err().key, "overshoot");
 }
+
+#[test]
+fn records_count_the_passes_each_attack_spent_per_example() -> Result<()> {
+    let model = small_maxout()?;
+    let (xs, labels) = inputs(12, 9)?;
+    // FGSM: one forward and one backward pass per example and ε.
+    let fgsm = crate::FastGradient::new(Norm::Linf);
+    let records = crate::evaluate_attack(model.as_ref(), &fgsm, &xs, &labels, &[0.1, 0.2], 5)?;
+    for r in &records {
+        let q = r.queries.unwrap();
+        assert_eq!((q.forward, q.backward), (1.0, 1.0), "eps {}", r.eps);
+    }
+    // DDN: one of each per step, for the whole search, in every record.
+    let ddn = Ddn {
+        steps: 7,
+        ..Ddn::default()
+    };
+    let run = evaluate_min_norm(model.as_ref(), &ddn, &xs, &labels, &[0.5], 5, false)?;
+    let q = run.curve.queries.unwrap();
+    assert_eq!((q.forward, q.backward), (7.0, 7.0));
+    assert_eq!(run.records[0].queries, Some(q));
+    // DeepFool: one forward and a backward pass per candidate other than the label at each
+    // linearisation, plus its clean and final forwards.
+    let df = DeepFool {
+        steps: 1,
+        ..DeepFool::new(Norm::L2)
+    };
+    let q = evaluate_min_norm(model.as_ref(), &df, &xs, &labels, &[], 12, false)?
+        .curve
+        .queries
+        .unwrap();
+    assert_eq!((q.forward, q.backward), (3.0, 2.0));
+    Ok(())
+}

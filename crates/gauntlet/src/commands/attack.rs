@@ -76,8 +76,17 @@ fn print_curve(curve: &Timed<SecurityCurve>) {
         Some(d) => format!("{d:.4}"),
         None => "not reached (most examples not broken)".into(),
     };
+    let passes = curve
+        .queries
+        .map(|q| {
+            format!(
+                ", {:.0} forward and {:.0} backward passes per example",
+                q.forward, q.backward
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "{}: broke {} of the {} examples correct clean (of {}) in {:.2} s; median minimal {} distance {median}",
+        "{}: broke {} of the {} examples correct clean (of {}) in {:.2} s{passes}; median minimal {} distance {median}",
         curve.method, curve.found, curve.clean_correct, curve.n, curve.seconds, curve.norm
     );
     // The curve at ten evenly spaced quantiles of the distances found.

@@ -1,0 +1,79 @@
+//! Counting the model passes an attack spends.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{Result, Tensor};
+use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
+
+use crate::Queries;
+
+/// `inner` with a count of the examples through its forward and backward passes: a plain
+/// forward counts one forward per row; an input-gradient pass ([`Classifier::forward_input_grad`],
+/// [`Classifier::loss_and_input_grad`]) one forward and one backward; and
+/// [`Classifier::note_backward`] the backward passes an attack reports beyond those.
+pub(crate) struct Counted<'a> {
+    inner: &'a dyn Classifier,
+    forward: AtomicUsize,
+    backward: AtomicUsize,
+}
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(inner: &'a dyn Classifier) -> Self {
+        Self {
+            inner,
+            forward: AtomicUsize::new(0),
+            backward: AtomicUsize::new(0),
+        }
+    }
+
+    /// The passes so far as means over `n` examples, and the counts reset.
+    pub(crate) fn take(&self, n: usize) -> Queries {
+        let per = |c: &AtomicUsize| c.swap(0, Ordering::Relaxed) as f64 / n.max(1) as f64;
+        Queries {
+            forward: per(&self.forward),
+            backward: per(&self.backward),
+        }
+    }
+
+    fn add(&self, xs: &Tensor, backward: bool) {
+        let rows = xs.dims().first().copied().unwrap_or(0);
+        self.forward.fetch_add(rows, Ordering::Relaxed);
+        if backward {
+            self.backward.fetch_add(rows, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Classifier for Counted<'_> {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.add(xs, false);
+        self.inner.forward(xs, mode)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.add(xs, true);
+        self.inner.forward_input_grad(xs, mode)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+
+    fn apply_constraints(&self) -> Result<()> {
+        self.inner.apply_constraints()
+    }
+
+    fn note_backward(&self, rows: usize) {
+        self.backward.fetch_add(rows, Ordering::Relaxed);
+        self.inner.note_backward(rows);
+    }
+
+    fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
+        self.add(xs, true);
+        self.inner.loss_and_input_grad(xs, labels, mode)
+    }
+}
