@@ -3,13 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Apgd, Attack, AttackLoss, ConfigError, Ensemble, Norm, Square};
+use crate::{Apgd, Attack, AttackLoss, ConfigError, Ensemble, Fab, Norm, Square};
 
 /// Which members [`AutoAttack`] runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AutoVersion {
-    /// APGD-CE, APGD-T (targeted DLR over the top classes), Square; Square only for L∞ and L2.
+    /// APGD-CE, APGD-T (targeted DLR over the top classes), FAB-T, Square; Square only for L∞
+    /// and L2.
     #[default]
     Standard,
     /// For randomized models: APGD-CE and APGD-DLR (untargeted), each gradient averaged over
@@ -26,19 +27,20 @@ pub enum AutoVersion {
 /// settings of `autoattack/autoattack.py` (github.com/fra31/auto-attack):
 ///
 /// - [`AutoVersion::Standard`]: APGD-CE (100 steps, 1 run), APGD-T (targeted DLR, 100 steps,
-///   1 run for each of the 9 most likely wrong classes), Square (5000 queries, `p_init` 0.8).
-///   AutoAttack's fourth member, FAB-T (a minimum-norm targeted attack), is not implemented
-///   here, so this is AutoAttack without FAB-T. L1 and other `p` run the two APGD members
-///   only (Square exists for L∞ and L2; AutoAttack's L1 APGD also shrinks ε on a schedule,
-///   which [`Apgd`] does not, see there).
+///   1 run for each of the 9 most likely wrong classes), FAB-T ([`Fab`] with 9 target classes,
+///   100 steps each; its minimal example kept where it lies within ε), Square (5000
+///   queries, `p_init` 0.8): AutoAttack's four. `fab_t = false` leaves FAB-T out (the
+///   three-member ensemble of earlier versions). L1 runs the APGD members and FAB-T, other
+///   `p` the APGD members only (Square exists for L∞ and L2, FAB for L1, L2, L∞;
+///   AutoAttack's L1 APGD also shrinks ε on a schedule, which [`Apgd`] does not, see there).
 /// - [`AutoVersion::Rand`]: APGD-CE and APGD-DLR, 1 run each, every gradient the mean of 20
 ///   evaluations (Expectation over Transformation), for a model whose predictions are random,
 ///   such as [`crate::Randomized`] (dropout kept on). On a deterministic model it gives the
 ///   same points as a single draw, twenty times slower.
 ///
 /// **Parameters** (defaults of [`AutoAttack::new`]): `steps` of each APGD run (100),
-/// `target_classes` of APGD-T (9), `n_queries` of Square (5000), `eot_draws` of the rand
-/// version (20), `seed` shared by every member (0).
+/// `target_classes` of APGD-T and FAB-T (9), `n_queries` of Square (5000), `eot_draws` of the
+/// rand version (20), `fab_t` (true), `seed` shared by every member (0).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AutoAttack {
@@ -48,7 +50,14 @@ pub struct AutoAttack {
     pub target_classes: usize,
     pub n_queries: usize,
     pub eot_draws: usize,
+    /// The standard version's FAB-T member (after APGD-T, before Square).
+    #[serde(default = "yes")]
+    pub fab_t: bool,
     pub seed: u64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl AutoAttack {
@@ -61,6 +70,7 @@ impl AutoAttack {
             target_classes: 9,
             n_queries: 5000,
             eot_draws: 20,
+            fab_t: true,
             seed: 0,
         }
     }
@@ -90,6 +100,13 @@ impl AutoAttack {
                         ..apgd
                     }),
                 ];
+                if self.fab_t && matches!(self.norm, Norm::Linf | Norm::L2 | Norm::L1) {
+                    members.push(Box::new(Fab {
+                        steps: self.steps,
+                        target_classes: Some(self.target_classes),
+                        ..Fab::new(self.norm)
+                    }));
+                }
                 if matches!(self.norm, Norm::Linf | Norm::L2) {
                     members.push(Box::new(Square {
                         n_queries: self.n_queries,
@@ -144,11 +161,28 @@ mod tests {
             |auto: AutoAttack| -> Vec<String> { auto.members().iter().map(|m| m.name()).collect() };
         assert_eq!(
             names(AutoAttack::new(Norm::Linf)),
+            [
+                "apgd-ce-linf",
+                "apgd-t-dlr-linf",
+                "fab-t-linf",
+                "square-linf"
+            ]
+        );
+        let three = AutoAttack {
+            fab_t: false,
+            ..AutoAttack::new(Norm::Linf)
+        };
+        assert_eq!(
+            names(three),
             ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"]
         );
         assert_eq!(
             names(AutoAttack::new(Norm::L1)),
-            ["apgd-ce-l1", "apgd-t-dlr-l1"]
+            ["apgd-ce-l1", "apgd-t-dlr-l1", "fab-t-l1"]
+        );
+        assert_eq!(
+            names(AutoAttack::new(Norm::Lp(3.0))),
+            ["apgd-ce-l3", "apgd-t-dlr-l3"]
         );
         let rand = AutoAttack {
             version: AutoVersion::Rand,
@@ -196,7 +230,15 @@ mod tests {
                 p.adversarial_correct
             );
             let names: Vec<&str> = r.members.iter().map(|m| m.attack.as_str()).collect();
-            assert_eq!(names, ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"]);
+            assert_eq!(
+                names,
+                [
+                    "apgd-ce-linf",
+                    "apgd-t-dlr-linf",
+                    "fab-t-linf",
+                    "square-linf"
+                ]
+            );
             let broken: usize = r.members.iter().map(|m| m.broken).sum();
             assert_eq!(broken, r.clean_correct - r.adversarial_correct);
             assert!(r.max_perturbation <= r.eps * (1.0 + 1e-5));

@@ -12,8 +12,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, CarliniWagner, Ddn, DeepFool, FastGradient,
-    Fmn, Norm, Pgd, Square, StepSize, TargetSelection, Targeted,
+    Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, CarliniWagner, Ddn, DeepFool, Fab,
+    FastGradient, Fmn, Norm, Pgd, Square, StepSize, TargetSelection, Targeted,
 };
 
 /// A setting that breaks a precondition: its key, as a suite writes it, and what was expected.
@@ -79,6 +79,8 @@ pub enum Method {
     #[serde(alias = "deep-fool")]
     #[cfg_attr(feature = "clap", value(alias = "deep-fool"))]
     Deepfool,
+    /// Fast Adaptive Boundary ([`Fab`]), L1, L2, L∞; FAB-T with `target-classes`.
+    Fab,
     /// Carlini & Wagner's L2 attack ([`CarliniWagner`]).
     #[serde(alias = "carlini-wagner")]
     #[cfg_attr(feature = "clap", value(alias = "carlini-wagner"))]
@@ -98,6 +100,7 @@ impl Method {
             Method::Ddn => "ddn",
             Method::Deepfool => "deepfool",
             Method::Cw => "cw",
+            Method::Fab => "fab",
         }
     }
 
@@ -105,7 +108,7 @@ impl Method {
     pub fn is_min_norm(self) -> bool {
         matches!(
             self,
-            Method::Fmn | Method::Ddn | Method::Deepfool | Method::Cw
+            Method::Fmn | Method::Ddn | Method::Deepfool | Method::Cw | Method::Fab
         )
     }
 }
@@ -263,16 +266,20 @@ pub struct AttackOptions {
     /// C&W: κ, the margin past the boundary (0).
     #[serde(default)]
     pub confidence: Option<f64>,
+    /// Auto (standard): run FAB-T after APGD-T, as AutoAttack does (true); false gives the
+    /// three-member ensemble of earlier gauntlet versions.
+    #[serde(default)]
+    pub fab_t: Option<bool>,
 }
 
 /// The keys beyond `kind` and `norm`, each with the methods it applies to.
 pub const OPTION_KEYS: &[(&str, &[Method])] = {
     use Method::{
-        Apgd as A, Auto as U, Cw as C, Ddn as D, Deepfool as DF, FastGradient as F, Fmn as M,
-        Pgd as P, Square as S,
+        Apgd as A, Auto as U, Cw as C, Ddn as D, Deepfool as DF, Fab as B, FastGradient as F,
+        Fmn as M, Pgd as P, Square as S,
     };
     &[
-        ("steps", &[P, A, U, M, D, DF, C]),
+        ("steps", &[P, A, U, M, D, DF, C, B]),
         ("restarts", &[P, A, S]),
         ("step-size", &[P]),
         ("random-start", &[P, A]),
@@ -280,8 +287,8 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("early-stop", &[P]),
         ("clip", &[F, P, A]),
         ("seed", &[P, A, S, U]),
-        ("targeted", &[F, P, A, S, M, D, DF, C]),
-        ("target-classes", &[A, U]),
+        ("targeted", &[F, P, A, S, M, D, DF, C, B]),
+        ("target-classes", &[A, U, B]),
         ("eot-draws", &[A, U]),
         ("n-queries", &[S, U]),
         ("p-init", &[S]),
@@ -296,6 +303,7 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("initial-const", &[C]),
         ("lr", &[C]),
         ("confidence", &[C]),
+        ("fab-t", &[U]),
     ]
 };
 
@@ -329,11 +337,12 @@ impl AttackOptions {
             initial_const: None,
             lr: None,
             confidence: None,
+            fab_t: None,
         }
     }
 
     /// The keys given, in [`OPTION_KEYS`] order.
-    fn given(&self) -> [(&'static str, bool); 24] {
+    fn given(&self) -> [(&'static str, bool); 25] {
         [
             ("steps", self.steps.is_some()),
             ("restarts", self.restarts.is_some()),
@@ -359,6 +368,7 @@ impl AttackOptions {
             ("initial-const", self.initial_const.is_some()),
             ("lr", self.lr.is_some()),
             ("confidence", self.confidence.is_some()),
+            ("fab-t", self.fab_t.is_some()),
         ]
     }
 
@@ -444,6 +454,7 @@ impl AttackOptions {
                     AutoVersion::Rand => [
                         ("target-classes", self.target_classes.is_some()),
                         ("n-queries", self.n_queries.is_some()),
+                        ("fab-t", self.fab_t.is_some()),
                     ]
                     .to_vec(),
                 };
@@ -462,7 +473,22 @@ impl AttackOptions {
                     target_classes: self.target_classes.unwrap_or(d.target_classes),
                     n_queries: self.n_queries.unwrap_or(d.n_queries),
                     eot_draws: self.eot_draws.unwrap_or(d.eot_draws),
+                    fab_t: self.fab_t.unwrap_or(d.fab_t),
                     seed,
+                    ..d
+                })
+            }
+            Method::Fab => {
+                let d = Fab::new(norm);
+                if self.target_classes.is_some() && self.targeted.is_some() {
+                    return Err(ConfigError::new(
+                        "targeted",
+                        "cannot be combined with target-classes: FAB-T picks its own targets",
+                    ));
+                }
+                AttackConfig::Fab(Fab {
+                    steps: self.steps.unwrap_or(d.steps),
+                    target_classes: self.target_classes,
                     ..d
                 })
             }
@@ -552,6 +578,7 @@ pub enum AttackConfig {
     #[serde(rename = "deepfool")]
     DeepFool(DeepFool),
     Cw(CarliniWagner),
+    Fab(Fab),
     /// `attack` aimed at targets chosen by `selection` ([`Targeted`]).
     Targeted {
         selection: TargetSelection,
@@ -575,6 +602,7 @@ impl AttackConfig {
             AttackConfig::Ddn(ddn) => Box::new(*ddn),
             AttackConfig::DeepFool(deepfool) => Box::new(*deepfool),
             AttackConfig::Cw(cw) => Box::new(*cw),
+            AttackConfig::Fab(fab) => Box::new(*fab),
             AttackConfig::Targeted { selection, attack } => {
                 Box::new(Targeted::new(attack.build(), *selection))
             }
@@ -592,6 +620,7 @@ impl AttackConfig {
             AttackConfig::Ddn(_) => Norm::L2,
             AttackConfig::DeepFool(deepfool) => deepfool.norm,
             AttackConfig::Cw(_) => Norm::L2,
+            AttackConfig::Fab(fab) => fab.norm,
             AttackConfig::Targeted { attack, .. } => attack.norm(),
         }
     }
@@ -605,13 +634,15 @@ impl AttackConfig {
             AttackConfig::Apgd(apgd) => times(apgd.steps, apgd.restarts),
             AttackConfig::Square(square) => times(square.n_queries, square.restarts),
             AttackConfig::Auto(auto) => {
-                times(auto.steps, auto.target_classes + 1) + auto.n_queries as u128
+                let fab = if auto.fab_t { auto.target_classes } else { 0 };
+                times(auto.steps, auto.target_classes + 1 + fab) + auto.n_queries as u128
             }
             AttackConfig::Fmn(fmn) => fmn.steps as u128,
             AttackConfig::Ddn(ddn) => ddn.steps as u128,
             // One forward and a backward pass per candidate class at each linearisation.
             AttackConfig::DeepFool(d) => times(d.steps, d.candidates),
             AttackConfig::Cw(cw) => times(cw.steps, cw.binary_search_steps),
+            AttackConfig::Fab(fab) => times(fab.steps, fab.target_classes.unwrap_or(1)),
             AttackConfig::Targeted { attack, .. } => attack.evaluations_per_example(),
         }
     }
@@ -667,6 +698,7 @@ impl AttackConfig {
                 cw.validate()?;
                 classes(AttackLoss::Margin, targeted)
             }
+            AttackConfig::Fab(fab) => fab.validate(),
             AttackConfig::Targeted { selection, attack } => {
                 if matches!(
                     **attack,

@@ -75,7 +75,7 @@ pub use gauntlet_results::{
 };
 pub use loss::{AttackLoss, Objective};
 pub use masking::{masking_checks, unbounded_eps, MaskingRules};
-pub use min_norm::{CarliniWagner, Ddn, DeepFool, Fmn, MinNorm};
+pub use min_norm::{project_onto_hyperplane, CarliniWagner, Ddn, DeepFool, Fab, Fmn, MinNorm};
 pub use noise::RandomNoise;
 pub use norm::Norm;
 pub use pgd::{fast_gradient_step, Pgd, StepSize};

@@ -158,8 +158,9 @@ pub struct AttackArgs {
 #[derive(Debug, Args)]
 pub struct AttackFlags {
     /// fast-gradient (FGSM for --norm inf), pgd, apgd (Auto-PGD), square (score-based, inf
-    /// and 2 only), auto (APGD-CE, APGD-T and Square in turn, the per-example worst case), or
-    /// a minimum-norm attack: fmn (1, 2, inf), ddn (2), deepfool (2, inf) or cw (2).
+    /// and 2 only), auto (APGD-CE, APGD-T, FAB-T and Square in turn, the per-example worst
+    /// case), or a minimum-norm attack: fmn (1, 2, inf), ddn (2), deepfool (2, inf), cw (2) or
+    /// fab (1, 2, inf).
     #[arg(long, value_enum, default_value_t = Method::FastGradient)]
     pub attack: Method,
     /// Threat model: inf, 2, 1 or any p >= 1.
@@ -188,7 +189,7 @@ pub struct AttackFlags {
     #[arg(long)]
     pub no_random_start: bool,
     /// APGD: APGD-T, one run per each of the N most likely wrong classes (AutoAttack: 9);
-    /// auto: the same for its APGD-T member (9).
+    /// FAB: FAB-T, the same; auto: the same for its APGD-T and FAB-T members (9).
     #[arg(long)]
     pub target_classes: Option<usize>,
     /// Square, auto: model evaluations per example and restart (5000).
@@ -198,6 +199,10 @@ pub struct AttackFlags {
     /// averaged over --eot-draws evaluations).
     #[arg(long)]
     pub rand: bool,
+    /// Auto: leave out FAB-T (the three-member ensemble of earlier versions: APGD-CE, APGD-T,
+    /// Square).
+    #[arg(long)]
+    pub no_fab_t: bool,
     /// APGD, auto --rand: gradient evaluations averaged per step (1; auto --rand: 20).
     #[arg(long)]
     pub eot_draws: Option<usize>,
@@ -267,6 +272,7 @@ impl AttackFlags {
             initial_const: self.initial_const,
             lr: self.lr,
             confidence: self.confidence,
+            fab_t: self.no_fab_t.then_some(false),
             ..AttackOptions::new(self.attack, self.norm)
         }
     }
@@ -278,6 +284,7 @@ impl AttackFlags {
             "random-start" => "--no-random-start".into(),
             "clip" => "--no-clip".into(),
             "version" => "--rand".into(),
+            "fab-t" => "--no-fab-t".into(),
             other => format!("--{other}"),
         }
     }

@@ -413,7 +413,15 @@ fn auto_writes_who_broke_each_example_and_checks_square() {
         .filter(|f: &Vec<&str>| f[0] == "0.1")
         .collect();
     let names: Vec<&str> = members.iter().map(|f| f[1]).collect();
-    assert_eq!(names, ["apgd-ce-linf", "apgd-t-dlr-linf", "square-linf"]);
+    assert_eq!(
+        names,
+        [
+            "apgd-ce-linf",
+            "apgd-t-dlr-linf",
+            "fab-t-linf",
+            "square-linf"
+        ]
+    );
     let broken: u64 = members.iter().map(|f| f[3].parse::<u64>().unwrap()).sum();
     let (clean, robust) = (
         records[1]["clean_correct"].as_u64().unwrap(),
@@ -424,7 +432,7 @@ fn auto_writes_who_broke_each_example_and_checks_square() {
     let examples = per_example(dir.path(), "auto-linf");
     assert!(examples.lines().next().unwrap().ends_with(",broken_by"));
     assert_eq!(examples.lines().count(), 1 + 2 * 40);
-    assert_eq!(table.lines().count(), 1 + 2 * 3, "{table}");
+    assert_eq!(table.lines().count(), 1 + 2 * 4, "{table}");
     let flags = results(dir.path())["masking"].to_string();
     assert!(flags.contains("gradient-beats-score-based"), "{flags}");
 }
@@ -529,7 +537,7 @@ fn apgd_square_and_the_rand_version_run_and_bad_options_are_named() {
         ),
         (
             &["--attack", "auto", "--targeted", "random"][..],
-            "--targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw only, not auto",
+            "--targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw, fab only, not auto",
         ),
         (
             &["--attack", "pgd", "--targeted", "class=12"][..],

@@ -10,6 +10,7 @@
 mod cw;
 mod ddn;
 mod deepfool;
+mod fab;
 mod fmn;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ mod tests;
 pub use cw::CarliniWagner;
 pub use ddn::Ddn;
 pub use deepfool::DeepFool;
+pub use fab::{project_onto_hyperplane, Fab};
 pub use fmn::Fmn;
 
 use candle_core::{DType, Result, Tensor};

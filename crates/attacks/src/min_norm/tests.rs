@@ -133,6 +133,70 @@ fn every_attack_finds_the_closed_form_distance_of_a_linear_model() -> Result<()>
 }
 
 #[test]
+fn fab_lands_on_the_boundary_of_a_linear_model_in_one_step() -> Result<()> {
+    for (norm, p) in [
+        (Norm::L1, 1.0),
+        (Norm::L2, 2.0),
+        (Norm::Linf, f64::INFINITY),
+    ] {
+        // η just above 1: the first step lands on the nearest boundary, just past it.
+        let one = Fab {
+            steps: 1,
+            eta: 1.0 + 1e-5,
+            ..Fab::new(norm)
+        };
+        check_exact(&W, &one, p, 1e-3)?;
+        // FAB-T over both wrong classes finds the same minimum; with the defaults' 5%
+        // overshoot and backward steps, 100 steps come within 1%.
+        let t = Fab {
+            steps: 1,
+            eta: 1.0 + 1e-5,
+            target_classes: Some(2),
+            ..Fab::new(norm)
+        };
+        check_exact(&W, &t, p, 1e-3)?;
+        check_exact(&W, &Fab::new(norm), p, 1e-2)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn the_hyperplane_projection_is_the_smallest_step_inside_the_box() {
+    let z = [0.5, 0.9, 0.2];
+    let w = [1.0, 2.0, -1.0];
+    for norm in [Norm::L1, Norm::L2, Norm::Linf] {
+        let d = project_onto_hyperplane(norm, &z, &w, 0.3);
+        let reached: f64 = d.iter().zip(&w).map(|(a, b)| a * b).sum();
+        assert!((reached - 0.3).abs() < 1e-9, "{norm}: {reached}");
+        assert!(z
+            .iter()
+            .zip(&d)
+            .all(|(a, b)| (0.0..=1.0).contains(&(a + b))));
+    }
+    // L1 spends on the largest |w| first, up to the box: coordinate 1 can move 0.1 (gain
+    // 0.2), then coordinate 0 (|w| = 1, tied with coordinate 2) the rest.
+    let d = project_onto_hyperplane(Norm::L1, &z, &w, 0.3);
+    assert!(
+        (d[1] - 0.1).abs() < 1e-12 && (d[0] - 0.1).abs() < 1e-12 && d[2] == 0.0,
+        "{d:?}"
+    );
+    // L∞: a common step t on every coordinate (the box room, 0.1 at least, does not bind):
+    // 1·t + 2·t + 1·t = 0.3.
+    let d = project_onto_hyperplane(Norm::Linf, &z, &w, 0.3);
+    assert!(
+        (d[0] - 0.075).abs() < 1e-9 && (d[1] - 0.075).abs() < 1e-9 && (d[2] + 0.075).abs() < 1e-9
+    );
+    // With c = 0.5 coordinate 1 hits its face: 1·t + 2·0.1 + 1·t = 0.5, t = 0.15.
+    let d = project_onto_hyperplane(Norm::Linf, &z, &w, 0.5);
+    assert!((d[0] - 0.15).abs() < 1e-9 && (d[1] - 0.1).abs() < 1e-9 && (d[2] + 0.15).abs() < 1e-9);
+    // Unreachable within the box: every coordinate at its face.
+    let d = project_onto_hyperplane(Norm::L2, &z, &w, 10.0);
+    for (got, want) in d.iter().zip([0.5, 0.1, -0.2]) {
+        assert!((got - want).abs() < 1e-12, "{d:?}");
+    }
+}
+
+#[test]
 fn deepfool_lands_on_the_boundary_of_a_linear_model_in_one_step() -> Result<()> {
     for (norm, p) in [(Norm::L2, 2.0), (Norm::Linf, f64::INFINITY)] {
         let one = DeepFool {
@@ -168,7 +232,16 @@ fn deepfool_lands_on_the_boundary_of_a_linear_model_in_one_step() -> Result<()> 
 fn minimal_examples_of_a_maxout_mlp_are_misclassified_inside_the_box() -> Result<()> {
     let model = small_maxout()?;
     let (xs, labels) = inputs(24, 3)?;
-    let attacks: [Box<dyn MinNorm>; 6] = [
+    let attacks: [Box<dyn MinNorm>; 8] = [
+        Box::new(Fab {
+            steps: 20,
+            ..Fab::new(Norm::Linf)
+        }),
+        Box::new(Fab {
+            steps: 10,
+            target_classes: Some(2),
+            ..Fab::new(Norm::L2)
+        }),
         Box::new(CarliniWagner {
             steps: 100,
             binary_search_steps: 5,
@@ -271,7 +344,8 @@ fn targeted_minimal_examples_reach_their_target() -> Result<()> {
     let goal = crate::Goal::Targeted { targets: &targets };
     let ids = targets.to_vec1::<u32>()?;
     for attack in [
-        Box::new(Fmn::new(Norm::L2)) as Box<dyn MinNorm>,
+        Box::new(Fab::new(Norm::L2)) as Box<dyn MinNorm>,
+        Box::new(Fmn::new(Norm::L2)),
         Box::new(Ddn::default()),
         Box::new(DeepFool::new(Norm::Linf)),
     ] {

@@ -199,7 +199,7 @@ fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
     let msg = err(&case("kind = \"auto\"\ntargeted = \"random\""));
     assert!(
         msg.contains(
-            "attack `a`.targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw only, not auto"
+            "attack `a`.targeted: applies to fast-gradient, pgd, apgd, square, fmn, ddn, deepfool, cw, fab only, not auto"
         ),
         "{msg}"
     );
