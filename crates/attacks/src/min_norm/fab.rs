@@ -282,8 +282,9 @@ fn lp(norm: Norm, v: &[f64]) -> f64 {
 /// the box does not reach the hyperplane, the point of the box closest to it along that
 /// direction. Each coordinate moves towards the sign of `c·w_j` by at most its room in the
 /// box: L2 by `λ|w_j|` (the KKT conditions), L∞ by a common `t`, each with the smallest
-/// multiplier that reaches `c` (found by bisection: `w·δ` grows with it); L1 fills the
-/// coordinates of largest `|w_j|` first (a fractional knapsack).
+/// multiplier that reaches `c` (exactly: `w·δ` is piecewise linear in it, with a kink where
+/// each coordinate reaches its face); L1 fills the coordinates of largest `|w_j|` first (a
+/// fractional knapsack).
 pub fn project_onto_hyperplane(norm: Norm, z: &[f64], w: &[f64], c: f64) -> Vec<f64> {
     let sign = if c < 0.0 { -1.0 } else { 1.0 };
     let target = c.abs();
@@ -303,7 +304,6 @@ pub fn project_onto_hyperplane(norm: Norm, z: &[f64], w: &[f64], c: f64) -> Vec<
         })
         .map(|r| r.max(0.0))
         .collect();
-    let gain = |moves: &[f64]| -> f64 { moves.iter().zip(w).map(|(m, wj)| m * wj.abs()).sum() };
     let to_delta =
         |moves: Vec<f64>| -> Vec<f64> { moves.iter().zip(&dir).map(|(m, s)| m * s).collect() };
     if target == 0.0 {
@@ -326,35 +326,52 @@ pub fn project_onto_hyperplane(norm: Norm, z: &[f64], w: &[f64], c: f64) -> Vec<
             to_delta(moves)
         }
         Norm::Linf | Norm::L2 | Norm::Lp(_) => {
-            let moves_at = |t: f64| -> Vec<f64> {
-                (0..z.len())
-                    .map(|j| match norm {
-                        Norm::Linf => t.min(room[j]),
-                        _ => (t * w[j].abs()).min(room[j]),
-                    })
-                    .collect()
-            };
-            // The multiplier at which every coordinate has used its room.
-            let full = match norm {
-                Norm::Linf => 1.0,
-                _ => (0..z.len())
-                    .filter(|&j| w[j] != 0.0)
-                    .map(|j| room[j] / w[j].abs())
-                    .fold(0.0, f64::max),
-            };
-            if gain(&moves_at(full)) <= target {
-                return to_delta(moves_at(full));
-            }
-            let (mut lo, mut hi) = (0.0, full);
-            for _ in 0..100 {
-                let mid = 0.5 * (lo + hi);
-                if gain(&moves_at(mid)) < target {
-                    lo = mid;
-                } else {
-                    hi = mid;
+            // Coordinate j moves by min(t·a_j, room_j), gaining |w_j| per unit: a_j = 1 for
+            // L∞ (a common step t), a_j = |w_j| for L2 (δ = t·w, the KKT conditions). The gain
+            // is piecewise linear in t, with a kink where each coordinate reaches its face:
+            // walk the kinks in order to the segment where it reaches the target.
+            let rate: Vec<f64> = w
+                .iter()
+                .map(|wj| match norm {
+                    Norm::Linf => 1.0,
+                    _ => wj.abs(),
+                })
+                .collect();
+            let mut kinks: Vec<(f64, usize)> = (0..z.len())
+                .filter(|&j| w[j] != 0.0 && rate[j] > 0.0)
+                .map(|j| (room[j] / rate[j], j))
+                .collect();
+            kinks.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // gain(t) = slope·t + fixed over the current segment.
+            let mut slope: f64 = kinks.iter().map(|&(_, j)| w[j].abs() * rate[j]).sum();
+            let mut fixed = 0.0;
+            let mut t_end = f64::INFINITY;
+            let mut from = 0.0;
+            for &(t, j) in &kinks {
+                if slope * t + fixed >= target {
+                    t_end = ((target - fixed) / slope).max(from);
+                    break;
                 }
+                slope -= w[j].abs() * rate[j];
+                fixed += w[j].abs() * room[j];
+                from = t;
             }
-            to_delta(moves_at(hi))
+            let t = if t_end.is_finite() {
+                t_end
+            } else {
+                // The box does not reach the hyperplane: every coordinate at its face.
+                f64::INFINITY
+            };
+            let moves: Vec<f64> = (0..z.len())
+                .map(|j| {
+                    if w[j] == 0.0 {
+                        0.0
+                    } else {
+                        (t * rate[j]).min(room[j])
+                    }
+                })
+                .collect();
+            to_delta(moves)
         }
     }
 }

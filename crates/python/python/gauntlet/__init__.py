@@ -80,7 +80,7 @@ class AttackResult:
     ``adversarials`` the attacked images ``[E, N, C, H, W]`` (``None`` when not kept);
     ``config`` the resolved attack, as a suite records it.
 
-    A minimum-norm attack (``fmn``, ``ddn``, ``deepfool``, ``cw``) also gives ``curve`` (its
+    A minimum-norm attack (``fmn``, ``ddn``, ``deepfool``, ``cw``, ``fab``) also gives ``curve`` (its
     security curve: ``points``, each ``eps``, ``robust``, ``robust_accuracy``, ``ci_low``,
     ``ci_high``; ``found``, ``median_distance``, ...), ``distances`` (per example: ``index``,
     ``label``, ``clean_pred``, ``adv_pred``, ``distance`` (0 when misclassified clean, NaN
@@ -146,7 +146,7 @@ def attack(
     **options,
 ) -> AttackResult:
     """Runs ``attack`` (``fgsm``/``fast-gradient``, ``pgd``, ``apgd``, ``square``, ``auto``,
-    or a minimum-norm attack: ``fmn``, ``ddn``, ``deepfool``, ``cw``) in ``norm`` (``"inf"``,
+    or a minimum-norm attack: ``fmn``, ``ddn``, ``deepfool``, ``cw``, ``fab``) in ``norm`` (``"inf"``,
     ``2``, ``1`` or any p >= 1) at every ε of ``eps`` (which may be empty for a minimum-norm
     attack: its ``curve`` gives every ε).
 
