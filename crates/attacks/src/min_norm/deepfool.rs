@@ -5,7 +5,7 @@ use gauntlet_models::{Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::fmn::scale_rows;
-use super::{attack_at_fixed_eps, goal_ids, row_norms, successes};
+use super::{attack_at_fixed_eps, goal_ids, pair_gradient, row_norms, successes};
 use crate::batch::where_rows;
 use crate::{ConfigError, Goal, MinNorm, Norm};
 
@@ -139,24 +139,8 @@ impl MinNorm for DeepFool {
             let mut best_w: Option<Tensor> = None;
             let mut chosen = vec![false; n];
             for slot in 0..width {
-                // Examples with fewer pairs repeat their last one.
                 let pick = |i: usize| pairs[i][slot.min(pairs[i].len() - 1)];
-                let win: Vec<u32> = (0..n).map(|i| pick(i).0).collect();
-                let lose: Vec<u32> = (0..n).map(|i| pick(i).1).collect();
-                let gather = |ids: Vec<u32>| -> Result<Tensor> {
-                    let ids = Tensor::from_vec(ids, (n, 1), logits.device())?;
-                    logits.gather(&ids, 1)?.squeeze(1)
-                };
-                let f = gather(win.clone())?.sub(&gather(lose.clone())?)?;
-                let grads = f.sum_all()?.backward()?;
-                if slot > 0 {
-                    // The first backward pass is the forward_input_grad's own.
-                    model.note_backward(n);
-                }
-                let w = match grads.get(leaf.as_tensor()) {
-                    Some(g) => g.detach(),
-                    None => xs.zeros_like()?,
-                };
+                let w = pair_gradient(model, &leaf, &logits, &pairs, slot)?;
                 let w_len = row_norms(dual, &w)?;
                 for i in 0..n {
                     let (a, b) = pick(i);

@@ -5,7 +5,7 @@ use gauntlet_models::{Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::fmn::positive;
-use super::{attack_at_fixed_eps, goal_ids, row_norms, successes, Best};
+use super::{attack_at_fixed_eps, goal_ids, pair_gradient, row_norms, successes, Best};
 use crate::{ConfigError, Goal, MinNorm, Norm};
 
 /// Fast Adaptive Boundary: at each step, linearise the classifier at the current point, project
@@ -121,20 +121,7 @@ impl Fab {
             let mut normal: Vec<Vec<f64>> = vec![Vec::new(); n];
             for slot in 0..width {
                 let pick = |i: usize| pairs[i][slot.min(pairs[i].len() - 1)];
-                let gather = |ids: Vec<u32>| -> Result<Tensor> {
-                    let ids = Tensor::from_vec(ids, (n, 1), logits.device())?;
-                    logits.gather(&ids, 1)?.squeeze(1)
-                };
-                let f = gather((0..n).map(|i| pick(i).0).collect())?
-                    .sub(&gather((0..n).map(|i| pick(i).1).collect())?)?;
-                let grads = f.sum_all()?.backward()?;
-                if slot > 0 {
-                    model.note_backward(n);
-                }
-                let w = match grads.get(leaf.as_tensor()) {
-                    Some(g) => g.detach(),
-                    None => at.zeros_like()?,
-                };
+                let w = pair_gradient(model, &leaf, &logits, pairs, slot)?;
                 let lens = row_norms(dual, &w)?;
                 let w_rows = rows_f64(&w)?;
                 for i in 0..n {

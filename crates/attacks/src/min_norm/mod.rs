@@ -165,6 +165,38 @@ pub(crate) fn goal_ids(
     Ok((ids, matches!(goal, Goal::Targeted { .. })))
 }
 
+/// The input gradient of `z_a − z_b` for each row's pair in `slot` of `pairs` (a row with
+/// fewer pairs repeats its last), from the graph of `logits = model(leaf)`. The first slot's
+/// backward pass is the `forward_input_grad`'s own; each later one is reported to the model
+/// ([`Classifier::note_backward`]) so that query counts see it.
+///
+/// # Shapes
+/// - `logits`: `(n, classes)`; returns the shape of `leaf`
+pub(crate) fn pair_gradient(
+    model: &dyn Classifier,
+    leaf: &candle_core::Var,
+    logits: &Tensor,
+    pairs: &[Vec<(u32, u32)>],
+    slot: usize,
+) -> Result<Tensor> {
+    let n = pairs.len();
+    let pick = |i: usize| pairs[i][slot.min(pairs[i].len() - 1)];
+    let gather = |ids: Vec<u32>| -> Result<Tensor> {
+        let ids = Tensor::from_vec(ids, (n, 1), logits.device())?;
+        logits.gather(&ids, 1)?.squeeze(1)
+    };
+    let f = gather((0..n).map(|i| pick(i).0).collect())?
+        .sub(&gather((0..n).map(|i| pick(i).1).collect())?)?;
+    let grads = f.sum_all()?.backward()?;
+    if slot > 0 {
+        model.note_backward(n);
+    }
+    match grads.get(leaf.as_tensor()) {
+        Some(g) => Ok(g.detach()),
+        None => leaf.as_tensor().zeros_like(),
+    }
+}
+
 /// Cosine annealing from `start` (step 0) to `end` (the last step), as FMN and DDN schedule
 /// their step sizes: `end + (start − end)(1 + cos(π i / steps)) / 2`.
 pub(crate) fn cosine(start: f64, end: f64, i: usize, steps: usize) -> f64 {
