@@ -74,7 +74,9 @@ def attack(
     **options: Any,
 ) -> AttackResult:
     """Runs an attack at every ε; ``options`` are the suite's ``[[attack]]`` keys with ``_``
-    for ``-`` (``steps=40``, ``restarts=5``, ``loss="dlr"``, ``target="least-likely"``)."""
+    for ``-`` (``steps=40``, ``restarts=5``, ``loss="dlr"``, ``target="least-likely"``).
+    A minimum-norm attack (``fmn``, ``ddn``, ``deepfool``, ``cw``, ``fab``) may take
+    ``eps=[]`` and fills ``curve``, ``distances`` and ``minimal``."""
 
 def transfer(
     models: Union[Mapping[str, Model], Sequence[Model]],
