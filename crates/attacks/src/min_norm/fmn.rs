@@ -133,12 +133,13 @@ impl MinNorm for Fmn {
             let l2 = row_norms(Norm::L2, &grad)?;
             let scale: Vec<f64> = l2.iter().map(|&g| alpha / g.max(1e-12)).collect();
             let step = scale_rows(&grad, &scale)?;
-            delta = if norm == Norm::L1 {
+            let moved = if norm == Norm::L1 {
                 project_l1_box(&delta.add(&step)?, &radius, xs)?
             } else {
-                let moved = norm.project_each(&delta.add(&step)?, &radius)?;
-                xs.add(&moved)?.clamp(0.0, 1.0)?.sub(xs)?
+                norm.project_each(&delta.add(&step)?, &radius)?
             };
+            // Clipped in f32 too: the L1 projection's own box is exact in f64 only.
+            delta = xs.add(&moved)?.clamp(0.0, 1.0)?.sub(xs)?;
         }
         Ok(best.adv)
     }
