@@ -125,8 +125,15 @@ pub fn evaluate_min_norm(
             .map(|i| clean_preds[i].0 == label_ids[start + i] && broken[i])
             .collect();
         minimal.push(where_rows(&keep_rows, &adv, &xs)?);
+        // The prediction of what `minimal` holds: the clean input's where it is kept.
+        found.extend((0..len).map(|i| {
+            if keep_rows[i] {
+                adv_preds[i]
+            } else {
+                clean_preds[i]
+            }
+        }));
         clean.extend(clean_preds);
-        found.extend(adv_preds);
     }
     let minimal = if minimal.is_empty() {
         images.clone()
