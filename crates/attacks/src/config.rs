@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Apgd, Attack, AttackLoss, AutoAttack, AutoVersion, CarliniWagner, Ddn, DeepFool, Fab,
-    FastGradient, Fmn, Norm, Pgd, Square, StepSize, TargetSelection, Targeted,
+    FastGradient, Fmn, Limited, Norm, Pgd, Square, StepSize, TargetSelection, Targeted,
 };
 
 /// A setting that breaks a precondition: its key, as a suite writes it, and what was expected.
@@ -270,6 +270,10 @@ pub struct AttackOptions {
     /// three-member ensemble of earlier gauntlet versions.
     #[serde(default)]
     pub fab_t: Option<bool>,
+    /// PGD and the minimum-norm attacks: stop at this many forward plus backward passes per
+    /// example ([`Limited`]); unlimited when absent.
+    #[serde(default)]
+    pub max_queries: Option<usize>,
 }
 
 /// The keys beyond `kind` and `norm`, each with the methods it applies to.
@@ -304,6 +308,7 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("lr", &[C]),
         ("confidence", &[C]),
         ("fab-t", &[U]),
+        ("max-queries", &[P, M, D, DF, C, B]),
     ]
 };
 
@@ -338,11 +343,12 @@ impl AttackOptions {
             lr: None,
             confidence: None,
             fab_t: None,
+            max_queries: None,
         }
     }
 
     /// The keys given, in [`OPTION_KEYS`] order.
-    fn given(&self) -> [(&'static str, bool); 25] {
+    fn given(&self) -> [(&'static str, bool); 26] {
         [
             ("steps", self.steps.is_some()),
             ("restarts", self.restarts.is_some()),
@@ -369,6 +375,7 @@ impl AttackOptions {
             ("lr", self.lr.is_some()),
             ("confidence", self.confidence.is_some()),
             ("fab-t", self.fab_t.is_some()),
+            ("max-queries", self.max_queries.is_some()),
         ]
     }
 
@@ -543,6 +550,13 @@ impl AttackOptions {
                 })
             }
         };
+        let config = match self.max_queries {
+            None => config,
+            Some(max_queries) => AttackConfig::Limited {
+                max_queries,
+                attack: Box::new(config),
+            },
+        };
         let config = match self.targeted {
             None => config,
             Some(target) => AttackConfig::Targeted {
@@ -579,6 +593,12 @@ pub enum AttackConfig {
     DeepFool(DeepFool),
     Cw(CarliniWagner),
     Fab(Fab),
+    /// `attack` stopped at `max_queries` forward plus backward passes per example
+    /// ([`Limited`]).
+    Limited {
+        max_queries: usize,
+        attack: Box<AttackConfig>,
+    },
     /// `attack` aimed at targets chosen by `selection` ([`Targeted`]).
     Targeted {
         selection: TargetSelection,
@@ -603,6 +623,10 @@ impl AttackConfig {
             AttackConfig::DeepFool(deepfool) => Box::new(*deepfool),
             AttackConfig::Cw(cw) => Box::new(*cw),
             AttackConfig::Fab(fab) => Box::new(*fab),
+            AttackConfig::Limited {
+                max_queries,
+                attack,
+            } => Box::new(Limited::new(attack.build(), *max_queries)),
             AttackConfig::Targeted { selection, attack } => {
                 Box::new(Targeted::new(attack.build(), *selection))
             }
@@ -621,6 +645,7 @@ impl AttackConfig {
             AttackConfig::DeepFool(deepfool) => deepfool.norm,
             AttackConfig::Cw(_) => Norm::L2,
             AttackConfig::Fab(fab) => fab.norm,
+            AttackConfig::Limited { attack, .. } => attack.norm(),
             AttackConfig::Targeted { attack, .. } => attack.norm(),
         }
     }
@@ -643,6 +668,10 @@ impl AttackConfig {
             AttackConfig::DeepFool(d) => times(d.steps, d.candidates),
             AttackConfig::Cw(cw) => times(cw.steps, cw.binary_search_steps),
             AttackConfig::Fab(fab) => times(fab.steps, fab.target_classes.unwrap_or(1)),
+            AttackConfig::Limited {
+                max_queries,
+                attack,
+            } => attack.evaluations_per_example().min(*max_queries as u128),
             AttackConfig::Targeted { attack, .. } => attack.evaluations_per_example(),
         }
     }
@@ -699,6 +728,13 @@ impl AttackConfig {
                 classes(AttackLoss::Margin, targeted)
             }
             AttackConfig::Fab(fab) => fab.validate(),
+            AttackConfig::Limited {
+                max_queries,
+                attack,
+            } => {
+                ConfigError::at_least_one("max-queries", *max_queries)?;
+                attack.validate_aimed(n_classes, input_shape, targeted)
+            }
             AttackConfig::Targeted { selection, attack } => {
                 if matches!(
                     **attack,

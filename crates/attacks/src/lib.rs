@@ -41,6 +41,7 @@ mod budget;
 mod config;
 mod eval;
 mod fast_gradient;
+mod limited;
 mod loss;
 mod masking;
 mod min_norm;
@@ -73,6 +74,7 @@ pub use gauntlet_results::{
     wilson_interval, AttackKind, AttackRecord, CurvePoint, Lp, MaskingCheck, MaskingFlag,
     MemberRecord, MinNormExample, NoiseRecord, Queries, SecurityCurve, Timed, TransferRecord,
 };
+pub use limited::Limited;
 pub use loss::{AttackLoss, Objective};
 pub use masking::{masking_checks, unbounded_eps, MaskingRules};
 pub use min_norm::{project_onto_hyperplane, CarliniWagner, Ddn, DeepFool, Fab, Fmn, MinNorm};

@@ -213,6 +213,9 @@ impl Attack for Pgd {
         let mut best_value = vec![f64::NEG_INFINITY; batch];
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         for _ in 0..self.restarts {
+            if model.exhausted() {
+                break;
+            }
             // `active[k]` is the batch row of the k-th row of `x`, `origin` and `ys`.
             let mut active: Vec<usize> = (0..batch).filter(|&i| !broken[i]).collect();
             if active.is_empty() {
@@ -229,7 +232,8 @@ impl Attack for Pgd {
                 None => origin.clone(),
             };
             for step in 0..=self.steps {
-                let last = step == self.steps;
+                // A spent query budget ends the run as its last step would.
+                let last = step == self.steps || model.exhausted();
                 if last && self.restarts == 1 && !self.early_stop {
                     // One run that keeps its final iterate whatever it scores: no need to
                     // classify it (so one step costs one forward and one backward pass).

@@ -199,6 +199,10 @@ pub struct AttackFlags {
     /// averaged over --eot-draws evaluations).
     #[arg(long)]
     pub rand: bool,
+    /// PGD and the minimum-norm attacks: stop at this many forward plus backward passes per
+    /// example (the records' `queries` show what was spent).
+    #[arg(long)]
+    pub max_queries: Option<usize>,
     /// Auto: leave out FAB-T (the three-member ensemble of earlier versions: APGD-CE, APGD-T,
     /// Square).
     #[arg(long)]
@@ -273,6 +277,7 @@ impl AttackFlags {
             lr: self.lr,
             confidence: self.confidence,
             fab_t: self.no_fab_t.then_some(false),
+            max_queries: self.max_queries,
             ..AttackOptions::new(self.attack, self.norm)
         }
     }

@@ -69,6 +69,12 @@ pub trait Classifier: Send + Sync {
     /// them. A no-op by default.
     fn note_backward(&self, _rows: usize) {}
 
+    /// Whether a query budget around the model is spent: attacks that honour a budget stop
+    /// at their next step when it is (`max-queries`). Never, by default.
+    fn exhausted(&self) -> bool {
+        false
+    }
+
     /// Per-example cross-entropy against `labels` and its gradient with respect to `xs`.
     fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
         autograd_input_grad(self, xs, labels, mode)

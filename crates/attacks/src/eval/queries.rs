@@ -72,6 +72,10 @@ impl Classifier for Counted<'_> {
         self.inner.note_backward(rows);
     }
 
+    fn exhausted(&self) -> bool {
+        self.inner.exhausted()
+    }
+
     fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
         self.add(xs, true);
         self.inner.loss_and_input_grad(xs, labels, mode)

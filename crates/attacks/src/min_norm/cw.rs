@@ -111,6 +111,9 @@ impl MinNorm for CarliniWagner {
             let mut broken_now = vec![false; n];
             let mut previous = f64::INFINITY;
             for t in 1..=self.steps {
+                if model.exhausted() {
+                    break;
+                }
                 let tanh = w.tanh()?;
                 let adv = tanh.affine(0.5, 0.5)?;
                 let delta = adv.sub(xs)?;

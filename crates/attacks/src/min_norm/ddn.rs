@@ -76,6 +76,9 @@ impl MinNorm for Ddn {
         let mut radius = vec![self.init_norm; n];
         let mut delta = xs.zeros_like()?;
         for i in 0..self.steps {
+            if model.exhausted() {
+                break;
+            }
             let alpha = cosine(1.0, 0.01, i, self.steps);
             let size = row_norms(Norm::L2, &delta)?;
             let adv = xs.add(&delta)?;

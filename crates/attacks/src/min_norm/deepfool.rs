@@ -103,6 +103,9 @@ impl MinNorm for DeepFool {
         let mut r = xs.zeros_like()?;
         let mut done = vec![false; n];
         for _ in 0..self.steps {
+            if model.exhausted() {
+                break;
+            }
             let at = self.point(xs, &r)?;
             let leaf = Var::from_tensor(&at)?;
             let logits = model.forward_input_grad(leaf.as_tensor(), Mode::Eval)?;

@@ -110,6 +110,9 @@ impl Fab {
         let mut point = origin.clone();
         let dual = self.norm.dual();
         for _ in 0..self.steps {
+            if model.exhausted() {
+                break;
+            }
             let at = tensor_of(&point, &shape, xs)?;
             let leaf = Var::from_tensor(&at)?;
             let logits = model.forward_input_grad(leaf.as_tensor(), Mode::Eval)?;

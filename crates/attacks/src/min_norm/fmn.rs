@@ -102,6 +102,9 @@ impl MinNorm for Fmn {
         let mut radius = vec![f64::INFINITY; n];
         let mut delta = xs.zeros_like()?;
         for i in 0..self.steps {
+            if model.exhausted() {
+                break;
+            }
             let alpha = cosine(self.alpha_init, self.alpha_final, i, self.steps);
             let gamma = cosine(self.gamma_init, self.gamma_final, i, self.steps);
             let size = row_norms(norm, &delta)?;

@@ -419,3 +419,38 @@ fn records_count_the_passes_each_attack_spent_per_example() -> Result<()> {
     assert_eq!((q.forward, q.backward), (3.0, 2.0));
     Ok(())
 }
+
+#[test]
+fn a_query_budget_stops_the_search_where_it_is_spent() -> Result<()> {
+    let model = small_maxout()?;
+    let (xs, labels) = inputs(12, 9)?;
+    // FMN's step is one forward and one backward pass: a budget of 20 passes allows 10 steps.
+    let limited = crate::Limited::new(Box::new(Fmn::new(Norm::L2)), 20);
+    assert_eq!(crate::Attack::name(&limited), "fmn-l2-q20");
+    let run = evaluate_min_norm(model.as_ref(), &limited, &xs, &labels, &[0.5], 6, false)?;
+    let q = run.curve.queries.unwrap();
+    assert_eq!((q.forward, q.backward), (10.0, 10.0));
+    // The same as FMN run for 10 steps from the start, with the schedule of 100.
+    let full = evaluate_min_norm(
+        model.as_ref(),
+        &Fmn::new(Norm::L2),
+        &xs,
+        &labels,
+        &[],
+        6,
+        false,
+    )?;
+    assert_eq!(full.curve.queries.unwrap().forward, 100.0);
+    // PGD stops its steps at the budget and keeps its iterate (one run without early
+    // stopping: no pass to score it).
+    let pgd = crate::Pgd {
+        steps: 40,
+        early_stop: false,
+        ..crate::Pgd::new(Norm::Linf)
+    };
+    let limited = crate::Limited::new(Box::new(pgd), 10);
+    let records = crate::evaluate_attack(model.as_ref(), &limited, &xs, &labels, &[0.05], 12)?;
+    let q = records[0].queries.unwrap();
+    assert_eq!((q.forward, q.backward), (5.0, 5.0), "{q:?}");
+    Ok(())
+}

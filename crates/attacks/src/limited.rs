@@ -1,0 +1,134 @@
+//! [`Limited`]: an attack stopped at a budget of model passes per example, so that attacks can
+//! be compared at equal cost.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{Result, Tensor};
+use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
+
+use crate::{Attack, AttackKind, Goal, MinNorm, Norm};
+
+/// `attack` given at most `max_queries` forward plus backward passes per example (summed over
+/// the batch it runs on). The attack sees a model that reports itself spent
+/// ([`Classifier::exhausted`]) once the batch's budget is used; PGD and the minimum-norm
+/// attacks check it before each step and stop there with what they have, so the budget is
+/// exceeded by at most one step. The records' `queries` show what was spent.
+pub struct Limited {
+    inner: Box<dyn Attack>,
+    max_queries: usize,
+}
+
+impl Limited {
+    pub fn new(inner: Box<dyn Attack>, max_queries: usize) -> Self {
+        Self { inner, max_queries }
+    }
+}
+
+impl Attack for Limited {
+    fn name(&self) -> String {
+        format!("{}-q{}", self.inner.name(), self.max_queries)
+    }
+
+    fn norm(&self) -> Norm {
+        self.inner.norm()
+    }
+
+    fn kind(&self) -> AttackKind {
+        self.inner.kind()
+    }
+
+    fn min_norm(&self) -> Option<&dyn MinNorm> {
+        self.inner.min_norm().map(|_| self as &dyn MinNorm)
+    }
+
+    fn targets(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        self.inner.targets(model, xs, labels)
+    }
+
+    fn perturb(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        goal: &Goal<'_>,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let limited = QueryLimit::new(model, self.max_queries * xs.dim(0)?);
+        self.inner.perturb(&limited, xs, goal, eps)
+    }
+}
+
+impl MinNorm for Limited {
+    fn minimize(&self, model: &dyn Classifier, xs: &Tensor, goal: &Goal<'_>) -> Result<Tensor> {
+        let search = self
+            .inner
+            .min_norm()
+            .expect("Limited::min_norm is Some only for a minimum-norm attack");
+        let limited = QueryLimit::new(model, self.max_queries * xs.dim(0)?);
+        search.minimize(&limited, xs, goal)
+    }
+}
+
+/// `inner`, spent once `limit` example passes (forward and backward) have gone through it.
+struct QueryLimit<'a> {
+    inner: &'a dyn Classifier,
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl<'a> QueryLimit<'a> {
+    fn new(inner: &'a dyn Classifier, limit: usize) -> Self {
+        Self {
+            inner,
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn spend(&self, xs: &Tensor, passes: usize) {
+        let rows = xs.dims().first().copied().unwrap_or(0);
+        self.used.fetch_add(rows * passes, Ordering::Relaxed);
+    }
+}
+
+impl Classifier for QueryLimit<'_> {
+    fn spec(&self) -> &ModelSpec {
+        self.inner.spec()
+    }
+
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.spend(xs, 1);
+        self.inner.forward(xs, mode)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.spend(xs, 2);
+        self.inner.forward_input_grad(xs, mode)
+    }
+
+    fn params(&self) -> &Params {
+        self.inner.params()
+    }
+
+    fn apply_constraints(&self) -> Result<()> {
+        self.inner.apply_constraints()
+    }
+
+    fn note_backward(&self, rows: usize) {
+        self.used.fetch_add(rows, Ordering::Relaxed);
+        self.inner.note_backward(rows);
+    }
+
+    fn exhausted(&self) -> bool {
+        self.used.load(Ordering::Relaxed) >= self.limit || self.inner.exhausted()
+    }
+
+    fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
+        self.spend(xs, 2);
+        self.inner.loss_and_input_grad(xs, labels, mode)
+    }
+}
