@@ -958,8 +958,8 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
         } => {
             let (ph, pw) = *padding;
             let square = w.dim(2)? == w.dim(3)? && ph == pw;
-            if square && *stride == 1 && *dilation == 1 && *groups == 1 {
-                return kernels::conv2d(&x, w, b, ph, grads);
+            if square && *dilation == 1 && *groups == 1 {
+                return kernels::conv2d(&x, w, b, ph, *stride, grads);
             }
             // Candle pads every side alike: uneven padding is added first.
             let (x, pad) = if ph == pw {

@@ -65,15 +65,17 @@ pub fn conv2d(
     weight: &Tensor,
     bias: &Tensor,
     pad: usize,
+    stride: usize,
     grads: Gradients,
 ) -> Result<Tensor> {
     if grads == Gradients::All || !fast_path(&[xs, weight, bias]) {
         return xs
-            .conv2d(weight, pad, 1, 1, 1)?
+            .conv2d(weight, pad, stride, 1, 1)?
             .broadcast_add(&bias.reshape((1, (), 1, 1))?);
     }
     let op = Conv2dInputGrad {
         pad,
+        stride,
         input_grad: xs.track_op(),
     };
     xs.contiguous()?
@@ -633,7 +635,7 @@ impl candle_core::CustomOp1 for MaxPool {
     }
 }
 
-/// Geometry of a stride-1 convolution with zero padding, per image.
+/// Geometry of a convolution with zero padding and a stride, per image.
 #[derive(Clone, Copy, Debug)]
 struct ConvShape {
     c_in: usize,
@@ -642,12 +644,13 @@ struct ConvShape {
     c_out: usize,
     k: usize,
     pad: usize,
+    stride: usize,
     oh: usize,
     ow: usize,
 }
 
 impl ConvShape {
-    fn new(x: &Shape, w: &Shape, bias: &Shape, pad: usize) -> Result<(usize, Self)> {
+    fn new(x: &Shape, w: &Shape, bias: &Shape, pad: usize, stride: usize) -> Result<(usize, Self)> {
         let (batch, c_in, h, wd) = x.dims4()?;
         let (c_out, w_in, k, k2) = w.dims4()?;
         if w_in != c_in || k != k2 || bias.dims1()? != c_out {
@@ -656,7 +659,13 @@ impl ConvShape {
         if h + 2 * pad < k || wd + 2 * pad < k {
             bail!("conv2d: kernel {k} larger than the padded input {h}×{wd} (pad {pad})")
         }
-        let (oh, ow) = (h + 2 * pad - k + 1, wd + 2 * pad - k + 1);
+        if stride == 0 {
+            bail!("conv2d: stride must be positive")
+        }
+        let (oh, ow) = (
+            (h + 2 * pad - k) / stride + 1,
+            (wd + 2 * pad - k) / stride + 1,
+        );
         Ok((
             batch,
             ConvShape {
@@ -666,6 +675,7 @@ impl ConvShape {
                 c_out,
                 k,
                 pad,
+                stride,
                 oh,
                 ow,
             },
@@ -685,11 +695,15 @@ impl ConvShape {
         self.c_in * self.h * self.w
     }
 
-    /// For kernel column `kj`: the output columns whose input column `ox + kj − pad` lies
-    /// inside the image.
+    /// For kernel column `kj`: the output columns whose input column `ox·stride + kj − pad`
+    /// lies inside the image.
     fn valid_cols(&self, kj: usize) -> (usize, usize) {
-        let lo = self.pad.saturating_sub(kj).min(self.ow);
-        let hi = (self.w + self.pad).saturating_sub(kj).clamp(lo, self.ow);
+        let s = self.stride;
+        let lo = self.pad.saturating_sub(kj).div_ceil(s).min(self.ow);
+        let hi = (self.w + self.pad)
+            .saturating_sub(kj)
+            .div_ceil(s)
+            .clamp(lo, self.ow);
         (lo, hi)
     }
 
@@ -705,16 +719,17 @@ impl ConvShape {
                     let (lo, hi) = self.valid_cols(kj);
                     for oy in 0..self.oh {
                         let start = row + oy * self.ow;
-                        let iy = (oy + ki).wrapping_sub(self.pad);
+                        let iy = (oy * self.stride + ki).wrapping_sub(self.pad);
                         if iy >= self.h || lo == hi {
                             f(Segment::Pad(start..start + self.ow));
                             continue;
                         }
                         f(Segment::Pad(start..start + lo));
                         f(Segment::Pad(start + hi..start + self.ow));
-                        // lo ≥ pad − kj, so the first input column is not negative.
+                        // lo·stride ≥ pad − kj, so the first input column is not negative.
                         f(Segment::Data {
-                            src: c * self.h * self.w + iy * self.w + lo + kj - self.pad,
+                            src: c * self.h * self.w + iy * self.w + lo * self.stride + kj
+                                - self.pad,
                             dst: start + lo,
                             len: hi - lo,
                         });
@@ -726,9 +741,15 @@ impl ConvShape {
 
     /// The im2col matrix `[patch, oh·ow]` of one image.
     fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
+        let step = self.stride;
         self.segments(|s| match s {
-            Segment::Data { src, dst, len } => {
+            Segment::Data { src, dst, len } if step == 1 => {
                 cols[dst..dst + len].copy_from_slice(&x[src..src + len])
+            }
+            Segment::Data { src, dst, len } => {
+                for (t, c) in cols[dst..dst + len].iter_mut().enumerate() {
+                    *c = x[src + t * step];
+                }
             }
             Segment::Pad(range) => cols[range].fill(T::zero()),
         });
@@ -736,26 +757,29 @@ impl ConvShape {
 
     /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im).
     fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
+        let step = self.stride;
         self.segments(|s| {
             if let Segment::Data { src, dst, len } = s {
-                for (d, v) in dx[src..src + len].iter_mut().zip(&cols[dst..dst + len]) {
-                    *d += *v;
+                for (t, v) in cols[dst..dst + len].iter().enumerate() {
+                    dx[src + t * step] += *v;
                 }
             }
         });
     }
 }
 
-/// A row segment of the im2col matrix: `len` image values from `src` to `dst`, or padding.
+/// A row segment of the im2col matrix: `len` image values from `src` (every `stride`-th) to
+/// `dst`, or padding.
 enum Segment {
     Data { src: usize, dst: usize, len: usize },
     Pad(std::ops::Range<usize>),
 }
 
-/// The stride-1 convolution with bias as one custom op over `(xs, weight, bias)`, whose
-/// backward gives the input gradient only.
+/// The convolution with bias as one custom op over `(xs, weight, bias)`, whose backward
+/// gives the input gradient only.
 struct Conv2dInputGrad {
     pad: usize,
+    stride: usize,
     input_grad: bool,
 }
 
@@ -773,7 +797,7 @@ impl CustomOp3 for Conv2dInputGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, g) = ConvShape::new(l1.shape(), l2.shape(), l3.shape(), self.pad)?;
+        let (batch, g) = ConvShape::new(l1.shape(), l2.shape(), l3.shape(), self.pad, self.stride)?;
         by_dtype!(s1.dtype(), T => {
             let (x, w, b) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
             let n = g.out_len();
@@ -812,7 +836,13 @@ impl CustomOp3 for Conv2dInputGrad {
         if !self.input_grad {
             return Ok((None, None, None));
         }
-        let (_, g) = ConvShape::new(xs.shape(), weight.shape(), bias.shape(), self.pad)?;
+        let (_, g) = ConvShape::new(
+            xs.shape(),
+            weight.shape(),
+            bias.shape(),
+            self.pad,
+            self.stride,
+        )?;
         let grad = grad.contiguous()?;
         by_dtype!(xs.dtype(), T => {
             let dx = with_slice::<T, _>(weight, |w| {

@@ -20,6 +20,7 @@ fn input_only_conv(x: &Var, w: &Var, b: &Var, pad: usize) -> Result<Tensor> {
         w.as_tensor(),
         b.as_tensor(),
         pad,
+        1,
         Gradients::InputOnly,
     )
 }
@@ -236,12 +237,18 @@ fn linear_matches_candle_forward_and_backward() -> Result<()> {
 #[test]
 fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
     // Padding larger and smaller than the kernel reach, non-square images, several
-    // channels: every branch of the segment geometry.
-    for (shape, k, pad) in [
-        ([2, 3, 7, 6], 3, 1),
-        ([3, 2, 5, 9], 4, 3),
-        ([1, 1, 6, 6], 6, 0),
-        ([2, 4, 4, 5], 2, 0),
+    // channels, strides of 1 to 3: every branch of the segment geometry. (Candle's own
+    // backward gets the input's shape wrong when the stride does not divide
+    // `size + 2·pad − kernel`; those cases are checked against finite differences below.)
+    for (shape, k, pad, stride) in [
+        ([2, 3, 7, 6], 3, 1, 1),
+        ([3, 2, 5, 9], 4, 3, 1),
+        ([1, 1, 6, 6], 6, 0, 1),
+        ([2, 4, 4, 5], 2, 0, 1),
+        ([2, 3, 7, 7], 3, 1, 2),
+        ([2, 1, 27, 27], 5, 2, 2),
+        ([3, 2, 8, 11], 4, 3, 3),
+        ([1, 2, 6, 8], 2, 0, 2),
     ] {
         let x = var(&shape, 4)?;
         let w = var(&[5, shape[1], k, k], 5)?;
@@ -249,9 +256,39 @@ fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
         compare(
             &[("input", &x)],
-            || conv2d(xt, wt, bt, pad, Gradients::InputOnly),
+            || conv2d(xt, wt, bt, pad, stride, Gradients::InputOnly),
             || {
-                xt.conv2d(wt, pad, 1, 1, 1)?
+                xt.conv2d(wt, pad, stride, 1, 1)?
+                    .broadcast_add(&bt.reshape((1, (), 1, 1))?)
+            },
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn strided_input_only_conv2d_matches_the_subsampled_stride_1_convolution() -> Result<()> {
+    // Strides that leave a remainder (28 + 4 − 5 = 27 is odd: MNIST's stride-2 5×5 layers;
+    // 9 + 2 − 3 = 8 is not a multiple of 3), where Candle's strided backward fails. A stride-s
+    // convolution is the stride-1 one read every s-th row and column, and Candle's stride-1
+    // backward through that selection is the reference.
+    for (shape, k, pad, stride) in [([2, 1, 28, 28], 5, 2, 2), ([1, 2, 9, 10], 3, 1, 3)] {
+        let x = var(&shape, 21)?;
+        let (w, b) = (var(&[3, shape[1], k, k], 22)?, var(&[3], 23)?);
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let every = |n: usize| -> Result<Tensor> {
+            let ids: Vec<u32> = (0..n as u32).step_by(stride).collect();
+            let len = ids.len();
+            Tensor::from_vec(ids, len, &Device::Cpu)
+        };
+        compare(
+            &[("input", &x)],
+            || conv2d(xt, wt, bt, pad, stride, Gradients::InputOnly),
+            || {
+                let full = xt.conv2d(wt, pad, 1, 1, 1)?;
+                let (h, w) = (full.dim(2)?, full.dim(3)?);
+                full.index_select(&every(h)?, 2)?
+                    .index_select(&every(w)?, 3)?
                     .broadcast_add(&bt.reshape((1, (), 1, 1))?)
             },
         )?;
@@ -348,7 +385,7 @@ fn f32_conv_agrees_with_f64() -> Result<()> {
     let (w, b) = (var(&[3, 2, 5, 5], 13)?, var(&[3], 14)?);
     let f64_out = input_only_conv(&x, &w, &b, 2)?;
     let f32 = |v: &Var| v.as_tensor().to_dtype(DType::F32);
-    let f32_out = conv2d(&f32(&x)?, &f32(&w)?, &f32(&b)?, 2, Gradients::InputOnly)?;
+    let f32_out = conv2d(&f32(&x)?, &f32(&w)?, &f32(&b)?, 2, 1, Gradients::InputOnly)?;
     assert!(max_abs_diff(&f32_out.to_dtype(DType::F64)?, &f64_out)? < 1e-5);
     Ok(())
 }
