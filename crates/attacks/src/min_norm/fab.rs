@@ -93,7 +93,9 @@ impl Fab {
     }
 
     /// One run: each row of `xs` towards the boundaries `pairs` gives it (`(k, y)`: class `k`
-    /// against class `y`), success as `succeeds` says of the logits.
+    /// against class `y`); a row succeeds at its target `ids[i]` (`targeted`) or at any class
+    /// other than its label `ids[i]`. Every success smaller than the best so far goes to
+    /// `best`.
     fn run(
         &self,
         model: &dyn Classifier,
