@@ -1,7 +1,7 @@
 //! Whole-example bookkeeping on batches: selecting rows and replacing them by copying only, so
 //! an example frozen by an attack or an evaluation comes back bit for bit.
 
-use candle_core::{Result, Tensor};
+use candle_core::{bail, Result, Tensor};
 
 /// The rows `rows` of `xs`, in that order (`xs` itself when `rows` is every row in order).
 ///
@@ -51,6 +51,18 @@ pub(crate) fn where_rows(mask: &[bool], on_true: &Tensor, on_false: &Tensor) -> 
         .reshape(shape)?
         .broadcast_as(on_false.shape())?
         .where_cond(on_true, on_false)
+}
+
+/// Fails unless the output of the attack `name` has the shape of its input.
+pub(crate) fn check_output_shape(name: &str, out: &Tensor, input: &Tensor) -> Result<()> {
+    if out.dims() != input.dims() {
+        bail!(
+            "attack {name} returned shape {:?}, expected {:?}",
+            out.dims(),
+            input.dims()
+        )
+    }
+    Ok(())
 }
 
 fn is_every_row(rows: &[usize], batch: usize) -> bool {

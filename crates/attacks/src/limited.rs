@@ -1,11 +1,10 @@
 //! [`Limited`]: an attack stopped at a budget of model passes per example, so that attacks can
 //! be compared at equal cost.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use candle_core::{Result, Tensor};
-use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
+use gauntlet_models::Classifier;
 
+use crate::eval::Counted;
 use crate::{Attack, AttackKind, Goal, MinNorm, Norm};
 
 /// `attack` given at most `max_queries` forward plus backward passes per example (summed over
@@ -57,7 +56,7 @@ impl Attack for Limited {
         goal: &Goal<'_>,
         eps: f64,
     ) -> Result<Tensor> {
-        let limited = QueryLimit::new(model, self.max_queries * xs.dim(0)?);
+        let limited = Counted::with_limit(model, self.max_queries * xs.dim(0)?);
         self.inner.perturb(&limited, xs, goal, eps)
     }
 }
@@ -68,67 +67,7 @@ impl MinNorm for Limited {
             .inner
             .min_norm()
             .expect("Limited::min_norm is Some only for a minimum-norm attack");
-        let limited = QueryLimit::new(model, self.max_queries * xs.dim(0)?);
+        let limited = Counted::with_limit(model, self.max_queries * xs.dim(0)?);
         search.minimize(&limited, xs, goal)
-    }
-}
-
-/// `inner`, spent once `limit` example passes (forward and backward) have gone through it.
-struct QueryLimit<'a> {
-    inner: &'a dyn Classifier,
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl<'a> QueryLimit<'a> {
-    fn new(inner: &'a dyn Classifier, limit: usize) -> Self {
-        Self {
-            inner,
-            limit,
-            used: AtomicUsize::new(0),
-        }
-    }
-
-    fn spend(&self, xs: &Tensor, passes: usize) {
-        let rows = xs.dims().first().copied().unwrap_or(0);
-        self.used.fetch_add(rows * passes, Ordering::Relaxed);
-    }
-}
-
-impl Classifier for QueryLimit<'_> {
-    fn spec(&self) -> &ModelSpec {
-        self.inner.spec()
-    }
-
-    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.spend(xs, 1);
-        self.inner.forward(xs, mode)
-    }
-
-    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.spend(xs, 2);
-        self.inner.forward_input_grad(xs, mode)
-    }
-
-    fn params(&self) -> &Params {
-        self.inner.params()
-    }
-
-    fn apply_constraints(&self) -> Result<()> {
-        self.inner.apply_constraints()
-    }
-
-    fn note_backward(&self, rows: usize) {
-        self.used.fetch_add(rows, Ordering::Relaxed);
-        self.inner.note_backward(rows);
-    }
-
-    fn exhausted(&self) -> bool {
-        self.used.load(Ordering::Relaxed) >= self.limit || self.inner.exhausted()
-    }
-
-    fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
-        self.spend(xs, 2);
-        self.inner.loss_and_input_grad(xs, labels, mode)
     }
 }

@@ -2,10 +2,10 @@
 //! targeted attack can be evaluated (robust accuracy: still classified as the true label) like
 //! any other.
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use gauntlet_models::Classifier;
 
-use crate::batch::{replace_rows, select_rows};
+use crate::batch::{check_output_shape, replace_rows, select_rows};
 use crate::{Attack, AttackKind, Goal, Norm, TargetSelection};
 
 /// `attack` aimed at targets from `selection`.
@@ -84,14 +84,7 @@ impl Attack for Targeted {
             },
             eps,
         )?;
-        if out.dims() != sub_xs.dims() {
-            bail!(
-                "attack {} returned shape {:?}, expected {:?}",
-                self.attack.name(),
-                out.dims(),
-                sub_xs.dims()
-            )
-        }
+        check_output_shape(&self.attack.name(), &out, &sub_xs)?;
         replace_rows(&xs.detach(), &rows, &out)
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
 
+use crate::batch::check_output_shape;
 use crate::norm::check_eps;
 use crate::{wilson_interval, Attack, Goal, Norm, TransferRecord};
 
@@ -97,14 +98,7 @@ pub fn craft(
         let xs = images.narrow(0, start, len)?;
         let ys = labels.narrow(0, start, len)?;
         let adv = attack.perturb(model, &xs, &Goal::Untargeted { labels: &ys }, eps)?;
-        if adv.dims() != xs.dims() {
-            bail!(
-                "attack {} returned shape {:?}, expected {:?}",
-                attack.name(),
-                adv.dims(),
-                xs.dims()
-            )
-        }
+        check_output_shape(&attack.name(), &adv, &xs)?;
         parts.push(adv.detach());
     }
     if parts.is_empty() {

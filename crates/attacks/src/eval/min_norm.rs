@@ -9,7 +9,7 @@ use gauntlet_models::{Classifier, Mode};
 use super::queries::Counted;
 use super::sweep::{score, InTurn};
 use super::*;
-use crate::batch::where_rows;
+use crate::batch::{check_output_shape, where_rows};
 use crate::norm::check_eps;
 use crate::{Attack, Goal, MinNorm, MinNormExample, Norm, SecurityCurve};
 
@@ -65,14 +65,7 @@ pub fn evaluate_min_norm(
         let xs = images.narrow(0, start, len)?;
         let ys = labels.narrow(0, start, len)?;
         let adv = attack.minimize(&counted, &xs, &Goal::Untargeted { labels: &ys })?;
-        if adv.dims() != xs.dims() {
-            bail!(
-                "attack {} returned shape {:?}, expected {:?}",
-                attack.name(),
-                adv.dims(),
-                xs.dims()
-            )
-        }
+        check_output_shape(&attack.name(), &adv, &xs)?;
         let (low, high) = (
             adv.min_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             adv.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?,

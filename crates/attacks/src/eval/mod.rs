@@ -18,6 +18,7 @@ pub(crate) use crate::{AttackRecord, MemberRecord, NoiseRecord, Timed};
 pub use ensemble::{evaluate_ensemble, Ensemble};
 pub use min_norm::{evaluate_min_norm, MinNormEvaluated};
 pub use noise::gaussian_noise;
+pub(crate) use queries::Counted;
 pub use records::ExampleOutcome;
 pub use sweep::{evaluate_attack, evaluate_attack_detailed, evaluate_attack_keeping};
 

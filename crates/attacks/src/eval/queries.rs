@@ -10,11 +10,14 @@ use crate::Queries;
 /// `inner` with a count of the examples through its forward and backward passes: a plain
 /// forward counts one forward per row; an input-gradient pass ([`Classifier::forward_input_grad`],
 /// [`Classifier::loss_and_input_grad`]) one forward and one backward; and
-/// [`Classifier::note_backward`] the backward passes an attack reports beyond those.
+/// [`Classifier::note_backward`] the backward passes an attack reports beyond those. With a
+/// limit it reports itself [`Classifier::exhausted`] once forward plus backward passes reach it
+/// ([`crate::Limited`]).
 pub(crate) struct Counted<'a> {
     inner: &'a dyn Classifier,
     forward: AtomicUsize,
     backward: AtomicUsize,
+    limit: Option<usize>,
 }
 
 impl<'a> Counted<'a> {
@@ -23,6 +26,15 @@ impl<'a> Counted<'a> {
             inner,
             forward: AtomicUsize::new(0),
             backward: AtomicUsize::new(0),
+            limit: None,
+        }
+    }
+
+    /// Counting, and spent at `limit` forward plus backward example passes.
+    pub(crate) fn with_limit(inner: &'a dyn Classifier, limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::new(inner)
         }
     }
 
@@ -73,7 +85,8 @@ impl Classifier for Counted<'_> {
     }
 
     fn exhausted(&self) -> bool {
-        self.inner.exhausted()
+        let used = || self.forward.load(Ordering::Relaxed) + self.backward.load(Ordering::Relaxed);
+        self.limit.is_some_and(|limit| used() >= limit) || self.inner.exhausted()
     }
 
     fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {

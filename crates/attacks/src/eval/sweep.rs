@@ -3,14 +3,14 @@
 
 use std::time::Instant;
 
-use candle_core::{bail, DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode};
 
 use super::ensemble::common_norm;
 use super::min_norm::evaluate_min_norm;
 use super::queries::Counted;
 use super::*;
-use crate::batch::{replace_rows, select_rows};
+use crate::batch::{check_output_shape, replace_rows, select_rows};
 use crate::norm::check_eps;
 use crate::{wilson_interval, Attack, AttackKind, Goal, Norm, Queries};
 
@@ -396,14 +396,7 @@ pub(super) fn run_in_turn(
             },
         };
         let out = attack.perturb(attacked, &sub_xs, &sub_goal, eps)?;
-        if out.dims() != sub_xs.dims() {
-            bail!(
-                "attack {} returned shape {:?}, expected {:?}",
-                attack.name(),
-                out.dims(),
-                sub_xs.dims()
-            )
-        }
+        check_output_shape(&attack.name(), &out, &sub_xs)?;
         let sub_preds = predictions(&model.forward(&out, Mode::Eval)?)?;
         adv = replace_rows(&adv, &rows, &out)?;
         for (&i, pred) in rows.iter().zip(sub_preds) {
