@@ -80,6 +80,19 @@ fuzz: setup
 test-slurm: setup
 	CARGO=$(CARGO) scripts/slurm-test.sh
 
+# The matrix products on a CPU without AVX-512 (gemm's run-time fallback to its AVX2/FMA
+# kernels): the CPU-feature, kernel and PyTorch-fixture tests under QEMU's user-mode emulator
+# of such a CPU, where tests/cpu_features.rs checks that AVX-512 is indeed absent. Installs
+# Debian's qemu-user if missing; GAUNTLET_NO_AVX512_OPTIONAL=1 skips where it cannot.
+.PHONY: test-no-avx512
+test-no-avx512: setup
+	@command -v qemu-x86_64 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq qemu-user; } \
+		|| { [ -n "$$GAUNTLET_NO_AVX512_OPTIONAL" ] && echo "SKIPPED: qemu-user not installable"; }
+	@if command -v qemu-x86_64 >/dev/null 2>&1; then \
+		GAUNTLET_EXPECT_AVX512=0 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu max" \
+			$(CARGO) test --workspace --release --test cpu_features --test kernels --test torch_fixtures; \
+	fi
+
 # The `cuda` feature built (binary + every test) with nvcc but no GPU, in target/cuda; installs
 # Debian's nvidia-cuda-toolkit if nvcc is missing. CUDA_COMPUTE_CAP=86 etc. overrides the
 # default 80; CHECK_CUDA_MODE=check only type-checks. See scripts/check-cuda.sh.

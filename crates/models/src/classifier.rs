@@ -81,21 +81,6 @@ pub trait Classifier: Send + Sync {
     }
 }
 
-/// The [`Classifier::forward`] and [`Classifier::forward_input_grad`] of a model whose
-/// inherent `logits(xs, mode, grads)` serves both, with every gradient or the input's only.
-macro_rules! forward_by_logits {
-    () => {
-        fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-            self.logits(xs, mode, $crate::kernels::Gradients::All)
-        }
-
-        fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-            self.logits(xs, mode, $crate::kernels::Gradients::InputOnly)
-        }
-    };
-}
-pub(crate) use forward_by_logits;
-
 /// [`Classifier::loss_and_input_grad`] by Candle's autograd: the input becomes a fresh leaf,
 /// through [`Classifier::forward_input_grad`].
 pub fn autograd_input_grad<M: Classifier + ?Sized>(

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::conv::{max_pool2d, pool_out_len, PoolGeometry};
 use crate::kernels::{self, Gradients};
 use crate::layers::{apply_max_norm, derive_seed, Dropout};
+use crate::shard;
 use crate::spec::{check_dropout, check_max_norm};
 use crate::{autograd_input_grad, preprocess, Classifier, InputGrad, Mode, ModelSpec};
 use crate::{ParamBuilder, Params};
@@ -837,6 +838,18 @@ impl Graph {
         Ok(())
     }
 
+    /// [`Classifier::loss_and_input_grad`] of one shard.
+    fn shard_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
+        if mode == Mode::Eval
+            && self.dense_only
+            && self.spec.preprocess == preprocess::Preprocess::None
+        {
+            self.check_input(xs)?;
+            return self.dense_input_grad(xs, labels);
+        }
+        autograd_input_grad(self, xs, labels, mode)
+    }
+
     /// The eval-mode input gradient of a graph of fully connected and maxout layers by a
     /// hand-written backward: Candle's autograd would also compute every weight gradient
     /// (its matmul backward always does both operands), which made FGSM and PGD steps on the
@@ -1038,21 +1051,54 @@ impl Classifier for Graph {
         &self.spec
     }
 
-    crate::classifier::forward_by_logits!();
+    /// Eval logits of data (an input off the graph) come shard by shard ([`shard`]); a
+    /// training pass is one, so that its dropout masks stay those of the whole batch.
+    fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        let shards = match mode {
+            Mode::Eval if !xs.track_op() => shard::count(xs.dim(0)?, xs.device()),
+            _ => 1,
+        };
+        if shards == 1 {
+            return self.logits(xs, mode, Gradients::All);
+        }
+        let parts = shard::map(xs.dim(0)?, shards, |_, start, len| {
+            self.logits(&xs.narrow(0, start, len)?, mode, Gradients::All)
+        })?;
+        Tensor::cat(&parts, 0)
+    }
+
+    fn forward_input_grad(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.logits(xs, mode, Gradients::InputOnly)
+    }
 
     fn params(&self) -> &Params {
         &self.params
     }
 
+    /// Shard by shard in eval mode: each example's loss and gradient are its own.
     fn loss_and_input_grad(&self, xs: &Tensor, labels: &Tensor, mode: Mode) -> Result<InputGrad> {
-        if mode == Mode::Eval
-            && self.dense_only
-            && self.spec.preprocess == preprocess::Preprocess::None
-        {
-            self.check_input(xs)?;
-            return self.dense_input_grad(xs, labels);
+        let shards = match mode {
+            Mode::Eval => shard::count(xs.dim(0)?, xs.device()),
+            Mode::Train { .. } => 1,
+        };
+        if shards == 1 {
+            return self.shard_input_grad(xs, labels, mode);
         }
-        autograd_input_grad(self, xs, labels, mode)
+        let parts = shard::map(xs.dim(0)?, shards, |_, start, len| {
+            self.shard_input_grad(
+                &xs.narrow(0, start, len)?,
+                &labels.narrow(0, start, len)?,
+                mode,
+            )
+        })?;
+        let cat = |f: fn(&InputGrad) -> &Tensor| -> Result<Tensor> {
+            Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)
+        };
+        Ok(InputGrad {
+            loss: cat(|g| &g.loss)?,
+            logits: cat(|g| &g.logits)?,
+            grad: cat(|g| &g.grad)?,
+        })
     }
 
     fn apply_constraints(&self) -> Result<()> {

@@ -39,6 +39,7 @@ mod loss;
 pub mod onnx;
 mod params;
 pub mod preprocess;
+pub mod shard;
 mod spec;
 pub mod threads;
 

@@ -235,7 +235,7 @@ fn linear_matches_candle_forward_and_backward() -> Result<()> {
 }
 
 #[test]
-fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
+fn conv2d_matches_candle_forward_and_gradients() -> Result<()> {
     // Padding larger and smaller than the kernel reach, non-square images, several
     // channels, strides of 1 to 3: every branch of the segment geometry. (Candle's own
     // backward gets the input's shape wrong when the stride does not divide
@@ -254,20 +254,26 @@ fn input_only_conv2d_matches_candle_forward_and_input_gradient() -> Result<()> {
         let w = var(&[5, shape[1], k, k], 5)?;
         let b = var(&[5], 6)?;
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let candle = || {
+            xt.conv2d(wt, pad, stride, 1, 1)?
+                .broadcast_add(&bt.reshape((1, (), 1, 1))?)
+        };
         compare(
             &[("input", &x)],
             || conv2d(xt, wt, bt, pad, stride, Gradients::InputOnly),
-            || {
-                xt.conv2d(wt, pad, stride, 1, 1)?
-                    .broadcast_add(&bt.reshape((1, (), 1, 1))?)
-            },
+            candle,
+        )?;
+        compare(
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            || conv2d(xt, wt, bt, pad, stride, Gradients::All),
+            candle,
         )?;
     }
     Ok(())
 }
 
 #[test]
-fn strided_input_only_conv2d_matches_the_subsampled_stride_1_convolution() -> Result<()> {
+fn strided_conv2d_matches_the_subsampled_stride_1_convolution() -> Result<()> {
     // Strides that leave a remainder (28 + 4 − 5 = 27 is odd: MNIST's stride-2 5×5 layers;
     // 9 + 2 − 3 = 8 is not a multiple of 3), where Candle's strided backward can fail. A stride-s
     // convolution is the stride-1 one read every s-th row and column, and Candle's stride-1
@@ -281,16 +287,22 @@ fn strided_input_only_conv2d_matches_the_subsampled_stride_1_convolution() -> Re
             let len = ids.len();
             Tensor::from_vec(ids, len, &Device::Cpu)
         };
+        let subsampled = || {
+            let full = xt.conv2d(wt, pad, 1, 1, 1)?;
+            let (h, w) = (full.dim(2)?, full.dim(3)?);
+            full.index_select(&every(h)?, 2)?
+                .index_select(&every(w)?, 3)?
+                .broadcast_add(&bt.reshape((1, (), 1, 1))?)
+        };
         compare(
             &[("input", &x)],
             || conv2d(xt, wt, bt, pad, stride, Gradients::InputOnly),
-            || {
-                let full = xt.conv2d(wt, pad, 1, 1, 1)?;
-                let (h, w) = (full.dim(2)?, full.dim(3)?);
-                full.index_select(&every(h)?, 2)?
-                    .index_select(&every(w)?, 3)?
-                    .broadcast_add(&bt.reshape((1, (), 1, 1))?)
-            },
+            subsampled,
+        )?;
+        compare(
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            || conv2d(xt, wt, bt, pad, stride, Gradients::All),
+            subsampled,
         )?;
     }
     Ok(())
@@ -376,6 +388,48 @@ fn input_gradient_is_bitwise_the_same_on_any_number_of_threads() -> Result<()> {
         })
     };
     assert_eq!(run(1)?, run(3)?);
+    Ok(())
+}
+
+/// The weight gradient sums the batch in one run of images per thread: the same thread count
+/// gives the same bits, and other thread counts agree to rounding.
+#[test]
+fn conv_weight_gradient_is_bitwise_repeatable_per_thread_count() -> Result<()> {
+    let f32_var = |shape: &[usize], seed| -> Result<Var> {
+        Var::from_tensor(&var(shape, seed)?.as_tensor().to_dtype(DType::F32)?)
+    };
+    let (x, w, b) = (
+        f32_var(&[21, 3, 9, 9], 27)?,
+        f32_var(&[6, 3, 4, 4], 28)?,
+        f32_var(&[6], 29)?,
+    );
+    let run = |threads: usize| -> Result<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            let y = conv2d(
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_tensor(),
+                1,
+                1,
+                Gradients::All,
+            )?;
+            let g = y.sqr()?.sum_all()?.backward()?;
+            let dw = g.get(w.as_tensor()).unwrap().flatten_all()?;
+            let db = g.get(b.as_tensor()).unwrap();
+            Tensor::cat(&[&dw, db], 0)?.to_vec1::<f32>()
+        })
+    };
+    for threads in [1, 2, 3] {
+        assert_eq!(run(threads)?, run(threads)?, "{threads} threads");
+    }
+    let (one, three) = (run(1)?, run(3)?);
+    for (a, c) in one.iter().zip(&three) {
+        assert!((a - c).abs() <= 1e-5 * a.abs().max(1.0), "{a} against {c}");
+    }
     Ok(())
 }
 

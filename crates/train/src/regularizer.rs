@@ -17,7 +17,12 @@ use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{per_example_cross_entropy, Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
+use gauntlet_models::shard;
+
 use crate::{Error, Result};
+
+/// Seed stream of the dropout masks of shards after the first.
+const SHARD_STREAM: u64 = 0x5348_4152_4400;
 
 /// What the training step minimises, in TOML: `regularizer = { kind = "lp", p = "inf", eps = 0.25 }`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -119,6 +124,14 @@ impl Regularizer {
 
     /// Computes the objective of one batch and its parameter gradients. `seed` drives the
     /// dropout masks; each pass gets its own.
+    ///
+    /// On the CPU with more than one compute thread, the batch is cut into one shard per
+    /// thread ([`shard`]), whose objectives and gradients are
+    /// computed side by side and summed in shard order: every term of the objective is a
+    /// per-example mean, so the sum is the whole batch's. This keeps both cores busy, where
+    /// the batch-100 matrix products of an MLP are too small for gemm to split well. The
+    /// shards depend on the thread count only: the same count gives the same bits, another
+    /// count the same objective up to rounding (and other dropout masks).
     pub fn step(
         &self,
         model: &dyn Classifier,
@@ -126,13 +139,63 @@ impl Regularizer {
         ys: &Tensor,
         seed: u64,
     ) -> Result<StepOutput> {
+        let n = xs.dim(0)?;
+        let shards = match self {
+            // Double backpropagation reads its switch per thread: kept on the caller's.
+            Regularizer::GradientPenalty { .. } => 1,
+            _ => shard::count(n, xs.device()),
+        };
+        if shards == 1 {
+            return self.shard_step(model, xs, ys, seed, n);
+        }
+        let parts = shard::map(n, shards, |s, start, len| {
+            // Shard 0 keeps the step's masks; the others draw their own.
+            let seed = match s {
+                0 => seed,
+                s => derive_seed(seed, SHARD_STREAM + s as u64),
+            };
+            let (xs, ys) = (xs.narrow(0, start, len)?, ys.narrow(0, start, len)?);
+            self.shard_step(model, &xs, &ys, seed, n)
+        })?;
+        let mut parts = parts.into_iter();
+        let mut out = parts.next().expect("at least two shards");
+        let mut logits = vec![out.logits.clone()];
+        for part in parts {
+            out.loss += part.loss;
+            logits.push(part.logits);
+            for (_, var) in model.params().vars() {
+                let t = var.as_tensor();
+                let sum = match (out.grads.get(t), part.grads.get(t)) {
+                    (Some(a), Some(b)) => a.add(b)?,
+                    (None, Some(b)) => b.clone(),
+                    _ => continue,
+                };
+                out.grads.insert(t, sum);
+            }
+        }
+        out.logits = Tensor::cat(&logits, 0)?;
+        Ok(out)
+    }
+
+    /// [`Regularizer::step`]'s objective on `xs`, a shard of a batch of `total` examples: each
+    /// per-example mean is taken over `total`.
+    fn shard_step(
+        &self,
+        model: &dyn Classifier,
+        xs: &Tensor,
+        ys: &Tensor,
+        seed: u64,
+        total: usize,
+    ) -> Result<StepOutput> {
+        let mean =
+            |per_example: Tensor| -> CandleResult<Tensor> { per_example.sum_all()? / total as f64 };
         let clean_mode = Mode::Train {
             seed: derive_seed(seed, 0),
         };
         match *self {
             Regularizer::None => {
                 let logits = model.forward(xs, clean_mode)?;
-                let loss = per_example_cross_entropy(&logits, ys)?.mean_all()?;
+                let loss = mean(per_example_cross_entropy(&logits, ys)?)?;
                 let value = loss.to_scalar::<f32>()?;
                 let grads = loss.backward()?;
                 Ok(StepOutput {
@@ -151,7 +214,7 @@ impl Regularizer {
             } => {
                 let x_var = Var::from_tensor(&xs.detach())?;
                 let logits = model.forward(x_var.as_tensor(), clean_mode)?;
-                let clean = per_example_cross_entropy(&logits, ys)?.mean_all()?;
+                let clean = mean(per_example_cross_entropy(&logits, ys)?)?;
                 let clean_value = clean.to_scalar::<f32>()?;
                 let mut grads = clean.backward()?;
                 // r* is invariant to scaling the gradient, so the batch-mean loss serves.
@@ -183,7 +246,7 @@ impl Regularizer {
                         seed: derive_seed(seed, 1),
                     },
                 )?;
-                let adv = per_example_cross_entropy(&adv_logits, ys)?.mean_all()?;
+                let adv = mean(per_example_cross_entropy(&adv_logits, ys)?)?;
                 let adv_value = adv.to_scalar::<f32>()?;
                 let adv_grads = adv.backward()?;
                 mix_grads(model, &mut grads, &adv_grads, alpha)?;
