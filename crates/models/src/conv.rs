@@ -152,8 +152,25 @@ pub(crate) struct Windows {
 }
 
 impl Windows {
-    /// For every plane of `values` and every window, the flat index of its maximum.
-    pub(crate) fn argmax<T: PartialOrd + Copy>(&self, values: &[T]) -> Vec<u32> {
+    /// For every plane of `values` and every window, the flat index of its maximum. Planes
+    /// are taken side by side on the compute threads.
+    pub(crate) fn argmax<T: PartialOrd + Copy + Send + Sync>(&self, values: &[T]) -> Vec<u32> {
+        use rayon::prelude::*;
+        let (plane_len, out_len) = (self.h * self.w, self.oh * self.ow);
+        let mut index = vec![0u32; values.len() / plane_len.max(1) * out_len];
+        if out_len == 0 {
+            return index;
+        }
+        index
+            .par_chunks_mut(out_len)
+            .zip(values.par_chunks_exact(plane_len))
+            .enumerate()
+            .for_each(|(p, (out, plane))| self.plane_argmax(plane, (p * plane_len) as u32, out));
+        index
+    }
+
+    /// [`Windows::argmax`] of one plane, whose first value has flat index `offset`.
+    fn plane_argmax<T: PartialOrd + Copy>(&self, plane: &[T], offset: u32, out: &mut [u32]) {
         let Windows {
             h,
             w,
@@ -166,33 +183,47 @@ impl Windows {
             oh,
             ow,
         } = *self;
+        // 2×2 windows inside the plane (the usual pooling): four fixed offsets, no bounds.
+        if (kh, kw, ph, pw) == (2, 2, 0, 0) && (oh - 1) * sh + 2 <= h && (ow - 1) * sw + 2 <= w {
+            for i in 0..oh {
+                let row = i * sh * w;
+                for (j, slot) in out[i * ow..(i + 1) * ow].iter_mut().enumerate() {
+                    let at = row + j * sw;
+                    // The first maximum in row-major order: later ties do not replace it.
+                    let mut best = at;
+                    for k in [at + 1, at + w, at + w + 1] {
+                        if plane[k] > plane[best] {
+                            best = k;
+                        }
+                    }
+                    *slot = offset + best as u32;
+                }
+            }
+            return;
+        }
         // The part of a window inside the plane: padding never wins a maximum.
         let span = |i: usize, s: usize, p: usize, k: usize, n: usize| {
             let start = (i * s).saturating_sub(p);
             (start, (i * s + k).saturating_sub(p).min(n))
         };
-        let mut index = Vec::with_capacity(values.len() / (h * w) * oh * ow);
-        for (p, plane) in values.chunks_exact(h * w).enumerate() {
-            for i in 0..oh {
-                let (y0, y1) = span(i, sh, ph, kh, h);
-                for j in 0..ow {
-                    let (x0, x1) = span(j, sw, pw, kw, w);
-                    // The first maximum in row-major order: later ties do not replace it.
-                    let mut best = y0 * w + x0;
-                    let mut top = plane[best];
-                    for y in y0..y1 {
-                        for (x, &v) in (x0..x1).zip(&plane[y * w + x0..y * w + x1]) {
-                            if v > top {
-                                top = v;
-                                best = y * w + x;
-                            }
+        for i in 0..oh {
+            let (y0, y1) = span(i, sh, ph, kh, h);
+            for j in 0..ow {
+                let (x0, x1) = span(j, sw, pw, kw, w);
+                // The first maximum in row-major order: later ties do not replace it.
+                let mut best = y0 * w + x0;
+                let mut top = plane[best];
+                for y in y0..y1 {
+                    for (x, &v) in (x0..x1).zip(&plane[y * w + x0..y * w + x1]) {
+                        if v > top {
+                            top = v;
+                            best = y * w + x;
                         }
                     }
-                    index.push((p * h * w + best) as u32);
                 }
+                out[i * ow + j] = offset + best as u32;
             }
         }
-        index
     }
 }
 

@@ -513,3 +513,29 @@ fn toml_conv_specs_parse_with_defaults_and_reject_typos() {
             .unwrap();
     assert_eq!(old.preprocess, Preprocess::None);
 }
+
+#[test]
+fn a_tied_two_by_two_window_gives_its_gradient_to_the_first_maximum_in_row_major_order(
+) -> Result<()> {
+    // Windows (row-major): [3, 3 / 3, 0] → first; [1, 2 / 2, 2] → second; [5, 4 / 5, 5] → first.
+    let plane = [
+        [3f64, 3.0, 1.0, 2.0, 5.0, 4.0],
+        [3.0, 0.0, 2.0, 2.0, 5.0, 5.0],
+    ];
+    let flat: Vec<f64> = plane.iter().flatten().copied().collect();
+    let x = Var::from_tensor(&Tensor::from_vec(flat, (1, 1, 2, 6), &Device::Cpu)?)?;
+    let y = max_pool(x.as_tensor(), 2, 2)?;
+    assert_eq!(y.flatten_all()?.to_vec1::<f64>()?, vec![3.0, 2.0, 5.0]);
+    let g = y.sum_all()?.backward()?;
+    let dx = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut want = vec![0.0; 12];
+    for i in [0, 3, 4] {
+        want[i] = 1.0;
+    }
+    assert_eq!(dx, want);
+    Ok(())
+}

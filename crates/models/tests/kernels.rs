@@ -363,22 +363,24 @@ fn max_pieces_matches_candle_max_with_ties() -> Result<()> {
     Ok(())
 }
 
+/// `f` on a pool of `threads` compute threads.
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 #[test]
 fn input_gradient_is_bitwise_the_same_on_any_number_of_threads() -> Result<()> {
-    let f32_var = |shape: &[usize], seed| -> Result<Var> {
-        Var::from_tensor(&var(shape, seed)?.as_tensor().to_dtype(DType::F32)?)
-    };
     let (x, w, b) = (
         f32_var(&[20, 3, 9, 9], 17)?,
         f32_var(&[6, 3, 4, 4], 18)?,
         f32_var(&[6], 19)?,
     );
     let run = |threads: usize| -> Result<Vec<f32>> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a thread pool");
-        pool.install(|| {
+        on_threads(threads, || {
             let y = input_only_conv(&x, &w, &b, 1)?;
             let g = y.sqr()?.sum_all()?.backward()?;
             g.get(x.as_tensor())
@@ -395,20 +397,13 @@ fn input_gradient_is_bitwise_the_same_on_any_number_of_threads() -> Result<()> {
 /// gives the same bits, and other thread counts agree to rounding.
 #[test]
 fn conv_weight_gradient_is_bitwise_repeatable_per_thread_count() -> Result<()> {
-    let f32_var = |shape: &[usize], seed| -> Result<Var> {
-        Var::from_tensor(&var(shape, seed)?.as_tensor().to_dtype(DType::F32)?)
-    };
     let (x, w, b) = (
         f32_var(&[21, 3, 9, 9], 27)?,
         f32_var(&[6, 3, 4, 4], 28)?,
         f32_var(&[6], 29)?,
     );
     let run = |threads: usize| -> Result<Vec<f32>> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a thread pool");
-        pool.install(|| {
+        on_threads(threads, || {
             let y = conv2d(
                 x.as_tensor(),
                 w.as_tensor(),
