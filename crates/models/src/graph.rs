@@ -1058,9 +1058,6 @@ impl Classifier for Graph {
             Mode::Eval if !xs.track_op() => shard::count(xs.dim(0)?, xs.device()),
             _ => 1,
         };
-        if shards == 1 {
-            return self.logits(xs, mode, Gradients::All);
-        }
         let parts = shard::map(xs.dim(0)?, shards, |_, start, len| {
             self.logits(&xs.narrow(0, start, len)?, mode, Gradients::All)
         })?;
@@ -1081,9 +1078,6 @@ impl Classifier for Graph {
             Mode::Eval => shard::count(xs.dim(0)?, xs.device()),
             Mode::Train { .. } => 1,
         };
-        if shards == 1 {
-            return self.shard_input_grad(xs, labels, mode);
-        }
         let parts = shard::map(xs.dim(0)?, shards, |_, start, len| {
             self.shard_input_grad(
                 &xs.narrow(0, start, len)?,

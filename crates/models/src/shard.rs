@@ -29,7 +29,8 @@ thread_local! {
 }
 
 /// `f(shard, start, len)` for each of `shards` contiguous shards of `0..n` (the first ones one
-/// longer where `n` does not divide), side by side; the results in shard order.
+/// longer where `n` does not divide), side by side; the results in shard order. One shard
+/// runs on the calling thread as `f(0, 0, n)`, so callers need no unsplit path of their own.
 pub fn map<T: Send, E: Send>(
     n: usize,
     shards: usize,

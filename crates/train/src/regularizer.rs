@@ -145,9 +145,6 @@ impl Regularizer {
             Regularizer::GradientPenalty { .. } => 1,
             _ => shard::count(n, xs.device()),
         };
-        if shards == 1 {
-            return self.shard_step(model, xs, ys, seed, n);
-        }
         let parts = shard::map(n, shards, |s, start, len| {
             // Shard 0 keeps the step's masks; the others draw their own.
             let seed = match s {
@@ -158,7 +155,7 @@ impl Regularizer {
             self.shard_step(model, &xs, &ys, seed, n)
         })?;
         let mut parts = parts.into_iter();
-        let mut out = parts.next().expect("at least two shards");
+        let mut out = parts.next().expect("at least one shard");
         let mut logits = vec![out.logits.clone()];
         for part in parts {
             out.loss += part.loss;
