@@ -292,7 +292,7 @@ pub const OPTION_KEYS: &[(&str, &[Method])] = {
         ("clip", &[F, P, A]),
         ("seed", &[P, A, S, U]),
         ("targeted", &[F, P, A, S, M, D, DF, C, B]),
-        ("target-classes", &[A, U, B]),
+        ("target-classes", &[A, U, M, B]),
         ("eot-draws", &[A, U]),
         ("n-queries", &[S, U]),
         ("p-init", &[S]),
@@ -501,12 +501,19 @@ impl AttackOptions {
             }
             Method::Fmn => {
                 let d = Fmn::new(norm);
+                if self.target_classes.is_some() && self.targeted.is_some() {
+                    return Err(ConfigError::new(
+                        "targeted",
+                        "cannot be combined with target-classes: FMN-T picks its own targets",
+                    ));
+                }
                 let alpha_init = self.alpha_init.unwrap_or(d.alpha_init);
                 AttackConfig::Fmn(Fmn {
                     steps: self.steps.unwrap_or(d.steps),
                     alpha_init,
                     alpha_final: alpha_init / 100.0,
                     gamma_init: self.gamma_init.unwrap_or(d.gamma_init),
+                    target_classes: self.target_classes,
                     ..d
                 })
             }
@@ -662,7 +669,7 @@ impl AttackConfig {
                 let fab = if auto.fab_t { auto.target_classes } else { 0 };
                 times(auto.steps, auto.target_classes + 1 + fab) + auto.n_queries as u128
             }
-            AttackConfig::Fmn(fmn) => fmn.steps as u128,
+            AttackConfig::Fmn(fmn) => times(fmn.steps, fmn.target_classes.unwrap_or(1)),
             AttackConfig::Ddn(ddn) => ddn.steps as u128,
             // One forward and a backward pass per candidate class at each linearisation.
             AttackConfig::DeepFool(d) => times(d.steps, d.candidates),

@@ -189,7 +189,8 @@ pub struct AttackFlags {
     #[arg(long)]
     pub no_random_start: bool,
     /// APGD: APGD-T, one run per each of the N most likely wrong classes (AutoAttack: 9);
-    /// FAB: FAB-T, the same; auto: the same for its APGD-T and FAB-T members (9).
+    /// FAB: FAB-T, the same; FMN: FMN-T, the same; auto: the same for its APGD-T and FAB-T
+    /// members (9).
     #[arg(long)]
     pub target_classes: Option<usize>,
     /// Square, auto: model evaluations per example and restart (5000).

@@ -220,6 +220,9 @@ impl Plan {
             .collect();
         for (i, m) in suite.models.iter().enumerate() {
             for (a, attack) in suite.attacks.iter().enumerate() {
+                if !attack.attacks_model(&m.name) {
+                    continue;
+                }
                 planner.push(
                     format!("attack/{}/{}", m.name, attack.name),
                     JobKind::Attack,

@@ -130,6 +130,13 @@ pub(crate) fn check(path: &Path, spec: &ReportSpec, suite: &Suite) -> Result<()>
                         format!("unknown attack `{attack}`"),
                     ));
                 };
+                if !a.attacks_model(m) {
+                    return Err(Error::invalid(
+                        path,
+                        field("ours.attack"),
+                        format!("attack `{attack}` does not run on model `{m}` (its `models`)"),
+                    ));
+                }
                 listed("ours.eps", *eps, &a.eps, "attack's eps")?;
             }
             Metric::TransferError {

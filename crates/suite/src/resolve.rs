@@ -62,6 +62,9 @@ pub struct AttackDef {
     /// from the resolved suite when none was.
     #[serde(skip_serializing_if = "no_fractions")]
     pub eps_written: Vec<Option<String>>,
+    /// The models it attacks, by name; every model when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
 }
 
 fn no_fractions(written: &[Option<String>]) -> bool {
@@ -73,6 +76,13 @@ impl AttackDef {
     pub fn written(&self, eps: f64) -> Option<String> {
         let i = self.eps.iter().position(|&e| e == eps)?;
         self.eps_written.get(i).cloned().flatten()
+    }
+
+    /// Whether the suite runs it on model `name`.
+    pub fn attacks_model(&self, name: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == name))
     }
 }
 
@@ -189,12 +199,17 @@ impl Suite {
             });
         for a in &self.attacks {
             let per_example = a.method.evaluations_per_example();
+            let attacked = self
+                .models
+                .iter()
+                .filter(|m| a.attacks_model(&m.name))
+                .count();
             if per_example > 10_000 {
                 lines.push(format!(
                     "attack `{}`: about {per_example} model evaluations per example and eps, on {examples} at {} eps values, for each of {} models",
                     a.name,
                     a.eps.len(),
-                    self.models.len()
+                    attacked
                 ));
             }
         }
@@ -357,11 +372,37 @@ fn resolve(
         if !(searched && eps.is_empty()) {
             check_budgets(path, &format!("{field}.eps"), "eps", &eps)?;
         }
+        if let Some(listed) = &a.models {
+            if listed.is_empty() {
+                return Err(Error::invalid(
+                    path,
+                    format!("{field}.models"),
+                    "lists no model; leave the key out to attack every model",
+                ));
+            }
+            for name in listed {
+                if !models.iter().any(|m| &m.name == name) {
+                    return Err(Error::invalid(
+                        path,
+                        format!("{field}.models"),
+                        format!(
+                            "unknown model `{name}` (known: {})",
+                            models
+                                .iter()
+                                .map(|m| m.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
         attacks.push(AttackDef {
             name: a.name.clone(),
             method: attack_method(path, &field, a, spec.seed, input, n_classes)?,
             eps,
             eps_written: a.eps.iter().map(|b| b.written.clone()).collect(),
+            models: a.models.clone(),
         });
     }
 

@@ -89,6 +89,8 @@ pub struct ModelEntrySpec {
 pub struct AttackSpec {
     pub name: String,
     pub eps: Vec<Budget>,
+    /// The models it attacks, by name; every model when absent.
+    pub models: Option<Vec<String>>,
     pub options: AttackOptions,
 }
 
@@ -100,6 +102,8 @@ impl<'de> Deserialize<'de> for AttackSpec {
             /// Numbers or fractions written as strings (`"8/255"`).
             #[serde(default)]
             eps: Option<Vec<Budget>>,
+            #[serde(default)]
+            models: Option<Vec<String>>,
             #[serde(flatten)]
             options: toml::Table,
         }
@@ -115,6 +119,7 @@ impl<'de> Deserialize<'de> for AttackSpec {
         Ok(AttackSpec {
             eps,
             name: entry.name,
+            models: entry.models,
             options,
         })
     }

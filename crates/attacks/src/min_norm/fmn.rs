@@ -1,7 +1,7 @@
 //! [`Fmn`]: the fast minimum-norm attack.
 
-use candle_core::{Result, Tensor};
-use gauntlet_models::Classifier;
+use candle_core::{bail, DType, Result, Tensor};
+use gauntlet_models::{Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::{attack_at_fixed_eps, box_diameter, cosine, goal_ids, row_norms, successes, Best};
@@ -37,7 +37,12 @@ use crate::{AttackLoss, ConfigError, Goal, MinNorm, Norm};
 /// - `norm`: no default;
 /// - `steps`: iterations, each one forward and one backward pass (100);
 /// - `alpha_init`, `alpha_final`: step size (1.0, then `alpha_init / 100`);
-/// - `gamma_init`, `gamma_final`: radius factor (0.05, 0.001).
+/// - `gamma_init`, `gamma_final`: radius factor (0.05, 0.001);
+/// - `target_classes`: `None`, or `Some(k)` for **FMN-T**: with an untargeted goal, one
+///   targeted run at each of the `k` most likely wrong classes of the clean input (as FAB-T
+///   and APGD-T pick theirs), the smallest perturbation over the runs kept. The margin's
+///   gradient points at the runner-up class; on a non-linear model the nearest boundary is
+///   often another class's, which the untargeted run then never reaches. Costs `k` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Fmn {
@@ -47,6 +52,9 @@ pub struct Fmn {
     pub alpha_final: f64,
     pub gamma_init: f64,
     pub gamma_final: f64,
+    /// Left out of the serialised form when `None`, so untargeted FMN keeps its cache keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_classes: Option<usize>,
 }
 
 impl Fmn {
@@ -58,12 +66,16 @@ impl Fmn {
             alpha_final: 0.01,
             gamma_init: 0.05,
             gamma_final: 0.001,
+            target_classes: None,
         }
     }
 
     /// The settings' preconditions, by key.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         ConfigError::at_least_one("steps", self.steps)?;
+        if let Some(k) = self.target_classes {
+            ConfigError::at_least_one("target-classes", k)?;
+        }
         positive("alpha-init", self.alpha_init)?;
         positive("alpha-final", self.alpha_final)?;
         for (key, gamma) in [
@@ -94,6 +106,47 @@ pub(crate) fn positive(key: &'static str, v: f64) -> std::result::Result<(), Con
 impl MinNorm for Fmn {
     fn minimize(&self, model: &dyn Classifier, xs: &Tensor, goal: &Goal<'_>) -> Result<Tensor> {
         self.validate()?;
+        let (k, labels) = match (self.target_classes, goal) {
+            (Some(k), Goal::Untargeted { labels }) => (k, *labels),
+            (Some(_), Goal::Targeted { .. }) => {
+                bail!("fmn with target-classes (FMN-T) picks its own targets: give it true labels, not targets")
+            }
+            (None, _) => return Ok(self.run(model, xs, goal)?.adv),
+        };
+        let n = xs.dim(0)?;
+        let n_classes = model.n_classes();
+        let ids = goal.checked_ids(n, n_classes)?;
+        let clean = model
+            .forward(xs, Mode::Eval)?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let mut best = Best::new(xs)?;
+        for rank in 0..k.min(n_classes.saturating_sub(1)) {
+            if model.exhausted() {
+                break;
+            }
+            let targets: Vec<u32> = clean
+                .iter()
+                .zip(&ids)
+                .map(|(row, &y)| {
+                    let mut order: Vec<usize> =
+                        (0..row.len()).filter(|&j| j != y as usize).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    order[rank] as u32
+                })
+                .collect();
+            let targets = Tensor::from_vec(targets, n, labels.device())?;
+            let run = self.run(model, xs, &Goal::Targeted { targets: &targets })?;
+            // At its target means misclassified: every success of a run is one here.
+            best.offer(&run.adv, &run.size, &run.found)?;
+        }
+        Ok(best.adv)
+    }
+}
+
+impl Fmn {
+    /// One search for `goal`: the best iterate per example, with its size.
+    fn run(&self, model: &dyn Classifier, xs: &Tensor, goal: &Goal<'_>) -> Result<Best> {
         let norm = self.norm;
         let n = xs.dim(0)?;
         let (ids, targeted) = goal_ids(goal, n, model.n_classes())?;
@@ -144,13 +197,16 @@ impl MinNorm for Fmn {
             // Clipped in f32 too: the L1 projection's own box is exact in f64 only.
             delta = xs.add(&moved)?.clamp(0.0, 1.0)?.sub(xs)?;
         }
-        Ok(best.adv)
+        Ok(best)
     }
 }
 
 attack_at_fixed_eps!(
     Fmn,
-    name = |a: &Fmn| format!("fmn-{}", a.norm.name()),
+    name = |a: &Fmn| match a.target_classes {
+        Some(_) => format!("fmn-t-{}", a.norm.name()),
+        None => format!("fmn-{}", a.norm.name()),
+    },
     norm = |a: &Fmn| a.norm
 );
 

@@ -100,6 +100,12 @@ fn every_attack_finds_the_closed_form_distance_of_a_linear_model() -> Result<()>
         (Norm::Linf, f64::INFINITY),
     ] {
         check_exact(&W, &Fmn::new(norm), p, 1e-3)?;
+        // FMN-T over both wrong classes: the nearer of its two targeted searches.
+        let t = Fmn {
+            target_classes: Some(2),
+            ..Fmn::new(norm)
+        };
+        check_exact(&W, &t, p, 1e-3)?;
     }
     // DDN follows the cross-entropy's gradient, which with three classes mixes the normals of
     // two boundaries, and moves its radius by a fixed 1 ± γ per step: with two classes (one
@@ -232,7 +238,7 @@ fn deepfool_lands_on_the_boundary_of_a_linear_model_in_one_step() -> Result<()> 
 fn minimal_examples_of_a_maxout_mlp_are_misclassified_inside_the_box() -> Result<()> {
     let model = small_maxout()?;
     let (xs, labels) = inputs(24, 3)?;
-    let attacks: [Box<dyn MinNorm>; 8] = [
+    let attacks: [Box<dyn MinNorm>; 9] = [
         Box::new(Fab {
             steps: 20,
             ..Fab::new(Norm::Linf)
@@ -248,6 +254,10 @@ fn minimal_examples_of_a_maxout_mlp_are_misclassified_inside_the_box() -> Result
             ..CarliniWagner::default()
         }),
         Box::new(Fmn::new(Norm::L2)),
+        Box::new(Fmn {
+            target_classes: Some(2),
+            ..Fmn::new(Norm::L2)
+        }),
         Box::new(Fmn::new(Norm::Linf)),
         Box::new(Fmn::new(Norm::L1)),
         Box::new(Ddn::default()),
@@ -364,6 +374,103 @@ fn targeted_minimal_examples_reach_their_target() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+#[test]
+fn fmn_t_keeps_the_nearest_of_its_targeted_searches() -> Result<()> {
+    let model = small_maxout()?;
+    let (xs, labels) = inputs(24, 3)?;
+    let fmn = Fmn {
+        steps: 30,
+        ..Fmn::new(Norm::L2)
+    };
+    let fmn_t = Fmn {
+        target_classes: Some(2),
+        ..fmn
+    };
+    let goal = Goal::Untargeted { labels: &labels };
+    // Per row, the size of a misclassified result, or infinity.
+    let ids = labels.to_vec1::<u32>()?;
+    let sizes = |adv: &Tensor| -> Result<Vec<f32>> {
+        let norms = Norm::L2.norm(&adv.sub(&xs)?)?.to_vec1::<f32>()?;
+        let preds = model
+            .forward(adv, Mode::Eval)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        Ok((0..24)
+            .map(|i| {
+                if preds[i] != ids[i] {
+                    norms[i]
+                } else {
+                    f32::INFINITY
+                }
+            })
+            .collect())
+    };
+    let combined = sizes(&fmn_t.minimize(model.as_ref(), &xs, &goal)?)?;
+    // The wrong classes of each clean row by logit: FMN-T's first and second targets.
+    let clean = model.forward(&xs, Mode::Eval)?.to_vec2::<f32>()?;
+    let ranked = |rank: usize| -> Result<Tensor> {
+        let t: Vec<u32> = clean
+            .iter()
+            .zip(&ids)
+            .map(|(row, &y)| {
+                let mut order: Vec<usize> = (0..3).filter(|&j| j != y as usize).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                order[rank] as u32
+            })
+            .collect();
+        Tensor::from_vec(t, 24, &Device::Cpu)
+    };
+    let mut runs = Vec::new();
+    for rank in 0..2 {
+        let targets = ranked(rank)?;
+        let adv = fmn.minimize(model.as_ref(), &xs, &Goal::Targeted { targets: &targets })?;
+        runs.push(sizes(&adv)?);
+    }
+    for i in 0..24 {
+        assert_eq!(combined[i], runs[0][i].min(runs[1][i]), "example {i}");
+    }
+    // A linear decoy: at x = 0.5, class 1 has the smaller margin (0.1 against class 2's 0.5)
+    // but class 2's boundary is nearer (0.018 against 0.037, its normal being longer). FMN
+    // aimed at the runner-up stops at class 1's boundary; FMN-T reaches class 2's.
+    let decoy = LinearModel::new(&[
+        [2.0f32, 0.0, 0.0, 0.0],
+        [0.0, 1.8, 0.0, 0.0],
+        [0.0, 0.0, 20.0, -19.0],
+    ])?;
+    let x = Tensor::full(0.5f32, (1, 1, 1, 4), &Device::Cpu)?;
+    let label = Tensor::new(&[0u32], &Device::Cpu)?;
+    let runner_up = Tensor::new(&[1u32], &Device::Cpu)?;
+    let distance = |adv: Tensor| -> Result<f32> {
+        Norm::L2.norm(&adv.sub(&x)?)?.squeeze(0)?.to_scalar::<f32>()
+    };
+    let at_runner_up = distance(fmn.minimize(
+        &decoy,
+        &x,
+        &Goal::Targeted {
+            targets: &runner_up,
+        },
+    )?)?;
+    let nearest = distance(fmn_t.minimize(&decoy, &x, &Goal::Untargeted { labels: &label })?)?;
+    let exact = |margin: f64, normal: f64| margin / normal;
+    let to_1 = exact(0.1, (4.0f64 + 1.8 * 1.8).sqrt());
+    let to_2 = exact(0.5, (4.0f64 + 400.0 + 361.0).sqrt());
+    assert!(
+        ((at_runner_up as f64) - to_1).abs() <= 1e-3 * to_1,
+        "{at_runner_up} vs {to_1}"
+    );
+    assert!(
+        ((nearest as f64) - to_2).abs() <= 1e-3 * to_2,
+        "{nearest} vs {to_2}"
+    );
+    // FMN-T picks its targets: a targeted goal is refused.
+    let targets = ranked(0)?;
+    let err = fmn_t
+        .minimize(model.as_ref(), &xs, &Goal::Targeted { targets: &targets })
+        .unwrap_err();
+    assert!(err.to_string().contains("FMN-T"), "{err}");
     Ok(())
 }
 

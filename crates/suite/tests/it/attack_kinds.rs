@@ -219,6 +219,15 @@ fn options_that_do_not_fit_the_kind_are_rejected_with_the_field() {
         "kind = \"apgd\"\ntarget-classes = 3\ntargeted = \"random\"",
     ));
     assert!(msg.contains("APGD-T picks its own targets"), "{msg}");
+    let msg = err(&case(
+        "kind = \"fmn\"\ntarget-classes = 3\ntargeted = \"random\"",
+    ));
+    assert!(msg.contains("FMN-T picks its own targets"), "{msg}");
+    let msg = err(&case("kind = \"fmn\"\ntarget-classes = 0"));
+    assert!(
+        msg.contains("attack `a`.target-classes: must be at least 1, got 0"),
+        "{msg}"
+    );
     let msg = err(&case("kind = \"apgd\"\nsteps = 0"));
     assert!(
         msg.contains("attack `a`.steps: must be at least 1, got 0"),

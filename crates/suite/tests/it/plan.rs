@@ -99,3 +99,38 @@ fn editing_one_attack_changes_only_its_keys() {
     // visuals, which show every regularized model.
     assert_eq!(changed, 1 + 3 + 1 + 1 + 2 + 1 + 1);
 }
+
+#[test]
+fn an_attack_with_models_runs_on_those_only() {
+    let restricted = TINY.replacen(
+        "[[attack]]\nname = \"pgd\"",
+        "[[attack]]\nname = \"pgd\"\nmodels = [\"fgsm-trained\"]",
+        1,
+    );
+    assert_ne!(restricted, TINY, "TINY's pgd attack moved");
+    let all = keys(TINY);
+    let some = keys(&restricted);
+    assert!(!some.contains_key("attack/base/pgd"));
+    // The other jobs keep their keys: restricting one attack reruns nothing else.
+    for (id, key) in &some {
+        assert_eq!(all.get(id), Some(key), "{id}");
+    }
+    assert_eq!(some.len() + 1, all.len());
+    let dir = tempfile::tempdir().unwrap();
+    for (models, message) in [
+        (
+            "[\"nobody\"]",
+            "attack `pgd`.models: unknown model `nobody` (known: base, fgsm-trained)",
+        ),
+        ("[]", "attack `pgd`.models: lists no model"),
+    ] {
+        let text = TINY.replacen(
+            "[[attack]]\nname = \"pgd\"",
+            &format!("[[attack]]\nname = \"pgd\"\nmodels = {models}"),
+            1,
+        );
+        let path = write_suite(dir.path(), "bad.toml", &text);
+        let err = plan_suite(&path, None).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
+}
