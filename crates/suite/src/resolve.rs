@@ -359,6 +359,23 @@ fn resolve(
         });
     }
 
+    let model_of = |field: &str, name: &str| {
+        models.iter().position(|m| m.name == name).ok_or_else(|| {
+            Error::invalid(
+                path,
+                field,
+                format!(
+                    "unknown model `{name}` (known: {})",
+                    models
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    };
+
     let mut attacks = Vec::with_capacity(spec.attacks.len());
     let mut names = BTreeSet::new();
     for a in &spec.attacks {
@@ -381,20 +398,7 @@ fn resolve(
                 ));
             }
             for name in listed {
-                if !models.iter().any(|m| &m.name == name) {
-                    return Err(Error::invalid(
-                        path,
-                        format!("{field}.models"),
-                        format!(
-                            "unknown model `{name}` (known: {})",
-                            models
-                                .iter()
-                                .map(|m| m.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
-                }
+                model_of(&format!("{field}.models"), name)?;
             }
         }
         attacks.push(AttackDef {
@@ -408,22 +412,6 @@ fn resolve(
 
     check_output_names(path, &models, &attacks)?;
 
-    let model_of = |field: &str, name: &str| {
-        models.iter().position(|m| m.name == name).ok_or_else(|| {
-            Error::invalid(
-                path,
-                field,
-                format!(
-                    "unknown model `{name}` (known: {})",
-                    models
-                        .iter()
-                        .map(|m| m.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })
-    };
     let transfer = match &spec.transfer {
         None => None,
         Some(t) => {

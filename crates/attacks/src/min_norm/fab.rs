@@ -5,7 +5,9 @@ use gauntlet_models::{Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
 use super::fmn::positive;
-use super::{attack_at_fixed_eps, goal_ids, pair_gradient, row_norms, successes, Best};
+use super::{
+    attack_at_fixed_eps, goal_ids, pair_gradient, row_norms, successes, wrong_class_at_rank, Best,
+};
 use crate::{ConfigError, Goal, MinNorm, Norm};
 
 /// Fast Adaptive Boundary: at each step, linearise the classifier at the current point, project
@@ -223,12 +225,7 @@ impl MinNorm for Fab {
                     let pairs: Vec<Vec<(u32, u32)>> = clean_rows
                         .iter()
                         .zip(&ids)
-                        .map(|(row, &y)| {
-                            let mut order: Vec<usize> =
-                                (0..row.len()).filter(|&j| j != y as usize).collect();
-                            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                            vec![(order[rank] as u32, y)]
-                        })
+                        .map(|(row, &y)| vec![(wrong_class_at_rank(row, y, rank), y)])
                         .collect();
                     self.run(model, xs, &pairs, &ids, false, &mut best)?;
                 }

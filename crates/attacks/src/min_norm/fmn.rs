@@ -4,7 +4,10 @@ use candle_core::{bail, DType, Result, Tensor};
 use gauntlet_models::{Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
-use super::{attack_at_fixed_eps, box_diameter, cosine, goal_ids, row_norms, successes, Best};
+use super::{
+    attack_at_fixed_eps, box_diameter, cosine, goal_ids, row_norms, successes, wrong_class_at_rank,
+    Best,
+};
 use crate::{AttackLoss, ConfigError, Goal, MinNorm, Norm};
 
 /// Fast Minimum-Norm: normalised gradient steps on the logit margin, projected onto an
@@ -128,12 +131,7 @@ impl MinNorm for Fmn {
             let targets: Vec<u32> = clean
                 .iter()
                 .zip(&ids)
-                .map(|(row, &y)| {
-                    let mut order: Vec<usize> =
-                        (0..row.len()).filter(|&j| j != y as usize).collect();
-                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                    order[rank] as u32
-                })
+                .map(|(row, &y)| wrong_class_at_rank(row, y, rank))
                 .collect();
             let targets = Tensor::from_vec(targets, n, labels.device())?;
             let run = self.run(model, xs, &Goal::Targeted { targets: &targets })?;

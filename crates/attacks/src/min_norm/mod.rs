@@ -197,6 +197,14 @@ pub(crate) fn pair_gradient(
     }
 }
 
+/// The wrong class of `rank` (0: the runner-up) in `row`'s logits, label `y` left out: the
+/// targets of FMN-T and FAB-T.
+pub(crate) fn wrong_class_at_rank(row: &[f64], y: u32, rank: usize) -> u32 {
+    let mut order: Vec<usize> = (0..row.len()).filter(|&j| j != y as usize).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    order[rank] as u32
+}
+
 /// Cosine annealing from `start` (step 0) to `end` (the last step), as FMN and DDN schedule
 /// their step sizes: `end + (start − end)(1 + cos(π i / steps)) / 2`.
 pub(crate) fn cosine(start: f64, end: f64, i: usize, steps: usize) -> f64 {
