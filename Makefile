@@ -150,6 +150,23 @@ python-example: $(VENV_FIXTURES)/.installed
 		-m crates/python/Cargo.toml
 	$(VENV_FIXTURES)/bin/python crates/python/examples/torch_side_by_side.py $(EXAMPLE_ARGS)
 
+# docs/crosscheck.md: a Maxout MLP trained in PyTorch, attacked by gauntlet, torchattacks and
+# Foolbox on the same weights (bench/crosscheck; run by hand, about 15 minutes on two cores).
+# Its venv pins every package (bench/crosscheck/requirements.txt, about 5 GB); the tables go
+# to bench/crosscheck/results. CROSSCHECK_ARGS passes options (e.g. --epochs 5 --test 200).
+VENV_CROSSCHECK := .venv-crosscheck
+CROSSCHECK_ARGS ?=
+.PHONY: crosscheck
+crosscheck: $(VENV_CROSSCHECK)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV_CROSSCHECK) $(VENV_CROSSCHECK)/bin/maturin develop --release \
+		--quiet -m crates/python/Cargo.toml
+	CUDA_VISIBLE_DEVICES= $(VENV_CROSSCHECK)/bin/python bench/crosscheck/crosscheck.py $(CROSSCHECK_ARGS)
+
+$(VENV_CROSSCHECK)/.installed: bench/crosscheck/requirements.txt
+	python3 -m venv $(VENV_CROSSCHECK)
+	$(VENV_CROSSCHECK)/bin/pip install --no-input -r bench/crosscheck/requirements.txt
+	touch $@
+
 fmt:
 	$(CARGO) fmt --all
 

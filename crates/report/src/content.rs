@@ -25,6 +25,7 @@ pub(crate) struct Figures<'a> {
     pub curves: &'a [FigureFile],
     pub noise: Option<&'a FigureFile>,
     pub training: Option<&'a FigureFile>,
+    pub training_loss: Option<&'a FigureFile>,
     pub perturbations: &'a [FigureFile],
     pub sweeps: &'a [FigureFile],
 }
@@ -176,6 +177,45 @@ fn valid_error(data: &ResultsDir, model: &str, epoch: Option<usize>) -> Option<f
     row.valid_error
 }
 
+/// The families of models that differ only in the regularizer's radius (same architecture,
+/// regularizer kind and norm; two members or more, each with a validation error), each with
+/// the member of lowest validation error: `(members, best)`.
+fn validation_families(data: &ResultsDir) -> Vec<(Vec<String>, String)> {
+    let mut families: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+    for m in &data.results.models {
+        let (Some(_), Some(valid), Some(mut train)) = (
+            m.regularizer(),
+            valid_error(data, &m.name, m.best_epoch),
+            m.train.clone(),
+        ) else {
+            continue;
+        };
+        // Everything but the radius must agree.
+        if let Some(r) = train.get_mut("regularizer").and_then(|r| r.as_object_mut()) {
+            r.remove("eps");
+        }
+        let spec = m.spec.as_ref().map(|s| s.to_string()).unwrap_or_default();
+        let key = format!("{} {spec} {train}", m.arch.as_deref().unwrap_or(""));
+        match families.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push((m.name.clone(), valid)),
+            None => families.push((key, vec![(m.name.clone(), valid)])),
+        }
+    }
+    families
+        .into_iter()
+        .filter(|(_, members)| members.len() >= 2)
+        .map(|(_, members)| {
+            // The first of equal errors: the order of the suite.
+            let best = members
+                .iter()
+                .fold(&members[0], |b, m| if m.1 < b.1 { m } else { b })
+                .0
+                .clone();
+            (members.into_iter().map(|(name, _)| name).collect(), best)
+        })
+        .collect()
+}
+
 pub(crate) fn document(
     data: &ResultsDir,
     d: &Data<'_>,
@@ -230,13 +270,19 @@ pub(crate) fn document(
     if r.models.is_empty() {
         b.push(Block::Para("results.json lists no trained model.".into()));
     } else {
+        let families = validation_families(data);
         let rows = r
             .models
             .iter()
             .map(|m| {
                 let opt = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+                let name = if families.iter().any(|(_, best)| *best == m.name) {
+                    format!("{} (validation-best)", m.name)
+                } else {
+                    m.name.clone()
+                };
                 vec![
-                    Cell::from(m.name.clone()),
+                    Cell::from(name),
                     opt(m.arch.clone()).into(),
                     opt(m.n_params.map(|n| n.to_string())).into(),
                     opt(m.epochs_run.map(|e| match m.best_epoch {
@@ -269,13 +315,22 @@ pub(crate) fn document(
             .map(String::from)
             .to_vec(),
             rows,
-            caption: Some(
-                "Accuracy on the clean test split; valid error: the clean validation error at the epoch the model keeps (the one to select hyper-parameters by, never the test split).".into(),
-            ),
+            caption: Some({
+                let mut caption = "Accuracy on the clean test split; valid error: the clean validation error at the epoch the model keeps (the one to select hyper-parameters by, never the test split).".to_string();
+                for (members, best) in &families {
+                    caption.push_str(&format!(
+                        " {best} (validation-best): the lowest valid error of {}, which differ only in the regularizer's radius.",
+                        members.join(", ")
+                    ));
+                }
+                caption
+            }),
         });
     }
-    if let Some(f) = figs.training {
+    if figs.training.is_some() || figs.training_loss.is_some() {
         b.push(Block::Heading(3, "Training curves".into()));
+    }
+    for f in [figs.training, figs.training_loss].into_iter().flatten() {
         b.push(figure(f, report_dir));
     }
 

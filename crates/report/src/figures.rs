@@ -7,8 +7,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::plot::{
-    diverging, e, fit_text, fmt_num, line_chart, padded_range, palette, sequential, side_legend,
-    text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind, FONT, LEGEND_WIDTH,
+    diverging, e, fit_text, fmt_num, line_chart, log_floor, padded_range, palette, sequential,
+    side_legend, text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind, FONT,
+    LEGEND_WIDTH,
 };
 use crate::series::{
     AccuracyPanel, CurvePanel, NoiseSeries, TradeoffPanel, TrainingCurves, TransferMatrix,
@@ -110,6 +111,7 @@ impl Figure for AccuracyFigure<'_> {
             x_percent: false,
             y_percent: true,
             x_integer: false,
+            y_log: false,
         };
         line_chart(&chart, &axes, &lines, &[])?;
         let mut items = vec![LegendItem::Header("model".into())];
@@ -141,7 +143,7 @@ impl Figure for NoiseFigure<'_> {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let area = title(root, "Accuracy under Gaussian noise")?;
+        let area = title(root, "Error under Gaussian noise")?;
         let (chart, legend) = with_legend(&area);
         let max_sigma = self
             .series
@@ -155,24 +157,31 @@ impl Figure for NoiseFigure<'_> {
                 LineKind::Dashed
             }
         };
-        // Noise accuracies sit near the clean one: zoom in, to a multiple of 10%.
-        let lowest = self
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.low))
-            .fold(1.0f64, f64::min);
-        let lowest = (lowest * 10.0).floor() / 10.0;
+        // Error on a log axis: accuracies of 98.5% and 99% (1.5% and 1% error) would overlap
+        // on a linear accuracy axis that also shows 70%.
+        let errors = || {
+            self.series
+                .iter()
+                .flat_map(|s| s.points.iter().flat_map(|p| [1.0 - p.high, 1.0 - p.y]))
+        };
+        let smallest = errors().filter(|&v| v > 0.0).fold(1.0f64, f64::min);
+        let largest = errors().fold(0.0f64, f64::max);
+        let floor = log_floor(smallest);
         let lines: Vec<Line> = self
             .series
             .iter()
             .map(|s| {
                 let mut line = Line::new(
-                    s.points.iter().map(|q| (q.x, q.y)).collect(),
+                    s.points.iter().map(|q| (q.x, 1.0 - q.y)).collect(),
                     model_color(self.order, &s.model),
                 );
                 // Bands for the clipped series only: six overlapping bands read as one smear.
                 if s.clip || self.series.iter().all(|t| !t.clip) {
-                    line.band = s.points.iter().map(|q| (q.x, q.low, q.high)).collect();
+                    line.band = s
+                        .points
+                        .iter()
+                        .map(|q| (q.x, 1.0 - q.high, 1.0 - q.low))
+                        .collect();
                 }
                 line.kind = kind(s.clip);
                 line
@@ -181,16 +190,17 @@ impl Figure for NoiseFigure<'_> {
         let axes = Axes {
             caption: None,
             x_label: "σ (noise standard deviation, pixels in [0, 1])".into(),
-            y_label: "accuracy".into(),
+            y_label: "error (1 − accuracy, log scale)".into(),
             x: 0.0..(if max_sigma > 0.0 {
                 max_sigma * 1.04
             } else {
                 1.0
             }),
-            y: (lowest - 0.05).clamp(-0.015, 0.9)..1.02,
+            y: floor..(largest * 1.6).clamp(floor * 10.0, 1.25),
             x_percent: false,
             y_percent: true,
             x_integer: false,
+            y_log: true,
         };
         line_chart(&chart, &axes, &lines, &[])?;
         let mut models: Vec<&str> = Vec::new();
@@ -217,7 +227,7 @@ impl Figure for NoiseFigure<'_> {
             }
         }
         items.push(LegendItem::Header("notes".into()));
-        items.push(note("σ = 0: clean accuracy"));
+        items.push(note("σ = 0: clean error"));
         items.push(note("shaded: Wilson 95% CI"));
         if self.series.iter().any(|s| s.clip) && self.series.iter().any(|s| !s.clip) {
             items.push(note("(of the clipped series)"));
@@ -226,8 +236,30 @@ impl Figure for NoiseFigure<'_> {
     }
 }
 
-/// Loss and error per epoch: train solid, validation dashed, adversarial validation dotted
-/// (single-step attack) and dotted with markers (10-step PGD).
+/// Per-model panels in a grid of at most four columns, row by row.
+fn grid<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    n: usize,
+) -> Vec<DrawingArea<DB, Shift>> {
+    let cols = n.clamp(1, 4);
+    area.split_evenly((n.div_ceil(cols), cols))
+}
+
+fn grid_size(n: usize) -> (u32, u32) {
+    let rows = n.max(1).div_ceil(n.clamp(1, 4)) as u32;
+    (1400, 70 + rows * 330)
+}
+
+fn last_epoch(curves: &[TrainingCurves]) -> f64 {
+    curves
+        .iter()
+        .flat_map(|c| c.train_loss.iter().map(|p| p.0))
+        .fold(1.0f64, f64::max)
+}
+
+/// Error per epoch, one panel per model on a shared logarithmic axis (errors of 1–2% and of
+/// 90% on one scale): train solid, validation dashed, attacked validation dotted (the
+/// single-step attack) and dotted with markers (10-step PGD), each panel naming its check.
 pub(crate) struct TrainingFigure<'a> {
     pub curves: &'a [TrainingCurves],
     pub order: &'a [String],
@@ -235,82 +267,71 @@ pub(crate) struct TrainingFigure<'a> {
 
 impl Figure for TrainingFigure<'_> {
     fn size(&self) -> (u32, u32) {
-        (1400, 600)
+        grid_size(self.curves.len())
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let area = title(root, "Training curves")?;
+        let area = title(root, "Training curves: error per epoch")?;
         let (charts, legend) = with_legend(&area);
-        let panels = charts.split_evenly((1, 2));
-        let max_epoch = self
-            .curves
-            .iter()
-            .flat_map(|c| c.train_loss.iter().map(|p| p.0))
-            .fold(1.0f64, f64::max);
+        let panels = grid(&charts, self.curves.len());
+        let max_epoch = last_epoch(self.curves);
         let few = max_epoch <= 30.0;
-        let mk = |points: &[(f64, f64)], model: &str, kind: LineKind| {
-            let mut line = Line::new(points.to_vec(), model_color(self.order, model));
-            line.kind = kind;
-            // Markers on the train lines (few epochs), and on any line a single point long.
-            line.markers = (few && kind == LineKind::Solid) || points.len() == 1;
-            line
-        };
-        let mut loss_lines = Vec::new();
-        let mut error_lines = Vec::new();
-        for c in self.curves {
-            loss_lines.push(mk(&c.train_loss, &c.model, LineKind::Solid));
-            loss_lines.push(mk(&c.valid_loss, &c.model, LineKind::Dashed));
-            error_lines.push(mk(&c.train_error, &c.model, LineKind::Solid));
-            error_lines.push(mk(&c.valid_error, &c.model, LineKind::Dashed));
-            error_lines.push(mk(&c.valid_adv_error, &c.model, LineKind::Dotted));
-            let mut pgd = mk(&c.valid_pgd_error, &c.model, LineKind::Dotted);
-            pgd.markers = true;
-            error_lines.push(pgd);
-        }
-        loss_lines.retain(|l| !l.points.is_empty());
-        error_lines.retain(|l| !l.points.is_empty());
-        let top = |lines: &[Line]| {
-            lines
-                .iter()
-                .flat_map(|l| l.points.iter().map(|p| p.1))
-                .fold(0.0f64, f64::max)
-        };
-        let x = 0.5..max_epoch + 0.5;
-        let loss_axes = Axes {
-            caption: Some("loss".into()),
-            x_label: "epoch".into(),
-            y_label: "cross-entropy loss".into(),
-            x: x.clone(),
-            y: 0.0..(top(&loss_lines) * 1.05).max(1e-6),
-            x_percent: false,
-            y_percent: false,
-            x_integer: true,
-        };
-        let error_axes = Axes {
-            caption: Some("error".into()),
-            x_label: "epoch".into(),
-            y_label: "error".into(),
-            x,
-            y: 0.0..(top(&error_lines) * 1.05).max(1e-6),
-            x_percent: false,
-            y_percent: true,
-            x_integer: true,
-        };
-        line_chart(&panels[0], &loss_axes, &loss_lines, &[])?;
-        line_chart(&panels[1], &error_axes, &error_lines, &[])?;
-        let mut items = vec![LegendItem::Header("model".into())];
-        items.extend(
-            self.curves
-                .iter()
-                .map(|c| model_entry(self.order, &c.model, false, few)),
-        );
-        items.push(LegendItem::Header("split".into()));
-        items.push(LegendItem::line("train", GREY, LineKind::Solid));
-        if self
+        // The axis floor: the decade below the smallest non-zero error (0% is drawn there).
+        let smallest = self
             .curves
             .iter()
-            .any(|c| !c.valid_error.is_empty() || !c.valid_loss.is_empty())
-        {
+            .flat_map(|c| {
+                [
+                    &c.train_error,
+                    &c.valid_error,
+                    &c.valid_adv_error,
+                    &c.valid_pgd_error,
+                ]
+                .into_iter()
+                .flat_map(|l| l.iter().map(|p| p.1))
+            })
+            .filter(|&v| v > 0.0)
+            .fold(1.0f64, f64::min);
+        let floor = log_floor(smallest);
+        for (c, panel) in self.curves.iter().zip(&panels) {
+            let color = model_color(self.order, &c.model);
+            let mk = |points: &[(f64, f64)], kind: LineKind, markers: bool| {
+                let mut line = Line::new(points.to_vec(), color);
+                line.kind = kind;
+                line.markers = markers || points.len() == 1;
+                line
+            };
+            let mut pgd = mk(&c.valid_pgd_error, LineKind::Dotted, true);
+            pgd.marker_every = (max_epoch / 12.0).ceil().max(1.0) as usize;
+            let mut lines = vec![
+                mk(&c.train_error, LineKind::Solid, few),
+                mk(&c.valid_error, LineKind::Dashed, false),
+                mk(&c.valid_adv_error, LineKind::Dotted, false),
+                pgd,
+            ];
+            lines.retain(|l| !l.points.is_empty());
+            let caption = match &c.check {
+                Some(check) if !c.valid_adv_error.is_empty() => {
+                    format!("{} · {check}", c.model)
+                }
+                _ => c.model.clone(),
+            };
+            let axes = Axes {
+                caption: Some(caption),
+                x_label: "epoch".into(),
+                y_label: "error (log scale)".into(),
+                x: 0.5..max_epoch + 0.5,
+                y: floor..1.25,
+                x_percent: false,
+                y_percent: true,
+                x_integer: true,
+                y_log: true,
+            };
+            line_chart(panel, &axes, &lines, &[])?;
+        }
+        let mut items = vec![LegendItem::Header("split".into())];
+        items.push(LegendItem::line("train", GREY, LineKind::Solid));
+        if self.curves.iter().any(|c| !c.valid_error.is_empty()) {
             items.push(LegendItem::line("validation", GREY, LineKind::Dashed));
         }
         let single = self.curves.iter().any(|c| !c.valid_adv_error.is_empty());
@@ -319,7 +340,11 @@ impl Figure for TrainingFigure<'_> {
             items.push(LegendItem::Header("validation, attacked".into()));
         }
         if single {
-            items.push(LegendItem::line("1-step attack", GREY, LineKind::Dotted));
+            items.push(LegendItem::line(
+                "1-step (FGSM / FGM)",
+                GREY,
+                LineKind::Dotted,
+            ));
         }
         if pgd {
             items.push(LegendItem::Entry {
@@ -331,6 +356,73 @@ impl Figure for TrainingFigure<'_> {
                 marker: true,
             });
         }
+        if single || pgd {
+            items.push(LegendItem::Header("notes".into()));
+            items.push(note("at the norm and ε in each"));
+            items.push(note("panel's title"));
+            items.push(note(&format!("0% drawn at {}%", fmt_num(floor * 100.0))));
+        }
+        side_legend(&legend, 60, &items)
+    }
+}
+
+/// Loss per epoch, one panel per model on its own scale: a regularized model's train loss is
+/// its objective (with the adversarial term), not comparable with another model's.
+pub(crate) struct TrainingLossFigure<'a> {
+    pub curves: &'a [TrainingCurves],
+    pub order: &'a [String],
+}
+
+impl Figure for TrainingLossFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        grid_size(self.curves.len())
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let area = title(root, "Training curves: loss per epoch")?;
+        let (charts, legend) = with_legend(&area);
+        let panels = grid(&charts, self.curves.len());
+        let max_epoch = last_epoch(self.curves);
+        let few = max_epoch <= 30.0;
+        for (c, panel) in self.curves.iter().zip(&panels) {
+            let color = model_color(self.order, &c.model);
+            let mut train = Line::new(c.train_loss.clone(), color);
+            train.markers = few || c.train_loss.len() == 1;
+            let mut valid = Line::new(c.valid_loss.clone(), color);
+            valid.kind = LineKind::Dashed;
+            valid.markers = c.valid_loss.len() == 1;
+            let mut lines = vec![train, valid];
+            lines.retain(|l| !l.points.is_empty());
+            let values = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
+            let top = values().fold(0.0f64, f64::max);
+            let bottom = values().filter(|&v| v > 0.0).fold(f64::INFINITY, f64::min);
+            let axes = Axes {
+                caption: Some(if c.regularized {
+                    format!("{} (train: objective)", c.model)
+                } else {
+                    c.model.clone()
+                }),
+                x_label: "epoch".into(),
+                y_label: "loss (log scale)".into(),
+                x: 0.5..max_epoch + 0.5,
+                y: log_floor(bottom.min(top))..(top * 1.5).max(1e-3),
+                x_percent: false,
+                y_percent: false,
+                x_integer: true,
+                y_log: true,
+            };
+            line_chart(panel, &axes, &lines, &[])?;
+        }
+        let mut items = vec![LegendItem::Header("split".into())];
+        items.push(LegendItem::line("train", GREY, LineKind::Solid));
+        if self.curves.iter().any(|c| !c.valid_loss.is_empty()) {
+            items.push(LegendItem::line("validation", GREY, LineKind::Dashed));
+        }
+        items.push(LegendItem::Header("notes".into()));
+        items.push(note("cross-entropy; a regularized"));
+        items.push(note("model's train line is its"));
+        items.push(note("objective, with the r* term"));
+        items.push(note("each panel on its own scale"));
         side_legend(&legend, 60, &items)
     }
 }
@@ -537,7 +629,7 @@ impl TransferFigure<'_> {
         (60 + 9 * longest).clamp(220, 320)
     }
     const TOP: u32 = 130;
-    const BOTTOM: u32 = 70;
+    const BOTTOM: u32 = 118;
 }
 
 impl Figure for TransferFigure<'_> {
@@ -684,9 +776,34 @@ impl Figure for TransferFigure<'_> {
         root.draw(&Text::new(
             "outlined diagonal: white-box (source = target). Darker = higher error.",
             (20, y + 20),
-            foot,
+            foot.clone(),
         ))
         .map_err(e)?;
+        // Colour bar: cell colours are absolute (0% to 100% error), the same in every matrix.
+        let (bar_x, bar_y, bar_w) = (20 + 70, y + 46, 300);
+        root.draw(&Text::new("error", (20, bar_y + 7), foot))
+            .map_err(e)?;
+        for i in 0..bar_w {
+            root.draw(&Rectangle::new(
+                [(bar_x + i, bar_y), (bar_x + i + 1, bar_y + 14)],
+                sequential(i as f64 / (bar_w - 1) as f64).filled(),
+            ))
+            .map_err(e)?;
+        }
+        for k in 0..=4 {
+            let x = bar_x + (bar_w - 1) * k / 4;
+            root.draw(&Rectangle::new(
+                [(x, bar_y + 14), (x + 1, bar_y + 19)],
+                GREY.filled(),
+            ))
+            .map_err(e)?;
+            root.draw(&Text::new(
+                format!("{}%", 25 * k),
+                (x, bar_y + 30),
+                centered(13),
+            ))
+            .map_err(e)?;
+        }
         Ok(())
     }
 }
@@ -707,7 +824,7 @@ pub(crate) struct PerturbationFigure<'a> {
 
 impl PerturbationFigure<'_> {
     const LEFT: u32 = 80;
-    const TOP: u32 = 86;
+    const TOP: u32 = 100;
     const BOTTOM: u32 = 90;
 
     /// The norms, in order of first appearance.
@@ -721,6 +838,28 @@ impl PerturbationFigure<'_> {
             }
         }
         norms
+    }
+
+    /// The ε of `norm`'s maps when every image has the same one.
+    fn budget(&self, norm: crate::schema::Lp) -> Option<f64> {
+        let mut eps = self
+            .model
+            .images
+            .iter()
+            .flat_map(|i| i.perturbations.iter().filter(|p| p.norm == norm))
+            .map(|p| p.eps);
+        let first = eps.next()??;
+        eps.all(|e| e == Some(first)).then_some(first)
+    }
+
+    /// Whether `norm` is L1 and every image has an L2 map to take the top gradients from.
+    fn top_k_source(&self, norm: crate::schema::Lp) -> bool {
+        norm.p == 1.0
+            && self
+                .model
+                .images
+                .iter()
+                .all(|i| i.perturbations.iter().any(|q| q.norm.p == 2.0))
     }
 
     /// Pixels per image pixel, and the side of the image box.
@@ -820,18 +959,32 @@ impl Figure for PerturbationFigure<'_> {
             header.clone(),
         ))
         .map_err(e)?;
+        let budget_style = centered(13);
         for (k, norm) in norms.iter().enumerate() {
             let k = k as u32;
+            let mid = |col: u32| col_x(col) + cw as i32 / 2;
             root.draw(&Text::new(
                 format!("r* ({norm})"),
-                (col_x(1 + 2 * k) + cw as i32 / 2, Self::TOP as i32 - 20),
+                (mid(1 + 2 * k), Self::TOP as i32 - 36),
                 header.clone(),
             ))
             .map_err(e)?;
             root.draw(&Text::new(
                 format!("x + r* ({norm})"),
-                (col_x(2 + 2 * k) + cw as i32 / 2, Self::TOP as i32 - 20),
+                (mid(2 + 2 * k), Self::TOP as i32 - 36),
                 header.clone(),
+            ))
+            .map_err(e)?;
+            let under = match (self.budget(*norm), self.top_k_source(*norm)) {
+                (Some(eps), true) => format!("ε = {}; top {TOP_K} |∇ₓL|", fmt_num(eps)),
+                (Some(eps), false) => format!("ε = {}", fmt_num(eps)),
+                (None, true) => format!("top {TOP_K} |∇ₓL|"),
+                (None, false) => String::new(),
+            };
+            root.draw(&Text::new(
+                under,
+                (mid(1 + 2 * k), Self::TOP as i32 - 16),
+                budget_style.clone(),
             ))
             .map_err(e)?;
         }
@@ -872,10 +1025,19 @@ impl Figure for PerturbationFigure<'_> {
                     continue;
                 };
                 let max = p.r.max_abs();
-                let denom = if max > 0.0 { max } else { 1.0 };
+                // An L1 r* is one pixel: show where the next-largest gradients are instead (the
+                // L2 map is the gradient direction), the first of them the pixel r* moves.
+                let top_k = self
+                    .top_k_source(*norm)
+                    .then(|| img.perturbations.iter().find(|q| q.norm.p == 2.0))
+                    .flatten()
+                    .map(|q| top_k(&q.r, TOP_K));
+                let map = top_k.as_ref().unwrap_or(&p.r);
+                let map_max = map.max_abs();
+                let denom = if map_max > 0.0 { map_max } else { 1.0 };
                 draw_image(
                     root,
-                    &p.r,
+                    map,
                     (image_x(1 + 2 * k), y0),
                     scale as i32,
                     |r, y, x| diverging((r.mean_at(y, x) / denom) as f64),
@@ -928,10 +1090,37 @@ impl Figure for PerturbationFigure<'_> {
         root.draw(&Text::new(
             "images: black = 0, white = 1; → new label (confidence).",
             (bar_x + bar_w + 40, bar_y + 24),
-            note,
+            note.clone(),
         ))
         .map_err(e)?;
+        if norms.iter().any(|n| self.top_k_source(*n)) {
+            root.draw(&Text::new(
+                format!(
+                    "L1 map: the {TOP_K} largest |∇ₓL| pixels (from the L2 map); r* puts all of ε on the largest."
+                ),
+                (bar_x + bar_w + 40, bar_y + 44),
+                note,
+            ))
+            .map_err(e)?;
+        }
         Ok(())
+    }
+}
+
+/// Pixels shown in the L1 column.
+const TOP_K: usize = 20;
+
+/// `r` with all but its `k` largest-magnitude values set to 0 (over all channels).
+fn top_k(r: &Image, k: usize) -> Image {
+    let mut order: Vec<usize> = (0..r.data.len()).collect();
+    order.sort_by(|&a, &b| r.data[b].abs().total_cmp(&r.data[a].abs()).then(a.cmp(&b)));
+    let mut data = vec![0.0; r.data.len()];
+    for &i in order.iter().take(k) {
+        data[i] = r.data[i];
+    }
+    Image {
+        shape: r.shape,
+        data,
     }
 }
 
@@ -990,6 +1179,7 @@ impl Figure for LogitSweepFigure<'_> {
             x_percent: false,
             y_percent: false,
             x_integer: false,
+            y_log: false,
         };
         line_chart(&chart, &axes, &ordered, &[0.0])?;
         let mut items = vec![LegendItem::Header("class".into())];
@@ -1120,6 +1310,7 @@ impl Figure for SecurityCurveFigure<'_> {
             x_percent: false,
             y_percent: true,
             x_integer: false,
+            y_log: false,
         };
         line_chart(&chart, &axes, &lines, &[])?;
         items.push(LegendItem::Header("notes".into()));

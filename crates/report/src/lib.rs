@@ -29,7 +29,7 @@ pub use tensors::TENSOR_SCHEMA_VERSION;
 
 use crate::figures::{
     AccuracyFigure, LogitSweepFigure, NoiseFigure, PerturbationFigure, SecurityCurveFigure,
-    TradeoffFigure, TrainingFigure, TransferFigure,
+    TradeoffFigure, TrainingFigure, TrainingLossFigure, TransferFigure,
 };
 use crate::plot::{render, Figure};
 
@@ -46,8 +46,10 @@ pub enum FigureKind {
     Tradeoff,
     /// The transfer error matrix, one file per (attack, norm, ε).
     Transfer,
-    /// Loss and error per epoch.
+    /// Error per epoch, one panel per model.
     Training,
+    /// Loss per epoch, one panel per model.
+    TrainingLoss,
     /// Accuracy against noise σ.
     Noise,
     /// r* maps and adversarial images, one file per model.
@@ -230,31 +232,42 @@ pub fn write_report(results_dir: &Path, report_dir: &Path) -> Result<ReportSumma
             },
             "noise",
             FigureKind::Noise,
-            "Accuracy under Gaussian noise".to_string(),
+            "Error under Gaussian noise".to_string(),
         )?)
     };
 
     let curves = data
         .training
         .as_deref()
-        .map(|rows| series::training_curves(rows, &order))
+        .map(|rows| series::training_curves(rows, &order, &data.results.models))
         .unwrap_or_default();
-    let training_fig = if curves.is_empty() {
+    let (training_fig, training_loss_fig) = if curves.is_empty() {
         notes.push(match data.training {
             None => "no training.csv in the results folder: no training curves.".to_string(),
             Some(_) => "training.csv has no rows: no training curves.".to_string(),
         });
-        None
+        (None, None)
     } else {
-        Some(out.draw(
-            &TrainingFigure {
-                curves: &curves,
-                order: &order,
-            },
-            "training",
-            FigureKind::Training,
-            "Training curves: loss and error per epoch".to_string(),
-        )?)
+        (
+            Some(out.draw(
+                &TrainingFigure {
+                    curves: &curves,
+                    order: &order,
+                },
+                "training",
+                FigureKind::Training,
+                "Training curves: error per epoch (log scale)".to_string(),
+            )?),
+            Some(out.draw(
+                &TrainingLossFigure {
+                    curves: &curves,
+                    order: &order,
+                },
+                "training-loss",
+                FigureKind::TrainingLoss,
+                "Training curves: loss per epoch".to_string(),
+            )?),
+        )
     };
 
     let mut perturbation_figs = Vec::new();
@@ -310,6 +323,7 @@ pub fn write_report(results_dir: &Path, report_dir: &Path) -> Result<ReportSumma
         curves: &curve_figs,
         noise: noise_fig.as_ref(),
         training: training_fig.as_ref(),
+        training_loss: training_loss_fig.as_ref(),
         perturbations: &perturbation_figs,
         sweeps: &sweep_figs,
     };

@@ -6,6 +6,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -178,6 +180,8 @@ pub(crate) struct Line {
     pub kind: LineKind,
     pub width: u32,
     pub markers: bool,
+    /// Markers on every this-many points (1: all), so long series stay readable.
+    pub marker_every: usize,
 }
 
 impl Line {
@@ -189,6 +193,7 @@ impl Line {
             kind: LineKind::Solid,
             width: 2,
             markers: true,
+            marker_every: 1,
         }
     }
 }
@@ -206,6 +211,20 @@ pub(crate) struct Axes {
     pub y_percent: bool,
     /// Label only whole x values (epochs).
     pub x_integer: bool,
+    /// A logarithmic y axis (`y.start > 0`); values below `y.start` are drawn at it.
+    pub y_log: bool,
+}
+
+/// The floor of a log axis showing `smallest` (> 0): the largest 1, 2 or 5 x 10^k at or below
+/// it, within [1e-4, 0.1].
+pub(crate) fn log_floor(smallest: f64) -> f64 {
+    let decade = 10f64.powf(smallest.log10().floor());
+    let floor = [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * decade)
+        .find(|&f| f <= smallest * (1.0 + 1e-9))
+        .unwrap_or(decade);
+    floor.clamp(1e-4, 0.1)
 }
 
 /// `[min, max]` of `values` padded by `pad` of the span (a span of 0 becomes ±0.5).
@@ -252,9 +271,42 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
     if let Some(caption) = &axes.caption {
         builder.caption(caption, (FONT, 18));
     }
-    let mut chart = builder
-        .build_cartesian_2d(axes.x.clone(), axes.y.clone())
-        .map_err(e)?;
+    if axes.y_log {
+        let chart = builder
+            // Just below the floor: plotters' key points start at the first power of ten above
+            // the range start, and log10(0.1) rounds to just above -1.
+            .build_cartesian_2d(
+                axes.x.clone(),
+                (axes.y.start * (1.0 - 1e-9)..axes.y.end).log_scale(),
+            )
+            .map_err(e)?;
+        draw_lines(chart, axes, lines, vlines)
+    } else {
+        let chart = builder
+            .build_cartesian_2d(axes.x.clone(), axes.y.clone())
+            .map_err(e)?;
+        draw_lines(chart, axes, lines, vlines)
+    }
+}
+
+/// [`line_chart`]'s mesh and lines, for a linear or a logarithmic y axis.
+fn draw_lines<DB, Y>(
+    mut chart: ChartContext<'_, DB, Cartesian2d<RangedCoordf64, Y>>,
+    axes: &Axes,
+    lines: &[Line],
+    vlines: &[f64],
+) -> DrawResult
+where
+    DB: DrawingBackend,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    // A log axis has no zero: a 0% error is drawn at the axis floor.
+    let floor = if axes.y_log {
+        axes.y.start
+    } else {
+        f64::NEG_INFINITY
+    };
+    let at = |y: f64| y.max(floor);
     let x_fmt = |v: &f64| {
         if axes.x_integer && (v.fract().abs() > 1e-9 || *v < 0.0) {
             String::new()
@@ -265,7 +317,11 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
         }
     };
     let y_fmt = |v: &f64| {
-        if axes.y_percent {
+        // A log axis asks for every 1..9 x 10^k (grid lines) and labels 1, 2 and 5 of them.
+        let mantissa = v / 10f64.powf(v.log10().floor());
+        if axes.y_log && ![1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6) {
+            String::new()
+        } else if axes.y_percent {
             fmt_pct_tick(*v)
         } else {
             fmt_num(*v)
@@ -278,8 +334,8 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
         .x_labels(8)
-        .y_labels(8)
-        .max_light_lines(4)
+        .y_labels(if axes.y_log { 40 } else { 8 })
+        .max_light_lines(if axes.y_log { 0 } else { 4 })
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
         .bold_line_style(RGBColor(220, 220, 220))
@@ -298,8 +354,8 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
     }
     for line in lines {
         if line.band.len() >= 2 {
-            let mut poly: Vec<(f64, f64)> = line.band.iter().map(|&(x, _, h)| (x, h)).collect();
-            poly.extend(line.band.iter().rev().map(|&(x, l, _)| (x, l)));
+            let mut poly: Vec<(f64, f64)> = line.band.iter().map(|&(x, _, h)| (x, at(h))).collect();
+            poly.extend(line.band.iter().rev().map(|&(x, l, _)| (x, at(l))));
             chart
                 .draw_series(std::iter::once(Polygon::new(
                     poly,
@@ -310,7 +366,7 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
             let (x, l, h) = line.band[0];
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(x, l), (x, h)],
+                    vec![(x, at(l)), (x, at(h))],
                     line.color.mix(0.5).stroke_width(3),
                 )))
                 .map_err(e)?;
@@ -318,7 +374,7 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
     }
     for line in lines {
         let style = line.color.stroke_width(line.width);
-        let points = line.points.iter().copied();
+        let points = line.points.iter().map(|&(x, y)| (x, at(y)));
         match line.kind {
             LineKind::Solid => chart
                 .draw_series(LineSeries::new(points, style))
@@ -336,7 +392,10 @@ pub(crate) fn line_chart<DB: DrawingBackend>(
                 .draw_series(
                     line.points
                         .iter()
-                        .map(|&p| Circle::new(p, line.width + 2, line.color.filled())),
+                        .step_by(line.marker_every.max(1))
+                        .map(|&(x, y)| {
+                            Circle::new((x, at(y)), line.width + 2, line.color.filled())
+                        }),
                 )
                 .map_err(e)?;
         }
@@ -484,6 +543,15 @@ pub(crate) fn side_legend<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_floor_is_the_next_1_2_5_step_below() {
+        assert_eq!(log_floor(0.0083), 0.005);
+        assert_eq!(log_floor(0.012), 0.01);
+        assert_eq!(log_floor(0.03), 0.02);
+        assert_eq!(log_floor(0.2), 0.1);
+        assert_eq!(log_floor(1e-7), 1e-4);
+    }
 
     #[test]
     fn numbers_and_colours() {

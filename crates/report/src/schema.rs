@@ -100,11 +100,52 @@ pub struct ModelResult {
     pub test_loss: Option<f64>,
     pub test_ci_low: f64,
     pub test_ci_high: f64,
+    /// The training config as results.json records it (`adversarial-validation`,
+    /// `regularizer`, ...); absent for imported models.
+    #[serde(default)]
+    pub train: Option<serde_json::Value>,
+    /// The model's spec (architecture, input, classes) as results.json records it.
+    #[serde(default)]
+    pub spec: Option<serde_json::Value>,
 }
 
 impl ModelResult {
     pub fn test_accuracy(&self) -> f64 {
         1.0 - self.test_error
+    }
+
+    fn train_key(&self, key: &str) -> Option<&serde_json::Value> {
+        self.train.as_ref()?.get(key)
+    }
+
+    /// The norm and ε of the attacked validation check, if training ran one: the configured
+    /// one, else an Lp regularizer's own (as the trainer chooses).
+    pub fn adversarial_check(&self) -> Option<(Lp, f64)> {
+        let threat = |v: &serde_json::Value| Some((lp_of(v.get("p")?)?, v.get("eps")?.as_f64()?));
+        self.train_key("adversarial-validation")
+            .and_then(threat)
+            .or_else(|| {
+                let r = self.train_key("regularizer")?;
+                (r.get("kind")?.as_str()? == "lp")
+                    .then(|| threat(r))
+                    .flatten()
+            })
+    }
+
+    /// The regularizer's kind and norm (`("lp", L2)`), `None` without one.
+    pub fn regularizer(&self) -> Option<(String, Option<Lp>)> {
+        let r = self.train_key("regularizer")?;
+        let kind = r.get("kind")?.as_str()?;
+        (kind != "none").then(|| (kind.to_string(), r.get("p").and_then(lp_of)))
+    }
+}
+
+/// A norm as results.json writes it: `"inf"` or a number.
+fn lp_of(v: &serde_json::Value) -> Option<Lp> {
+    match v {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.to_string().parse().ok(),
+        _ => None,
     }
 }
 
@@ -198,4 +239,42 @@ fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         .deserialize()
         .collect::<std::result::Result<Vec<T>, _>>()
         .map_err(csv_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_record_gives_its_check_and_regularizer() {
+        let m: ModelResult = serde_json::from_value(serde_json::json!({
+            "name": "m", "test_n": 10, "test_error": 0.1, "test_ci_low": 0.0, "test_ci_high": 0.2,
+            "train": {
+                "adversarial-validation": { "p": "inf", "eps": 0.25, "n": 1000 },
+                "regularizer": { "kind": "lp", "p": 2, "eps": 1.0, "alpha": 0.5 }
+            }
+        }))
+        .unwrap();
+        let (p, eps) = m.adversarial_check().unwrap();
+        assert!(p.p.is_infinite() && eps == 0.25);
+        let (kind, p) = m.regularizer().unwrap();
+        assert_eq!((kind.as_str(), p.map(|p| p.p)), ("lp", Some(2.0)));
+        let plain: ModelResult = serde_json::from_value(serde_json::json!({
+            "name": "m", "test_n": 10, "test_error": 0.1, "test_ci_low": 0.0, "test_ci_high": 0.2,
+            "train": { "regularizer": { "kind": "none" } }
+        }))
+        .unwrap();
+        assert!(plain.regularizer().is_none() && plain.adversarial_check().is_none());
+        // No check configured: an Lp regularizer's threat, as the trainer uses it.
+        let own: ModelResult = serde_json::from_value(serde_json::json!({
+            "name": "m", "test_n": 10, "test_error": 0.1, "test_ci_low": 0.0, "test_ci_high": 0.2,
+            "train": {
+                "adversarial-validation": null,
+                "regularizer": { "kind": "lp", "p": 2, "eps": 1.5, "alpha": 0.5 }
+            }
+        }))
+        .unwrap();
+        let (p, eps) = own.adversarial_check().unwrap();
+        assert_eq!((p.p, eps), (2.0, 1.5));
+    }
 }

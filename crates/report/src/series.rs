@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::schema::{AttackKind, Lp, Results, RobustnessRow, TrainingRow};
+use crate::schema::{AttackKind, Lp, ModelResult, Results, RobustnessRow, TrainingRow};
 use gauntlet_results::wilson_interval;
 
 /// A value with its 95% interval, at `x`.
@@ -246,9 +246,18 @@ pub struct TrainingCurves {
     pub valid_error: Vec<(f64, f64)>,
     pub valid_adv_error: Vec<(f64, f64)>,
     pub valid_pgd_error: Vec<(f64, f64)>,
+    /// The norm and ε of the attacked validation check (`L∞ ε = 0.25`), when results.json
+    /// records it.
+    pub check: Option<String>,
+    /// The train loss is the regularized objective, not comparable with the validation loss.
+    pub regularized: bool,
 }
 
-pub fn training_curves(rows: &[TrainingRow], order: &[String]) -> Vec<TrainingCurves> {
+pub fn training_curves(
+    rows: &[TrainingRow],
+    order: &[String],
+    records: &[ModelResult],
+) -> Vec<TrainingCurves> {
     let mut models: Vec<&str> = Vec::new();
     for r in rows {
         if !models.contains(&r.model.as_str()) {
@@ -266,7 +275,12 @@ pub fn training_curves(rows: &[TrainingRow], order: &[String]) -> Vec<TrainingCu
                     .filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v)))
                     .collect()
             };
+            let record = records.iter().find(|m| m.name == model);
             TrainingCurves {
+                check: record
+                    .and_then(ModelResult::adversarial_check)
+                    .map(|(p, eps)| format!("{p} ε = {}", crate::plot::fmt_num(eps))),
+                regularized: record.is_some_and(|m| m.regularizer().is_some()),
                 model: model.to_string(),
                 train_loss: pick(&|r| Some(r.train_loss)),
                 valid_loss: pick(&|r| r.valid_loss),

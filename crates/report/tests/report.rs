@@ -43,6 +43,7 @@ fn draws_every_figure_kind_and_both_documents() {
         (FigureKind::Tradeoff, 3),
         (FigureKind::Transfer, 1),
         (FigureKind::Training, 1),
+        (FigureKind::TrainingLoss, 1),
         (FigureKind::Noise, 1),
         (FigureKind::Perturbations, 2),
         (FigureKind::LogitSweep, 1),
@@ -315,7 +316,11 @@ fn training_curves_carry_the_pgd_check_when_the_log_has_it() {
     fs::write(dir.path().join("training.csv"), csv).unwrap();
     let data = read_results_dir(dir.path()).unwrap();
     let order: Vec<String> = data.results.models.iter().map(|m| m.name.clone()).collect();
-    let curves = series::training_curves(data.training.as_deref().unwrap(), &order);
+    let curves = series::training_curves(
+        data.training.as_deref().unwrap(),
+        &order,
+        &data.results.models,
+    );
     for c in &curves {
         let want = if c.model == "maxout-fgsm" {
             c.train_error.len()
@@ -326,7 +331,11 @@ fn training_curves_carry_the_pgd_check_when_the_log_has_it() {
         assert!(c.valid_pgd_error.iter().all(|&(_, v)| v == 0.9));
     }
     let old = read_results_dir(&fixture()).unwrap();
-    let old_curves = series::training_curves(old.training.as_deref().unwrap(), &order);
+    let old_curves = series::training_curves(
+        old.training.as_deref().unwrap(),
+        &order,
+        &old.results.models,
+    );
     assert!(old_curves.iter().all(|c| c.valid_pgd_error.is_empty()));
     let out = tempfile::tempdir().unwrap();
     let summary = write_report(dir.path(), out.path()).unwrap();
@@ -399,4 +408,99 @@ fn a_targeted_attack_gets_a_table_of_targets_reached() {
     let plain = write_report(&fixture(), plain_out.path()).unwrap();
     let plain_md = fs::read_to_string(&plain.report_md).unwrap();
     assert!(!plain_md.contains("Targeted success"));
+}
+
+#[test]
+fn training_figures_give_each_model_a_panel_titled_with_its_check() {
+    let dir = copy_fixture(&["results.json", "training.csv"], |v| {
+        for m in v["models"].as_array_mut().unwrap() {
+            m["train"]["adversarial-validation"] =
+                serde_json::json!({ "p": "inf", "eps": 0.3, "n": 100 });
+            if m["name"] == "maxout-l2" {
+                m["train"]["regularizer"] = serde_json::json!({ "kind": "lp", "p": 2, "eps": 1.0 });
+            }
+        }
+    });
+    // The fixture's log has no attacked values: give one model some.
+    let text = fs::read_to_string(fixture().join("training.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let column = header
+        .split(',')
+        .position(|c| c == "valid_adv_error")
+        .unwrap();
+    let mut csv = format!("{header}\n");
+    for line in lines {
+        let mut fields: Vec<&str> = line.split(',').collect();
+        if fields[0] == "maxout-fgsm" {
+            fields[column] = "0.5";
+        }
+        csv.push_str(&fields.join(","));
+        csv.push('\n');
+    }
+    fs::write(dir.path().join("training.csv"), csv).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let summary = write_report(dir.path(), out.path()).unwrap();
+    assert_eq!(summary.count(FigureKind::Training), 1);
+    assert_eq!(summary.count(FigureKind::TrainingLoss), 1);
+    let errors = fs::read_to_string(out.path().join("figures/training.svg")).unwrap();
+    assert!(
+        errors.contains("maxout-fgsm · L∞ ε = 0.3"),
+        "the attacked model's panel names its check"
+    );
+    assert!(
+        !errors.contains("maxout · L∞"),
+        "a panel without attacked values has no check in its title"
+    );
+    let loss = fs::read_to_string(out.path().join("figures/training-loss.svg")).unwrap();
+    assert!(loss.contains("maxout-l2 (train: objective)"));
+    assert!(
+        !loss.contains("maxout-fgsm (train: objective)"),
+        "no regularizer, plain train loss"
+    );
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("figures/training-loss.png"));
+}
+
+#[test]
+fn the_clean_table_marks_the_validation_best_radius_of_a_family() {
+    // Two L2 members that differ only in eps, and an L∞ one alone in its family.
+    let dir = copy_fixture(&["results.json"], |v| {
+        let models = v["models"].as_array_mut().unwrap();
+        let mut second = models[2].clone();
+        second["name"] = "maxout-l2-big".into();
+        models.push(second);
+        for m in models.iter_mut() {
+            let reg = match m["name"].as_str().unwrap() {
+                "maxout-l2" => serde_json::json!({ "kind": "lp", "p": 2, "eps": 1.0 }),
+                "maxout-l2-big" => serde_json::json!({ "kind": "lp", "p": 2, "eps": 3.0 }),
+                "maxout-fgsm" => serde_json::json!({ "kind": "lp", "p": "inf", "eps": 0.25 }),
+                _ => serde_json::json!({ "kind": "none" }),
+            };
+            m["train"]["regularizer"] = reg;
+        }
+    });
+    let text = fs::read_to_string(fixture().join("training.csv")).unwrap();
+    let mut csv = format!("{}\n", text.trim_end());
+    // maxout-l2-big: the same log with a lower validation error at the kept epoch (5).
+    for line in text.lines().filter(|l| l.starts_with("maxout-l2,")) {
+        let mut fields: Vec<String> = line.split(',').map(String::from).collect();
+        fields[0] = "maxout-l2-big".into();
+        if fields[1] == "5" {
+            fields[7] = "0.001".into();
+        }
+        csv.push_str(&fields.join(","));
+        csv.push('\n');
+    }
+    fs::write(dir.path().join("training.csv"), csv).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write_report(dir.path(), out.path()).unwrap();
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("maxout-l2-big (validation-best)"), "{md}");
+    assert!(!md.contains("maxout-l2 (validation-best)"));
+    assert!(
+        !md.contains("maxout-fgsm (validation-best)"),
+        "a family of one is not marked"
+    );
+    assert!(md.contains("the lowest valid error of maxout-l2, maxout-l2-big"));
 }
