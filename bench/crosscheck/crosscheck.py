@@ -93,7 +93,6 @@ def train(net, x, y, epochs, seed):
     """pylearn2's SGD: v <- mu v - lr g, lr = 0.1 / 1.00007^t (floor 1e-6), mu 0.5 -> 0.7 over
     10 epochs, batch 100, rows of every weight clipped to norm 1.9365 after each step."""
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     params = list(net.parameters())
     velocity = [torch.zeros_like(p) for p in params]
     x, y = torch.from_numpy(x), torch.from_numpy(y)
@@ -167,6 +166,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     started = time.perf_counter()
 
+    # Before the network is built: its initial weights come from this seed too.
+    torch.manual_seed(args.seed)
     net = MaxoutMLP()
     if args.checkpoint:
         net.load_state_dict(load_file(args.checkpoint))
@@ -343,6 +344,40 @@ def main():
                 f"{clean_ok.mean():.1%}; full test error {test_error:.2%}); g = gauntlet, "
                 "ta = torchattacks, fb = Foolbox, f64 = the same algorithm in float64 PyTorch. "
                 f"Model: {origin}.\n")
+    # The numbers docs/crosscheck.md quotes, per attack: who disagrees, and on which examples.
+    p_one = evidence["p_true_is_one_f32"] == 1
+    with open(os.path.join(args.out, "agreement.md"), "a") as f:
+        f.write(f"\nEvidence (float32 p_y = 1.0 on {int(p_one.sum())} of {len(y)} images; "
+                f"smallest float64 margin among them {evidence['margin'][p_one].min(initial=np.inf):.2f}):\n\n")
+        f.write("| attack | ε | g ≠ ta | of those p_y = 1.0 | g broken, ta robust | "
+                "median sign match f32/f64 (disagreeing / agreeing) | largest f32 ‖∇ₓL‖ of "
+                "the disagreeing | g ≠ fb | g ≠ f64 |\n")
+        f.write("|---" * 9 + "|\n")
+        for name, norm, eps in runs[:-1]:
+            label = f"{name} eps={eps}"
+            g = columns[f"{label} gauntlet"]
+            ta = columns[f"{label} torchattacks"]
+            differ = g != ta
+            agree = (~differ) & clean_ok
+            sign = evidence["sign_match_f32_f64"]
+            f.write(f"| {name} | {eps:g} | {int(differ.sum())} | {int((differ & p_one).sum())} | "
+                    f"{int((differ & (g == 0)).sum())} | "
+                    f"{np.median(sign[differ]) if differ.any() else float('nan'):.3f} / "
+                    f"{np.median(sign[agree]) if agree.any() else float('nan'):.3f} | "
+                    f"{evidence['grad_norm_f32'][differ].max() if differ.any() else 0:.2g} | "
+                    f"{int((g != columns[f'{label} foolbox']).sum())} | "
+                    f"{int((g != columns[f'{label} pytorch-float64']).sum())} |\n")
+        f64_differ = [
+            (label, i) for label in [f"{n} eps={e}" for n, _, e in runs[:-1]]
+            for i in np.nonzero(columns[f"{label} gauntlet"]
+                                != columns[f"{label} pytorch-float64"])[0]
+        ]
+        f.write("\nFloat64 against gauntlet: "
+                + ("; ".join(f"{label} #{i} (margin {evidence['margin'][i]:.1f}, float64 "
+                             f"‖∇ₓL‖ {evidence['grad_norm_f64'][i]:.2g})"
+                             for label, i in f64_differ) or "no disagreement")
+                + f". Float64 gradients with ‖∇ₓL‖ < 1e-10: "
+                f"{int((evidence['grad_norm_f64'] < 1e-10).sum())}.\n")
     meta = {
         "model": origin, "test_error": test_error, "logit_max_abs_diff": logit_diff,
         "images": len(y), "seed": args.seed, "threads": args.threads,
