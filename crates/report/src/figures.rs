@@ -276,7 +276,8 @@ impl Figure for TrainingFigure<'_> {
         let panels = grid(&charts, self.curves.len());
         let max_epoch = last_epoch(self.curves);
         let few = max_epoch <= 30.0;
-        // The axis floor: the decade below the smallest non-zero error (0% is drawn there).
+        // The axis floor: the 1-2-5 step at or below the smallest non-zero error (0% is drawn
+        // there).
         let smallest = self
             .curves
             .iter()
