@@ -264,23 +264,18 @@ def main():
                 "foolbox": lambda: foolbox.attacks.FGSM()(fmodel, xt, yt, epsilons=eps)[1],
                 "pytorch-float64": lambda: fgsm(net64, xt.double(), yt, eps),
             }
-        elif name == "pgd-linf":
+        elif name.startswith("pgd"):
+            ta_pgd, fb_pgd, f64_pgd = (
+                (torchattacks.PGD, foolbox.attacks.LinfPGD, pgd_linf) if norm == "inf"
+                else (torchattacks.PGDL2, foolbox.attacks.L2PGD, pgd_l2)
+            )
             tools = {
-                "torchattacks": lambda: torchattacks.PGD(
+                "torchattacks": lambda: ta_pgd(
                     net, eps=eps, alpha=alpha, steps=steps, random_start=False)(xt, yt),
-                "foolbox": lambda: foolbox.attacks.LinfPGD(
+                "foolbox": lambda: fb_pgd(
                     abs_stepsize=alpha, steps=steps, random_start=False)(
                         fmodel, xt, yt, epsilons=eps)[1],
-                "pytorch-float64": lambda: pgd_linf(net64, xt.double(), yt, eps, alpha, steps),
-            }
-        elif name == "pgd-l2":
-            tools = {
-                "torchattacks": lambda: torchattacks.PGDL2(
-                    net, eps=eps, alpha=alpha, steps=steps, random_start=False)(xt, yt),
-                "foolbox": lambda: foolbox.attacks.L2PGD(
-                    abs_stepsize=alpha, steps=steps, random_start=False)(
-                        fmodel, xt, yt, epsilons=eps)[1],
-                "pytorch-float64": lambda: pgd_l2(net64, xt.double(), yt, eps, alpha, steps),
+                "pytorch-float64": lambda: f64_pgd(net64, xt.double(), yt, eps, alpha, steps),
             }
         else:
             tools = {

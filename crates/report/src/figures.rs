@@ -53,6 +53,24 @@ fn with_legend<DB: DrawingBackend>(
     area.split_horizontally(w.saturating_sub(LEGEND_WIDTH))
 }
 
+/// A horizontal colour bar, 14 pixels high, one column per pixel of `width`: column `i` in
+/// `colour(i)`.
+fn colour_bar<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    (x, y): (i32, i32),
+    width: i32,
+    colour: impl Fn(i32) -> RGBColor,
+) -> DrawResult {
+    for i in 0..width {
+        root.draw(&Rectangle::new(
+            [(x + i, y), (x + i + 1, y + 14)],
+            colour(i).filled(),
+        ))
+        .map_err(e)?;
+    }
+    Ok(())
+}
+
 fn centered(size: u32) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).pos(Pos::new(HPos::Center, VPos::Center))
 }
@@ -784,13 +802,9 @@ impl Figure for TransferFigure<'_> {
         let (bar_x, bar_y, bar_w) = (20 + 70, y + 46, 300);
         root.draw(&Text::new("error", (20, bar_y + 7), foot))
             .map_err(e)?;
-        for i in 0..bar_w {
-            root.draw(&Rectangle::new(
-                [(bar_x + i, bar_y), (bar_x + i + 1, bar_y + 14)],
-                sequential(i as f64 / (bar_w - 1) as f64).filled(),
-            ))
-            .map_err(e)?;
-        }
+        colour_bar(root, (bar_x, bar_y), bar_w, |i| {
+            sequential(i as f64 / (bar_w - 1) as f64)
+        })?;
         for k in 0..=4 {
             let x = bar_x + (bar_w - 1) * k / 4;
             root.draw(&Rectangle::new(
@@ -1065,14 +1079,9 @@ impl Figure for PerturbationFigure<'_> {
         // Colour bar for the r* maps.
         let bar_y = (h - Self::BOTTOM + 24) as i32;
         let (bar_x, bar_w) = (Self::LEFT as i32, 240);
-        for i in 0..bar_w {
-            let t = 2.0 * i as f64 / (bar_w - 1) as f64 - 1.0;
-            root.draw(&Rectangle::new(
-                [(bar_x + i, bar_y), (bar_x + i + 1, bar_y + 14)],
-                diverging(t).filled(),
-            ))
-            .map_err(e)?;
-        }
+        colour_bar(root, (bar_x, bar_y), bar_w, |i| {
+            diverging(2.0 * i as f64 / (bar_w - 1) as f64 - 1.0)
+        })?;
         for (text, x) in [
             ("−max|r|", bar_x),
             ("0", bar_x + bar_w / 2),
