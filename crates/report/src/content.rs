@@ -163,7 +163,7 @@ fn references(report: &ReportSection, b: &mut Vec<Block>) {
 }
 
 /// The clean validation error of `model` at `epoch` (else its last epoch) in training.csv.
-fn valid_error(data: &ResultsDir, model: &str, epoch: Option<usize>) -> Option<f64> {
+pub(crate) fn valid_error(data: &ResultsDir, model: &str, epoch: Option<usize>) -> Option<f64> {
     let rows: Vec<_> = data
         .training
         .as_ref()?
@@ -333,6 +333,8 @@ pub(crate) fn document(
     for f in [figs.training, figs.training_loss].into_iter().flatten() {
         b.push(figure(f, report_dir));
     }
+
+    crate::seeds::section(data, &mut b);
 
     // Robust accuracy.
     b.push(Block::Heading(2, "Robust accuracy".into()));

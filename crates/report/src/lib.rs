@@ -16,6 +16,7 @@ mod error;
 mod figures;
 mod plot;
 pub mod schema;
+mod seeds;
 pub mod series;
 pub mod tensors;
 

@@ -3,7 +3,8 @@
 //! the fields the report draws or tabulates, unknown fields ignored.
 //!
 //! Read: `results.json` (versioned by `schema_version`; models, robustness, noise, transfer,
-//! masking checks, missing jobs) and `training.csv` (the per-epoch log, optional).
+//! masking checks, missing jobs), `training.csv` (the per-epoch log, optional) and
+//! `predictions.csv` (every model's class per test example, optional).
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,11 @@ pub struct ReferenceRow {
 #[derive(Clone, Debug, Deserialize)]
 pub struct ModelResult {
     pub name: String,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// The suite entry whose `seeds` made this model one of its replicates.
+    #[serde(default)]
+    pub group: Option<String>,
     #[serde(default)]
     pub arch: Option<String>,
     #[serde(default)]
@@ -174,6 +180,70 @@ pub struct ResultsDir {
     pub results: Results,
     /// `None` when `training.csv` is absent.
     pub training: Option<Vec<TrainingRow>>,
+    /// `None` when `predictions.csv` is absent.
+    pub predictions: Option<Predictions>,
+}
+
+/// `predictions.csv`: the label and each model's class for every test example.
+#[derive(Clone, Debug)]
+pub struct Predictions {
+    pub labels: Vec<u32>,
+    pub columns: Vec<(String, Vec<u32>)>,
+}
+
+impl Predictions {
+    pub fn column(&self, model: &str) -> Option<&[u32]> {
+        self.columns
+            .iter()
+            .find(|(name, _)| name == model)
+            .map(|(_, c)| c.as_slice())
+    }
+
+    fn read(path: &Path) -> Result<Predictions> {
+        let csv_error = |error| Error::Csv {
+            path: path.to_path_buf(),
+            error,
+        };
+        let mut reader = csv::Reader::from_path(path).map_err(csv_error)?;
+        let header = reader.headers().map_err(csv_error)?.clone();
+        if header.len() < 2 || &header[0] != "index" || &header[1] != "label" {
+            return Err(Error::invalid(
+                path,
+                "header",
+                "expected `index,label` followed by one column per model",
+            ));
+        }
+        let mut labels = Vec::new();
+        let mut columns: Vec<(String, Vec<u32>)> = header
+            .iter()
+            .skip(2)
+            .map(|h| (h.to_string(), Vec::new()))
+            .collect();
+        for (row, record) in reader.records().enumerate() {
+            let record = record.map_err(csv_error)?;
+            let number = |i: usize| {
+                record[i].parse::<u32>().map_err(|_| {
+                    Error::invalid(
+                        path,
+                        format!("row {} column `{}`", row + 1, &header[i]),
+                        format!("expected a class number, got `{}`", &record[i]),
+                    )
+                })
+            };
+            if number(0)? as usize != row {
+                return Err(Error::invalid(
+                    path,
+                    format!("row {}", row + 1),
+                    "indices must count 0, 1, 2, ...",
+                ));
+            }
+            labels.push(number(1)?);
+            for (i, (_, column)) in columns.iter_mut().enumerate() {
+                column.push(number(i + 2)?);
+            }
+        }
+        Ok(Predictions { labels, columns })
+    }
 }
 
 /// Reads `path` and checks its `schema_version` against `supported` before deserialising it
@@ -222,10 +292,32 @@ pub fn read_results_dir(dir: &Path) -> Result<ResultsDir> {
     } else {
         None
     };
+    let predictions_path = dir.join("predictions.csv");
+    let predictions = if predictions_path.is_file() {
+        let p = Predictions::read(&predictions_path)?;
+        for m in &results.models {
+            if p.column(&m.name).is_some() && m.test_n != p.labels.len() {
+                return Err(Error::invalid(
+                    &predictions_path,
+                    &m.name,
+                    format!(
+                        "{} rows, but results.json tests `{}` on {} examples",
+                        p.labels.len(),
+                        m.name,
+                        m.test_n
+                    ),
+                ));
+            }
+        }
+        Some(p)
+    } else {
+        None
+    };
     Ok(ResultsDir {
         dir: dir.to_path_buf(),
         results,
         training,
+        predictions,
     })
 }
 

@@ -504,3 +504,121 @@ fn the_clean_table_marks_the_validation_best_radius_of_a_family() {
     );
     assert!(md.contains("the lowest valid error of maxout-l2, maxout-l2-big"));
 }
+
+#[test]
+fn replicates_get_mean_sd_validation_selection_and_mcnemar() {
+    // A baseline and a p = 2 member at two radii, each over seeds 1 and 2, on 20 test images.
+    type Entry = (&'static str, Option<f64>, [f64; 2], [f64; 2]);
+    let entries: [Entry; 3] = [
+        // (entry, eps, valid error by seed, test error by seed)
+        ("base", None, [0.02, 0.02], [0.10, 0.20]),
+        ("l2-a", Some(1.0), [0.02, 0.01], [0.50, 0.05]),
+        ("l2-b", Some(3.0), [0.01, 0.03], [0.05, 0.50]),
+    ];
+    let dir = copy_fixture(&["results.json"], |v| {
+        let template = v["models"][0].clone();
+        let mut models = Vec::new();
+        for (entry, eps, _, test) in &entries {
+            for (i, seed) in [1u64, 2].into_iter().enumerate() {
+                let mut m = template.clone();
+                m["name"] = format!("{entry}-s{seed}").into();
+                m["group"] = (*entry).into();
+                m["seed"] = seed.into();
+                m["best_epoch"] = 1.into();
+                m["test_n"] = 20.into();
+                m["test_error"] = test[i].into();
+                m["train"] = match eps {
+                    None => serde_json::json!({ "seed": seed, "regularizer": { "kind": "none" } }),
+                    Some(e) => {
+                        serde_json::json!({ "seed": seed, "regularizer": { "kind": "lp", "p": 2, "eps": e } })
+                    }
+                };
+                models.push(m);
+            }
+        }
+        v["models"] = models.into();
+        v["robustness"] = serde_json::json!([]);
+        v["transfer"] = serde_json::json!([]);
+        v["noise"] = serde_json::json!([]);
+    });
+    let mut training = String::from("model,epoch,train_loss,train_error,valid_loss,valid_error\n");
+    for (entry, _, valid, _) in &entries {
+        for (i, seed) in [1, 2].into_iter().enumerate() {
+            training.push_str(&format!("{entry}-s{seed},1,0.1,0.01,0.1,{}\n", valid[i]));
+        }
+    }
+    fs::write(dir.path().join("training.csv"), training).unwrap();
+    // All labels 0. Wrong: base-s1 on 0-1, base-s2 on 0-3, the selected p = 2 models
+    // (l2-b-s1, l2-a-s2) on 19; the others on 10-19 (their test error 0.5).
+    let wrong = |model: &str, i: usize| match model {
+        "base-s1" => i < 2,
+        "base-s2" => i < 4,
+        "l2-b-s1" | "l2-a-s2" => i == 19,
+        _ => i >= 10,
+    };
+    let names: Vec<String> = entries
+        .iter()
+        .flat_map(|(e, ..)| [format!("{e}-s1"), format!("{e}-s2")])
+        .collect();
+    let mut csv = format!("index,label,{}\n", names.join(","));
+    for i in 0..20 {
+        let preds: Vec<&str> = names
+            .iter()
+            .map(|n| if wrong(n, i) { "3" } else { "0" })
+            .collect();
+        csv.push_str(&format!("{i},0,{}\n", preds.join(",")));
+    }
+    fs::write(dir.path().join("predictions.csv"), &csv).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    write_report(dir.path(), out.path()).unwrap();
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Seeds and paired tests"), "{md}");
+    // Mean ± sample standard deviation of the baseline's 10% and 20%.
+    assert!(
+        md.contains(
+            "| base | baseline | — | 2 | 2.00% ± 0.00 | 15.00% ± 7.07 | 1: 10.00%, 2: 20.00% |"
+        ),
+        "{md}"
+    );
+    // Validation picks eps 3 for seed 1 and eps 1 for seed 2: both at 5% test error.
+    assert!(
+        md.contains("| lp p = 2 | 1, 3 | 1: 3, 2: 1 | 2 | 5.00% ± 0.00 |"),
+        "{md}"
+    );
+    // Seed 1: base only right on 19, l2 only right on 0-1; seed 2: 1 and 4 (p = 2·6/32).
+    // Pooled 2/6: p = 2·(1 + 8 + 28)/256.
+    assert!(
+        md.contains(
+            "| baseline vs lp p = 2 | 1: 1/2, p = 1.0000; 2: 1/4, p = 0.3750 | 2/6 | 0.2891 |"
+        ),
+        "{md}"
+    );
+
+    // A predictions file that disagrees with results.json's test size is an error naming it.
+    fs::write(
+        dir.path().join("predictions.csv"),
+        csv.lines().take(11).collect::<Vec<_>>().join("\n"),
+    )
+    .unwrap();
+    let err = write_report(dir.path(), out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("predictions.csv") && err.contains("10 rows"),
+        "{err}"
+    );
+    // As is a class that is not a number.
+    fs::write(
+        dir.path().join("predictions.csv"),
+        csv.replacen("\n1,0,3", "\n1,0,x", 1),
+    )
+    .unwrap();
+    let err = write_report(dir.path(), out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("predictions.csv") && err.contains("`x`"),
+        "{err}"
+    );
+}

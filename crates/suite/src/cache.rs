@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::record::{AttackOutput, CraftOutput, JobFile, NoiseOutput, ScoreOutput, TrainOutput};
+use crate::record::{
+    AttackOutput, CraftOutput, JobFile, NoiseOutput, PredictOutput, ScoreOutput, TrainOutput,
+};
 use crate::runner::{CRAFTED_FILE, EXAMPLES_FILE, JOB_FILE, MODEL_FILE};
 use crate::visuals::VisualsOutput;
 use crate::JobKind;
@@ -40,6 +42,7 @@ pub fn is_finished(dir: &Path, key: &str, kind: JobKind) -> bool {
         JobKind::Craft => (parses::<CraftOutput>(&text), &[CRAFTED_FILE]),
         JobKind::Score => (parses::<ScoreOutput>(&text), &[]),
         JobKind::Visuals => (parses::<VisualsOutput>(&text), &[]),
+        JobKind::Predict => (parses::<PredictOutput>(&text), &[]),
     };
     readable && beside.iter().all(|f| dir.join(f).is_file())
 }

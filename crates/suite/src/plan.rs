@@ -43,6 +43,8 @@ pub enum JobKind {
     Score,
     /// r* maps and logit sweeps of the `[visuals]` models.
     Visuals,
+    /// A model's class for every test example (`[eval] predictions`).
+    Predict,
 }
 
 impl JobKind {
@@ -54,13 +56,18 @@ impl JobKind {
             JobKind::Craft => "craft",
             JobKind::Score => "score",
             JobKind::Visuals => "visuals",
+            JobKind::Predict => "predict",
         }
     }
 
     pub fn stage(self) -> Stage {
         match self {
             JobKind::Train => Stage::Train,
-            JobKind::Attack | JobKind::Noise | JobKind::Craft | JobKind::Visuals => Stage::Evaluate,
+            JobKind::Attack
+            | JobKind::Noise
+            | JobKind::Craft
+            | JobKind::Visuals
+            | JobKind::Predict => Stage::Evaluate,
             JobKind::Score => Stage::Transfer,
         }
     }
@@ -142,12 +149,15 @@ pub enum Task {
     },
     /// Its inputs are the training jobs of [`crate::VisualsDef::models`], in that order.
     Visuals,
+    Predict {
+        model: usize,
+    },
 }
 
 /// One unit of work.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// Stable and readable: `train/NAME`, `attack/MODEL/ATTACK`, `noise/MODEL`,
+    /// Stable and readable: `train/NAME`, `attack/MODEL/ATTACK`, `noise/MODEL`, `predict/MODEL`,
     /// `craft/ATTACK/EPS/SOURCE`, `score/ATTACK/EPS/SOURCE/TARGET`, `visuals`.
     pub id: String,
     pub kind: JobKind,
@@ -232,6 +242,16 @@ impl Plan {
                         model: i,
                         attack: a,
                     },
+                );
+            }
+            if suite.predictions {
+                // The whole test split, as the training job's test error.
+                planner.push(
+                    format!("predict/{}", m.name),
+                    JobKind::Predict,
+                    json!({ "split": "test", "batch-size": suite.eval.batch_size }),
+                    vec![train_jobs[i]],
+                    Task::Predict { model: i },
                 );
             }
             if let Some(noise) = &suite.noise {

@@ -46,6 +46,24 @@ pub struct TrainOutput {
     pub test: EvalResult,
 }
 
+/// Output of a predict job: the class of every test example, in test-set order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PredictOutput {
+    pub model: String,
+    pub labels: Vec<u32>,
+    pub predictions: Vec<u32>,
+}
+
+impl PredictOutput {
+    pub fn errors(&self) -> usize {
+        self.labels
+            .iter()
+            .zip(&self.predictions)
+            .filter(|(y, p)| y != p)
+            .count()
+    }
+}
+
 /// Output of an attack job (beside `examples.csv`, one row per example and ε).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttackOutput {
@@ -129,6 +147,9 @@ pub struct EvalSettings {
 pub struct ModelResult {
     pub name: String,
     pub seed: u64,
+    /// The suite entry whose `seeds` made this model one of its replicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// `maxout-mlp`, `mlp`, `conv-maxout`, `cnn`.
     pub arch: String,
     pub spec: ModelSpec,

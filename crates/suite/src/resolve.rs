@@ -30,6 +30,9 @@ pub struct Suite {
     pub transfer: Option<TransferDef>,
     pub noise: Option<NoiseDef>,
     pub eval: EvalOptions,
+    /// `[eval] predictions`: a predict job per model and `predictions.csv`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub predictions: bool,
     /// `None` when `[visuals]` sets `enabled = false`.
     pub visuals: Option<VisualsDef>,
     /// `[report]`, checked against the models, attacks, transfer and noise above.
@@ -47,6 +50,9 @@ pub struct ModelDef {
     pub spec: ModelSpec,
     /// With `seed` set to the model's seed.
     pub train: TrainConfig,
+    /// The `[[model]]` entry whose `seeds` made this model one of its replicates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// The file this model is read from instead of trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<crate::spec::ExternalModel>,
@@ -355,6 +361,7 @@ fn resolve(
             seed,
             spec: model_spec,
             train,
+            group: m.group,
             external: m.external,
         });
     }
@@ -397,16 +404,34 @@ fn resolve(
                     "lists no model; leave the key out to attack every model",
                 ));
             }
-            for name in listed {
-                model_of(&format!("{field}.models"), name)?;
-            }
+        }
+        // A replicated entry's name stands for all its replicates.
+        let listed = a.models.as_ref().map(|listed| {
+            listed
+                .iter()
+                .flat_map(|name| {
+                    let group: Vec<String> = models
+                        .iter()
+                        .filter(|m| m.group.as_deref() == Some(name.as_str()))
+                        .map(|m| m.name.clone())
+                        .collect();
+                    if group.is_empty() {
+                        vec![name.clone()]
+                    } else {
+                        group
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        for name in listed.iter().flatten() {
+            model_of(&format!("{field}.models"), name)?;
         }
         attacks.push(AttackDef {
             name: a.name.clone(),
             method: attack_method(path, &field, a, spec.seed, input, n_classes)?,
             eps,
             eps_written: a.eps.iter().map(|b| b.written.clone()).collect(),
-            models: a.models.clone(),
+            models: listed,
         });
     }
 
@@ -529,6 +554,7 @@ fn resolve(
             test_limit: spec.eval.test_limit,
             batch_size: spec.eval.batch_size,
         },
+        predictions: spec.eval.predictions,
         visuals,
         report: spec.report,
         path: path.to_path_buf(),

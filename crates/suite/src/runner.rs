@@ -24,7 +24,9 @@ use serde::Serialize;
 use sha2::Digest;
 
 use crate::cache::is_finished;
-use crate::record::{AttackOutput, CraftOutput, JobFile, NoiseOutput, ScoreOutput, TrainOutput};
+use crate::record::{
+    AttackOutput, CraftOutput, JobFile, NoiseOutput, PredictOutput, ScoreOutput, TrainOutput,
+};
 use crate::{
     write, Error, Job, JobKind, Plan, Result, Stage, Suite, Task, CODE_VERSION, INIT_STREAM,
 };
@@ -813,6 +815,22 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
             )?;
             let seconds = timer.elapsed().as_secs_f64();
             ctx.finish(job, started, ScoreOutput { record, seconds })
+        }
+        Task::Predict { model } => {
+            let net = ctx.load_model(job.inputs[0])?;
+            let test = &ctx.data.splits.test;
+            let images = test.images.to_device(ctx.device)?;
+            let predictions = predict(net.as_ref(), &images, batch_size)?;
+            let labels = test.labels.to_vec1::<u32>()?;
+            ctx.finish(
+                job,
+                started,
+                PredictOutput {
+                    model: suite.models[model].name.clone(),
+                    labels,
+                    predictions,
+                },
+            )
         }
         Task::Visuals => {
             let def = suite

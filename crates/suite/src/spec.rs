@@ -63,6 +63,11 @@ pub struct ModelEntrySpec {
     /// Seed of this model's initial weights, shuffling and dropout; the suite's by default.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// One model per seed, named `NAME-sSEED`, instead of one with `seed`: replicates whose
+    /// spread the report gives (mean and standard deviation over seeds). Inherited by `like`
+    /// unless the entry sets `seed` or `seeds` itself.
+    #[serde(default)]
+    pub seeds: Option<Spanned<Vec<u64>>>,
     /// [`gauntlet_models::Arch`].
     #[serde(default)]
     pub arch: Option<Spanned<Value>>,
@@ -189,6 +194,10 @@ pub struct EvalSpec {
     pub test_limit: Option<usize>,
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// Write `predictions.csv`: every model's class for every test example, for paired
+    /// comparisons (McNemar's test in the report).
+    #[serde(default)]
+    pub predictions: bool,
 }
 
 impl Default for EvalSpec {
@@ -196,6 +205,7 @@ impl Default for EvalSpec {
         Self {
             test_limit: None,
             batch_size: default_eval_batch(),
+            predictions: false,
         }
     }
 }
@@ -294,6 +304,8 @@ pub fn parse(path: &Path, text: &str) -> Result<SuiteSpec> {
 pub struct MergedModel {
     pub name: String,
     pub seed: Option<u64>,
+    /// The entry's name when `seeds` made this model one of its replicates.
+    pub group: Option<String>,
     /// For a model read from a file, the file's own.
     pub arch: Arch,
     pub preprocess: Preprocess,
@@ -353,6 +365,14 @@ pub fn merge_models(
     let mut index = BTreeMap::new();
     for (i, entry) in entries.iter().enumerate() {
         let name = entry.name.get_ref();
+        if let (Some(_), Some(seeds)) = (entry.seed, &entry.seeds) {
+            return Err(located(
+                path,
+                text,
+                seeds.span(),
+                format!("model `{name}`: give `seed` or `seeds`, not both"),
+            ));
+        }
         if index.insert(name.clone(), i).is_some() {
             return Err(located(
                 path,
@@ -419,17 +439,74 @@ pub fn merge_models(
             merged[i] = Some(raw);
         }
     }
-    entries
-        .iter()
-        .zip(merged)
-        .map(|(entry, raw)| typed(path, text, entry, raw.expect("every entry resolved")))
-        .collect()
+    let mut models = Vec::new();
+    for (entry, raw) in entries.iter().zip(merged) {
+        let raw = raw.expect("every entry resolved");
+        let seeds = raw.seeds.clone();
+        let model = typed(path, text, entry, raw)?;
+        match seeds {
+            None => models.push(model),
+            Some(seeds) => models.extend(replicates(path, text, entry, model, &seeds, &index)?),
+        }
+    }
+    Ok(models)
+}
+
+/// One model per seed of entry `entry`'s (own or inherited) `seeds`.
+fn replicates(
+    path: &Path,
+    text: &str,
+    entry: &ModelEntrySpec,
+    model: MergedModel,
+    seeds: &[u64],
+    names: &BTreeMap<String, usize>,
+) -> Result<Vec<MergedModel>> {
+    let name = entry.name.get_ref();
+    // Located at the entry's own `seeds`, or at its name when they are inherited.
+    let span = entry
+        .seeds
+        .as_ref()
+        .map_or_else(|| entry.name.span(), |s| s.span());
+    let fail = |msg: String| {
+        Err(located(
+            path,
+            text,
+            span.clone(),
+            format!("model `{name}`: seeds: {msg}"),
+        ))
+    };
+    if model.external.is_some() {
+        return fail("a model read from `path` is not trained, so it has no seeds".into());
+    }
+    if seeds.is_empty() {
+        return fail("lists no seed; give at least one, or use `seed`".into());
+    }
+    let mut out = Vec::with_capacity(seeds.len());
+    for (i, &seed) in seeds.iter().enumerate() {
+        if seeds[..i].contains(&seed) {
+            return fail(format!("seed {seed} is listed twice"));
+        }
+        let replica = format!("{name}-s{seed}");
+        if names.contains_key(&replica) {
+            return fail(format!(
+                "its replicate `{replica}` has the name of another model"
+            ));
+        }
+        out.push(MergedModel {
+            name: replica,
+            seed: Some(seed),
+            group: Some(name.clone()),
+            ..model.clone()
+        });
+    }
+    Ok(out)
 }
 
 /// The inheritable fields of a model entry as TOML values.
 #[derive(Clone, Debug, Default)]
 struct RawModel {
     seed: Option<u64>,
+    seeds: Option<Vec<u64>>,
     arch: Option<Value>,
     preprocess: Option<Value>,
     train: Option<Value>,
@@ -449,6 +526,7 @@ impl RawModel {
         }
         Self {
             seed: entry.seed,
+            seeds: entry.seeds.as_ref().map(|s| s.get_ref().clone()),
             arch: entry.arch.as_ref().map(|a| a.get_ref().clone()),
             preprocess: entry.preprocess.as_ref().map(|p| p.get_ref().clone()),
             train,
@@ -461,8 +539,15 @@ impl RawModel {
             (b, None) => b.clone(),
             (None, o) => o.clone(),
         };
+        // An entry's own `seed` or `seeds` replaces both of its parent's.
+        let (seed, seeds) = if own.seed.is_some() || own.seeds.is_some() {
+            (own.seed, own.seeds.clone())
+        } else {
+            (self.seed, self.seeds.clone())
+        };
         RawModel {
-            seed: own.seed.or(self.seed),
+            seed,
+            seeds,
             arch: pick(&self.arch, &own.arch),
             preprocess: pick(&self.preprocess, &own.preprocess),
             train: pick(&self.train, &own.train),
@@ -514,6 +599,7 @@ fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Resu
         return Ok(MergedModel {
             name,
             seed: raw.seed,
+            group: None,
             arch: ext.spec.arch.clone(),
             preprocess: ext.spec.preprocess,
             train: TrainConfig::default(),
@@ -563,6 +649,7 @@ fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Resu
     Ok(MergedModel {
         name,
         seed: raw.seed,
+        group: None,
         arch,
         preprocess,
         train,
@@ -722,6 +809,58 @@ train = { epochs = 2, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
         // BASE has 8 lines after its leading newline; the entry's train is on line 12.
         assert!(
             err.starts_with("s.toml:12:9:") && err.contains("epochz"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn seeds_make_one_replicate_per_seed_and_are_inherited() {
+        let ms = models(
+            "[[model]]\nname = \"b\"\nlike = \"a\"\nseeds = [3, 1]\n\
+             [[model]]\nname = \"c\"\nlike = \"b\"\ntrain = { epochs = 5 }\n\
+             [[model]]\nname = \"d\"\nlike = \"b\"\nseed = 7\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, Option<u64>, Option<&str>, usize)> = ms
+            .iter()
+            .map(|m| (m.name.as_str(), m.seed, m.group.as_deref(), m.train.epochs))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", None, None, 2),
+                ("b-s3", Some(3), Some("b"), 2),
+                ("b-s1", Some(1), Some("b"), 2),
+                ("c-s3", Some(3), Some("c"), 5),
+                ("c-s1", Some(1), Some("c"), 5),
+                ("d", Some(7), None, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_seeds_are_located_errors() {
+        for (extra, expected) in [
+            (
+                "seed = 1\nseeds = [2]\n",
+                "give `seed` or `seeds`, not both",
+            ),
+            ("seeds = []\n", "lists no seed"),
+            ("seeds = [4, 4]\n", "seed 4 is listed twice"),
+        ] {
+            let err = models(&format!("[[model]]\nname = \"b\"\nlike = \"a\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("s.toml:1") && err.contains(expected),
+                "{extra}: {err}"
+            );
+        }
+        let err = models("[[model]]\nname = \"b-s1\"\nlike = \"a\"\n[[model]]\nname = \"b\"\nlike = \"a\"\nseeds = [1]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`b-s1` has the name of another model"),
             "{err}"
         );
     }

@@ -2,7 +2,8 @@
 //! `results.json`, `robustness.csv`, `noise.csv`, `transfer.csv`, `training.csv`,
 //! `timings.csv` (every wall time, so the other files are identical from run to run),
 //! `per-example/<model>-<attack>.csv`, `models/<model>.safetensors` (+ `.json`),
-//! `perturbations.json` and `logit_sweep.json` (from the visuals job),
+//! `perturbations.json` and `logit_sweep.json` (from the visuals job), `predictions.csv`
+//! (from the predict jobs),
 //! `suite.resolved.json` and `plan.json` into the results folder. The layout is documented in
 //! docs/results.md.
 
@@ -20,8 +21,8 @@ use gauntlet_results::{
 
 use crate::record::{
     AttackOutput, CraftOutput, EvalSettings, JobFile, MaskingEntry, ModelResult, NoiseOutput,
-    NoiseRow, Results, RobustnessRow, ScoreOutput, SecurityCurveRow, TimingRow, TrainOutput,
-    TrainingRow, SCHEMA_VERSION,
+    NoiseRow, PredictOutput, Results, RobustnessRow, ScoreOutput, SecurityCurveRow, TimingRow,
+    TrainOutput, TrainingRow, SCHEMA_VERSION,
 };
 use crate::runner::{
     read_job, write_csv, write_json, write_table, DISTANCES_FILE, EXAMPLES_FILE, MODEL_FILE,
@@ -61,6 +62,9 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
     let mut timings = Vec::new();
     let mut per_model_records = vec![Vec::new(); suite.models.len()];
     let mut visuals_done = false;
+    // (test examples, correct) of each model's training job, and its predict job's output.
+    let mut test_counts = vec![None; suite.models.len()];
+    let mut predicted: Vec<(usize, PredictOutput)> = Vec::new();
 
     for (i, job) in plan.jobs.iter().enumerate() {
         if !done(i) {
@@ -82,6 +86,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 copy(&dir.join("model.json"), &results_dir.join(&spec_file))?;
                 written.push(results_dir.join(&checkpoint));
                 let correct = out.test.correct();
+                test_counts[model] = Some((out.test.n, correct));
                 let (test_ci_low, test_ci_high) = wilson_interval(correct, out.test.n);
                 training.extend(
                     out.log
@@ -102,6 +107,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 models.push(ModelResult {
                     name: def.name.clone(),
                     seed: def.seed,
+                    group: def.group.clone(),
                     arch: def.spec.arch.kind().to_string(),
                     spec: def.spec.clone(),
                     train: def.train.clone(),
@@ -186,6 +192,24 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                 timings.push(TimingRow::new(&job.id, "scoring", file.output.seconds));
                 transfer.push(file.output.record);
             }
+            Task::Predict { model } => {
+                let out = read_job::<PredictOutput>(&dir)?.output;
+                // The same model on the same images: anything else is a damaged cache.
+                let counted = (out.labels.len(), out.labels.len() - out.errors());
+                if let Some(expected) = test_counts[model] {
+                    if counted != expected || out.predictions.len() != out.labels.len() {
+                        return Err(Error::invalid(
+                            &dir,
+                            "predictions",
+                            format!(
+                                "{} of {} test examples correct, but the training job of `{}` counted {} of {}",
+                                counted.1, counted.0, suite.models[model].name, expected.1, expected.0
+                            ),
+                        ));
+                    }
+                }
+                predicted.push((model, out));
+            }
             Task::Visuals => {
                 let _: JobFile<VisualsOutput> = read_job(&dir)?;
                 for name in [PERTURBATIONS_FILE, LOGIT_SWEEP_FILE] {
@@ -264,6 +288,11 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         write_table(&path, &points, SECURITY_CURVE_COLUMNS)?;
         written.push(path);
     }
+    if suite.predictions {
+        let path = results_dir.join("predictions.csv");
+        write_predictions(&path, suite, &predicted)?;
+        written.push(path);
+    }
     write_csv(&results_dir.join("training.csv"), &training)?;
     write_csv(&results_dir.join("timings.csv"), &timings)?;
     for name in [
@@ -329,6 +358,44 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         written.push(path);
     }
     Ok(written)
+}
+
+/// `predictions.csv`: `index`, `label` and one column per model (in suite order) with its
+/// class for each test example.
+fn write_predictions(
+    path: &Path,
+    suite: &Suite,
+    predicted: &[(usize, PredictOutput)],
+) -> Result<()> {
+    let fail = |e: csv::Error| Error::invalid(path, "file", format!("cannot write: {e}"));
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["index".to_string(), "label".to_string()];
+    header.extend(predicted.iter().map(|(m, _)| suite.models[*m].name.clone()));
+    writer.write_record(&header).map_err(fail)?;
+    let labels = predicted
+        .first()
+        .map_or(&[][..], |(_, o)| o.labels.as_slice());
+    for (i, label) in labels.iter().enumerate() {
+        let mut row = vec![i.to_string(), label.to_string()];
+        for (m, out) in predicted {
+            if out.labels.get(i) != Some(label) {
+                return Err(Error::invalid(
+                    path,
+                    "labels",
+                    format!(
+                        "the predict jobs of `{}` and `{}` saw different test labels",
+                        suite.models[predicted[0].0].name, suite.models[*m].name
+                    ),
+                ));
+            }
+            row.push(out.predictions[i].to_string());
+        }
+        writer.write_record(&row).map_err(fail)?;
+    }
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| Error::invalid(path, "file", format!("cannot write: {e}")))?;
+    write_atomic(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 /// The rows of a CSV file a job wrote.

@@ -66,6 +66,7 @@ pub fn described(
     Ok(ModelResult {
         name: model_name(path),
         seed,
+        group: None,
         arch: spec.arch.kind().to_string(),
         n_params: model.params().n_scalars(),
         spec,

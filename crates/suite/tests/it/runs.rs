@@ -324,3 +324,109 @@ fn two_models_of_one_recipe_share_their_jobs_instead_of_racing() {
     assert!(!of("base").is_empty());
     assert_eq!(of("base"), of("twin"));
 }
+
+/// `seeds` makes one model per seed, the same job as an entry with that `seed`; an attack's
+/// `models` naming the entry attacks every replicate; `[eval] predictions` writes every
+/// model's class per test example, agreeing with its test error.
+#[test]
+fn seeds_make_replicates_and_predictions_match_the_test_error() {
+    let text = r#"
+name = "seeds"
+seed = 3
+data = { dataset = "mnist", dir = "{data}", train-limit = 300, valid-size = 1000, valid-limit = 100, test-limit = 100 }
+
+[[model]]
+name = "base"
+seeds = [1, 2]
+arch = { kind = "maxout-mlp", units = [16], pieces = 2 }
+train = { epochs = 1, batch-size = 50, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
+
+[[model]]
+name = "single"
+like = "base"
+seed = 1
+
+[[attack]]
+name = "fgsm"
+kind = "fast-gradient"
+norm = "inf"
+eps = [0.1]
+models = ["base"]
+
+[visuals]
+enabled = false
+
+[eval]
+batch-size = 40
+predictions = true
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "seeds.toml", text);
+    let root = dir.path().join("results");
+    let summary = run_suite(&path, &options(&root)).unwrap();
+    let ids: BTreeSet<&str> = summary.jobs.iter().map(|j| j.id.as_str()).collect();
+    let expected: BTreeSet<&str> = [
+        "train/base-s1",
+        "train/base-s2",
+        "train/single",
+        "attack/base-s1/fgsm",
+        "attack/base-s2/fgsm",
+        "predict/base-s1",
+        "predict/base-s2",
+        "predict/single",
+    ]
+    .into();
+    assert_eq!(ids, expected);
+    let key = |id: &str| {
+        summary
+            .jobs
+            .iter()
+            .find(|j| j.id == id)
+            .unwrap()
+            .key
+            .clone()
+    };
+    assert_eq!(key("train/base-s1"), key("train/single"));
+    assert_ne!(key("train/base-s1"), key("train/base-s2"));
+
+    let out = root.join("seeds");
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let groups: Vec<(&str, u64, Option<&str>)> = results
+        .models
+        .iter()
+        .map(|m| (m.name.as_str(), m.seed, m.group.as_deref()))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("base-s1", 1, Some("base")),
+            ("base-s2", 2, Some("base")),
+            ("single", 1, None)
+        ]
+    );
+    let mut reader = csv::Reader::from_path(out.join("predictions.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header, ["index", "label", "base-s1", "base-s2", "single"]);
+    let rows: Vec<Vec<u32>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 100);
+    for (c, m) in results.models.iter().enumerate() {
+        let wrong = rows.iter().filter(|r| r[1] != r[2 + c]).count();
+        assert!(
+            (wrong as f64 / 100.0 - m.test_error).abs() < 1e-12,
+            "{}: {wrong} wrong, test error {}",
+            m.name,
+            m.test_error
+        );
+    }
+    assert_eq!(
+        rows.iter().map(|r| r[0] as usize).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>()
+    );
+
+    let again = run_suite(&path, &options(&root)).unwrap();
+    assert_eq!(again.executed(), 0);
+}
