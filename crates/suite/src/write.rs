@@ -195,9 +195,20 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
             Task::Predict { model } => {
                 let out = read_job::<PredictOutput>(&dir)?.output;
                 // The same model on the same images: anything else is a damaged cache.
+                if out.predictions.len() != out.labels.len() {
+                    return Err(Error::invalid(
+                        &dir,
+                        "predictions",
+                        format!(
+                            "{} predictions for {} labels",
+                            out.predictions.len(),
+                            out.labels.len()
+                        ),
+                    ));
+                }
                 let counted = (out.labels.len(), out.labels.len() - out.errors());
                 if let Some(expected) = test_counts[model] {
-                    if counted != expected || out.predictions.len() != out.labels.len() {
+                    if counted != expected {
                         return Err(Error::invalid(
                             &dir,
                             "predictions",
@@ -288,10 +299,13 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
         write_table(&path, &points, SECURITY_CURVE_COLUMNS)?;
         written.push(path);
     }
+    let path = results_dir.join("predictions.csv");
     if suite.predictions {
-        let path = results_dir.join("predictions.csv");
         write_predictions(&path, suite, &predicted)?;
         written.push(path);
+    } else if path.is_file() {
+        // An earlier run's predictions would pass for these models'.
+        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
     }
     write_csv(&results_dir.join("training.csv"), &training)?;
     write_csv(&results_dir.join("timings.csv"), &timings)?;

@@ -429,4 +429,14 @@ predictions = true
 
     let again = run_suite(&path, &options(&root)).unwrap();
     assert_eq!(again.executed(), 0);
+
+    // Without `predictions` the other jobs stay cached and the stale file goes.
+    let path = write_suite(
+        dir.path(),
+        "seeds.toml",
+        &text.replace("predictions = true", ""),
+    );
+    let without = run_suite(&path, &options(&root)).unwrap();
+    assert_eq!(without.executed(), 0);
+    assert!(!out.join("predictions.csv").exists());
 }
