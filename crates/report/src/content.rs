@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::doc::{Block, Cell};
 use crate::figures::named;
 use crate::plot::fmt_num;
-use crate::schema::{ReportSection, ResultsDir, RobustnessRow};
+use crate::schema::{ModelResult, ReportSection, ResultsDir, RobustnessRow};
 use crate::series::{AccuracyPanel, CurvePanel, NoiseSeries, Point, TransferMatrix};
 use crate::FigureFile;
 
@@ -177,25 +177,37 @@ pub(crate) fn valid_error(data: &ResultsDir, model: &str, epoch: Option<usize>) 
     row.valid_error
 }
 
+/// What models of one radius family share: architecture, spec and training config without the
+/// regularizer's radius (and without the seed when `across_seeds`).
+pub(crate) fn radius_family_key(m: &ModelResult, across_seeds: bool) -> String {
+    let mut train = m.train.clone().unwrap_or_default();
+    if let Some(t) = train.as_object_mut() {
+        if across_seeds {
+            t.remove("seed");
+        }
+        if let Some(r) = t.get_mut("regularizer").and_then(|r| r.as_object_mut()) {
+            r.remove("eps");
+        }
+    }
+    let spec = m.spec.as_ref().map(|s| s.to_string()).unwrap_or_default();
+    format!("{} {spec} {train}", m.arch.as_deref().unwrap_or(""))
+}
+
 /// The families of models that differ only in the regularizer's radius (same architecture,
 /// regularizer kind and norm; two members or more, each with a validation error), each with
 /// the member of lowest validation error: `(members, best)`.
 fn validation_families(data: &ResultsDir) -> Vec<(Vec<String>, String)> {
     let mut families: Vec<(String, Vec<(String, f64)>)> = Vec::new();
     for m in &data.results.models {
-        let (Some(_), Some(valid), Some(mut train)) = (
+        let (Some(_), Some(valid), Some(_)) = (
             m.regularizer(),
             valid_error(data, &m.name, m.best_epoch),
-            m.train.clone(),
+            m.train.as_ref(),
         ) else {
             continue;
         };
-        // Everything but the radius must agree.
-        if let Some(r) = train.get_mut("regularizer").and_then(|r| r.as_object_mut()) {
-            r.remove("eps");
-        }
-        let spec = m.spec.as_ref().map(|s| s.to_string()).unwrap_or_default();
-        let key = format!("{} {spec} {train}", m.arch.as_deref().unwrap_or(""));
+        // Everything but the radius must agree, the seed included.
+        let key = radius_family_key(m, false);
         match families.iter_mut().find(|(k, _)| *k == key) {
             Some((_, members)) => members.push((m.name.clone(), valid)),
             None => families.push((key, vec![(m.name.clone(), valid)])),

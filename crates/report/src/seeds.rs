@@ -2,7 +2,7 @@
 //! regularizer family selects on validation per seed, and McNemar's exact test between
 //! families on the test set's per-example correctness (`predictions.csv`).
 
-use crate::content::valid_error;
+use crate::content::{radius_family_key, valid_error};
 use crate::doc::{Block, Cell};
 use crate::schema::{ModelResult, Predictions, ResultsDir};
 
@@ -95,15 +95,7 @@ fn families(data: &ResultsDir) -> Vec<Family<'_>> {
         g.models.sort_by_key(|m| m.seed);
         let m = g.models[0];
         // Everything but the radius and the seed must agree.
-        let mut train = m.train.clone().unwrap_or_default();
-        if let Some(t) = train.as_object_mut() {
-            t.remove("seed");
-            if let Some(r) = t.get_mut("regularizer").and_then(|r| r.as_object_mut()) {
-                r.remove("eps");
-            }
-        }
-        let spec = m.spec.as_ref().map(|s| s.to_string()).unwrap_or_default();
-        let key = format!("{} {spec} {train}", m.arch.as_deref().unwrap_or(""));
+        let key = radius_family_key(m, true);
         match out.iter_mut().find(|(k, _)| *k == key) {
             Some((_, f)) => f.groups.push(g),
             None => out.push((
