@@ -84,7 +84,7 @@ pub struct RunArgs {
     /// Run a deterministic share i of n (0-based) of every stage's jobs, e.g. --shard 0/2.
     #[arg(long)]
     pub shard: Option<String>,
-    /// Run only this stage: train, evaluate or transfer.
+    /// Run only this stage: train, continue, evaluate or transfer.
     #[arg(long)]
     pub stage: Option<String>,
     /// Independent jobs of a stage run side by side on this many threads (default: one per

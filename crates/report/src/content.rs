@@ -346,6 +346,7 @@ pub(crate) fn document(
         b.push(figure(f, report_dir));
     }
 
+    crate::stages::section(data, &mut b);
     crate::seeds::section(data, &mut b);
 
     // Robust accuracy.

@@ -18,6 +18,7 @@ mod plot;
 pub mod schema;
 mod seeds;
 pub mod series;
+mod stages;
 pub mod tensors;
 
 use std::collections::HashSet;

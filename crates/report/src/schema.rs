@@ -113,6 +113,9 @@ pub struct ModelResult {
     /// The model's spec (architecture, input, classes) as results.json records it.
     #[serde(default)]
     pub spec: Option<serde_json::Value>,
+    /// The model whose training this one continued (a second stage).
+    #[serde(default)]
+    pub continues: Option<String>,
 }
 
 impl ModelResult {
@@ -182,6 +185,31 @@ pub struct ResultsDir {
     pub training: Option<Vec<TrainingRow>>,
     /// `None` when `predictions.csv` is absent.
     pub predictions: Option<Predictions>,
+    /// `timings.csv` (wall times, kept out of results.json); empty when absent.
+    pub timings: Vec<TimingRow>,
+}
+
+/// A row of `timings.csv`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TimingRow {
+    /// The job's id: `train/MODEL`, `continue/MODEL`, ...
+    pub job: String,
+    /// `job`, `training`, `epoch N`, ...
+    pub part: String,
+    pub seconds: f64,
+}
+
+impl ResultsDir {
+    /// Wall time of model `model`'s training epochs (its `train/` or `continue/` job).
+    pub fn training_seconds(&self, model: &str) -> Option<f64> {
+        self.timings
+            .iter()
+            .find(|t| {
+                t.part == "training"
+                    && (t.job == format!("train/{model}") || t.job == format!("continue/{model}"))
+            })
+            .map(|t| t.seconds)
+    }
 }
 
 /// `predictions.csv`: the label and each model's class for every test example.
@@ -282,7 +310,8 @@ pub(crate) fn read_versioned_json<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(json)
 }
 
-/// Reads `results.json` and, when present, `training.csv` from `dir`.
+/// Reads `results.json` and, when present, `training.csv`, `predictions.csv` and
+/// `timings.csv` from `dir`.
 pub fn read_results_dir(dir: &Path) -> Result<ResultsDir> {
     let results: Results =
         read_versioned_json(&dir.join("results.json"), SUPPORTED_SCHEMA_VERSION)?;
@@ -313,11 +342,18 @@ pub fn read_results_dir(dir: &Path) -> Result<ResultsDir> {
     } else {
         None
     };
+    let timings_path = dir.join("timings.csv");
+    let timings = if timings_path.is_file() {
+        read_csv(&timings_path)?
+    } else {
+        Vec::new()
+    };
     Ok(ResultsDir {
         dir: dir.to_path_buf(),
         results,
         training,
         predictions,
+        timings,
     })
 }
 

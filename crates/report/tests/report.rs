@@ -622,3 +622,59 @@ fn replicates_get_mean_sd_validation_selection_and_mcnemar() {
         "{err}"
     );
 }
+
+#[test]
+fn second_stages_show_each_stage_beside_the_other() {
+    let dir = copy_fixture(&["results.json"], |v| {
+        let template = v["models"][0].clone();
+        let mut first = template.clone();
+        first["name"] = "full".into();
+        first["epochs_run"] = 343.into();
+        first["best_epoch"] = 243.into();
+        first["stopped_by"] = "early-stopping".into();
+        first["test_n"] = 10000.into();
+        first["test_error"] = 0.0102.into();
+        first["test_ci_low"] = 0.9878.into();
+        first["test_ci_high"] = 0.9917.into();
+        let mut second = first.clone();
+        second["name"] = "full-60k".into();
+        second["continues"] = "full".into();
+        second["epochs_run"] = 12.into();
+        second["best_epoch"] = 12.into();
+        second["stopped_by"] = "train-loss-target".into();
+        second["test_error"] = 0.0095.into();
+        second["test_ci_low"] = 0.9885.into();
+        second["test_ci_high"] = 0.9923.into();
+        second["train"] =
+            serde_json::json!({ "stop-at-train-loss": 0.04125, "regularizer": { "kind": "none" } });
+        v["models"] = serde_json::json!([first, second]);
+    });
+    let mut training = String::from("model,epoch,train_loss,train_error,valid_loss,valid_error\n");
+    for epoch in 1..=12 {
+        training.push_str(&format!(
+            "full-60k,{epoch},{},0.01,,\n",
+            0.05 - 0.0008 * epoch as f64
+        ));
+    }
+    fs::write(dir.path().join("training.csv"), training).unwrap();
+    fs::write(
+        dir.path().join("timings.csv"),
+        "job,part,seconds,examples_per_second\ntrain/full,job,7300,\ntrain/full,training,7200,\ncontinue/full-60k,training,900,\n",
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    write_report(dir.path(), out.path()).unwrap();
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Training stages"), "{md}");
+    // Stage 1's epochs and kept epoch, 2 h; stage 2's 12 epochs to 0.05 - 0.0096 = 0.0404 (the target 0.04125 rounds up).
+    assert!(
+        md.contains("| full-60k | full | 343 (kept 243) | 2.00 h | 1.02% [0.83, 1.22] | 12 | train-loss-target | 0.0413 → 0.0404 | 15 min | 0.95% [0.77, 1.15] |"),
+        "{md}"
+    );
+    // Without a second stage, no such section.
+    let plain = copy_fixture(&["results.json"], |_| {});
+    let out = tempfile::tempdir().unwrap();
+    write_report(plain.path(), out.path()).unwrap();
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(!md.contains("Training stages"));
+}

@@ -36,7 +36,9 @@ pub fn is_finished(dir: &Path, key: &str, kind: JobKind) -> bool {
         serde_json::from_str::<JobFile<T>>(text).is_ok()
     }
     let (readable, beside): (bool, &[&str]) = match kind {
-        JobKind::Train => (parses::<TrainOutput>(&text), &[MODEL_FILE, "model.json"]),
+        JobKind::Train | JobKind::Continue => {
+            (parses::<TrainOutput>(&text), &[MODEL_FILE, "model.json"])
+        }
         JobKind::Attack => (parses::<AttackOutput>(&text), &[EXAMPLES_FILE]),
         JobKind::Noise => (parses::<NoiseOutput>(&text), &[]),
         JobKind::Craft => (parses::<CraftOutput>(&text), &[CRAFTED_FILE]),

@@ -1,7 +1,8 @@
 //! The plan: a suite as a DAG of jobs with stable ids and content keys.
 //!
 //! ```text
-//! train(model) ──► attack(model, attack, all ε)
+//! train(model) ──► continue(model) (a second training stage, `continue`)
+//! train or continue(model) ──► attack(model, attack, all ε)
 //!              ──► noise(model)
 //!              ──► craft(source, attack, ε) ──► score(source, target, attack, ε)
 //!                                 train(target) ─┘
@@ -35,6 +36,8 @@ pub const INIT_STREAM: u64 = 100;
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     Train,
+    /// A second training stage from another model's training job (`continue`).
+    Continue,
     Attack,
     Noise,
     /// Adversarial examples against one transfer source at one ε.
@@ -51,6 +54,7 @@ impl JobKind {
     pub fn name(self) -> &'static str {
         match self {
             JobKind::Train => "train",
+            JobKind::Continue => "continue",
             JobKind::Attack => "attack",
             JobKind::Noise => "noise",
             JobKind::Craft => "craft",
@@ -63,6 +67,7 @@ impl JobKind {
     pub fn stage(self) -> Stage {
         match self {
             JobKind::Train => Stage::Train,
+            JobKind::Continue => Stage::Continue,
             JobKind::Attack
             | JobKind::Noise
             | JobKind::Craft
@@ -86,6 +91,8 @@ impl fmt::Display for JobKind {
 pub enum Stage {
     /// Training.
     Train,
+    /// Training that starts from a model trained in [`Stage::Train`].
+    Continue,
     /// Attacks, noise, and crafting transfer examples: everything needing one trained model.
     Evaluate,
     /// Scoring crafted examples on targets.
@@ -93,11 +100,17 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Train, Stage::Evaluate, Stage::Transfer];
+    pub const ALL: [Stage; 4] = [
+        Stage::Train,
+        Stage::Continue,
+        Stage::Evaluate,
+        Stage::Transfer,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Train => "train",
+            Stage::Continue => "continue",
             Stage::Evaluate => "evaluate",
             Stage::Transfer => "transfer",
         }
@@ -115,10 +128,11 @@ impl FromStr for Stage {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "train" => Ok(Stage::Train),
+            "continue" => Ok(Stage::Continue),
             "evaluate" => Ok(Stage::Evaluate),
             "transfer" => Ok(Stage::Transfer),
             other => Err(format!(
-                "unknown stage `{other}`, expected train, evaluate or transfer"
+                "unknown stage `{other}`, expected train, continue, evaluate or transfer"
             )),
         }
     }
@@ -127,6 +141,8 @@ impl FromStr for Stage {
 /// What a job works on, as indices into the [`Suite`] (and, for `Score`, the [`Plan`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Task {
+    /// Trains model `model`, or for a [`JobKind::Continue`] job continues its source's
+    /// training job (the job's one input).
     Train {
         model: usize,
     },
@@ -157,7 +173,7 @@ pub enum Task {
 /// One unit of work.
 #[derive(Clone, Debug)]
 pub struct Job {
-    /// Stable and readable: `train/NAME`, `attack/MODEL/ATTACK`, `noise/MODEL`, `predict/MODEL`,
+    /// Stable and readable: `train/NAME`, `continue/NAME`, `attack/MODEL/ATTACK`, `noise/MODEL`, `predict/MODEL`,
     /// `craft/ATTACK/EPS/SOURCE`, `score/ATTACK/EPS/SOURCE/TARGET`, `visuals`.
     pub id: String,
     pub kind: JobKind,
@@ -207,27 +223,41 @@ impl Plan {
             .digest(),
         };
         let eval = serde_json::to_value(&suite.eval).expect("eval options serialize");
-        let train_jobs: Vec<usize> = suite
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                // A model read from a file is keyed by its bytes, not by where it lies.
-                let spec = match &m.external {
-                    Some(ext) => json!({ "model": m.spec, "import-sha256": ext.sha256 }),
-                    None => {
-                        json!({ "model": m.spec, "train": m.train, "seed": m.seed, "init-stream": INIT_STREAM })
-                    }
-                };
-                planner.push(
-                    format!("train/{}", m.name),
-                    JobKind::Train,
-                    spec,
-                    vec![],
-                    Task::Train { model: i },
-                )
-            })
-            .collect();
+        // The job that gives each model's weights; second stages after every first stage.
+        let mut train_jobs = vec![usize::MAX; suite.models.len()];
+        for (i, m) in suite.models.iter().enumerate() {
+            if m.continues.is_some() {
+                continue;
+            }
+            // A model read from a file is keyed by its bytes, not by where it lies.
+            let spec = match &m.external {
+                Some(ext) => json!({ "model": m.spec, "import-sha256": ext.sha256 }),
+                None => {
+                    json!({ "model": m.spec, "train": m.train, "seed": m.seed, "init-stream": INIT_STREAM })
+                }
+            };
+            train_jobs[i] = planner.push(
+                format!("train/{}", m.name),
+                JobKind::Train,
+                spec,
+                vec![],
+                Task::Train { model: i },
+            );
+        }
+        for (i, m) in suite.models.iter().enumerate() {
+            let Some(source) = m.continues else {
+                continue;
+            };
+            // The source's job key carries its recipe and seed; the rate, momentum and
+            // stopping objective follow from its output.
+            train_jobs[i] = planner.push(
+                format!("continue/{}", m.name),
+                JobKind::Continue,
+                json!({ "model": m.spec, "train": m.train, "seed": m.seed, "on": "train+valid" }),
+                vec![train_jobs[source]],
+                Task::Train { model: i },
+            );
+        }
         for (i, m) in suite.models.iter().enumerate() {
             for (a, attack) in suite.attacks.iter().enumerate() {
                 if !attack.attacks_model(&m.name) {

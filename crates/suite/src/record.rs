@@ -44,6 +44,10 @@ pub struct TrainOutput {
     pub log: TrainLog,
     /// Clean loss and error on the whole test split (after `data.test-limit`).
     pub test: EvalResult,
+    /// The settings it trained with where the job completed them when it ran (a second
+    /// stage's rate, momentum and stopping objective); absent when they are the suite's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainConfig>,
 }
 
 /// Output of a predict job: the class of every test example, in test-set order.
@@ -171,6 +175,9 @@ pub struct ModelResult {
     pub checkpoint_sha256: String,
     /// Key of the training job.
     pub job: String,
+    /// The model whose training this one continued (`continue`): its first stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<String>,
     /// For a model read from a file instead of trained: the path the suite gave, and the
     /// SHA-256 of the file's bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

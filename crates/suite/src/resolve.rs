@@ -56,6 +56,12 @@ pub struct ModelDef {
     /// The file this model is read from instead of trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external: Option<crate::spec::ExternalModel>,
+    /// The model (index into [`Suite::models`]) whose kept weights this one continues on the
+    /// training and validation splits together (`continue`); its `train` has no early
+    /// stopping or validation check, and the optimizer's rate, momentum and the stopping
+    /// objective come from that model's log when the job runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continues: Option<usize>,
 }
 
 /// An attack swept over its ε list.
@@ -353,18 +359,49 @@ fn resolve(
             .map_err(|e| Error::invalid(path, format!("{field}.arch"), e.to_string()))?;
         let mut train = m.train;
         train.seed = seed;
+        if m.continues.is_some() {
+            // No validation split to watch: the second stage stops on the training objective.
+            train.early_stopping = None;
+            train.adversarial_validation = None;
+            train.stop_at_train_loss = None;
+        }
         train
             .validate()
             .map_err(|e| Error::invalid(path, format!("{field}.train"), e.to_string()))?;
-        models.push(ModelDef {
-            name: m.name,
-            seed,
-            spec: model_spec,
-            train,
-            group: m.group,
-            external: m.external,
-        });
+        models.push((
+            ModelDef {
+                name: m.name,
+                seed,
+                spec: model_spec,
+                train,
+                group: m.group,
+                external: m.external,
+                continues: None,
+            },
+            m.continues,
+        ));
     }
+    let names: Vec<String> = models.iter().map(|(m, _)| m.name.clone()).collect();
+    let models: Vec<ModelDef> = models
+        .into_iter()
+        .map(|(mut m, from)| {
+            if let Some(from) = from {
+                // merge_models checked the entry; a replicate's source is named after its seed.
+                let source = names.iter().position(|n| *n == from).ok_or_else(|| {
+                    Error::invalid(
+                        path,
+                        format!("model `{}`.continue", m.name),
+                        format!(
+                            "no model `{from}` to continue (its entry has no replicate of seed {})",
+                            m.seed
+                        ),
+                    )
+                })?;
+                m.continues = Some(source);
+            }
+            Ok(m)
+        })
+        .collect::<Result<_>>()?;
 
     let model_of = |field: &str, name: &str| {
         models.iter().position(|m| m.name == name).ok_or_else(|| {

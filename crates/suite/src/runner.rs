@@ -18,7 +18,9 @@ use gauntlet_data::Splits;
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{build_fitted, checkpoint, Classifier};
-use gauntlet_train::{evaluate, train_resumable, EpochRecord, TrainLog};
+use gauntlet_train::{
+    evaluate, train_resumable, EpochRecord, OptimizerConfig, TrainConfig, TrainLog,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::Digest;
@@ -163,7 +165,7 @@ pub fn run_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
 
 /// [`run_suite`], reporting progress to `observer`.
 ///
-/// Stages run in order (train, evaluate, transfer); within a stage, jobs run on
+/// Stages run in order (train, continue, evaluate, transfer); within a stage, jobs run on
 /// `options.jobs` threads. With `options.shard = Some((i, n))` only the jobs of shard `i`
 /// run, and a job whose inputs another shard has not produced yet is reported
 /// [`JobStatus::Blocked`]: run the shards once per stage (`options.stage`), or repeat them,
@@ -593,6 +595,7 @@ fn finish_train(
     model: usize,
     net: &dyn Classifier,
     log: TrainLog,
+    train: Option<TrainConfig>,
 ) -> Result<()> {
     let dir = ctx.jobs_dir.join(job.dir_name());
     let test = evaluate(
@@ -611,8 +614,61 @@ fn finish_train(
             train_seconds: log.training_seconds(),
             log,
             test,
+            train,
         },
     )
+}
+
+/// The second stage's training settings: `train` with pylearn2's continuation of a first
+/// stage whose log is `first`: its learning rate and momentum at the epoch it kept (held
+/// there, the rate still decaying per batch), stopping once the epoch's mean training
+/// objective falls to that epoch's.
+pub fn second_stage(
+    train: &TrainConfig,
+    first: &TrainLog,
+) -> std::result::Result<TrainConfig, String> {
+    let best = first
+        .epochs
+        .iter()
+        .find(|e| e.epoch == first.best_epoch)
+        .ok_or_else(|| {
+            format!(
+                "its log has no record of its kept epoch {}",
+                first.best_epoch
+            )
+        })?;
+    let mut out = train.clone();
+    out.optimizer = match &train.optimizer {
+        OptimizerConfig::Sgd {
+            momentum_saturate,
+            lr_decay,
+            min_lr,
+            momentum,
+            ..
+        } => {
+            let mu = best.momentum.unwrap_or(*momentum);
+            OptimizerConfig::Sgd {
+                lr: best.lr,
+                momentum: mu,
+                final_momentum: Some(mu),
+                momentum_saturate: *momentum_saturate,
+                lr_decay: *lr_decay,
+                min_lr: *min_lr,
+            }
+        }
+        // No schedule to pick up: Adam restarts its moments at the same rate.
+        adam @ OptimizerConfig::Adam { .. } => adam.clone(),
+    };
+    if !best.train_loss.is_finite() {
+        return Err(format!(
+            "its training objective at epoch {} is {}",
+            best.epoch, best.train_loss
+        ));
+    }
+    out.stop_at_train_loss = Some(best.train_loss);
+    out.early_stopping = None;
+    out.adversarial_validation = None;
+    Ok(out)
 }
 
 fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
@@ -644,7 +700,43 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 regularizer: Default::default(),
                 sigma_eff: None,
             };
-            finish_train(ctx, job, started, model, net.as_ref(), log)
+            finish_train(ctx, job, started, model, net.as_ref(), log, None)
+        }
+        Task::Train { model } if job.kind == JobKind::Continue => {
+            let def = &suite.models[model];
+            let source: JobFile<TrainOutput> = read_job(&ctx.dir(job.inputs[0]))?;
+            let train = second_stage(&def.train, &source.output.log).map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "{}: continuing `{}`: {e}",
+                    job.id, source.output.model
+                ))
+            })?;
+            let net = ctx.load_model(job.inputs[0])?;
+            let splits = &ctx.data.splits;
+            let all = Splits {
+                train: splits.train.concat(&splits.valid)?,
+                valid: splits.valid.truncate(Some(0))?,
+                test: splits.test.clone(),
+                identity: splits.identity.clone(),
+            };
+            let mut progress = TrainProgress {
+                job,
+                observer: ctx.observer,
+            };
+            let state = dir.join(TRAIN_STATE_FILE);
+            let log = train_resumable(
+                net.as_ref(),
+                &all,
+                &train,
+                ctx.device,
+                &mut progress,
+                &state,
+            )?;
+            finish_train(ctx, job, started, model, net.as_ref(), log, Some(train))?;
+            match std::fs::remove_file(&state) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
+                _ => Ok(()),
+            }
         }
         Task::Train { model } => {
             let def = &suite.models[model];
@@ -669,7 +761,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 &mut progress,
                 &state,
             )?;
-            finish_train(ctx, job, started, model, net.as_ref(), log)?;
+            finish_train(ctx, job, started, model, net.as_ref(), log, None)?;
             // Another process running the same job may have removed it already.
             match std::fs::remove_file(&state) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),

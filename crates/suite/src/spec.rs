@@ -85,6 +85,20 @@ pub struct ModelEntrySpec {
     /// suite file.
     #[serde(default)]
     pub path: Option<Spanned<String>>,
+    /// pylearn2's second Maxout stage: continue the named model's kept weights on the training
+    /// and validation splits together, at the learning rate and momentum of its best epoch,
+    /// until the training objective falls to its value at that epoch. Inherits the named
+    /// model's recipe (and its `seeds`: replicate `NAME-sK` continues `FROM-sK`); `train` may
+    /// override fields such as the `epochs` cap.
+    #[serde(default, rename = "continue")]
+    pub continues: Option<Spanned<String>>,
+}
+
+impl ModelEntrySpec {
+    /// The entry whose fields this one inherits: its `like`, or the model it continues.
+    fn parent(&self) -> Option<&Spanned<String>> {
+        self.like.as_ref().or(self.continues.as_ref())
+    }
 }
 
 /// One `[[attack]]` entry: its name, its budgets and the attack itself
@@ -306,6 +320,8 @@ pub struct MergedModel {
     pub seed: Option<u64>,
     /// The entry's name when `seeds` made this model one of its replicates.
     pub group: Option<String>,
+    /// The model this one continues (`continue`), by name.
+    pub continues: Option<String>,
     /// For a model read from a file, the file's own.
     pub arch: Arch,
     pub preprocess: Preprocess,
@@ -381,6 +397,62 @@ pub fn merge_models(
                 format!("duplicate model name `{name}`"),
             ));
         }
+        if let Some(from) = &entry.continues {
+            let own = [
+                ("like", entry.like.as_ref().map(|v| v.span())),
+                ("seed", entry.seed.map(|_| from.span())),
+                ("seeds", entry.seeds.as_ref().map(|v| v.span())),
+                ("arch", entry.arch.as_ref().map(|v| v.span())),
+                ("preprocess", entry.preprocess.as_ref().map(|v| v.span())),
+                ("regularizer", entry.regularizer.as_ref().map(|v| v.span())),
+                ("path", entry.path.as_ref().map(|v| v.span())),
+            ];
+            if let Some((key, span)) = own.into_iter().find_map(|(k, s)| s.map(|s| (k, s))) {
+                return Err(located(
+                    path,
+                    text,
+                    span,
+                    format!(
+                        "model `{name}`: a model that continues another takes its `{key}` from it; only `train` may be set"
+                    ),
+                ));
+            }
+        }
+    }
+    for entry in entries {
+        let Some(from) = &entry.continues else {
+            continue;
+        };
+        let fail = |msg: String| {
+            Err(located(
+                path,
+                text,
+                from.span(),
+                format!("model `{}`: continue: {msg}", entry.name.get_ref()),
+            ))
+        };
+        match index.get(from.get_ref()).map(|&i| &entries[i]) {
+            None => {
+                return fail(format!(
+                    "unknown model `{}` (known: {})",
+                    from.get_ref(),
+                    index.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }
+            Some(source) if source.path.is_some() => {
+                return fail(format!(
+                    "`{}` is read from a file, so it has no training run to continue",
+                    from.get_ref()
+                ))
+            }
+            Some(source) if source.continues.is_some() => {
+                return fail(format!(
+                    "`{}` itself continues a model; continue the first stage's model instead",
+                    from.get_ref()
+                ))
+            }
+            Some(_) => {}
+        }
     }
     // The raw (untyped) fields of every entry after inheritance, filled in dependency order.
     let mut merged: Vec<Option<RawModel>> = vec![None; entries.len()];
@@ -393,7 +465,7 @@ pub fn merge_models(
                 chain.pop();
                 break;
             }
-            let Some(like) = &entries[current].like else {
+            let Some(like) = entries[current].parent() else {
                 break;
             };
             let Some(&parent) = index.get(like.get_ref()) else {
@@ -427,7 +499,7 @@ pub fn merge_models(
         // Resolve from the root down.
         for &i in chain.iter().rev() {
             let own = RawModel::own(&entries[i]);
-            let raw = match &entries[i].like {
+            let raw = match entries[i].parent() {
                 Some(like) => {
                     let parent = merged[index[like.get_ref()]]
                         .as_ref()
@@ -443,7 +515,8 @@ pub fn merge_models(
     for (entry, raw) in entries.iter().zip(merged) {
         let raw = raw.expect("every entry resolved");
         let seeds = raw.seeds.clone();
-        let model = typed(path, text, entry, raw)?;
+        let mut model = typed(path, text, entry, raw)?;
+        model.continues = entry.continues.as_ref().map(|c| c.get_ref().clone());
         match seeds {
             None => models.push(model),
             Some(seeds) => models.extend(replicates(path, text, entry, model, &seeds, &index)?),
@@ -496,6 +569,8 @@ fn replicates(
             name: replica,
             seed: Some(seed),
             group: Some(name.clone()),
+            // The source's replicate of the same seed.
+            continues: model.continues.as_ref().map(|c| format!("{c}-s{seed}")),
             ..model.clone()
         });
     }
@@ -600,6 +675,7 @@ fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Resu
             name,
             seed: raw.seed,
             group: None,
+            continues: None,
             arch: ext.spec.arch.clone(),
             preprocess: ext.spec.preprocess,
             train: TrainConfig::default(),
@@ -650,6 +726,7 @@ fn typed(path: &Path, text: &str, entry: &ModelEntrySpec, raw: RawModel) -> Resu
         name,
         seed: raw.seed,
         group: None,
+        continues: None,
         arch,
         preprocess,
         train,
@@ -835,6 +912,78 @@ train = { epochs = 2, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
                 ("c-s1", Some(1), Some("c"), 5),
                 ("d", Some(7), None, 2),
             ]
+        );
+    }
+
+    #[test]
+    fn continue_inherits_the_first_stage_and_its_seeds() {
+        let ms = models(
+            "[[model]]\nname = \"b\"\nlike = \"a\"\nseeds = [3, 1]\n\
+             [[model]]\nname = \"a2\"\ncontinue = \"a\"\ntrain = { epochs = 9 }\n\
+             [[model]]\nname = \"b2\"\ncontinue = \"b\"\n",
+        )
+        .unwrap();
+        let got: Vec<(&str, Option<u64>, Option<&str>, usize)> = ms
+            .iter()
+            .map(|m| {
+                (
+                    m.name.as_str(),
+                    m.seed,
+                    m.continues.as_deref(),
+                    m.train.epochs,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", None, None, 2),
+                ("b-s3", Some(3), None, 2),
+                ("b-s1", Some(1), None, 2),
+                ("a2", None, Some("a"), 9),
+                ("b2-s3", Some(3), Some("b-s3"), 2),
+                ("b2-s1", Some(1), Some("b-s1"), 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_continues_are_located_errors() {
+        for (extra, expected) in [
+            (
+                "continue = \"zz\"\n",
+                "continue: unknown model `zz` (known: a, b)",
+            ),
+            (
+                "continue = \"a\"\nlike = \"a\"\n",
+                "takes its `like` from it",
+            ),
+            ("continue = \"a\"\nseed = 2\n", "takes its `seed` from it"),
+            (
+                "continue = \"a\"\nregularizer = { kind = \"lp\", p = \"inf\", eps = 0.1 }\n",
+                "takes its `regularizer` from it",
+            ),
+            (
+                "continue = \"a\"\narch = { kind = \"mlp\" }\n",
+                "takes its `arch` from it",
+            ),
+        ] {
+            let err = models(&format!("[[model]]\nname = \"b\"\n{extra}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("s.toml:1") && err.contains(expected),
+                "{extra}: {err}"
+            );
+        }
+        let err = models(
+            "[[model]]\nname = \"b\"\ncontinue = \"a\"\n[[model]]\nname = \"c\"\ncontinue = \"b\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.toml:14:") && err.contains("`b` itself continues a model"),
+            "{err}"
         );
     }
 

@@ -110,7 +110,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     group: def.group.clone(),
                     arch: def.spec.arch.kind().to_string(),
                     spec: def.spec.clone(),
-                    train: def.train.clone(),
+                    train: out.train.clone().unwrap_or_else(|| def.train.clone()),
                     n_params: out.n_params,
                     best_epoch: out.log.best_epoch,
                     epochs_run: out.log.epochs.len(),
@@ -123,6 +123,7 @@ pub fn aggregate(suite: &Suite, plan: &Plan, results_dir: &Path) -> Result<Vec<P
                     checkpoint,
                     checkpoint_sha256,
                     job: job.key.clone(),
+                    continues: def.continues.map(|s| suite.models[s].name.clone()),
                     source: def.external.as_ref().map(|e| e.path.display().to_string()),
                     source_sha256: def.external.as_ref().map(|e| e.sha256.clone()),
                 });

@@ -82,6 +82,7 @@ pub fn described(
         checkpoint: path.display().to_string(),
         checkpoint_sha256: sha256.clone(),
         job: String::new(),
+        continues: None,
         source: Some(path.display().to_string()),
         source_sha256: Some(sha256),
     })

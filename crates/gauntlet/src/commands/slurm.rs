@@ -1,7 +1,8 @@
 //! `gauntlet slurm`: a suite as Slurm job arrays, one per stage.
 //!
 //! gauntlet does not schedule across machines itself. This command writes sbatch scripts
-//! (`train.sbatch`, `evaluate.sbatch`, `transfer.sbatch`, `merge.sbatch`, and `submit.sh`
+//! (`train.sbatch`, `continue.sbatch` where a model has a second stage, `evaluate.sbatch`,
+//! `transfer.sbatch`, `merge.sbatch`, and `submit.sh`
 //! that submits them in order); array task `i` of a stage runs
 //! `gauntlet run SUITE --shard i/N --stage STAGE` against one results folder on a shared
 //! filesystem, and each stage starts only after every task of the previous one succeeded
@@ -131,7 +132,7 @@ fn check_word(flag: &str, value: &str) -> Result<()> {
 /// One script: a stage's job array, or the final merge + report job.
 #[derive(Clone, Debug, PartialEq)]
 struct Step {
-    /// `train`, `evaluate`, `transfer` or `merge`: the script's name and its variable in
+    /// `train`, `continue`, `evaluate`, `transfer` or `merge`: the script's name and its variable in
     /// submit.sh.
     name: &'static str,
     /// The shards that have at least one of the stage's jobs; `None` for the merge job.
@@ -577,7 +578,9 @@ eps = [0.1]
         let steps = steps(&plan, shards);
         let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
         assert_eq!(names, ["train", "evaluate", "transfer", "merge"]);
-        for (step, stage) in steps.iter().zip(Stage::ALL) {
+        // No `continue` stage: the suite has no second training stage.
+        let stages = [Stage::Train, Stage::Evaluate, Stage::Transfer];
+        for (step, stage) in steps.iter().zip(stages) {
             let tasks = step.tasks.as_ref().unwrap();
             let jobs: Vec<_> = plan.jobs.iter().filter(|j| j.stage() == stage).collect();
             // No job of the stage is left without a task, and no task is without a job.

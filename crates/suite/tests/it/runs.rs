@@ -440,3 +440,112 @@ predictions = true
     assert_eq!(without.executed(), 0);
     assert!(!out.join("predictions.csv").exists());
 }
+
+#[test]
+fn continue_runs_a_second_stage_on_train_and_valid_from_the_kept_epoch() {
+    let text = r#"
+name = "stages"
+data = { dataset = "mnist", dir = "{data}", train-limit = 300, valid-size = 1000, valid-limit = 100, test-limit = 100 }
+
+[[model]]
+name = "first"
+seeds = [1, 2]
+arch = { kind = "maxout-mlp", units = [16], pieces = 2 }
+train = { epochs = 4, batch-size = 50, early-stopping = { patience = 2 }, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5, final-momentum = 0.7, momentum-saturate = 3, lr-decay = 1.01 } }
+
+[[model]]
+name = "second"
+continue = "first"
+train = { epochs = 3 }
+
+[[attack]]
+name = "fgsm"
+kind = "fast-gradient"
+norm = "inf"
+eps = [0.1]
+models = ["second"]
+
+[visuals]
+enabled = false
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "stages.toml", text);
+    let root = dir.path().join("results");
+    let summary = run_suite(&path, &options(&root)).unwrap();
+    let ids: Vec<&str> = summary.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "train/first-s1",
+            "train/first-s2",
+            "continue/second-s1",
+            "continue/second-s2",
+            "attack/second-s1/fgsm",
+            "attack/second-s2/fgsm"
+        ]
+    );
+
+    let out = root.join("stages");
+    let results: Results =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let training: Vec<TrainingRow> = read_csv(&out.join("training.csv"));
+    let epochs =
+        |name: &str| -> Vec<&TrainingRow> { training.iter().filter(|r| r.model == name).collect() };
+    let model = |name: &str| results.models.iter().find(|m| m.name == name).unwrap();
+    for seed in [1, 2] {
+        let (first, second) = (format!("first-s{seed}"), format!("second-s{seed}"));
+        let (m1, m2) = (model(&first), model(&second));
+        assert_eq!(m2.continues.as_deref(), Some(first.as_str()));
+        assert_eq!(m1.continues, None);
+        assert_eq!(m2.seed, seed);
+        let kept = epochs(&first)[m1.best_epoch - 1];
+        assert_eq!(kept.epoch, m1.best_epoch);
+        // The kept epoch's rate and momentum, and its objective as the target.
+        match &m2.train.optimizer {
+            gauntlet_train::OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                final_momentum,
+                lr_decay,
+                ..
+            } => {
+                assert_eq!(*lr, kept.lr);
+                assert_eq!(Some(*momentum), kept.momentum);
+                assert_eq!(*final_momentum, kept.momentum);
+                assert_eq!(*lr_decay, 1.01);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m2.train.stop_at_train_loss, Some(kept.train_loss));
+        assert_eq!(m2.train.early_stopping, None);
+        assert_eq!(m2.train.epochs, 3);
+        let rows = epochs(&second);
+        assert!(!rows.is_empty() && rows.len() <= 3, "{}", rows.len());
+        // One epoch of (300 + 100) / 50 = 8 steps from the kept rate: both splits are trained on.
+        let steps = (kept.lr / rows[0].lr).ln() / 1.01f64.ln();
+        assert!(
+            (steps - 8.0).abs() < 1e-6,
+            "{steps} steps in the first epoch"
+        );
+        assert!(rows.iter().all(|r| r.momentum == kept.momentum));
+        assert!(rows.iter().all(|r| r.valid_error.is_none()));
+        // It stops on the first stage's objective, at the first epoch that reaches it.
+        assert_eq!(m2.stopped_by, "train-loss-target", "{rows:?}");
+        assert!(rows.last().unwrap().train_loss <= kept.train_loss);
+        assert!(rows[..rows.len() - 1]
+            .iter()
+            .all(|r| r.train_loss > kept.train_loss));
+        assert_eq!(m2.best_epoch, rows.len());
+        assert_ne!(m1.checkpoint_sha256, m2.checkpoint_sha256);
+    }
+    assert_eq!(run_suite(&path, &options(&root)).unwrap().executed(), 0);
+
+    // The first stage's recipe is part of the second's key through its input.
+    let changed = write_suite(
+        dir.path(),
+        "stages.toml",
+        &text.replace("lr = 0.1,", "lr = 0.05,"),
+    );
+    let rerun = run_suite(&changed, &options(&root)).unwrap();
+    assert_eq!(rerun.executed(), 6);
+}

@@ -34,7 +34,7 @@ fn every_shipped_suite_validates_and_plans() {
         let trains = plan
             .jobs
             .iter()
-            .filter(|j| j.id.starts_with("train/"))
+            .filter(|j| j.id.starts_with("train/") || j.id.starts_with("continue/"))
             .count();
         assert_eq!(trains, suite.models.len(), "{}", path.display());
         let dirs: BTreeSet<_> = plan.jobs.iter().map(|j| j.dir_name()).collect();
@@ -49,6 +49,8 @@ fn every_shipped_suite_validates_and_plans() {
     for name in [
         "quickstart",
         "mnist-paper",
+        "mnist-paper-seeds",
+        "mnist-paper-full",
         "mnist-conv",
         "cifar10",
         "fashion-mnist",

@@ -1,0 +1,107 @@
+//! Two-stage training (a suite model's `continue`): per second stage, what each stage took
+//! and what it gave, so a full-protocol number can be read beside the published one.
+
+use crate::doc::{Block, Cell};
+use crate::schema::{ModelResult, ResultsDir};
+
+fn hours(seconds: Option<f64>) -> String {
+    match seconds {
+        Some(s) if s >= 3600.0 => format!("{:.2} h", s / 3600.0),
+        Some(s) => format!("{:.0} min", s / 60.0),
+        None => "—".into(),
+    }
+}
+
+fn error_cell(m: &ModelResult) -> Cell {
+    format!(
+        "{:.2}% [{:.2}, {:.2}]",
+        m.test_error * 100.0,
+        (1.0 - m.test_ci_high) * 100.0,
+        (1.0 - m.test_ci_low) * 100.0
+    )
+    .into()
+}
+
+fn epochs(m: &ModelResult) -> String {
+    match (m.epochs_run, m.best_epoch) {
+        (Some(run), Some(best)) if run != best => format!("{run} (kept {best})"),
+        (Some(run), _) => run.to_string(),
+        _ => "—".into(),
+    }
+}
+
+/// The last epoch's mean training objective of `model`, from training.csv.
+fn last_objective(data: &ResultsDir, model: &str) -> Option<f64> {
+    data.training
+        .as_ref()?
+        .iter()
+        .filter(|r| r.model == model)
+        .max_by_key(|r| r.epoch)
+        .map(|r| r.train_loss)
+}
+
+pub(crate) fn section(data: &ResultsDir, b: &mut Vec<Block>) {
+    let models = &data.results.models;
+    let pairs: Vec<(&ModelResult, &ModelResult)> = models
+        .iter()
+        .filter_map(|second| {
+            let first = models
+                .iter()
+                .find(|m| Some(&m.name) == second.continues.as_ref())?;
+            Some((first, second))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    b.push(Block::Heading(2, "Training stages".into()));
+    let rows = pairs
+        .iter()
+        .map(|(first, second)| {
+            let target = second
+                .train
+                .as_ref()
+                .and_then(|t| t.get("stop-at-train-loss"))
+                .and_then(|v| v.as_f64());
+            let objective = match (target, last_objective(data, &second.name)) {
+                (Some(t), Some(l)) => format!("{t:.4} → {l:.4}"),
+                (Some(t), None) => format!("{t:.4} → —"),
+                _ => "—".into(),
+            };
+            vec![
+                Cell::from(second.name.clone()),
+                first.name.clone().into(),
+                epochs(first).into(),
+                hours(data.training_seconds(&first.name)).into(),
+                error_cell(first),
+                epochs(second).into(),
+                second
+                    .stopped_by
+                    .clone()
+                    .unwrap_or_else(|| "—".into())
+                    .into(),
+                objective.into(),
+                hours(data.training_seconds(&second.name)).into(),
+                error_cell(second),
+            ]
+        })
+        .collect();
+    b.push(Block::Table {
+        header: [
+            "model",
+            "stage 1",
+            "stage-1 epochs",
+            "stage-1 wall",
+            "stage-1 test error [95% CI]",
+            "stage-2 epochs",
+            "stage 2 stopped by",
+            "objective: target → last epoch",
+            "stage-2 wall",
+            "test error [95% CI]",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        caption: Some("Stage 1 trains on the training split and keeps the epoch of lowest validation error (early stopping); stage 2 continues those weights on the training and validation splits together, at stage 1's learning rate and momentum of that epoch, until the epoch's mean training objective falls to stage 1's at that epoch (the target). Wall times are the training epochs' own, summed over resumed runs.".into()),
+    });
+}
