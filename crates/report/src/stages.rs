@@ -7,7 +7,8 @@ use crate::schema::{ModelResult, ResultsDir};
 fn hours(seconds: Option<f64>) -> String {
     match seconds {
         Some(s) if s >= 3600.0 => format!("{:.2} h", s / 3600.0),
-        Some(s) => format!("{:.0} min", s / 60.0),
+        Some(s) if s >= 60.0 => format!("{:.0} min", s / 60.0),
+        Some(s) => format!("{s:.0} s"),
         None => "—".into(),
     }
 }
