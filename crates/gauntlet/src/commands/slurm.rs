@@ -608,6 +608,31 @@ eps = [0.1]
         );
     }
 
+    #[test]
+    fn a_second_training_stage_gets_its_own_array_between_train_and_evaluate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_suite(dir.path(), false);
+        let text = std::fs::read_to_string(&path).unwrap()
+            + "[[model]]\nname = \"a2\"\ncontinue = \"a\"\n";
+        std::fs::write(&path, text).unwrap();
+        let (_, plan) = plan_suite(&path, None).unwrap();
+        let steps = steps(&plan, 3);
+        let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["train", "continue", "evaluate", "merge"]);
+        let continues: Vec<&gauntlet_suite::Job> = plan
+            .jobs
+            .iter()
+            .filter(|j| j.stage() == Stage::Continue)
+            .collect();
+        assert_eq!(continues.len(), 1);
+        assert_eq!(continues[0].id, "continue/a2");
+        // Its input, a's training job, is in the stage before.
+        assert_eq!(plan.jobs[continues[0].inputs[0]].id, "train/a");
+        let tasks = steps[1].tasks.as_ref().unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert!(continues[0].in_shard(tasks[0], 3));
+    }
+
     fn steps_names(plan: &Plan) -> Vec<&'static str> {
         steps(plan, 2).iter().map(|s| s.name).collect()
     }
