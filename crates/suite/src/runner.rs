@@ -623,10 +623,7 @@ fn finish_train(
 /// stage whose log is `first`: its learning rate and momentum at the epoch it kept (held
 /// there, the rate still decaying per batch), stopping once the epoch's mean training
 /// objective falls to that epoch's.
-pub fn second_stage(
-    train: &TrainConfig,
-    first: &TrainLog,
-) -> std::result::Result<TrainConfig, String> {
+fn second_stage(train: &TrainConfig, first: &TrainLog) -> std::result::Result<TrainConfig, String> {
     let best = first
         .epochs
         .iter()
@@ -671,6 +668,35 @@ pub fn second_stage(
     Ok(out)
 }
 
+/// Trains `net` for `job` with its per-epoch state saved (a killed run resumes the job where
+/// it stopped), then records it; `record_train` keeps the settings in its output, for a job
+/// that completed them itself.
+#[allow(clippy::too_many_arguments)]
+fn train_job(
+    ctx: &Context<'_>,
+    job: &Job,
+    started: Instant,
+    model: usize,
+    net: &dyn Classifier,
+    splits: &Splits,
+    train: &TrainConfig,
+    record_train: bool,
+) -> Result<()> {
+    let mut progress = TrainProgress {
+        job,
+        observer: ctx.observer,
+    };
+    let state = ctx.jobs_dir.join(job.dir_name()).join(TRAIN_STATE_FILE);
+    let log = train_resumable(net, splits, train, ctx.device, &mut progress, &state)?;
+    let recorded = record_train.then(|| train.clone());
+    finish_train(ctx, job, started, model, net, log, recorded)?;
+    // Another process running the same job may have removed it already.
+    match std::fs::remove_file(&state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
+        _ => Ok(()),
+    }
+}
+
 fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
     let suite = ctx.suite;
     let dir = ctx.jobs_dir.join(job.dir_name());
@@ -703,14 +729,14 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
             finish_train(ctx, job, started, model, net.as_ref(), log, None)
         }
         Task::Train { model } if job.kind == JobKind::Continue => {
-            let def = &suite.models[model];
             let source: JobFile<TrainOutput> = read_job(&ctx.dir(job.inputs[0]))?;
-            let train = second_stage(&def.train, &source.output.log).map_err(|e| {
-                candle_core::Error::Msg(format!(
-                    "{}: continuing `{}`: {e}",
-                    job.id, source.output.model
-                ))
-            })?;
+            let train =
+                second_stage(&suite.models[model].train, &source.output.log).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "{}: continuing `{}`: {e}",
+                        job.id, source.output.model
+                    ))
+                })?;
             let net = ctx.load_model(job.inputs[0])?;
             let splits = &ctx.data.splits;
             let all = Splits {
@@ -719,24 +745,7 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 test: splits.test.clone(),
                 identity: splits.identity.clone(),
             };
-            let mut progress = TrainProgress {
-                job,
-                observer: ctx.observer,
-            };
-            let state = dir.join(TRAIN_STATE_FILE);
-            let log = train_resumable(
-                net.as_ref(),
-                &all,
-                &train,
-                ctx.device,
-                &mut progress,
-                &state,
-            )?;
-            finish_train(ctx, job, started, model, net.as_ref(), log, Some(train))?;
-            match std::fs::remove_file(&state) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
-                _ => Ok(()),
-            }
+            train_job(ctx, job, started, model, net.as_ref(), &all, &train, true)
         }
         Task::Train { model } => {
             let def = &suite.models[model];
@@ -747,26 +756,16 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
                 ctx.device,
                 &splits.train.images,
             )?;
-            let mut progress = TrainProgress {
+            train_job(
+                ctx,
                 job,
-                observer: ctx.observer,
-            };
-            // Saved after every epoch, so a killed run resumes this job where it stopped.
-            let state = dir.join(TRAIN_STATE_FILE);
-            let log = train_resumable(
+                started,
+                model,
                 net.as_ref(),
                 splits,
                 &def.train,
-                ctx.device,
-                &mut progress,
-                &state,
-            )?;
-            finish_train(ctx, job, started, model, net.as_ref(), log, None)?;
-            // Another process running the same job may have removed it already.
-            match std::fs::remove_file(&state) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&state, e)),
-                _ => Ok(()),
-            }
+                false,
+            )
         }
         Task::Attack { model, attack } => {
             let (def, net) = (&suite.attacks[attack], ctx.load_model(job.inputs[0])?);
