@@ -138,11 +138,22 @@ fn print_table(results_dir: &Path) -> Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let results: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let models = results["models"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let width = models
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     println!(
-        "{:<16} {:>11}   robust accuracy (attack@eps)",
+        "{:<width$} {:>11}   robust accuracy (attack@eps)",
         "model", "test error"
     );
-    for model in results["models"].as_array().into_iter().flatten() {
+    for model in models {
         let name = model["name"].as_str().unwrap_or("?");
         let robust: Vec<String> = results["robustness"]
             .as_array()
@@ -159,7 +170,7 @@ fn print_table(results_dir: &Path) -> Result<()> {
             })
             .collect();
         println!(
-            "{name:<16} {:>10.2}%   {}",
+            "{name:<width$} {:>10.2}%   {}",
             100.0 * model["test_error"].as_f64().unwrap_or(f64::NAN),
             robust.join(", ")
         );
