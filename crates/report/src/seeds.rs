@@ -299,15 +299,35 @@ pub(crate) fn section(data: &ResultsDir, b: &mut Vec<Block>) {
             ]);
         }
     }
+    // A selected model without a column (its predict job has not run) leaves its pairs out.
+    let mut untested: Vec<&str> = picks
+        .iter()
+        .flatten()
+        .filter(|(_, m)| pred.column(&m.name).is_none())
+        .map(|(_, m)| m.name.as_str())
+        .collect();
+    untested.dedup();
+    let mut caption = format!(
+        "McNemar's exact two-sided test on the {} test examples, between the validation-selected models of the same seed: A only right counts the examples A classifies correctly and B does not. Pooled: the discordant counts summed over seeds, tested once. No correction for the number of pairs.",
+        pred.labels.len()
+    );
+    if !untested.is_empty() {
+        caption.push_str(&format!(
+            " Not tested, for want of a predictions.csv column: {}.",
+            untested.join(", ")
+        ));
+    }
     b.push(Block::Table {
-        header: ["pair (A vs B)", "by seed: A only right / B only right, p", "pooled", "pooled p"]
-            .map(String::from)
-            .to_vec(),
+        header: [
+            "pair (A vs B)",
+            "by seed: A only right / B only right, p",
+            "pooled",
+            "pooled p",
+        ]
+        .map(String::from)
+        .to_vec(),
         rows,
-        caption: Some(format!(
-            "McNemar's exact two-sided test on the {} test examples, between the validation-selected models of the same seed: A only right counts the examples A classifies correctly and B does not. Pooled: the discordant counts summed over seeds, tested once. No correction for the number of pairs.",
-            pred.labels.len()
-        )),
+        caption: Some(caption),
     });
 }
 

@@ -595,6 +595,37 @@ fn replicates_get_mean_sd_validation_selection_and_mcnemar() {
         "{md}"
     );
 
+    // Without the column of a selected model, its pairs are left out and the caption says so.
+    let without: String = csv
+        .lines()
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            // Columns: index, label, then the names in order; l2-a-s2 is the fourth.
+            let kept: Vec<&str> = cells
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| *c != 2 + 3)
+                .map(|(_, v)| *v)
+                .collect();
+            kept.join(",") + "\n"
+        })
+        .collect();
+    assert!(
+        without.starts_with("index,label,base-s1,base-s2,l2-a-s1,l2-b-s1,l2-b-s2\n"),
+        "{without}"
+    );
+    fs::write(dir.path().join("predictions.csv"), &without).unwrap();
+    write_report(dir.path(), out.path()).unwrap();
+    let md = fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("| baseline vs lp p = 2 | 1: 1/2, p = 1.0000 | 1/2 | 1.0000 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Not tested, for want of a predictions.csv column: l2-a-s2."),
+        "{md}"
+    );
+
     // A predictions file that disagrees with results.json's test size is an error naming it.
     fs::write(
         dir.path().join("predictions.csv"),
