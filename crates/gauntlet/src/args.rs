@@ -376,8 +376,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub valid_size: Option<usize>,
     /// Continue from the results folder of an earlier run (pylearn2's second Maxout stage):
-    /// start from its model.safetensors and stop once the training objective falls to the
-    /// earlier run's at its best epoch (from its training.json).
+    /// start from its model.safetensors at the learning rate and momentum of its kept epoch
+    /// and stop once the training objective falls to that epoch's (from its training.json).
     #[arg(long)]
     pub continue_from: Option<PathBuf>,
     #[command(flatten)]

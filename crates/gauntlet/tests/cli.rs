@@ -106,7 +106,14 @@ fn train_then_eval_attack_and_noise_write_their_files() {
         loss(&second, 0) < 0.8 * loss(&first, 0),
         "continued run starts from the trained weights"
     );
-    let target = loss(&first, first["best_epoch"].as_u64().unwrap() as usize - 1);
+    let kept = first["best_epoch"].as_u64().unwrap() as usize - 1;
+    let target = loss(&first, kept);
+    // At the kept epoch's momentum (0.7 after the 3-epoch ramp), not the recipe's 0.5 start.
+    assert_eq!(
+        second["epochs"][0]["momentum"],
+        first["epochs"][kept]["momentum"]
+    );
+    assert_eq!(second["epochs"][0]["momentum"], 0.7);
     let n = second["epochs"].as_array().unwrap().len();
     match second["stopped_by"].as_str().unwrap() {
         "train-loss-target" => assert!(loss(&second, n - 1) <= target),

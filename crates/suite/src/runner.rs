@@ -18,9 +18,7 @@ use gauntlet_data::Splits;
 use gauntlet_models::io::write_atomic;
 use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{build_fitted, checkpoint, Classifier};
-use gauntlet_train::{
-    evaluate, train_resumable, EpochRecord, OptimizerConfig, TrainConfig, TrainLog,
-};
+use gauntlet_train::{evaluate, train_resumable, EpochRecord, TrainConfig, TrainLog};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::Digest;
@@ -619,55 +617,6 @@ fn finish_train(
     )
 }
 
-/// The second stage's training settings: `train` with pylearn2's continuation of a first
-/// stage whose log is `first`: its learning rate and momentum at the epoch it kept (held
-/// there, the rate still decaying per batch), stopping once the epoch's mean training
-/// objective falls to that epoch's.
-fn second_stage(train: &TrainConfig, first: &TrainLog) -> std::result::Result<TrainConfig, String> {
-    let best = first
-        .epochs
-        .iter()
-        .find(|e| e.epoch == first.best_epoch)
-        .ok_or_else(|| {
-            format!(
-                "its log has no record of its kept epoch {}",
-                first.best_epoch
-            )
-        })?;
-    let mut out = train.clone();
-    out.optimizer = match &train.optimizer {
-        OptimizerConfig::Sgd {
-            momentum_saturate,
-            lr_decay,
-            min_lr,
-            momentum,
-            ..
-        } => {
-            let mu = best.momentum.unwrap_or(*momentum);
-            OptimizerConfig::Sgd {
-                lr: best.lr,
-                momentum: mu,
-                final_momentum: Some(mu),
-                momentum_saturate: *momentum_saturate,
-                lr_decay: *lr_decay,
-                min_lr: *min_lr,
-            }
-        }
-        // No schedule to pick up: Adam restarts its moments at the same rate.
-        adam @ OptimizerConfig::Adam { .. } => adam.clone(),
-    };
-    if !best.train_loss.is_finite() {
-        return Err(format!(
-            "its training objective at epoch {} is {}",
-            best.epoch, best.train_loss
-        ));
-    }
-    out.stop_at_train_loss = Some(best.train_loss);
-    out.early_stopping = None;
-    out.adversarial_validation = None;
-    Ok(out)
-}
-
 /// Trains `net` for `job` with its per-epoch state saved (a killed run resumes the job where
 /// it stopped), then records it; `record_train` keeps the settings in its output, for a job
 /// that completed them itself.
@@ -730,8 +679,10 @@ fn execute(ctx: &Context<'_>, job: &Job, started: Instant) -> Result<()> {
         }
         Task::Train { model } if job.kind == JobKind::Continue => {
             let source: JobFile<TrainOutput> = read_job(&ctx.dir(job.inputs[0]))?;
-            let train =
-                second_stage(&suite.models[model].train, &source.output.log).map_err(|e| {
+            let train = suite.models[model]
+                .train
+                .second_stage(&source.output.log)
+                .map_err(|e| {
                     candle_core::Error::Msg(format!(
                         "{}: continuing `{}`: {e}",
                         job.id, source.output.model

@@ -72,6 +72,42 @@ impl TrainConfig {
         self.optimizer.validate()
     }
 
+    /// These settings continuing a first stage whose log is `first` (pylearn2's second Maxout
+    /// stage): SGD at the learning rate and momentum the first stage had reached at the epoch
+    /// it kept, the momentum held there and the rate still decaying per batch (Adam keeps its
+    /// rate), stopping once an epoch's mean training objective falls to that epoch's.
+    pub fn second_stage(&self, first: &crate::TrainLog) -> Result<TrainConfig> {
+        let best = first
+            .epochs
+            .iter()
+            .find(|e| e.epoch == first.best_epoch)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "the first stage's log has no record of its kept epoch {}",
+                    first.best_epoch
+                ))
+            })?;
+        if !best.train_loss.is_finite() || !best.lr.is_finite() {
+            return Err(Error::Config(format!(
+                "the first stage's epoch {} has training objective {} and learning rate {}",
+                best.epoch, best.train_loss, best.lr
+            )));
+        }
+        let mut out = self.clone();
+        if let OptimizerConfig::Sgd {
+            lr,
+            momentum,
+            final_momentum,
+            ..
+        } = &mut out.optimizer
+        {
+            let mu = best.momentum.unwrap_or(*momentum);
+            (*lr, *momentum, *final_momentum) = (best.lr, mu, Some(mu));
+        }
+        out.stop_at_train_loss = Some(best.train_loss);
+        Ok(out)
+    }
+
     /// The adversarial check to run after each epoch: the configured one, else one at the
     /// regularizer's own norm and ε on 1,000 validation images.
     pub fn adversarial_check(&self) -> Option<AdversarialValidation> {
@@ -228,6 +264,71 @@ impl OptimizerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn epoch(epoch: usize, lr: f64, momentum: f64, train_loss: f64) -> crate::EpochRecord {
+        crate::EpochRecord {
+            epoch,
+            lr,
+            momentum: Some(momentum),
+            train_loss,
+            train_error: 0.1,
+            valid_loss: Some(0.2),
+            valid_error: Some(0.05),
+            valid_adv_error: None,
+            valid_pgd_error: None,
+            seconds: 1.0,
+            examples_per_second: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_second_stage_starts_at_the_kept_epochs_rate_and_momentum() {
+        let first = crate::TrainLog {
+            epochs: vec![
+                epoch(1, 0.09, 0.5, 0.4),
+                epoch(2, 0.08, 0.6, 0.3),
+                epoch(3, 0.07, 0.7, 0.2),
+            ],
+            best_epoch: 2,
+            ..Default::default()
+        };
+        let base = TrainConfig {
+            optimizer: OptimizerConfig::Sgd {
+                lr: 0.1,
+                momentum: 0.5,
+                final_momentum: Some(0.7),
+                momentum_saturate: 3,
+                lr_decay: 1.01,
+                min_lr: 1e-6,
+            },
+            ..Default::default()
+        };
+        let second = base.second_stage(&first).unwrap();
+        assert_eq!(
+            second.optimizer,
+            OptimizerConfig::Sgd {
+                lr: 0.08,
+                momentum: 0.6,
+                final_momentum: Some(0.6),
+                momentum_saturate: 3,
+                lr_decay: 1.01,
+                min_lr: 1e-6,
+            }
+        );
+        assert_eq!(second.stop_at_train_loss, Some(0.3));
+        assert_eq!(second.epochs, base.epochs);
+
+        let lost = crate::TrainLog {
+            best_epoch: 5,
+            ..first.clone()
+        };
+        let err = base.second_stage(&lost).unwrap_err().to_string();
+        assert!(err.contains("no record of its kept epoch 5"), "{err}");
+        let mut broken = first;
+        broken.epochs[1].train_loss = f64::NAN;
+        let err = base.second_stage(&broken).unwrap_err().to_string();
+        assert!(err.contains("training objective NaN"), "{err}");
+    }
 
     #[test]
     fn parses_toml_with_defaults_and_rejects_typos() {

@@ -108,32 +108,24 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig> {
     }
     config.train.seed = config.seed;
     if let Some(dir) = &args.continue_from {
-        if config.train.stop_at_train_loss.is_none() {
-            config.train.stop_at_train_loss = Some(best_train_loss(dir)?);
-        }
+        // A stop target the recipe sets itself is kept.
+        let own_target = config.train.stop_at_train_loss;
+        config.train = config
+            .train
+            .second_stage(&first_stage_log(dir)?)
+            .with_context(|| format!("continuing {}", dir.display()))?;
+        config.train.stop_at_train_loss = own_target.or(config.train.stop_at_train_loss);
     }
     config.train.validate().context("training settings")?;
     Ok(config)
 }
 
-/// The training objective of an earlier run at the epoch whose weights it kept.
-fn best_train_loss(dir: &std::path::Path) -> Result<f64> {
+/// The training log of an earlier run (its training.json).
+fn first_stage_log(dir: &std::path::Path) -> Result<TrainLog> {
     let path = dir.join("training.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let log: TrainLog =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    log.epochs
-        .iter()
-        .find(|e| e.epoch == log.best_epoch)
-        .map(|e| e.train_loss)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: no record of its best epoch {}",
-                path.display(),
-                log.best_epoch
-            )
-        })
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
