@@ -249,6 +249,9 @@ fn conv2d_matches_candle_forward_and_gradients() -> Result<()> {
         ([2, 1, 27, 27], 5, 2, 2),
         ([3, 2, 8, 11], 4, 3, 3),
         ([1, 2, 6, 8], 2, 0, 2),
+        // Batches of several products' runs, the last one short.
+        ([9, 2, 8, 8], 3, 1, 1),
+        ([7, 1, 27, 27], 5, 2, 2),
     ] {
         let x = var(&shape, 4)?;
         let w = var(&[5, shape[1], k, k], 5)?;
@@ -424,6 +427,59 @@ fn conv_weight_gradient_is_bitwise_repeatable_per_thread_count() -> Result<()> {
     let (one, three) = (run(1)?, run(3)?);
     for (a, c) in one.iter().zip(&three) {
         assert!((a - c).abs() <= 1e-5 * a.abs().max(1.0), "{a} against {c}");
+    }
+    Ok(())
+}
+
+/// Every image's convolution output and input gradient are the bits it gets alone, so an
+/// attack's result does not depend on the batch it ran in. The shapes are where that can
+/// break: 7×7 outputs over a patch of 576 > 512, where gemm cuts the inner dimension at a
+/// point that depends on the product's other sizes, so a product over several images at once
+/// would sum in another order.
+#[test]
+fn conv_output_and_input_gradient_do_not_depend_on_the_batch() -> Result<()> {
+    let (x, w, b) = (
+        f32_var(&[9, 64, 7, 7], 31)?,
+        f32_var(&[5, 64, 3, 3], 32)?,
+        f32_var(&[5], 33)?,
+    );
+    let probe = f32_var(&[9, 5, 7, 7], 34)?;
+    let pass = |x: &Tensor, probe: &Tensor| -> Result<(Vec<u32>, Vec<u32>)> {
+        let x = Var::from_tensor(x)?;
+        let y = conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            b.as_tensor(),
+            1,
+            1,
+            Gradients::InputOnly,
+        )?;
+        let g = (&y * probe)?.sum_all()?.backward()?;
+        let dx = g.get(x.as_tensor()).expect("input gradient");
+        Ok((bits(&y)?, bits(dx)?))
+    };
+    for threads in [1, 2] {
+        on_threads(threads, || -> Result<()> {
+            let (y, dx) = pass(x.as_tensor(), probe.as_tensor())?;
+            let (y_len, dx_len) = (y.len() / 9, dx.len() / 9);
+            for i in 0..9 {
+                let (y_i, dx_i) = pass(
+                    &x.as_tensor().narrow(0, i, 1)?,
+                    &probe.as_tensor().narrow(0, i, 1)?,
+                )?;
+                assert_eq!(
+                    y_i,
+                    y[i * y_len..][..y_len],
+                    "output of image {i}, {threads} threads"
+                );
+                assert_eq!(
+                    dx_i,
+                    dx[i * dx_len..][..dx_len],
+                    "input gradient of image {i}"
+                );
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }
