@@ -249,7 +249,7 @@ fn conv2d_matches_candle_forward_and_gradients() -> Result<()> {
         ([2, 1, 27, 27], 5, 2, 2),
         ([3, 2, 8, 11], 4, 3, 3),
         ([1, 2, 6, 8], 2, 0, 2),
-        // Batches of several products' runs, the last one short.
+        // Batches of more images than compute threads, the last thread's share short.
         ([9, 2, 8, 8], 3, 1, 1),
         ([7, 1, 27, 27], 5, 2, 2),
     ] {
