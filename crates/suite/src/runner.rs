@@ -1,11 +1,10 @@
-//! Running a plan: the on-disk cache, stage-by-stage execution on worker threads, sharding,
-//! and progress reporting. Each job writes into its own folder,
+//! Running a plan: the on-disk cache, execution on worker threads (each job once its inputs
+//! are there), sharding, and progress reporting. Each job writes into its own folder,
 //! `results/NAME/jobs/<kind>-<key>/`, every file atomically and `job.json` last; a job whose
 //! `job.json` exists is done and is never run again, so a run killed at any point resumes
 //! where it stopped, and shards writing into one results folder never collide.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -163,12 +162,12 @@ pub fn run_suite(path: &Path, options: &RunOptions) -> Result<RunSummary> {
 
 /// [`run_suite`], reporting progress to `observer`.
 ///
-/// Stages run in order (train, continue, evaluate, transfer); within a stage, jobs run on
-/// `options.jobs` threads. With `options.shard = Some((i, n))` only the jobs of shard `i`
-/// run, and a job whose inputs another shard has not produced yet is reported
-/// [`JobStatus::Blocked`]: run the shards once per stage (`options.stage`), or repeat them,
-/// then [`merge_suite`]. Aggregation reads only job outputs, so a merge after shards gives
-/// the same files as one unsharded run.
+/// Jobs run on `options.jobs` threads, each as soon as the jobs it reads have finished; among
+/// ready jobs, earlier stages (train, continue, evaluate, transfer) and plan order go first.
+/// With `options.shard = Some((i, n))` only the jobs of shard `i` run, and a job whose inputs
+/// another shard has not produced yet is reported [`JobStatus::Blocked`]: run the shards once
+/// per stage (`options.stage`), or repeat them, then [`merge_suite`]. Aggregation reads only
+/// job outputs, so a merge after shards gives the same files as one unsharded run.
 ///
 /// # Errors
 /// Suite file errors before anything runs; the first failing job ([`Error::Job`]) after the
@@ -245,26 +244,19 @@ pub fn run_suite_with(
             data: &data,
             observer,
         };
-        for stage in Stage::ALL {
-            let mut runnable = Vec::new();
-            for (i, job) in plan.jobs.iter().enumerate() {
-                if job.stage() != stage || reports[i].status != JobStatus::Pending {
-                    continue;
-                }
-                if job.inputs.iter().all(|&input| ctx.is_done(input)) {
-                    runnable.push(i);
-                } else {
-                    reports[i].status = JobStatus::Blocked;
-                }
-            }
-            let (finished, failure) = run_jobs(&ctx, &runnable, options.jobs);
-            for (i, seconds) in finished {
-                reports[i].status = JobStatus::Ran;
-                reports[i].seconds = Some(seconds);
-            }
-            if let Some(error) = failure {
-                return Err(error);
-            }
+        let pending: Vec<usize> = (0..plan.jobs.len())
+            .filter(|&i| reports[i].status == JobStatus::Pending)
+            .collect();
+        let outcome = run_jobs(&ctx, &pending, options.jobs);
+        for i in outcome.blocked {
+            reports[i].status = JobStatus::Blocked;
+        }
+        for (i, seconds) in outcome.finished {
+            reports[i].status = JobStatus::Ran;
+            reports[i].seconds = Some(seconds);
+        }
+        if let Some(error) = outcome.failure {
+            return Err(error);
         }
     }
     let written = if aggregate {
@@ -334,19 +326,66 @@ fn summary(
     }
 }
 
-/// Runs `indices` on `threads` workers; returns the finished jobs with their times, and the
-/// first error (after which no new job starts).
-fn run_jobs(
-    ctx: &Context<'_>,
-    indices: &[usize],
-    threads: usize,
-) -> (Vec<(usize, f64)>, Option<Error>) {
+/// What [`run_jobs`] did.
+struct Outcome {
+    /// Jobs that ran, with their wall times, in plan order.
+    finished: Vec<(usize, f64)>,
+    /// Jobs not run because an input is neither there nor made by this run.
+    blocked: Vec<usize>,
+    /// The first error, after which no new job started.
+    failure: Option<Error>,
+}
+
+/// The scheduler's shared state.
+struct Queue {
+    /// Jobs to run, in plan order.
+    waiting: Vec<usize>,
+    /// Per plan job: its output is there.
+    done: Vec<bool>,
+    running: usize,
+    finished: Vec<(usize, f64)>,
+    failure: Option<Error>,
+}
+
+impl Queue {
+    /// The first waiting job whose inputs are all there, taken off the queue.
+    fn take_ready(&mut self, plan: &Plan) -> Option<usize> {
+        let done = &self.done;
+        let at = self
+            .waiting
+            .iter()
+            .position(|&i| plan.jobs[i].inputs.iter().all(|&input| done[input]))?;
+        Some(self.waiting.remove(at))
+    }
+}
+
+/// Runs `pending` (plan order) on `threads` workers, each job as soon as its inputs are there:
+/// a later stage's job does not wait for the whole earlier stage, only for the jobs it reads
+/// (a model's second training stage starts when its own first stage ends, while others still
+/// train). Among ready jobs the first in plan order goes first, so earlier stages are preferred.
+fn run_jobs(ctx: &Context<'_>, pending: &[usize], threads: usize) -> Outcome {
+    let jobs = &ctx.plan.jobs;
+    let done: Vec<bool> = (0..jobs.len()).map(|i| ctx.is_done(i)).collect();
+    // Plan order puts inputs first, so one pass settles what this run can make.
+    let mut will_make = vec![false; jobs.len()];
+    let mut blocked = Vec::new();
+    for &i in pending {
+        if jobs[i]
+            .inputs
+            .iter()
+            .all(|&input| done[input] || will_make[input])
+        {
+            will_make[i] = true;
+        } else {
+            blocked.push(i);
+        }
+    }
     // Jobs of one key share one folder (two models of one recipe and seed): the first runs,
     // the others find its output instead of racing it for the same files.
     let mut first_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let (mut unique, mut repeats) = (Vec::new(), Vec::new());
-    for &i in indices {
-        match first_of.entry(ctx.plan.jobs[i].key.as_str()) {
+    for &i in pending.iter().filter(|&&i| will_make[i]) {
+        match first_of.entry(jobs[i].key.as_str()) {
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(i);
                 unique.push(i);
@@ -354,61 +393,82 @@ fn run_jobs(
             std::collections::hash_map::Entry::Occupied(e) => repeats.push((i, *e.get())),
         }
     }
-    let indices = unique.as_slice();
-    let next = AtomicUsize::new(0);
-    let finished = Mutex::new(Vec::new());
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let worker = || loop {
-        if failure.lock().expect("no panics while locked").is_some() {
-            break;
-        }
-        let k = next.fetch_add(1, Ordering::SeqCst);
-        let Some(&i) = indices.get(k) else { break };
-        let job = &ctx.plan.jobs[i];
-        ctx.observer.job_started(job);
-        let started = Instant::now();
-        match execute(ctx, job, started) {
-            Ok(()) => {
-                let seconds = started.elapsed().as_secs_f64();
-                ctx.observer.job_finished(job, seconds);
-                finished
-                    .lock()
-                    .expect("no panics while locked")
-                    .push((i, seconds));
-            }
-            Err(error) => {
-                let mut slot = failure.lock().expect("no panics while locked");
-                slot.get_or_insert(Error::Job {
-                    id: job.id.clone(),
-                    error: Box::new(error),
-                });
+    let workers = threads.max(1).min(unique.len().max(1));
+    let queue = Mutex::new(Queue {
+        waiting: unique,
+        done,
+        running: 0,
+        finished: Vec::new(),
+        failure: None,
+    });
+    let changed = std::sync::Condvar::new();
+    let worker = || {
+        let mut q = queue.lock().expect("no panics while locked");
+        loop {
+            if q.failure.is_some() {
                 break;
             }
+            let Some(i) = q.take_ready(ctx.plan) else {
+                if q.running == 0 {
+                    break;
+                }
+                q = changed.wait(q).expect("no panics while locked");
+                continue;
+            };
+            q.running += 1;
+            drop(q);
+            let job = &jobs[i];
+            ctx.observer.job_started(job);
+            let started = Instant::now();
+            let result = execute(ctx, job, started);
+            let seconds = started.elapsed().as_secs_f64();
+            q = queue.lock().expect("no panics while locked");
+            q.running -= 1;
+            match result {
+                Ok(()) => {
+                    ctx.observer.job_finished(job, seconds);
+                    q.done[i] = true;
+                    for &(repeat, first) in &repeats {
+                        if first == i {
+                            q.done[repeat] = true;
+                        }
+                    }
+                    q.finished.push((i, seconds));
+                }
+                Err(error) => {
+                    q.failure.get_or_insert(Error::Job {
+                        id: job.id.clone(),
+                        error: Box::new(error),
+                    });
+                }
+            }
+            changed.notify_all();
         }
     };
-    let threads = threads.max(1).min(indices.len().max(1));
-    if threads <= 1 {
+    if workers <= 1 {
         // On the caller's thread: no thread-local state (Candle's gradient settings, the
         // trainer's float mode) differs from a plain library call.
         worker();
     } else {
         std::thread::scope(|scope| {
-            for _ in 0..threads {
+            for _ in 0..workers {
                 scope.spawn(worker);
             }
         });
     }
-    let mut finished = finished.into_inner().expect("no panics while locked");
+    let q = queue.into_inner().expect("no panics while locked");
+    let mut finished = q.finished;
     for (repeat, first) in repeats {
         if finished.iter().any(|&(i, _)| i == first) {
             finished.push((repeat, 0.0));
         }
     }
     finished.sort_by_key(|&(i, _)| i);
-    (
+    Outcome {
         finished,
-        failure.into_inner().expect("no panics while locked"),
-    )
+        blocked,
+        failure: q.failure,
+    }
 }
 
 /// The data every job of a run shares.

@@ -549,3 +549,109 @@ enabled = false
     let rerun = run_suite(&changed, &options(&root)).unwrap();
     assert_eq!(rerun.executed(), 6);
 }
+
+/// Records the order in which jobs start and finish.
+#[derive(Default)]
+struct Events(std::sync::Mutex<Vec<String>>);
+
+impl gauntlet_suite::SuiteObserver for Events {
+    fn job_started(&self, job: &gauntlet_suite::Job) {
+        self.0.lock().unwrap().push(format!("start {}", job.id));
+    }
+    fn job_finished(&self, job: &gauntlet_suite::Job, _seconds: f64) {
+        self.0.lock().unwrap().push(format!("end {}", job.id));
+    }
+}
+
+#[test]
+fn a_second_stage_starts_when_its_own_first_stage_ends_not_when_every_first_stage_does() {
+    // One short first stage beside one 200 times longer: with two workers, the short model's
+    // second stage and attack run while the long one still trains.
+    let text = r#"
+name = "dataflow"
+data = { dataset = "mnist", dir = "{data}", train-limit = 300, valid-size = 1000, valid-limit = 100, test-limit = 100 }
+
+[[model]]
+name = "short"
+arch = { kind = "maxout-mlp", units = [8], pieces = 2 }
+train = { epochs = 1, batch-size = 50, optimizer = { kind = "sgd", lr = 0.1, momentum = 0.5 } }
+
+[[model]]
+name = "long"
+like = "short"
+train = { epochs = 200 }
+
+[[model]]
+name = "short2"
+continue = "short"
+train = { epochs = 1 }
+
+[[attack]]
+name = "fgsm"
+kind = "fast-gradient"
+norm = "inf"
+eps = [0.1]
+models = ["short2"]
+
+[visuals]
+enabled = false
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_suite(dir.path(), "dataflow.toml", text);
+    let root = dir.path().join("results");
+    let events = Events::default();
+    let summary = gauntlet_suite::run_suite_with(
+        &path,
+        &RunOptions {
+            jobs: 2,
+            ..options(&root)
+        },
+        &events,
+    )
+    .unwrap();
+    assert!(summary.is_complete());
+    assert_eq!(summary.executed(), 4);
+    let events = events.0.into_inner().unwrap();
+    let at = |event: &str| {
+        events
+            .iter()
+            .position(|e| e == event)
+            .unwrap_or_else(|| panic!("no `{event}` in {events:?}"))
+    };
+    assert!(
+        at("end train/short") < at("start continue/short2"),
+        "{events:?}"
+    );
+    assert!(
+        at("end continue/short2") < at("start attack/short2/fgsm"),
+        "{events:?}"
+    );
+    assert!(
+        at("end attack/short2/fgsm") < at("end train/long"),
+        "{events:?}"
+    );
+
+    // One worker keeps plan order: every training job before the second stage.
+    let root1 = dir.path().join("results-1");
+    let events1 = Events::default();
+    gauntlet_suite::run_suite_with(&path, &options(&root1), &events1).unwrap();
+    let events1 = events1.0.into_inner().unwrap();
+    let starts: Vec<&str> = events1
+        .iter()
+        .filter_map(|e| e.strip_prefix("start "))
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            "train/short",
+            "train/long",
+            "continue/short2",
+            "attack/short2/fgsm"
+        ]
+    );
+    // Scheduling changes no output.
+    assert_eq!(
+        results_without_times(&root.join("dataflow")),
+        results_without_times(&root1.join("dataflow"))
+    );
+}
