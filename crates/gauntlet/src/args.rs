@@ -87,9 +87,9 @@ pub struct RunArgs {
     /// Run only this stage: train, continue, evaluate or transfer.
     #[arg(long)]
     pub stage: Option<String>,
-    /// Independent jobs of a stage run side by side on this many threads (default: one per
-    /// core, each with one compute thread unless --threads says otherwise: 1.44x faster than
-    /// one job on all cores, BENCHMARKS.md).
+    /// Jobs run side by side on this many threads, each once the jobs it reads are done
+    /// (default: one per core, each with one compute thread unless --threads says otherwise:
+    /// 1.44x faster than one job on all cores, BENCHMARKS.md).
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Only errors and the final summary.
