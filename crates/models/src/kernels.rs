@@ -11,14 +11,21 @@
 //! col2im and its weight gradient one against the same im2col matrix: Candle's CPU
 //! convolution backward made conv training 5–8× slower than PyTorch's.
 //!
+//! Beside them, the passes a training step makes over parameter-sized buffers: the hand-over
+//! of the layers' parameter gradients past Candle's store ([`backward`]), the shard sum, the
+//! α-mix, momentum SGD and max-norm, in place and over the compute threads, rounding as the
+//! tensor ops they replace.
+//!
 //! The kernels run for f32 and f64 on the CPU. Elsewhere (CUDA, Metal), and when
 //! `CANDLE_GRAD_DO_NOT_DETACH` asks for second derivatives (a custom backward is not itself
 //! differentiable), [`linear`], [`conv2d`] and [`max_pieces`] fall back to Candle's ops.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 use candle_core::backend::BackendStorage;
+use candle_core::backprop::GradStore;
+use candle_core::cpu::kernels::VecOps;
 use candle_core::{
     bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType,
 };
@@ -112,6 +119,46 @@ pub fn relu(xs: &Tensor) -> Result<Tensor> {
         return xs.relu();
     }
     xs.contiguous()?.apply_op1(Relu)
+}
+
+thread_local! {
+    // The parameter gradients of the layers above, while [`backward`] runs on this thread.
+    static SINK: RefCell<Option<Vec<(Tensor, Tensor)>>> = const { RefCell::new(None) };
+}
+
+/// `loss.backward()`, with the parameter gradients of [`linear`] and [`conv2d`] handed over
+/// as computed. Candle's store adds every gradient to a fresh zero tensor (a memset and an
+/// add over each weight, every step: a sixth of the Maxout MLP's training step); here a
+/// parameter's gradient is the product itself, or the sum of its parts in the order the
+/// backward pass produced them where a parameter is used more than once.
+pub fn backward(loss: &Tensor) -> Result<GradStore> {
+    let outer = SINK.replace(Some(Vec::new()));
+    let grads = loss.backward();
+    let sunk = SINK.replace(outer).unwrap_or_default();
+    let mut grads = grads?;
+    for (param, grad) in sunk {
+        let sum = match grads.remove(&param) {
+            Some(earlier) => earlier.add(&grad)?,
+            None => grad,
+        };
+        grads.insert(&param, sum);
+    }
+    Ok(grads)
+}
+
+/// The gradient `grad` of `param` for Candle to store, or `None` where [`backward`] takes it.
+/// Only a variable's: Candle carries the gradient of any other tensor on to its inputs.
+fn sink(param: &Tensor, grad: Tensor) -> Option<Tensor> {
+    if !param.is_variable() {
+        return Some(grad);
+    }
+    SINK.with_borrow_mut(|sink| match sink {
+        Some(sunk) => {
+            sunk.push((param.clone(), grad));
+            None
+        }
+        None => Some(grad),
+    })
 }
 
 thread_local! {
@@ -322,7 +369,7 @@ impl CustomOp3 for Linear {
         &self,
         xs: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -333,8 +380,8 @@ impl CustomOp3 for Linear {
         };
         let (dw, db) = match self.weight_grads {
             true => (
-                Some(grad.t()?.matmul(&xs.detach())?),
-                Some(column_sums(&grad)?),
+                sink(weight, grad.t()?.matmul(&xs.detach())?),
+                sink(bias, column_sums(&grad)?),
             ),
             false => (None, None),
         };
@@ -355,12 +402,53 @@ pub fn sgd_momentum(
     momentum: f64,
     lr: f64,
 ) -> Result<bool> {
-    let fits = |t: &Tensor| t.is_contiguous() && t.shape() == weight.shape();
-    if !fast_path(&[weight, velocity, grad]) || ![weight, velocity, grad].into_iter().all(fits) {
+    if !in_place_serves(weight, &[velocity, grad]) {
         return Ok(false);
     }
-    velocity.inplace_op2(grad, &SgdPass::Velocity { momentum, lr })?;
-    weight.inplace_op2(velocity, &SgdPass::AddVelocity)?;
+    velocity.inplace_op2(grad, &Pass::Velocity { momentum, lr })?;
+    weight.inplace_op2(velocity, &Pass::AddVelocity)?;
+    Ok(true)
+}
+
+/// `dst ← dst + src` in place: the sum of two shards' gradients. `dst` must own its storage
+/// (a gradient fresh from a backward pass); returns `false`, touching nothing, where the
+/// kernels do not serve.
+pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<bool> {
+    if !in_place_serves(dst, &[src]) {
+        return Ok(false);
+    }
+    dst.inplace_op2(src, &Pass::Add)?;
+    Ok(true)
+}
+
+/// `clean ← clean·α + adv·(1 − α)` in place: the α-mix of a clean and an adversarial
+/// gradient, as [`add_assign`] in one pass.
+pub fn mix_assign(clean: &Tensor, adv: &Tensor, alpha: f64) -> Result<bool> {
+    if !in_place_serves(clean, &[adv]) {
+        return Ok(false);
+    }
+    clean.inplace_op2(adv, &Pass::Mix { alpha })?;
+    Ok(true)
+}
+
+/// Whether the in-place passes serve `dst` with operands `srcs`: CPU, one float type, every
+/// tensor contiguous and of `dst`'s shape.
+fn in_place_serves(dst: &Tensor, srcs: &[&Tensor]) -> bool {
+    let fits = |t: &Tensor| t.is_contiguous() && t.shape() == dst.shape();
+    let mut all = vec![dst];
+    all.extend_from_slice(srcs);
+    fast_path(&all) && all.into_iter().all(fits)
+}
+
+/// Rescales in place every row of `weight` (`[rows, …]`, one row per output unit) whose
+/// Euclidean norm exceeds `max_norm` to that norm: `row · min(‖row‖, c) / max(‖row‖, 1e-7)`,
+/// bit for bit as the tensor ops of `layers::apply_max_norm` compute it, in one pass (they
+/// made five, and a copy). A row whose factor is exactly one is not written. Returns `false` where the kernels do not serve.
+pub fn max_norm_rows(weight: &Tensor, max_norm: f64) -> Result<bool> {
+    if !fast_path(&[weight]) || !weight.is_contiguous() || weight.rank() == 0 {
+        return Ok(false);
+    }
+    weight.inplace_op1(&MaxNorm { max_norm })?;
     Ok(true)
 }
 
@@ -388,17 +476,35 @@ fn same_type_slice<S: WithDType, T: WithDType>(v: &mut [S]) -> &mut [T] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<T>(), v.len()) }
 }
 
-/// The two passes of [`sgd_momentum`], each in place on its first operand.
-enum SgdPass {
+/// Buffers at least this long are split over the compute threads, in chunks of this size.
+const PASS_CHUNK: usize = 16 * 1024;
+
+/// `f` over `dst` and `src` in chunks over the compute threads: every value is computed on
+/// its own, so the bits do not depend on the split.
+fn par_zip<T: WithDType>(dst: &mut [T], src: &[T], f: impl Fn(&mut [T], &[T]) + Sync) {
+    if dst.len() < 4 * PASS_CHUNK || rayon::current_num_threads() == 1 {
+        return f(dst, src);
+    }
+    dst.par_chunks_mut(PASS_CHUNK)
+        .zip(src.par_chunks(PASS_CHUNK))
+        .for_each(|(d, s)| f(d, s));
+}
+
+/// The element-wise passes over parameter-sized buffers, each in place on its first operand.
+enum Pass {
     /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient.
     Velocity { momentum: f64, lr: f64 },
     /// `w ← w + v` on the weight, with the new velocity.
     AddVelocity,
+    /// `a ← a + b`.
+    Add,
+    /// `c ← c·α + a·(1 − α)`.
+    Mix { alpha: f64 },
 }
 
-impl candle_core::InplaceOp2 for SgdPass {
+impl candle_core::InplaceOp2 for Pass {
     fn name(&self) -> &'static str {
-        "gauntlet-sgd-momentum"
+        "gauntlet-parameter-pass"
     }
 
     fn cpu_fwd(
@@ -411,18 +517,82 @@ impl candle_core::InplaceOp2 for SgdPass {
         by_dtype!(s2.dtype(), T => {
             let (dst, src) = (cpu_slice_mut::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
             match *self {
-                SgdPass::Velocity { momentum, lr } => {
+                Pass::Velocity { momentum, lr } => {
                     let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
-                    for (v, &g) in dst.iter_mut().zip(src) {
-                        *v = (*v * mu + zero) - (g * lr + zero);
-                    }
+                    par_zip(dst, src, |dst, src| {
+                        for (v, &g) in dst.iter_mut().zip(src) {
+                            *v = (*v * mu + zero) - (g * lr + zero);
+                        }
+                    });
                 }
-                SgdPass::AddVelocity => {
+                Pass::AddVelocity | Pass::Add => par_zip(dst, src, |dst, src| {
                     for (w, &v) in dst.iter_mut().zip(src) {
                         *w += v;
                     }
+                }),
+                Pass::Mix { alpha } => {
+                    let (a, b) = (T::from_f64(alpha), T::from_f64(1.0 - alpha));
+                    par_zip(dst, src, |dst, src| {
+                        for (c, &g) in dst.iter_mut().zip(src) {
+                            *c = *c * a + g * b;
+                        }
+                    });
                 }
             }
+            Ok(())
+        })
+    }
+}
+
+/// [`max_norm_rows`] as an in-place op.
+struct MaxNorm {
+    max_norm: f64,
+}
+
+impl MaxNorm {
+    /// Each row's norm is summed by Candle's own reduction and every step rounds as the tensor
+    /// ops round, so the rescaled rows are theirs bit for bit.
+    fn apply<T: WithDType + VecOps>(&self, w: &mut [T], row_len: usize) {
+        let (max, tiny) = (T::from_f64(self.max_norm), T::from_f64(1e-7));
+        let rescale = |squares: &mut Vec<T>, row: &mut [T]| {
+            squares.clear();
+            squares.extend(row.iter().map(|&v| v * v));
+            let mut sum = T::from_f64(0.0);
+            // SAFETY: `squares` holds `row.len()` values and `sum` is a valid destination.
+            unsafe { T::vec_reduce_sum(squares.as_ptr(), &mut sum, squares.len()) };
+            let norm = T::from_f64(sum.to_f64().sqrt());
+            let kept = if norm < max { norm } else { max };
+            let floor = if norm > tiny { norm } else { tiny };
+            if kept == floor {
+                return; // a factor of exactly one
+            }
+            let factor = kept / floor;
+            row.iter_mut().for_each(|v| *v *= factor);
+        };
+        if w.len() < 4 * PASS_CHUNK || rayon::current_num_threads() == 1 {
+            let mut squares = Vec::with_capacity(row_len);
+            w.chunks_mut(row_len)
+                .for_each(|row| rescale(&mut squares, row));
+        } else {
+            w.par_chunks_mut(row_len)
+                .for_each_init(|| Vec::with_capacity(row_len), rescale);
+        }
+    }
+}
+
+impl candle_core::InplaceOp1 for MaxNorm {
+    fn name(&self) -> &'static str {
+        "gauntlet-max-norm"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let rows = l.shape().dims()[0];
+        let row_len = l.shape().elem_count() / rows.max(1);
+        if row_len == 0 {
+            return Ok(());
+        }
+        by_dtype!(s.dtype(), T => {
+            self.apply(cpu_slice_mut::<T>(s, l)?, row_len);
             Ok(())
         })
     }
@@ -886,8 +1056,8 @@ impl CustomOp3 for Conv2d {
                         with_slice::<T, _>(&grad, |dy| Ok(g.weight_grads(x, dy)))
                     })?;
                     (
-                        Some(Tensor::from_vec(dw, weight.shape(), dev)?),
-                        Some(Tensor::from_vec(db, bias.shape(), dev)?),
+                        sink(weight, Tensor::from_vec(dw, weight.shape(), dev)?),
+                        sink(bias, Tensor::from_vec(db, bias.shape(), dev)?),
                     )
                 }
                 false => (None, None),

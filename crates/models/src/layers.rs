@@ -87,6 +87,9 @@ pub fn derive_seed(seed: u64, stream: u64) -> u64 {
 ///
 /// The first dimension indexes output units (`[out, in]` or `[out, in, kh, kw]`).
 pub fn apply_max_norm(weight: &Var, max_norm: f64) -> Result<()> {
+    if crate::kernels::max_norm_rows(weight.as_tensor(), max_norm)? {
+        return Ok(());
+    }
     let w = weight.as_detached_tensor();
     let rows = w.dim(0)?;
     let flat = w.reshape((rows, ()))?;

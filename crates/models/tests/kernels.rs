@@ -557,3 +557,142 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
     assert_eq!(bits(&w_in)?, bits(&w_ref)?);
     Ok(())
 }
+
+/// The values of a tensor, for comparisons in which −0 and +0 are equal (Candle's store
+/// adds every gradient to a zero tensor, which turns −0 into +0).
+fn f32s_of(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+#[test]
+fn backward_hands_over_the_gradients_candle_would_store() -> Result<()> {
+    use gauntlet_models::kernels::backward;
+    // A convolution, a linear layer whose weight is used twice, one reached through a tensor
+    // op (not a variable: Candle must carry its gradient on) and a penalty on a weight that
+    // Candle's own ops differentiate: every path of the hand-over.
+    let x = f32_var(&[3, 2, 6, 6], 11)?.as_tensor().detach();
+    let (cw, cb) = (f32_var(&[4, 2, 3, 3], 12)?, f32_var(&[4], 13)?);
+    let (w1, b1) = (f32_var(&[20, 4 * 6 * 6], 14)?, f32_var(&[20], 15)?);
+    let (w2, b2) = (f32_var(&[20, 20], 16)?, f32_var(&[20], 17)?);
+    let (w3, b3) = (f32_var(&[5, 20], 18)?, f32_var(&[5], 19)?);
+    let probe = Tensor::from_vec(
+        values(15, 20).into_iter().map(|v| v as f32).collect(),
+        (3, 5),
+        &Device::Cpu,
+    )?;
+    let loss = || -> Result<Tensor> {
+        let all = Gradients::All;
+        let z = conv2d(&x, cw.as_tensor(), cb.as_tensor(), 1, 1, all)?;
+        let h = relu(&linear(
+            &z.flatten_from(1)?,
+            w1.as_tensor(),
+            b1.as_tensor(),
+            all,
+        )?)?;
+        let h = relu(&linear(&h, w2.as_tensor(), b2.as_tensor(), all)?)?;
+        let h = relu(&linear(&h, w2.as_tensor(), b2.as_tensor(), all)?)?;
+        let y = linear(&h, &(w3.as_tensor() * 1.0)?, b3.as_tensor(), all)?;
+        (y * &probe)?.sum_all()? + (w1.as_tensor().sqr()?.sum_all()? * 0.01)?
+    };
+    let (candle, ours) = (loss()?.backward()?, backward(&loss()?)?);
+    for (name, v) in [
+        ("conv weight", &cw),
+        ("conv bias", &cb),
+        ("w1", &w1),
+        ("b1", &b1),
+        ("w2", &w2),
+        ("b2", &b2),
+        ("w3", &w3),
+        ("b3", &b3),
+    ] {
+        let (c, o) = (candle.get(v.as_tensor()), ours.get(v.as_tensor()));
+        let (Some(c), Some(o)) = (c, o) else {
+            panic!(
+                "{name}: a gradient is missing (Candle {}, ours {})",
+                c.is_some(),
+                o.is_some()
+            )
+        };
+        let (c, o) = (f32s_of(c)?, f32s_of(o)?);
+        if name == "w2" || name == "b2" || name == "w1" {
+            // Two parts summed: ours in the order the backward pass made them.
+            let worst = c
+                .iter()
+                .zip(&o)
+                .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{name}: relative difference {worst}");
+        } else {
+            assert_eq!(c, o, "{name}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn in_place_gradient_passes_match_the_tensor_ops() -> Result<()> {
+    use gauntlet_models::kernels::{add_assign, mix_assign};
+    // Long enough to be split over threads, and short.
+    for n in [300_000, 1000] {
+        let t = |seed| -> Result<Tensor> {
+            let v: Vec<f32> = values(n, seed).into_iter().map(|x| x as f32).collect();
+            Tensor::from_vec(v, n, &Device::Cpu)
+        };
+        let (a, b) = (t(1)?, t(2)?);
+        let sum = a.copy()?;
+        assert!(add_assign(&sum, &b)?);
+        assert_eq!(f32s_of(&sum)?, f32s_of(&(&a + &b)?)?, "sum of {n}");
+        let alpha = 0.3;
+        let mixed = a.copy()?;
+        assert!(mix_assign(&mixed, &b, alpha)?);
+        let expected = ((&a * alpha)? + (&b * (1.0 - alpha))?)?;
+        assert_eq!(f32s_of(&mixed)?, f32s_of(&expected)?, "mix of {n}");
+        // Not served (another shape): nothing touched.
+        assert!(!add_assign(&sum, &b.narrow(0, 0, n / 2)?)?);
+        assert_eq!(f32s_of(&sum)?, f32s_of(&(&a + &b)?)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn max_norm_kernel_is_bitwise_the_tensor_ops_and_leaves_short_rows_alone() -> Result<()> {
+    use gauntlet_models::kernels::max_norm_rows;
+    let max_norm = 1.9365;
+    // The Maxout MLP's first weight (split over threads), a conv kernel, a short matrix; rows
+    // scaled from 1e-9 (below the 1e-7 floor) to far above the bound, and one zero row.
+    for shape in [vec![1200, 784], vec![8, 3, 5, 5], vec![6, 7]] {
+        let rows = shape[0];
+        let n: usize = shape.iter().product();
+        let row_len = n / rows;
+        let mut v: Vec<f32> = values(n, 7).into_iter().map(|x| x as f32).collect();
+        for (r, row) in v.chunks_mut(row_len).enumerate() {
+            let scale = [1e-9, 0.0, 0.01, 0.1, 1.0, 10.0][r % 6];
+            row.iter_mut().for_each(|x| *x *= scale as f32);
+        }
+        let w = Tensor::from_vec(v.clone(), shape.as_slice(), &Device::Cpu)?;
+        let flat = w.reshape((rows, ()))?;
+        let norms = flat.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let scale = (norms.clamp(0.0, max_norm)? / norms.maximum(1e-7)?)?;
+        let expected = f32s_of(&flat.broadcast_mul(&scale)?)?;
+        let got = w.copy()?;
+        assert!(max_norm_rows(&got, max_norm)?);
+        let got = f32s_of(&got)?;
+        let row_norms = f32s_of(&norms)?;
+        for (r, &nrm) in row_norms.iter().enumerate() {
+            let span = r * row_len..(r + 1) * row_len;
+            let (g, e, before) = (&got[span.clone()], &expected[span.clone()], &v[span]);
+            let nrm = nrm as f64;
+            if nrm <= max_norm && nrm >= 1e-7 {
+                assert_eq!(g, before, "{shape:?} row {r} (norm {nrm}) must not change");
+            }
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(e), "{shape:?} row {r} (norm {nrm})");
+            let after: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(
+                after <= max_norm * (1.0 + 1e-6),
+                "{shape:?} row {r}: norm {after}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -17,7 +17,7 @@ use gauntlet_models::layers::derive_seed;
 use gauntlet_models::{per_example_cross_entropy, Classifier, Mode};
 use serde::{Deserialize, Serialize};
 
-use gauntlet_models::shard;
+use gauntlet_models::{kernels, shard};
 
 use crate::{Error, Result};
 
@@ -163,6 +163,8 @@ impl Regularizer {
             for (_, var) in model.params().vars() {
                 let t = var.as_tensor();
                 let sum = match (out.grads.get(t), part.grads.get(t)) {
+                    // The store owns its gradients: shard 0's takes the sum in place.
+                    (Some(a), Some(b)) if kernels::add_assign(a, b)? => continue,
                     (Some(a), Some(b)) => a.add(b)?,
                     (None, Some(b)) => b.clone(),
                     _ => continue,
@@ -194,7 +196,7 @@ impl Regularizer {
                 let logits = model.forward(xs, clean_mode)?;
                 let loss = mean(per_example_cross_entropy(&logits, ys)?)?;
                 let value = loss.to_scalar::<f32>()?;
-                let grads = loss.backward()?;
+                let grads = kernels::backward(&loss)?;
                 Ok(StepOutput {
                     loss: value,
                     logits: logits.detach(),
@@ -213,7 +215,7 @@ impl Regularizer {
                 let logits = model.forward(x_var.as_tensor(), clean_mode)?;
                 let clean = mean(per_example_cross_entropy(&logits, ys)?)?;
                 let clean_value = clean.to_scalar::<f32>()?;
-                let mut grads = clean.backward()?;
+                let mut grads = kernels::backward(&clean)?;
                 // r* is invariant to scaling the gradient, so the batch-mean loss serves.
                 let reuse_clean_pass =
                     labels == PerturbLabels::True && perturb_mode == PerturbMode::Train;
@@ -245,7 +247,7 @@ impl Regularizer {
                 )?;
                 let adv = mean(per_example_cross_entropy(&adv_logits, ys)?)?;
                 let adv_value = adv.to_scalar::<f32>()?;
-                let adv_grads = adv.backward()?;
+                let adv_grads = kernels::backward(&adv)?;
                 mix_grads(model, &mut grads, &adv_grads, alpha)?;
                 let value = alpha as f32 * clean_value + (1.0 - alpha as f32) * adv_value;
                 Ok(StepOutput {
@@ -296,6 +298,7 @@ fn mix_grads(
     for (_, var) in model.params().vars() {
         let t = var.as_tensor();
         let mixed = match (clean.get(t), adv.get(t)) {
+            (Some(c), Some(a)) if kernels::mix_assign(c, a, alpha)? => continue,
             (Some(c), Some(a)) => ((c.detach() * alpha)? + (a.detach() * (1.0 - alpha))?)?,
             (Some(c), None) => (c.detach() * alpha)?,
             (None, Some(a)) => (a.detach() * (1.0 - alpha))?,
