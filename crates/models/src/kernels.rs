@@ -128,7 +128,8 @@ thread_local! {
 
 /// `loss.backward()`, with the parameter gradients of [`linear`] and [`conv2d`] handed over
 /// as computed. Candle's store adds every gradient to a fresh zero tensor (a memset and an
-/// add over each weight, every step: a sixth of the Maxout MLP's training step); here a
+/// add over each weight, every step; memset and Candle's add took 19% of the samples of a
+/// two-thread Maxout MLP training step, BENCHMARKS.md); here a
 /// parameter's gradient is the product itself, or the sum of its parts in the order the
 /// backward pass produced them where a parameter is used more than once.
 pub fn backward(loss: &Tensor) -> Result<GradStore> {
@@ -443,7 +444,8 @@ fn in_place_serves(dst: &Tensor, srcs: &[&Tensor]) -> bool {
 /// Rescales in place every row of `weight` (`[rows, …]`, one row per output unit) whose
 /// Euclidean norm exceeds `max_norm` to that norm: `row · min(‖row‖, c) / max(‖row‖, 1e-7)`,
 /// bit for bit as the tensor ops of `layers::apply_max_norm` compute it, in one pass (they
-/// made five, and a copy). A row whose factor is exactly one is not written. Returns `false` where the kernels do not serve.
+/// made five, and a copy). A row whose factor is exactly one is not written. Returns `false`
+/// where the kernels do not serve.
 pub fn max_norm_rows(weight: &Tensor, max_norm: f64) -> Result<bool> {
     if !fast_path(&[weight]) || !weight.is_contiguous() || weight.rank() == 0 {
         return Ok(false);
