@@ -481,10 +481,15 @@ fn same_type_slice<S: WithDType, T: WithDType>(v: &mut [S]) -> &mut [T] {
 /// Buffers at least this long are split over the compute threads, in chunks of this size.
 const PASS_CHUNK: usize = 16 * 1024;
 
+/// Whether a pass over `len` values is worth splitting over the compute threads.
+fn split_pass(len: usize) -> bool {
+    len >= 4 * PASS_CHUNK && rayon::current_num_threads() > 1
+}
+
 /// `f` over `dst` and `src` in chunks over the compute threads: every value is computed on
 /// its own, so the bits do not depend on the split.
 fn par_zip<T: WithDType>(dst: &mut [T], src: &[T], f: impl Fn(&mut [T], &[T]) + Sync) {
-    if dst.len() < 4 * PASS_CHUNK || rayon::current_num_threads() == 1 {
+    if !split_pass(dst.len()) {
         return f(dst, src);
     }
     dst.par_chunks_mut(PASS_CHUNK)
@@ -571,7 +576,7 @@ impl MaxNorm {
             let factor = kept / floor;
             row.iter_mut().for_each(|v| *v *= factor);
         };
-        if w.len() < 4 * PASS_CHUNK || rayon::current_num_threads() == 1 {
+        if !split_pass(w.len()) {
             let mut squares = Vec::with_capacity(row_len);
             w.chunks_mut(row_len)
                 .for_each(|row| rescale(&mut squares, row));
