@@ -52,6 +52,7 @@ fn every_committed_report_is_redrawn_byte_for_byte_from_its_results() {
         "cifar10",
         "mnist-conv",
         "mnist-paper",
+        "mnist-paper-full",
         "mnist-paper-seeds",
         "quickstart",
         "transfer",

@@ -7,9 +7,9 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::plot::{
-    diverging, e, fit_text, fmt_num, line_chart, log_floor, padded_range, palette, sequential,
-    side_legend, text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind, FONT,
-    LEGEND_WIDTH,
+    diverging, e, fit_text, fmt_num, line_chart, log_axis, log_floor, padded_range, palette,
+    sequential, side_legend, text_on, title, Axes, DrawResult, Figure, LegendItem, Line, LineKind,
+    FONT, LEGEND_WIDTH,
 };
 use crate::series::{
     AccuracyPanel, CurvePanel, NoiseSeries, TradeoffPanel, TrainingCurves, TransferMatrix,
@@ -268,11 +268,10 @@ fn grid_size(n: usize) -> (u32, u32) {
     (1400, 70 + rows * 330)
 }
 
-fn last_epoch(curves: &[TrainingCurves]) -> f64 {
-    curves
-        .iter()
-        .flat_map(|c| c.train_loss.iter().map(|p| p.0))
-        .fold(1.0f64, f64::max)
+/// The last epoch of a model's curves: each panel spans its own (a stage-2 run of six epochs
+/// beside a stage 1 of 490 would be a sliver on a shared axis).
+fn last_epoch(c: &TrainingCurves) -> f64 {
+    c.train_loss.iter().map(|p| p.0).fold(1.0f64, f64::max)
 }
 
 /// Error per epoch, one panel per model on a shared logarithmic axis (errors of 1–2% and of
@@ -292,8 +291,6 @@ impl Figure for TrainingFigure<'_> {
         let area = title(root, "Training curves: error per epoch")?;
         let (charts, legend) = with_legend(&area);
         let panels = grid(&charts, self.curves.len());
-        let max_epoch = last_epoch(self.curves);
-        let few = max_epoch <= 30.0;
         // The axis floor: the 1-2-5 step at or below the smallest non-zero error (0% is drawn
         // there).
         let smallest = self
@@ -313,6 +310,8 @@ impl Figure for TrainingFigure<'_> {
             .fold(1.0f64, f64::min);
         let floor = log_floor(smallest);
         for (c, panel) in self.curves.iter().zip(&panels) {
+            let max_epoch = last_epoch(c);
+            let few = max_epoch <= 30.0;
             let color = model_color(self.order, &c.model);
             let mk = |points: &[(f64, f64)], kind: LineKind, markers: bool| {
                 let mut line = Line::new(points.to_vec(), color);
@@ -401,9 +400,9 @@ impl Figure for TrainingLossFigure<'_> {
         let area = title(root, "Training curves: loss per epoch")?;
         let (charts, legend) = with_legend(&area);
         let panels = grid(&charts, self.curves.len());
-        let max_epoch = last_epoch(self.curves);
-        let few = max_epoch <= 30.0;
         for (c, panel) in self.curves.iter().zip(&panels) {
+            let max_epoch = last_epoch(c);
+            let few = max_epoch <= 30.0;
             let color = model_color(self.order, &c.model);
             let mut train = Line::new(c.train_loss.clone(), color);
             train.markers = few || c.train_loss.len() == 1;
@@ -424,7 +423,7 @@ impl Figure for TrainingLossFigure<'_> {
                 x_label: "epoch".into(),
                 y_label: "loss (log scale)".into(),
                 x: 0.5..max_epoch + 0.5,
-                y: log_floor(bottom.min(top))..(top * 1.5).max(1e-3),
+                y: log_axis(bottom.min(top), (top * 1.5).max(1e-3)),
                 x_percent: false,
                 y_percent: false,
                 x_integer: true,

@@ -227,6 +227,18 @@ pub(crate) fn log_floor(smallest: f64) -> f64 {
     floor.clamp(1e-4, 0.1)
 }
 
+/// A log axis from [`log_floor`] of `smallest` to `top`, its floor lowered to the power of ten
+/// below where the range holds none: plotters draws no tick on a log axis without one.
+pub(crate) fn log_axis(smallest: f64, top: f64) -> Range<f64> {
+    let floor = log_floor(smallest);
+    let decade = 10f64.powf(floor.log10().ceil());
+    if decade <= top * (1.0 + 1e-9) {
+        floor..top
+    } else {
+        decade / 10.0..top
+    }
+}
+
 /// `[min, max]` of `values` padded by `pad` of the span (a span of 0 becomes ±0.5).
 pub(crate) fn padded_range(values: impl IntoIterator<Item = f64>, pad: f64) -> Range<f64> {
     let (lo, hi) = values
@@ -333,7 +345,7 @@ where
         .y_desc(axes.y_label.as_str())
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
-        .x_labels(8)
+        .x_labels(6)
         .y_labels(if axes.y_log { 40 } else { 8 })
         .max_light_lines(if axes.y_log { 0 } else { 4 })
         .x_label_formatter(&x_fmt)
@@ -551,6 +563,16 @@ mod tests {
         assert_eq!(log_floor(0.03), 0.02);
         assert_eq!(log_floor(0.2), 0.1);
         assert_eq!(log_floor(1e-7), 1e-4);
+    }
+
+    #[test]
+    fn a_log_axis_holds_a_power_of_ten() {
+        // 0.02..0.045 holds none: the floor goes down to 0.01.
+        let r = log_axis(0.028, 0.045);
+        assert!((r.start - 0.01).abs() < 1e-12 && r.end == 0.045, "{r:?}");
+        // 0.1..0.3 holds 0.1; 0.005..0.05 holds 0.01: both unchanged.
+        assert_eq!(log_axis(0.19, 0.3), 0.1..0.3);
+        assert_eq!(log_axis(0.0083, 0.05), 0.005..0.05);
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub(crate) fn mcnemar_exact(b: usize, c: usize) -> f64 {
 
 /// Discordant counts of models `a` and `b` on the test set: (a right and b wrong, a wrong and
 /// b right); `None` without both columns.
-fn discordant(p: &Predictions, a: &str, b: &str) -> Option<(usize, usize)> {
+pub(crate) fn discordant(p: &Predictions, a: &str, b: &str) -> Option<(usize, usize)> {
     let (pa, pb) = (p.column(a)?, p.column(b)?);
     let (mut ab, mut ba) = (0, 0);
     for ((y, x), z) in p.labels.iter().zip(pa).zip(pb) {
@@ -164,7 +164,7 @@ fn discordant(p: &Predictions, a: &str, b: &str) -> Option<(usize, usize)> {
     Some((ab, ba))
 }
 
-fn p_value_text(p: f64) -> String {
+pub(crate) fn p_value_text(p: f64) -> String {
     if p < 1e-4 {
         format!("{p:.1e}")
     } else {
@@ -334,6 +334,21 @@ pub(crate) fn section(data: &ResultsDir, b: &mut Vec<Block>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discordant_counts_the_examples_one_model_alone_gets_right() {
+        let p = Predictions {
+            labels: vec![0, 1, 2, 3, 4],
+            columns: vec![
+                ("a".into(), vec![0, 1, 9, 9, 4]),
+                ("b".into(), vec![0, 9, 2, 9, 9]),
+            ],
+        };
+        // a alone: examples 1 and 4; b alone: example 2; both wrong on 3.
+        assert_eq!(discordant(&p, "a", "b"), Some((2, 1)));
+        assert_eq!(discordant(&p, "b", "a"), Some((1, 2)));
+        assert_eq!(discordant(&p, "a", "missing"), None);
+    }
 
     /// Exact values from the binomial sums, computed by hand (b + c small) or with integer
     /// arithmetic: 2 · Σ_{k ≤ min} C(n, k) / 2^n.

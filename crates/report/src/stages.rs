@@ -3,6 +3,7 @@
 
 use crate::doc::{Block, Cell};
 use crate::schema::{ModelResult, ResultsDir};
+use crate::seeds::{discordant, mcnemar_exact, p_value_text};
 
 fn hours(seconds: Option<f64>) -> String {
     match seconds {
@@ -104,5 +105,38 @@ pub(crate) fn section(data: &ResultsDir, b: &mut Vec<Block>) {
         .to_vec(),
         rows,
         caption: Some("Stage 1 trains on the training split and keeps the epoch of lowest validation error (early stopping); stage 2 continues those weights on the training and validation splits together, at stage 1's learning rate and momentum of that epoch, until the epoch's mean training objective falls to stage 1's at that epoch (the target). Wall times are the training epochs' own, summed over resumed runs.".into()),
+    });
+    paired_tests(data, &pairs, b);
+}
+
+/// McNemar's exact test between every two second-stage models on the test set's per-example
+/// correctness, where predictions.csv has their columns.
+fn paired_tests(data: &ResultsDir, pairs: &[(&ModelResult, &ModelResult)], b: &mut Vec<Block>) {
+    let Some(pred) = &data.predictions else {
+        return;
+    };
+    let mut rows = Vec::new();
+    for (i, (_, a)) in pairs.iter().enumerate() {
+        for (_, c) in &pairs[i + 1..] {
+            let Some((ac, ca)) = discordant(pred, &a.name, &c.name) else {
+                continue;
+            };
+            rows.push(vec![
+                Cell::from(format!("{} vs {}", a.name, c.name)),
+                ac.to_string().into(),
+                ca.to_string().into(),
+                p_value_text(mcnemar_exact(ac, ca)).into(),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    b.push(Block::Table {
+        header: ["pair (a vs b)", "only a right", "only b right", "McNemar exact p"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        caption: Some("Paired tests between the second-stage models on the test split's per-example predictions (predictions.csv): the examples exactly one of the two classifies correctly, and the two-sided exact binomial p-value on them. One seed: a test of these weights, not of the training recipes.".into()),
     });
 }
