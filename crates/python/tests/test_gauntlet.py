@@ -200,9 +200,12 @@ def test_errors_are_exceptions_with_gauntlets_messages(smallcnn, test_set, tmp_p
 
 
 def test_ctrl_c_interrupts_a_long_attack():
+    # A child started from a non-interactive shell's background job inherits SIGINT ignored,
+    # and Python then keeps it ignored: the handler is set here, as an interactive shell sets it.
     script = textwrap.dedent(
         f"""
-        import sys, numpy as np, gauntlet
+        import signal, sys, numpy as np, gauntlet
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         model = gauntlet.load({str(FIXTURES / "smallcnn.onnx")!r})
         x, y = gauntlet.load_test_set("mnist", limit=1000, data_dir={str(DATA)!r})
         print("started", flush=True)
@@ -216,12 +219,16 @@ def test_ctrl_c_interrupts_a_long_attack():
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert proc.stdout.readline().strip() == "started"
-    time.sleep(1.0)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    waited = time.monotonic() - sent
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        waited = time.monotonic() - sent
+    finally:
+        # A child that missed the signal would attack for hours after the test failed.
+        proc.kill()
     assert proc.returncode == 3, (out, err)
     assert "interrupted" in out
     assert waited < 5.0, f"took {waited:.1f} s to stop"
