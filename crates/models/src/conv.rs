@@ -99,22 +99,7 @@ pub fn max_pool2d(xs: &Tensor, g: &PoolGeometry) -> Result<Tensor> {
             xs.elem_count()
         )
     }
-    let ((kh, kw), (sh, sw), (ph, pw)) = (g.kernel, g.stride, g.padding);
-    if kh == 0 || kw == 0 || sh == 0 || sw == 0 || 2 * ph > kh || 2 * pw > kw {
-        bail!("max pool: expected positive kernel and stride and padding at most half the kernel, got {g:?}")
-    }
-    let geometry = Windows {
-        h,
-        w,
-        kh,
-        kw,
-        sh,
-        sw,
-        ph,
-        pw,
-        oh: pool_out_len(h, kh, sh, ph, g.ceil_mode)?,
-        ow: pool_out_len(w, kw, sw, pw, g.ceil_mode)?,
-    };
+    let geometry = Windows::new(g, h, w)?;
     if kernels::fast_path(&[xs]) {
         // The same arg-max in one custom op, without the index tensor and the gather.
         return xs.contiguous()?.apply_op1(kernels::MaxPool::new(geometry));
@@ -152,6 +137,26 @@ pub(crate) struct Windows {
 }
 
 impl Windows {
+    /// The windows of `g` over an `h × w` plane.
+    pub(crate) fn new(g: &PoolGeometry, h: usize, w: usize) -> Result<Self> {
+        let ((kh, kw), (sh, sw), (ph, pw)) = (g.kernel, g.stride, g.padding);
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || 2 * ph > kh || 2 * pw > kw {
+            bail!("max pool: expected positive kernel and stride and padding at most half the kernel, got {g:?}")
+        }
+        Ok(Windows {
+            h,
+            w,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            oh: pool_out_len(h, kh, sh, ph, g.ceil_mode)?,
+            ow: pool_out_len(w, kw, sw, pw, g.ceil_mode)?,
+        })
+    }
+
     /// For every plane of `values` and every window, the flat index of its maximum. Planes
     /// are taken side by side on the compute threads.
     pub(crate) fn argmax<T: PartialOrd + Copy + Send + Sync>(&self, values: &[T]) -> Vec<u32> {
@@ -170,7 +175,12 @@ impl Windows {
     }
 
     /// [`Windows::argmax`] of one plane, whose first value has flat index `offset`.
-    fn plane_argmax<T: PartialOrd + Copy>(&self, plane: &[T], offset: u32, out: &mut [u32]) {
+    pub(crate) fn plane_argmax<T: PartialOrd + Copy>(
+        &self,
+        plane: &[T],
+        offset: u32,
+        out: &mut [u32],
+    ) {
         let Windows {
             h,
             w,

@@ -27,7 +27,7 @@ use candle_core::{bail, DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::conv::{max_pool2d, pool_out_len, PoolGeometry};
-use crate::kernels::{self, Gradients};
+use crate::kernels::{self, BlockActivation, Gradients};
 use crate::layers::{apply_max_norm, derive_seed, Dropout};
 use crate::shard;
 use crate::spec::{check_dropout, check_max_norm};
@@ -681,7 +681,57 @@ pub struct Graph {
     max_norms: Vec<(String, f64)>,
     /// Whether the eval-mode input gradient may take the hand-written backward.
     dense_only: bool,
+    /// Per layer: the convolution block that starts there, if any.
+    blocks: Vec<Option<Block>>,
     params: Params,
+}
+
+/// A convolution, then its ReLU or maxout, then a max pool if one follows, each reading only
+/// the one before and read by nothing else: one [`kernels::conv_block`] on the CPU.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    act: BlockActivation,
+    pool: Option<PoolGeometry>,
+    /// Layers it spans: 2 or 3.
+    len: usize,
+}
+
+impl Block {
+    /// The block that starts at layer `i`, if one does.
+    fn at(ops: &[Op], plan: &Plan, readers: &[usize], i: usize) -> Option<Block> {
+        let Op::Conv {
+            w,
+            padding: (ph, pw),
+            dilation: 1,
+            groups: 1,
+            ..
+        } = &ops[i]
+        else {
+            return None;
+        };
+        if ph != pw || w.dim(2).ok() != w.dim(3).ok() {
+            return None;
+        }
+        // Layer `j` reads only layer `j − 1`'s output (value `j`), and nothing else reads it.
+        let chained = |j: usize| j < ops.len() && plan.inputs[j] == [j] && readers[j] == 1;
+        if !chained(i + 1) {
+            return None;
+        }
+        let act = match ops[i + 1] {
+            Op::Relu => BlockActivation::Relu,
+            Op::Maxout(p) if plan.in_shapes[i + 1].len() == 3 => BlockActivation::Maxout(p),
+            _ => return None,
+        };
+        let pool = match ops.get(i + 2) {
+            Some(Op::MaxPool(g)) if chained(i + 2) => Some(*g),
+            _ => None,
+        };
+        Some(Block {
+            act,
+            pool,
+            len: 2 + usize::from(pool.is_some()),
+        })
+    }
 }
 
 impl Graph {
@@ -789,6 +839,9 @@ impl Graph {
                 _ => false,
             })
             && matches!(ops.first(), Some(Op::Flatten));
+        let blocks = (0..ops.len())
+            .map(|i| Block::at(&ops, &plan, &readers, i))
+            .collect();
         Ok(Self {
             spec,
             ops,
@@ -796,6 +849,7 @@ impl Graph {
             readers,
             max_norms,
             dense_only,
+            blocks,
             params: pb.finish()?,
         })
     }
@@ -807,8 +861,9 @@ impl Graph {
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.ops.len() + 1);
         values.push(Some(first));
         let mut left = self.readers.clone();
-        for (op, inputs) in self.ops.iter().zip(&self.inputs) {
-            let args: Vec<Tensor> = inputs
+        let mut i = 0;
+        while i < self.ops.len() {
+            let args: Vec<Tensor> = self.inputs[i]
                 .iter()
                 .map(|&j| {
                     left[j] -= 1;
@@ -820,7 +875,30 @@ impl Graph {
                     v.expect("inputs precede their readers")
                 })
                 .collect();
-            values.push(Some(run(op, args, mode, grads)?));
+            if let (
+                Some(block),
+                Op::Conv {
+                    w,
+                    b,
+                    stride,
+                    padding,
+                    ..
+                },
+            ) = (&self.blocks[i], &self.ops[i])
+            {
+                let pool = block.pool.as_ref();
+                if let Some(y) =
+                    kernels::conv_block(&args[0], w, b, padding.0, *stride, block.act, pool, grads)?
+                {
+                    // The block's inner outputs are read by nothing else.
+                    values.extend(std::iter::repeat_n(None, block.len - 1));
+                    values.push(Some(y));
+                    i += block.len;
+                    continue;
+                }
+            }
+            values.push(Some(run(&self.ops[i], args, mode, grads)?));
+            i += 1;
         }
         Ok(values.pop().flatten().expect("the last layer's output"))
     }

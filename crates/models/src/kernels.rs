@@ -1141,3 +1141,397 @@ impl ConvShape {
         (dw, db)
     }
 }
+
+/// The activation of a [`conv_block`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockActivation {
+    Relu,
+    /// Maxout over groups of `pieces` consecutive channels.
+    Maxout(usize),
+}
+
+/// The most maxout pieces a [`conv_block`] takes: each output keeps its tied pieces in a byte.
+pub const BLOCK_MAX_PIECES: usize = 8;
+
+/// [`conv2d`], then ReLU or maxout, then max pooling if `pool` is given, as one custom op:
+/// the values and gradients of [`conv2d`], [`relu`] or [`max_pieces`] and
+/// [`crate::conv::max_pool2d`] in a row, bit for bit, without their intermediate tensors.
+///
+/// Why: in a conv training step each of those layers wrote a batch-sized output, and
+/// Candle's backward a zero tensor plus a sum for each of their gradients, most of a dozen
+/// fresh buffers of up to 13 MB per conv layer, every one faulted in page by page. Here the
+/// convolution's output lives in a per-thread buffer for one image; the forward keeps, per
+/// output value, the position it came from and which pieces pass the gradient back, and the
+/// backward rebuilds each image's output gradient from them in the same buffer.
+///
+/// Returns `None`, computing nothing, where the kernels do not serve (see [`fast_path`]) or
+/// for more than [`BLOCK_MAX_PIECES`] pieces: the caller then runs the layers one by one.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_block(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    pad: usize,
+    stride: usize,
+    act: BlockActivation,
+    pool: Option<&crate::conv::PoolGeometry>,
+    grads: Gradients,
+) -> Result<Option<Tensor>> {
+    let pieces = match act {
+        BlockActivation::Relu => 1,
+        BlockActivation::Maxout(p) => p,
+    };
+    if !fast_path(&[xs, weight, bias]) || pieces > BLOCK_MAX_PIECES {
+        return Ok(None);
+    }
+    let (_, g) = ConvShape::new(xs.shape(), weight.shape(), bias.shape(), pad, stride)?;
+    if pieces == 0 || g.c_out % pieces != 0 {
+        bail!(
+            "maxout: {} channels do not split into groups of {pieces} pieces",
+            g.c_out
+        )
+    }
+    if (g.c_out * g.out_len()) as u64 > u32::MAX as u64 {
+        bail!(
+            "conv block: expected at most u32::MAX values per image, got {}",
+            g.c_out * g.out_len()
+        )
+    }
+    let pool = pool.map(|p| Windows::new(p, g.oh, g.ow)).transpose()?;
+    let op = ConvBlock {
+        pad,
+        stride,
+        pieces: match act {
+            BlockActivation::Relu => None,
+            BlockActivation::Maxout(p) => Some(p),
+        },
+        pool,
+        input_grad: xs.track_op(),
+        weight_grads: grads == Gradients::All,
+        route: OnceLock::new(),
+    };
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+        .map(Some)
+}
+
+/// What a [`conv_block`] needs of a float type beside Candle's `WithDType`.
+trait Real: WithDType {
+    /// `max(self, 0)` as [`relu`] rounds it.
+    fn relu(self) -> Self;
+}
+
+impl Real for f32 {
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
+}
+
+impl Real for f64 {
+    fn relu(self) -> Self {
+        self.max(0.0)
+    }
+}
+
+/// Where a [`conv_block`]'s output values came from, per image and output value.
+struct Route {
+    /// The value's position in the image's activation map (`[units, oh, ow]`), where the
+    /// block pools; empty where it does not (the position is the value's own).
+    index: Vec<u32>,
+    /// The pieces that pass the value's gradient back, bit `p` for piece `p` (bit 0 for
+    /// ReLU): the ReLU's `x ≥ 0`, the maxout's pieces equal to the maximum.
+    mask: Vec<u8>,
+}
+
+struct ConvBlock {
+    pad: usize,
+    stride: usize,
+    /// Maxout's pieces, or `None` for ReLU.
+    pieces: Option<usize>,
+    pool: Option<Windows>,
+    input_grad: bool,
+    weight_grads: bool,
+    /// The forward pass's routes, kept for the backward.
+    route: OnceLock<Route>,
+}
+
+impl ConvBlock {
+    fn shape(&self, x: &Shape, w: &Shape, b: &Shape) -> Result<(usize, ConvShape)> {
+        ConvShape::new(x, w, b, self.pad, self.stride)
+    }
+
+    /// `(units, values per image of the activation map, of the output)`.
+    fn sizes(&self, g: &ConvShape) -> (usize, usize, usize) {
+        let units = g.c_out / self.pieces.unwrap_or(1);
+        let act_len = units * g.out_len();
+        let out_len = match &self.pool {
+            Some(p) => units * p.oh * p.ow,
+            None => act_len,
+        };
+        (units, act_len, out_len)
+    }
+
+    /// The activation map of one image's convolution output `y` (`[c_out, n]`) into `act`.
+    fn activate<T: Real>(&self, y: &[T], n: usize, act: &mut [T]) {
+        match self.pieces {
+            None => act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu()),
+            // As `MaxPieces::forward`: the first piece, then each later one that is larger.
+            Some(p) => {
+                for (a_u, group) in act.chunks_exact_mut(n).zip(y.chunks_exact(p * n)) {
+                    a_u.copy_from_slice(&group[..n]);
+                    for piece in group.chunks_exact(n).skip(1) {
+                        for (m, &v) in a_u.iter_mut().zip(piece) {
+                            if v > *m {
+                                *m = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pieces through which activation value `a` at position `i` passes its gradient.
+    fn passes<T: Real>(&self, y: &[T], n: usize, i: usize, a: T) -> u8 {
+        match self.pieces {
+            // As `Relu`'s backward: x ≥ 0 passes.
+            None => u8::from(y[i] >= T::zero()),
+            // As `MaxPieces::backward`: every piece equal to the maximum.
+            Some(p) => {
+                let (u, px) = (i / n, i % n);
+                (0..p).fold(0, |bits, q| {
+                    bits | (u8::from(y[(u * p + q) * n + px] == a) << q)
+                })
+            }
+        }
+    }
+
+    fn forward<T: Real>(
+        &self,
+        g: &ConvShape,
+        batch: usize,
+        x: &[T],
+        w: &[T],
+        b: &[T],
+    ) -> (Vec<T>, Route) {
+        let (n, patch) = (g.out_len(), g.patch());
+        let (units, act_len, out_len) = self.sizes(g);
+        let zero = T::zero();
+        let mut out = vec![zero; batch * out_len];
+        let mut mask = vec![0u8; batch * out_len];
+        let pooled = self.pool.is_some();
+        let mut index = vec![0u32; if pooled { batch * out_len } else { 0 }];
+        if out_len == 0 {
+            return (out, Route { index, mask });
+        }
+        let index_chunks: Vec<&mut [u32]> = match pooled {
+            true => index.chunks_mut(out_len).collect(),
+            false => (0..batch).map(|_| Default::default()).collect(),
+        };
+        // One image per task: every thread works on its own buffers.
+        out.par_chunks_mut(out_len)
+            .zip(mask.par_chunks_mut(out_len))
+            .zip(index_chunks)
+            .zip(x.par_chunks(g.in_len()))
+            .for_each_init(
+                || {
+                    let act = vec![zero; if pooled { act_len } else { 0 }];
+                    (vec![zero; g.c_out * n], vec![zero; patch * n], act)
+                },
+                |(y, cols, act), (((out_b, mask_b), index_b), x_b)| {
+                    for (row, &bias) in y.chunks_mut(n).zip(b) {
+                        row.fill(bias);
+                    }
+                    g.im2col(x_b, cols);
+                    matmul(
+                        y,
+                        Mat::rows(w, g.c_out, patch),
+                        Mat::rows(cols, patch, n),
+                        true,
+                        false,
+                    );
+                    match &self.pool {
+                        None => {
+                            self.activate(y, n, out_b);
+                            for (i, (m, &a)) in mask_b.iter_mut().zip(out_b.iter()).enumerate() {
+                                *m = self.passes(y, n, i, a);
+                            }
+                        }
+                        Some(win) => {
+                            self.activate(y, n, act);
+                            let po = win.oh * win.ow;
+                            for (u, idx) in index_b.chunks_exact_mut(po).enumerate().take(units) {
+                                win.plane_argmax(&act[u * n..(u + 1) * n], (u * n) as u32, idx);
+                            }
+                            for ((o, m), &i) in
+                                out_b.iter_mut().zip(mask_b.iter_mut()).zip(index_b.iter())
+                            {
+                                let i = i as usize;
+                                *o = act[i];
+                                *m = self.passes(y, n, i, act[i]);
+                            }
+                        }
+                    }
+                },
+            );
+        (out, Route { index, mask })
+    }
+
+    /// The input gradient and the weight and bias gradients (as asked for) from the output
+    /// gradient `grad`. The batch is cut into one run of images per compute thread, as
+    /// [`ConvShape::weight_grads`] cuts it: the same sums in the same order.
+    #[allow(clippy::type_complexity)]
+    fn backward<T: Real>(
+        &self,
+        g: &ConvShape,
+        x: &[T],
+        w: &[T],
+        grad: &[T],
+        route: &Route,
+    ) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
+        let (n, patch, x_len) = (g.out_len(), g.patch(), g.in_len());
+        let (_, _, out_len) = self.sizes(g);
+        let pieces = self.pieces.unwrap_or(1);
+        let batch = grad.len() / out_len.max(1);
+        let zero = T::zero();
+        let mut dx = vec![zero; if self.input_grad { batch * x_len } else { 0 }];
+        let run = batch.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let runs = batch.div_ceil(run);
+        let dx_chunks: Vec<&mut [T]> = match self.input_grad {
+            true => dx.chunks_mut((run * x_len).max(1)).collect(),
+            false => (0..runs).map(|_| Default::default()).collect(),
+        };
+        let sums: Vec<(Vec<T>, Vec<T>)> = dx_chunks
+            .into_par_iter()
+            .enumerate()
+            .map(|(r, dx_run)| {
+                let (wg, dw_len) = (self.weight_grads, g.c_out * patch);
+                let mut dw = vec![zero; if wg { dw_len } else { 0 }];
+                let mut db = vec![zero; if wg { g.c_out } else { 0 }];
+                let (mut dy, mut cols) = (vec![zero; g.c_out * n], vec![zero; patch * n]);
+                for img in r * run..((r + 1) * run).min(batch) {
+                    dy.fill(zero);
+                    let at = img * out_len;
+                    let (g_b, m_b) = (&grad[at..at + out_len], &route.mask[at..at + out_len]);
+                    for (o, (&gv, &m)) in g_b.iter().zip(m_b).enumerate() {
+                        if m == 0 {
+                            continue;
+                        }
+                        let i = match self.pool {
+                            Some(_) => route.index[at + o] as usize,
+                            None => o,
+                        };
+                        // As the pooling's backward sums onto each window's arg-max.
+                        let (u, px) = (i / n, i % n);
+                        for q in (0..pieces).filter(|q| m >> q & 1 == 1) {
+                            dy[(u * pieces + q) * n + px] += gv;
+                        }
+                    }
+                    let x_b = &x[img * x_len..(img + 1) * x_len];
+                    if self.input_grad {
+                        let j = img - r * run;
+                        matmul(
+                            &mut cols,
+                            Mat::transposed(w, g.c_out, patch),
+                            Mat::rows(&dy, g.c_out, n),
+                            false,
+                            false,
+                        );
+                        g.col2im(&cols, &mut dx_run[j * x_len..(j + 1) * x_len]);
+                    }
+                    if wg {
+                        g.im2col(x_b, &mut cols);
+                        matmul(
+                            &mut dw,
+                            Mat::rows(&dy, g.c_out, n),
+                            Mat::transposed(&cols, patch, n),
+                            true,
+                            false,
+                        );
+                        for (s, row) in db.iter_mut().zip(dy.chunks(n)) {
+                            *s += row.iter().fold(zero, |acc, &v| acc + v);
+                        }
+                    }
+                }
+                (dw, db)
+            })
+            .collect();
+        let params = self.weight_grads.then(|| {
+            let mut sums = sums.into_iter();
+            let (mut dw, mut db) = sums
+                .next()
+                .unwrap_or_else(|| (vec![zero; g.c_out * patch], vec![zero; g.c_out]));
+            for (w, b) in sums {
+                dw.iter_mut().zip(&w).for_each(|(s, &v)| *s += v);
+                db.iter_mut().zip(&b).for_each(|(s, &v)| *s += v);
+            }
+            (dw, db)
+        });
+        (self.input_grad.then_some(dx), params)
+    }
+}
+
+impl CustomOp3 for ConvBlock {
+    fn name(&self) -> &'static str {
+        "gauntlet-conv-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, g) = self.shape(l1.shape(), l2.shape(), l3.shape())?;
+        let (units, _, _) = self.sizes(&g);
+        let (oh, ow) = match &self.pool {
+            Some(p) => (p.oh, p.ow),
+            None => (g.oh, g.ow),
+        };
+        by_dtype!(s1.dtype(), T => {
+            let (x, w, b) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
+            let (out, route) = self.forward(&g, batch, x, w, b);
+            // A second forward of the same op would find the same routes.
+            let _ = self.route.set(route);
+            Ok((T::to_cpu_storage_owned(out), (batch, units, oh, ow).into()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !self.input_grad && !self.weight_grads {
+            return Ok((None, None, None));
+        }
+        let Some(route) = self.route.get() else {
+            bail!("conv block: backward before forward")
+        };
+        let (_, g) = self.shape(xs.shape(), weight.shape(), bias.shape())?;
+        let (grad, xs) = (grad.contiguous()?, xs.contiguous()?);
+        let dev = xs.device();
+        by_dtype!(xs.dtype(), T => {
+            let (dx, params) = with_slice::<T, _>(&xs, |x| {
+                with_slice::<T, _>(weight, |w| {
+                    with_slice::<T, _>(&grad, |dy| Ok(self.backward(&g, x, w, dy, route)))
+                })
+            })?;
+            let dx = dx.map(|dx| Tensor::from_vec(dx, xs.shape(), dev)).transpose()?;
+            let (dw, db) = match params {
+                Some((dw, db)) => (
+                    sink(weight, Tensor::from_vec(dw, weight.shape(), dev)?),
+                    sink(bias, Tensor::from_vec(db, bias.shape(), dev)?),
+                ),
+                None => (None, None),
+            };
+            Ok((dx, dw, db))
+        })
+    }
+}

@@ -696,3 +696,165 @@ fn max_norm_kernel_is_bitwise_the_tensor_ops_and_leaves_short_rows_alone() -> Re
     }
     Ok(())
 }
+
+/// The fused convolution block against the layers it replaces, one by one: the same output,
+/// input gradient and weight and bias gradients, bit for bit. Zero biases over zero image
+/// regions make convolution outputs of exactly 0 (where ReLU still passes the gradient) and
+/// maxout pieces that tie (where every tied piece gets it); overlapping and padded pooling
+/// windows share arg-maxes.
+#[test]
+fn conv_block_is_bitwise_its_layers_one_by_one() -> Result<()> {
+    use gauntlet_models::conv::{max_pool2d, PoolGeometry};
+    use gauntlet_models::kernels::{conv_block, BlockActivation};
+    let pool = |k: usize, s: usize, p: usize, ceil_mode: bool| PoolGeometry {
+        kernel: (k, k),
+        stride: (s, s),
+        padding: (p, p),
+        ceil_mode,
+    };
+    let cases = [
+        // (input, out channels, kernel, pad, stride, activation, pool)
+        (
+            [5, 3, 12, 12],
+            4,
+            5,
+            2,
+            1,
+            BlockActivation::Relu,
+            Some(pool(2, 2, 0, true)),
+        ),
+        (
+            [3, 2, 11, 9],
+            6,
+            3,
+            1,
+            1,
+            BlockActivation::Relu,
+            Some(pool(3, 2, 0, true)),
+        ),
+        ([4, 3, 10, 10], 5, 3, 1, 1, BlockActivation::Relu, None),
+        (
+            [3, 2, 9, 9],
+            6,
+            3,
+            1,
+            2,
+            BlockActivation::Relu,
+            Some(pool(3, 2, 1, false)),
+        ),
+        (
+            [5, 1, 14, 14],
+            8,
+            5,
+            2,
+            1,
+            BlockActivation::Maxout(2),
+            Some(pool(4, 2, 0, true)),
+        ),
+        (
+            [3, 3, 8, 8],
+            12,
+            3,
+            0,
+            1,
+            BlockActivation::Maxout(4),
+            Some(pool(2, 2, 0, true)),
+        ),
+        ([2, 2, 7, 7], 9, 3, 1, 1, BlockActivation::Maxout(3), None),
+    ];
+    for (i, (shape, c_out, k, pad, stride, act, geometry)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        // The top rows of every image are zero: with zero biases, outputs of exactly 0.
+        let rows = Tensor::arange(0u32, shape[2] as u32, &Device::Cpu)?
+            .ge(shape[2] as u32 / 2)?
+            .to_dtype(DType::F32)?
+            .reshape((1, 1, shape[2], 1))?;
+        let x = Var::from_tensor(&f32_var(&shape, seed)?.as_tensor().broadcast_mul(&rows)?)?;
+        let w = f32_var(&[c_out, shape[1], k, k], seed + 1)?;
+        let b = Var::from_tensor(&Tensor::zeros(c_out, DType::F32, &Device::Cpu)?)?;
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let chain = |grads: Gradients| -> Result<Tensor> {
+            let y = conv2d(xt, wt, bt, pad, stride, grads)?;
+            let a = match act {
+                BlockActivation::Relu => relu(&y)?,
+                BlockActivation::Maxout(p) => {
+                    let (n, c, h, wd) = y.dims4()?;
+                    max_pieces(&y, p, h * wd, &[n, c / p, h, wd])?
+                }
+            };
+            match &geometry {
+                Some(g) => max_pool2d(&a, g),
+                None => Ok(a),
+            }
+        };
+        let block = |grads: Gradients| -> Result<Tensor> {
+            conv_block(xt, wt, bt, pad, stride, act, geometry.as_ref(), grads)?
+                .ok_or_else(|| candle_core::Error::Msg("the block did not run".into()))
+        };
+        for threads in [1, 3] {
+            on_threads(threads, || -> Result<()> {
+                let case = format!("case {i}, {threads} threads");
+                let (want, got) = (chain(Gradients::All)?, block(Gradients::All)?);
+                assert_eq!(want.dims(), got.dims(), "{case}");
+                assert_eq!(bits(&want)?, bits(&got)?, "{case}: output");
+                // A loss with a distinct weight per output value.
+                let r = Tensor::from_vec(
+                    values(want.elem_count(), seed + 2),
+                    want.shape(),
+                    &Device::Cpu,
+                )?
+                .to_dtype(DType::F32)?;
+                let (gw, gg) = (
+                    (want * &r)?.sum_all()?.backward()?,
+                    (got * &r)?.sum_all()?.backward()?,
+                );
+                for (name, t) in [("input", xt), ("weight", wt), ("bias", bt)] {
+                    let (a, c) = (gw.get(t).unwrap(), gg.get(t).unwrap());
+                    assert_eq!(bits(a)?, bits(c)?, "{case}: {name} gradient");
+                }
+                // The input gradient alone, as an attack asks for it.
+                let gg = (block(Gradients::InputOnly)? * &r)?.sum_all()?.backward()?;
+                assert!(
+                    gg.get(wt).is_none(),
+                    "{case}: weight gradient not asked for"
+                );
+                assert_eq!(
+                    bits(gw.get(xt).unwrap())?,
+                    bits(gg.get(xt).unwrap())?,
+                    "{case}"
+                );
+                Ok(())
+            })?;
+        }
+        // Some maxout pieces must have tied, or the case tests less than it says.
+        if let BlockActivation::Maxout(p) = act {
+            let y = conv2d(xt, wt, bt, pad, stride, Gradients::All)?;
+            let (n, c, h, wd) = y.dims4()?;
+            let z = y.reshape((n, c / p, p, h * wd))?;
+            let max = z.max_keepdim(2)?;
+            let ties = z.broadcast_eq(&max)?.to_dtype(DType::F32)?.sum(2)?;
+            assert!(
+                ties.max_all()?.to_scalar::<f32>()? > 1.0,
+                "case {i}: no ties"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_block_declines_what_it_does_not_serve() -> Result<()> {
+    use gauntlet_models::kernels::{conv_block, BlockActivation};
+    let (x, w, b) = (
+        f32_var(&[1, 1, 6, 6], 1)?,
+        f32_var(&[18, 1, 3, 3], 2)?,
+        f32_var(&[18], 3)?,
+    );
+    let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+    let nine = BlockActivation::Maxout(9);
+    assert!(conv_block(xt, wt, bt, 1, 1, nine, None, Gradients::All)?.is_none());
+    let seven = BlockActivation::Maxout(7);
+    let err = conv_block(xt, wt, bt, 1, 1, seven, None, Gradients::All).unwrap_err();
+    assert!(err.to_string().contains("18 channels"), "{err}");
+    Ok(())
+}
