@@ -200,11 +200,12 @@ impl Windows {
                 for (j, slot) in out[i * ow..(i + 1) * ow].iter_mut().enumerate() {
                     let at = row + j * sw;
                     // The first maximum in row-major order: later ties do not replace it.
-                    let mut best = at;
+                    // Selects, not branches: which of four values wins is unpredictable.
+                    let (mut best, mut top) = (at, plane[at]);
                     for k in [at + 1, at + w, at + w + 1] {
-                        if plane[k] > plane[best] {
-                            best = k;
-                        }
+                        let (v, wins) = (plane[k], plane[k] > top);
+                        best = if wins { k } else { best };
+                        top = if wins { v } else { top };
                     }
                     *slot = offset + best as u32;
                 }

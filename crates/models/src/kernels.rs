@@ -874,84 +874,87 @@ impl ConvShape {
     /// For kernel column `kj`: the output columns whose input column `ox·stride + kj − pad`
     /// lies inside the image.
     fn valid_cols(&self, kj: usize) -> (usize, usize) {
-        let s = self.stride;
-        let lo = self.pad.saturating_sub(kj).div_ceil(s).min(self.ow);
-        let hi = (self.w + self.pad)
-            .saturating_sub(kj)
-            .div_ceil(s)
-            .clamp(lo, self.ow);
-        (lo, hi)
+        inside(kj, self.pad, self.stride, self.w, self.ow)
     }
 
-    /// Walks the im2col matrix row segment by row segment (one output row of one kernel
-    /// position): each either reads `len` values of the image from `src` on, or lies in the
-    /// zero padding.
-    fn segments(&self, mut f: impl FnMut(Segment)) {
-        let n = self.out_len();
-        for c in 0..self.c_in {
-            for ki in 0..self.k {
-                for kj in 0..self.k {
-                    let row = ((c * self.k + ki) * self.k + kj) * n;
-                    let (lo, hi) = self.valid_cols(kj);
-                    for oy in 0..self.oh {
-                        let start = row + oy * self.ow;
-                        let iy = (oy * self.stride + ki).wrapping_sub(self.pad);
-                        if iy >= self.h || lo == hi {
-                            f(Segment::Pad(start..start + self.ow));
-                            continue;
-                        }
-                        // Most segments have no padding on either side.
-                        if lo > 0 {
-                            f(Segment::Pad(start..start + lo));
-                        }
-                        if hi < self.ow {
-                            f(Segment::Pad(start + hi..start + self.ow));
-                        }
-                        // lo·stride ≥ pad − kj, so the first input column is not negative.
-                        f(Segment::Data {
-                            src: c * self.h * self.w + iy * self.w + lo * self.stride + kj
-                                - self.pad,
-                            dst: start + lo,
-                            len: hi - lo,
-                        });
+    /// For kernel row `ki`: the output rows whose input row `oy·stride + ki − pad` lies
+    /// inside the image.
+    fn valid_rows(&self, ki: usize) -> (usize, usize) {
+        inside(ki, self.pad, self.stride, self.h, self.oh)
+    }
+
+    /// The input channel and kernel position of row `r` of the im2col matrix.
+    fn row_at(&self, r: usize) -> (usize, usize, usize) {
+        let k = self.k;
+        (r / (k * k), r / k % k, r % k)
+    }
+
+    /// The im2col matrix `[patch, oh·ow]` of one image: a loop per output row, each a run
+    /// of image values between two runs of padding.
+    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
+        let (n, ow, s, zero) = (self.out_len(), self.ow, self.stride, T::zero());
+        for (r, row) in cols[..self.patch() * n].chunks_exact_mut(n).enumerate() {
+            let (c, ki, kj) = self.row_at(r);
+            let ((lo, hi), (y0, y1)) = (self.valid_cols(kj), self.valid_rows(ki));
+            if lo == hi {
+                row.fill(zero);
+                continue;
+            }
+            row[..y0 * ow].fill(zero);
+            row[y1 * ow..].fill(zero);
+            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for (oy, dst) in row.chunks_exact_mut(ow).enumerate().take(y1).skip(y0) {
+                // lo·stride ≥ pad − kj and oy·stride ≥ pad − ki: no index is negative.
+                let at = (oy * s + ki - self.pad) * self.w + lo * s + kj - self.pad;
+                dst[..lo].fill(zero);
+                dst[hi..].fill(zero);
+                if s == 1 {
+                    copy_short(&mut dst[lo..hi], &plane[at..at + hi - lo]);
+                } else {
+                    for (d, &v) in dst[lo..hi].iter_mut().zip(plane[at..].iter().step_by(s)) {
+                        *d = v;
                     }
                 }
             }
         }
     }
 
-    /// The im2col matrix `[patch, oh·ow]` of one image.
-    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
-        let step = self.stride;
-        self.segments(|s| match s {
-            Segment::Data { src, dst, len } if step == 1 => {
-                copy_short(&mut cols[dst..dst + len], &x[src..src + len])
-            }
-            Segment::Data { src, dst, len } => {
-                for (t, c) in cols[dst..dst + len].iter_mut().enumerate() {
-                    *c = x[src + t * step];
-                }
-            }
-            Segment::Pad(range) => cols[range].fill(T::zero()),
-        });
-    }
-
-    /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im).
+    /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im), in
+    /// im2col's order.
     fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
-        let step = self.stride;
-        self.segments(|s| match s {
-            Segment::Data { src, dst, len } if step == 1 => dx[src..src + len]
-                .iter_mut()
-                .zip(&cols[dst..dst + len])
-                .for_each(|(d, &v)| *d += v),
-            Segment::Data { src, dst, len } => {
-                for (t, v) in cols[dst..dst + len].iter().enumerate() {
-                    dx[src + t * step] += *v;
+        let (n, ow, s) = (self.out_len(), self.ow, self.stride);
+        for (r, row) in cols[..self.patch() * n].chunks_exact(n).enumerate() {
+            let (c, ki, kj) = self.row_at(r);
+            let ((lo, hi), (y0, y1)) = (self.valid_cols(kj), self.valid_rows(ki));
+            if lo == hi {
+                continue;
+            }
+            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
+            for (oy, src) in row.chunks_exact(ow).enumerate().take(y1).skip(y0) {
+                let at = (oy * s + ki - self.pad) * self.w + lo * s + kj - self.pad;
+                let src = &src[lo..hi];
+                if s == 1 {
+                    for (d, &v) in plane[at..at + src.len()].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                } else {
+                    for (d, &v) in plane[at..].iter_mut().step_by(s).zip(src) {
+                        *d += v;
+                    }
                 }
             }
-            Segment::Pad(_) => {}
-        });
+        }
     }
+}
+
+/// The outputs `o` in `0..out` whose input `o·stride + offset − pad` lies in `0..size`.
+fn inside(offset: usize, pad: usize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(offset).div_ceil(stride).min(out);
+    let hi = (size + pad)
+        .saturating_sub(offset)
+        .div_ceil(stride)
+        .clamp(lo, out);
+    (lo, hi)
 }
 
 /// `dst.copy_from_slice(src)` for the short rows of im2col (an output row, often 8-24
@@ -967,13 +970,6 @@ fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *d = *s;
     }
-}
-
-/// A row segment of the im2col matrix: `len` image values from `src` (every `stride`-th) to
-/// `dst`, or padding.
-enum Segment {
-    Data { src: usize, dst: usize, len: usize },
-    Pad(std::ops::Range<usize>),
 }
 
 /// The convolution with bias as one custom op over `(xs, weight, bias)`.
