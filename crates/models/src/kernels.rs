@@ -9,7 +9,9 @@
 //! (bit for bit the same values), and never the input gradient of a tensor that is not on the
 //! graph (the data). The convolution is a matrix product by im2col, its input gradient one by
 //! col2im and its weight gradient one against the same im2col matrix: Candle's CPU
-//! convolution backward made conv training 5–8× slower than PyTorch's.
+//! convolution backward made conv training 5–8× slower than PyTorch's. [`conv_block`] runs a
+//! convolution with the ReLU or maxout and the max pool after it as one op, so that a conv
+//! layer's intermediate tensors and their gradients never reach Candle's store.
 //!
 //! Beside them, the passes a training step makes over parameter-sized buffers: the hand-over
 //! of the layers' parameter gradients past Candle's store ([`backward`]), the shard sum, the
@@ -1160,8 +1162,9 @@ pub const BLOCK_MAX_PIECES: usize = 8;
 /// output value, the position it came from and which pieces pass the gradient back, and the
 /// backward rebuilds each image's output gradient from them in the same buffer.
 ///
-/// Returns `None`, computing nothing, where the kernels do not serve (see [`fast_path`]) or
-/// for more than [`BLOCK_MAX_PIECES`] pieces: the caller then runs the layers one by one.
+/// Returns `None`, computing nothing, where the kernels do not serve (off the CPU, for other
+/// dtypes, with double backprop) or for more than [`BLOCK_MAX_PIECES`] pieces: the caller
+/// then runs the layers one by one.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_block(
     xs: &Tensor,
