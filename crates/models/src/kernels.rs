@@ -1113,25 +1113,48 @@ impl ConvShape {
                 let mut db = vec![zero; self.c_out];
                 let mut cols = vec![zero; patch * n];
                 for (x_b, dy_b) in xs.chunks(x_len).zip(dys.chunks(dy_len)) {
-                    self.im2col(x_b, &mut cols);
-                    matmul(
-                        &mut dw,
-                        Mat::rows(dy_b, self.c_out, n),
-                        Mat::transposed(&cols, patch, n),
-                        true,
-                        false,
-                    );
-                    for (s, row) in db.iter_mut().zip(dy_b.chunks(n)) {
-                        *s += row.iter().fold(zero, |acc, &v| acc + v);
-                    }
+                    self.add_weight_grads(x_b, dy_b, &mut cols, &mut dw, &mut db);
                 }
                 (dw, db)
             })
             .collect();
+        self.sum_runs(runs)
+    }
+
+    /// Adds one image's weight and bias gradients, `dy_b · im2col(x_b)ᵀ` and `dy_b`'s row
+    /// sums, onto `dw` and `db`; `cols` is the im2col buffer.
+    fn add_weight_grads<T: WithDType>(
+        &self,
+        x_b: &[T],
+        dy_b: &[T],
+        cols: &mut [T],
+        dw: &mut [T],
+        db: &mut [T],
+    ) {
+        let (n, patch) = (self.out_len(), self.patch());
+        self.im2col(x_b, cols);
+        matmul(
+            dw,
+            Mat::rows(dy_b, self.c_out, n),
+            Mat::transposed(cols, patch, n),
+            true,
+            false,
+        );
+        for (s, row) in db.iter_mut().zip(dy_b.chunks(n)) {
+            *s += row.iter().fold(T::zero(), |acc, &v| acc + v);
+        }
+    }
+
+    /// The runs' weight and bias gradients added in run order.
+    fn sum_runs<T: WithDType>(&self, runs: Vec<(Vec<T>, Vec<T>)>) -> (Vec<T>, Vec<T>) {
+        let zero = T::zero();
         let mut runs = runs.into_iter();
-        let (mut dw, mut db) = runs
-            .next()
-            .unwrap_or_else(|| (vec![zero; self.c_out * patch], vec![zero; self.c_out]));
+        let (mut dw, mut db) = runs.next().unwrap_or_else(|| {
+            (
+                vec![zero; self.c_out * self.patch()],
+                vec![zero; self.c_out],
+            )
+        });
         for (w, b) in runs {
             dw.iter_mut().zip(&w).for_each(|(s, &v)| *s += v);
             db.iter_mut().zip(&b).for_each(|(s, &v)| *s += v);
@@ -1439,33 +1462,13 @@ impl ConvBlock {
                         g.col2im(&cols, &mut dx_run[j * x_len..(j + 1) * x_len]);
                     }
                     if wg {
-                        g.im2col(x_b, &mut cols);
-                        matmul(
-                            &mut dw,
-                            Mat::rows(&dy, g.c_out, n),
-                            Mat::transposed(&cols, patch, n),
-                            true,
-                            false,
-                        );
-                        for (s, row) in db.iter_mut().zip(dy.chunks(n)) {
-                            *s += row.iter().fold(zero, |acc, &v| acc + v);
-                        }
+                        g.add_weight_grads(x_b, &dy, &mut cols, &mut dw, &mut db);
                     }
                 }
                 (dw, db)
             })
             .collect();
-        let params = self.weight_grads.then(|| {
-            let mut sums = sums.into_iter();
-            let (mut dw, mut db) = sums
-                .next()
-                .unwrap_or_else(|| (vec![zero; g.c_out * patch], vec![zero; g.c_out]));
-            for (w, b) in sums {
-                dw.iter_mut().zip(&w).for_each(|(s, &v)| *s += v);
-                db.iter_mut().zip(&b).for_each(|(s, &v)| *s += v);
-            }
-            (dw, db)
-        });
+        let params = self.weight_grads.then(|| g.sum_runs(sums));
         (self.input_grad.then_some(dx), params)
     }
 }
