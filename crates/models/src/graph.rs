@@ -671,6 +671,24 @@ enum Op {
     Add,
 }
 
+impl Op {
+    /// `(weight, bias, pad, stride)` of a square, undilated, ungrouped convolution padded
+    /// alike on every side: the one [`kernels::conv2d`] and [`kernels::conv_block`] take.
+    fn square_conv(&self) -> Option<(&Tensor, &Tensor, usize, usize)> {
+        match self {
+            Op::Conv {
+                w,
+                b,
+                stride,
+                padding: (ph, pw),
+                dilation: 1,
+                groups: 1,
+            } if ph == pw && w.dim(2).ok() == w.dim(3).ok() => Some((w, b, *ph, *stride)),
+            _ => None,
+        }
+    }
+}
+
 /// A [`GraphSpec`] with its parameters: the model every [`crate::build`] returns.
 pub struct Graph {
     spec: ModelSpec,
@@ -699,19 +717,7 @@ struct Block {
 impl Block {
     /// The block that starts at layer `i`, if one does.
     fn at(ops: &[Op], plan: &Plan, readers: &[usize], i: usize) -> Option<Block> {
-        let Op::Conv {
-            w,
-            padding: (ph, pw),
-            dilation: 1,
-            groups: 1,
-            ..
-        } = &ops[i]
-        else {
-            return None;
-        };
-        if ph != pw || w.dim(2).ok() != w.dim(3).ok() {
-            return None;
-        }
+        ops[i].square_conv()?;
         // Layer `j` reads only layer `j − 1`'s output (value `j`), and nothing else reads it.
         let chained = |j: usize| j < ops.len() && plan.inputs[j] == [j] && readers[j] == 1;
         if !chained(i + 1) {
@@ -875,20 +881,12 @@ impl Graph {
                     v.expect("inputs precede their readers")
                 })
                 .collect();
-            if let (
-                Some(block),
-                Op::Conv {
-                    w,
-                    b,
-                    stride,
-                    padding,
-                    ..
-                },
-            ) = (&self.blocks[i], &self.ops[i])
+            if let (Some(block), Some((w, b, pad, stride))) =
+                (&self.blocks[i], self.ops[i].square_conv())
             {
                 let pool = block.pool.as_ref();
                 if let Some(y) =
-                    kernels::conv_block(&args[0], w, b, padding.0, *stride, block.act, pool, grads)?
+                    kernels::conv_block(&args[0], w, b, pad, stride, block.act, pool, grads)?
                 {
                     // The block's inner outputs are read by nothing else.
                     values.extend(std::iter::repeat_n(None, block.len - 1));
@@ -1047,11 +1045,10 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
             dilation,
             groups,
         } => {
-            let (ph, pw) = *padding;
-            let square = w.dim(2)? == w.dim(3)? && ph == pw;
-            if square && *dilation == 1 && *groups == 1 {
-                return kernels::conv2d(&x, w, b, ph, *stride, grads);
+            if let Some((w, b, pad, stride)) = op.square_conv() {
+                return kernels::conv2d(&x, w, b, pad, stride, grads);
             }
+            let (ph, pw) = *padding;
             // Candle pads every side alike: uneven padding is added first.
             let (x, pad) = if ph == pw {
                 (x, ph)

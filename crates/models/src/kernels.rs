@@ -1223,10 +1223,7 @@ pub fn conv_block(
     let op = ConvBlock {
         pad,
         stride,
-        pieces: match act {
-            BlockActivation::Relu => None,
-            BlockActivation::Maxout(p) => Some(p),
-        },
+        act,
         pool,
         input_grad: xs.track_op(),
         weight_grads: grads == Gradients::All,
@@ -1268,8 +1265,7 @@ struct Route {
 struct ConvBlock {
     pad: usize,
     stride: usize,
-    /// Maxout's pieces, or `None` for ReLU.
-    pieces: Option<usize>,
+    act: BlockActivation,
     pool: Option<Windows>,
     input_grad: bool,
     weight_grads: bool,
@@ -1282,9 +1278,17 @@ impl ConvBlock {
         ConvShape::new(x, w, b, self.pad, self.stride)
     }
 
+    /// Convolution channels per activation unit: maxout's pieces, 1 for ReLU.
+    fn pieces(&self) -> usize {
+        match self.act {
+            BlockActivation::Relu => 1,
+            BlockActivation::Maxout(p) => p,
+        }
+    }
+
     /// `(units, values per image of the activation map, of the output)`.
     fn sizes(&self, g: &ConvShape) -> (usize, usize, usize) {
-        let units = g.c_out / self.pieces.unwrap_or(1);
+        let units = g.c_out / self.pieces();
         let act_len = units * g.out_len();
         let out_len = match &self.pool {
             Some(p) => units * p.oh * p.ow,
@@ -1295,10 +1299,10 @@ impl ConvBlock {
 
     /// The activation map of one image's convolution output `y` (`[c_out, n]`) into `act`.
     fn activate<T: Real>(&self, y: &[T], n: usize, act: &mut [T]) {
-        match self.pieces {
-            None => act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu()),
+        match self.act {
+            BlockActivation::Relu => act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu()),
             // As `MaxPieces::forward`: the first piece, then each later one that is larger.
-            Some(p) => {
+            BlockActivation::Maxout(p) => {
                 for (a_u, group) in act.chunks_exact_mut(n).zip(y.chunks_exact(p * n)) {
                     a_u.copy_from_slice(&group[..n]);
                     for piece in group.chunks_exact(n).skip(1) {
@@ -1315,11 +1319,11 @@ impl ConvBlock {
 
     /// The pieces through which activation value `a` at position `i` passes its gradient.
     fn passes<T: Real>(&self, y: &[T], n: usize, i: usize, a: T) -> u8 {
-        match self.pieces {
+        match self.act {
             // As `Relu`'s backward: x ≥ 0 passes.
-            None => u8::from(y[i] >= T::zero()),
+            BlockActivation::Relu => u8::from(y[i] >= T::zero()),
             // As `MaxPieces::backward`: every piece equal to the maximum.
-            Some(p) => {
+            BlockActivation::Maxout(p) => {
                 let (u, px) = (i / n, i % n);
                 (0..p).fold(0, |bits, q| {
                     bits | (u8::from(y[(u * p + q) * n + px] == a) << q)
@@ -1413,7 +1417,7 @@ impl ConvBlock {
     ) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
         let (n, patch, x_len) = (g.out_len(), g.patch(), g.in_len());
         let (_, _, out_len) = self.sizes(g);
-        let pieces = self.pieces.unwrap_or(1);
+        let pieces = self.pieces();
         let batch = grad.len() / out_len.max(1);
         let zero = T::zero();
         let mut dx = vec![zero; if self.input_grad { batch * x_len } else { 0 }];
