@@ -873,47 +873,58 @@ impl ConvShape {
         self.c_in * self.h * self.w
     }
 
-    /// For kernel column `kj`: the output columns whose input column `ox·stride + kj − pad`
-    /// lies inside the image.
-    fn valid_cols(&self, kj: usize) -> (usize, usize) {
-        inside(kj, self.pad, self.stride, self.w, self.ow)
-    }
-
-    /// For kernel row `ki`: the output rows whose input row `oy·stride + ki − pad` lies
-    /// inside the image.
-    fn valid_rows(&self, ki: usize) -> (usize, usize) {
-        inside(ki, self.pad, self.stride, self.h, self.oh)
-    }
-
     /// The input channel and kernel position of row `r` of the im2col matrix.
     fn row_at(&self, r: usize) -> (usize, usize, usize) {
         let k = self.k;
         (r / (k * k), r / k % k, r % k)
     }
 
-    /// The im2col matrix `[patch, oh·ow]` of one image: a loop per output row, each a run
-    /// of image values between two runs of padding.
-    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
-        let (n, ow, s, zero) = (self.out_len(), self.ow, self.stride, T::zero());
+    /// The same convolution over the input with its padding written out: no padding left.
+    fn padded(&self) -> ConvShape {
+        ConvShape {
+            h: self.h + 2 * self.pad,
+            w: self.w + 2 * self.pad,
+            pad: 0,
+            ..*self
+        }
+    }
+
+    /// The im2col matrix `[patch, oh·ow]` of one image. With padding, the image is first
+    /// copied into `buf` between zero borders: then every output row is one run of `ow` image
+    /// values, without the short zero fills and bounds of each row that cost more than the
+    /// copies on small planes.
+    fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T], buf: &mut Vec<T>) {
+        if self.pad == 0 {
+            return self.im2col_unpadded(x, cols);
+        }
+        let (p, pw) = (self.pad, self.w + 2 * self.pad);
+        let padded = self.padded();
+        buf.clear();
+        buf.resize(padded.in_len(), T::zero());
+        for (dst, plane) in buf
+            .chunks_exact_mut(padded.h * pw)
+            .zip(x.chunks_exact(self.h * self.w))
+        {
+            for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                let at = (y + p) * pw + p;
+                dst[at..at + self.w].copy_from_slice(row);
+            }
+        }
+        padded.im2col_unpadded(buf, cols);
+    }
+
+    fn im2col_unpadded<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
+        debug_assert_eq!(self.pad, 0);
+        let (n, ow, s, plane_len) = (self.out_len(), self.ow, self.stride, self.h * self.w);
         for (r, row) in cols[..self.patch() * n].chunks_exact_mut(n).enumerate() {
             let (c, ki, kj) = self.row_at(r);
-            let ((lo, hi), (y0, y1)) = (self.valid_cols(kj), self.valid_rows(ki));
-            if lo == hi {
-                row.fill(zero);
-                continue;
-            }
-            row[..y0 * ow].fill(zero);
-            row[y1 * ow..].fill(zero);
-            let plane = &x[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for (oy, dst) in row.chunks_exact_mut(ow).enumerate().take(y1).skip(y0) {
-                // lo·stride ≥ pad − kj and oy·stride ≥ pad − ki: no index is negative.
-                let at = (oy * s + ki - self.pad) * self.w + lo * s + kj - self.pad;
-                dst[..lo].fill(zero);
-                dst[hi..].fill(zero);
+            let plane = &x[c * plane_len..(c + 1) * plane_len];
+            for (oy, dst) in row.chunks_exact_mut(ow).enumerate() {
+                let at = (oy * s + ki) * self.w + kj;
                 if s == 1 {
-                    copy_short(&mut dst[lo..hi], &plane[at..at + hi - lo]);
+                    copy_short(dst, &plane[at..at + ow]);
                 } else {
-                    for (d, &v) in dst[lo..hi].iter_mut().zip(plane[at..].iter().step_by(s)) {
+                    for (d, &v) in dst.iter_mut().zip(plane[at..].iter().step_by(s)) {
                         *d = v;
                     }
                 }
@@ -922,21 +933,40 @@ impl ConvShape {
     }
 
     /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im), in
-    /// im2col's order.
-    fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
-        let (n, ow, s) = (self.out_len(), self.ow, self.stride);
+    /// im2col's order. With padding, the sums run in `buf` (the padded image) and its inside
+    /// is added onto `dx`: each value of `dx` gets the same terms in the same order.
+    fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T], buf: &mut Vec<T>) {
+        if self.pad == 0 {
+            return self.col2im_unpadded(cols, dx);
+        }
+        let (p, pw) = (self.pad, self.w + 2 * self.pad);
+        let padded = self.padded();
+        buf.clear();
+        buf.resize(padded.in_len(), T::zero());
+        padded.col2im_unpadded(cols, buf);
+        for (src, plane) in buf
+            .chunks_exact(padded.h * pw)
+            .zip(dx.chunks_exact_mut(self.h * self.w))
+        {
+            for (y, row) in plane.chunks_exact_mut(self.w).enumerate() {
+                let at = (y + p) * pw + p;
+                for (d, &v) in row.iter_mut().zip(&src[at..at + self.w]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+
+    fn col2im_unpadded<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
+        debug_assert_eq!(self.pad, 0);
+        let (n, ow, s, plane_len) = (self.out_len(), self.ow, self.stride, self.h * self.w);
         for (r, row) in cols[..self.patch() * n].chunks_exact(n).enumerate() {
             let (c, ki, kj) = self.row_at(r);
-            let ((lo, hi), (y0, y1)) = (self.valid_cols(kj), self.valid_rows(ki));
-            if lo == hi {
-                continue;
-            }
-            let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for (oy, src) in row.chunks_exact(ow).enumerate().take(y1).skip(y0) {
-                let at = (oy * s + ki - self.pad) * self.w + lo * s + kj - self.pad;
-                let src = &src[lo..hi];
+            let plane = &mut dx[c * plane_len..(c + 1) * plane_len];
+            for (oy, src) in row.chunks_exact(ow).enumerate() {
+                let at = (oy * s + ki) * self.w + kj;
                 if s == 1 {
-                    for (d, &v) in plane[at..at + src.len()].iter_mut().zip(src) {
+                    for (d, &v) in plane[at..at + ow].iter_mut().zip(src) {
                         *d += v;
                     }
                 } else {
@@ -947,16 +977,6 @@ impl ConvShape {
             }
         }
     }
-}
-
-/// The outputs `o` in `0..out` whose input `o·stride + offset − pad` lies in `0..size`.
-fn inside(offset: usize, pad: usize, stride: usize, size: usize, out: usize) -> (usize, usize) {
-    let lo = pad.saturating_sub(offset).div_ceil(stride).min(out);
-    let hi = (size + pad)
-        .saturating_sub(offset)
-        .div_ceil(stride)
-        .clamp(lo, out);
-    (lo, hi)
 }
 
 /// `dst.copy_from_slice(src)` for the short rows of im2col (an output row, often 8-24
@@ -1005,12 +1025,12 @@ impl CustomOp3 for Conv2d {
             y.par_chunks_mut(g.c_out * n)
                 .zip(x.par_chunks(g.in_len()))
                 .for_each_init(
-                    || vec![T::from_f64(0.0); g.patch() * n],
-                    |cols, (y_b, x_b)| {
+                    || (vec![T::from_f64(0.0); g.patch() * n], Vec::new()),
+                    |(cols, buf), (y_b, x_b)| {
                         for (row, &bias) in y_b.chunks_mut(n).zip(b) {
                             row.fill(bias);
                         }
-                        g.im2col(x_b, cols);
+                        g.im2col(x_b, cols, buf);
                         matmul(
                             y_b,
                             Mat::rows(w, g.c_out, g.patch()),
@@ -1080,8 +1100,8 @@ impl ConvShape {
         dx.par_chunks_mut(self.in_len())
             .zip(dy.par_chunks(self.c_out * n))
             .for_each_init(
-                || vec![T::from_f64(0.0); patch * n],
-                |cols, (dx_b, dy_b)| {
+                || (vec![T::from_f64(0.0); patch * n], Vec::new()),
+                |(cols, buf), (dx_b, dy_b)| {
                     matmul(
                         cols,
                         Mat::transposed(w, self.c_out, patch),
@@ -1089,7 +1109,7 @@ impl ConvShape {
                         false,
                         false,
                     );
-                    self.col2im(cols, dx_b);
+                    self.col2im(cols, dx_b, buf);
                 },
             );
         dx
@@ -1111,9 +1131,9 @@ impl ConvShape {
             .map(|(xs, dys)| {
                 let mut dw = vec![zero; self.c_out * patch];
                 let mut db = vec![zero; self.c_out];
-                let mut cols = vec![zero; patch * n];
+                let (mut cols, mut buf) = (vec![zero; patch * n], Vec::new());
                 for (x_b, dy_b) in xs.chunks(x_len).zip(dys.chunks(dy_len)) {
-                    self.add_weight_grads(x_b, dy_b, &mut cols, &mut dw, &mut db);
+                    self.add_weight_grads(x_b, dy_b, &mut cols, &mut buf, &mut dw, &mut db);
                 }
                 (dw, db)
             })
@@ -1122,17 +1142,18 @@ impl ConvShape {
     }
 
     /// Adds one image's weight and bias gradients, `dy_b · im2col(x_b)ᵀ` and `dy_b`'s row
-    /// sums, onto `dw` and `db`; `cols` is the im2col buffer.
+    /// sums, onto `dw` and `db`; `cols` and `buf` are [`Self::im2col`]'s buffers.
     fn add_weight_grads<T: WithDType>(
         &self,
         x_b: &[T],
         dy_b: &[T],
         cols: &mut [T],
+        buf: &mut Vec<T>,
         dw: &mut [T],
         db: &mut [T],
     ) {
         let (n, patch) = (self.out_len(), self.patch());
-        self.im2col(x_b, cols);
+        self.im2col(x_b, cols, buf);
         matmul(
             dw,
             Mat::rows(dy_b, self.c_out, n),
@@ -1362,13 +1383,13 @@ impl ConvBlock {
             .for_each_init(
                 || {
                     let act = vec![zero; if pooled { act_len } else { 0 }];
-                    (vec![zero; g.c_out * n], vec![zero; patch * n], act)
+                    (vec![zero; g.c_out * n], vec![zero; patch * n], act, Vec::new())
                 },
-                |(y, cols, act), (((out_b, mask_b), index_b), x_b)| {
+                |(y, cols, act, buf), (((out_b, mask_b), index_b), x_b)| {
                     for (row, &bias) in y.chunks_mut(n).zip(b) {
                         row.fill(bias);
                     }
-                    g.im2col(x_b, cols);
+                    g.im2col(x_b, cols, buf);
                     matmul(
                         y,
                         Mat::rows(w, g.c_out, patch),
@@ -1435,6 +1456,7 @@ impl ConvBlock {
                 let mut dw = vec![zero; if wg { dw_len } else { 0 }];
                 let mut db = vec![zero; if wg { g.c_out } else { 0 }];
                 let (mut dy, mut cols) = (vec![zero; g.c_out * n], vec![zero; patch * n]);
+                let mut buf = Vec::new();
                 for img in r * run..((r + 1) * run).min(batch) {
                     dy.fill(zero);
                     let at = img * out_len;
@@ -1463,10 +1485,10 @@ impl ConvBlock {
                             false,
                             false,
                         );
-                        g.col2im(&cols, &mut dx_run[j * x_len..(j + 1) * x_len]);
+                        g.col2im(&cols, &mut dx_run[j * x_len..(j + 1) * x_len], &mut buf);
                     }
                     if wg {
-                        g.add_weight_grads(x_b, &dy, &mut cols, &mut dw, &mut db);
+                        g.add_weight_grads(x_b, &dy, &mut cols, &mut buf, &mut dw, &mut db);
                     }
                 }
                 (dw, db)
