@@ -879,6 +879,17 @@ impl ConvShape {
         (r / (k * k), r / k % k, r % k)
     }
 
+    /// Whether the forward computes the convolution pixel by pixel, `[oh·ow, c_out] =
+    /// im2col(x)ᵀ · Wᵀ`, with both operands in the layout gemm's microkernel reads unpacked.
+    /// Its 16-row tiles then run along the channels instead of the pixels, whose ragged
+    /// counts on small planes (81 and 36 in the conv Maxout network's upper layers) leave a
+    /// last tile nearly empty and make gemm pack the im2col matrix. The transposed im2col
+    /// copies runs of `k` values instead of `ow`: not worth it for wide planes and small
+    /// kernels. Each value is the same sum in the same order either way.
+    fn by_pixels(&self) -> bool {
+        !self.out_len().is_multiple_of(8) && self.c_out.is_multiple_of(8) && self.ow <= 2 * self.k
+    }
+
     /// The same convolution over the input with its padding written out: no padding left.
     fn padded(&self) -> ConvShape {
         ConvShape {
@@ -894,8 +905,38 @@ impl ConvShape {
     /// values, without the short zero fills and bounds of each row that cost more than the
     /// copies on small planes.
     fn im2col<T: WithDType>(&self, x: &[T], cols: &mut [T], buf: &mut Vec<T>) {
+        let (g, x) = self.without_padding(x, buf);
+        g.im2col_unpadded(x, cols);
+    }
+
+    /// The im2col matrix transposed, `[oh·ow, patch]`: the patch of each output pixel in a
+    /// row, as [`Self::im2col`] pads.
+    fn im2col_pixels<T: WithDType>(&self, x: &[T], cols: &mut [T], buf: &mut Vec<T>) {
+        let (g, x) = self.without_padding(x, buf);
+        let (k, s, plane_len) = (g.k, g.stride, g.h * g.w);
+        for (px, row) in cols[..g.out_len() * g.patch()]
+            .chunks_exact_mut(g.patch())
+            .enumerate()
+        {
+            let (oy, ox) = (px / g.ow, px % g.ow);
+            for (plane, chan) in x.chunks_exact(plane_len).zip(row.chunks_exact_mut(k * k)) {
+                for (ki, dst) in chan.chunks_exact_mut(k).enumerate() {
+                    let at = (oy * s + ki) * g.w + ox * s;
+                    copy_short(dst, &plane[at..at + k]);
+                }
+            }
+        }
+    }
+
+    /// This convolution without padding and its input: `x` itself, or `x` copied into `buf`
+    /// between zero borders.
+    fn without_padding<'a, T: WithDType>(
+        &self,
+        x: &'a [T],
+        buf: &'a mut Vec<T>,
+    ) -> (ConvShape, &'a [T]) {
         if self.pad == 0 {
-            return self.im2col_unpadded(x, cols);
+            return (*self, x);
         }
         let (p, pw) = (self.pad, self.w + 2 * self.pad);
         let padded = self.padded();
@@ -910,7 +951,7 @@ impl ConvShape {
                 dst[at..at + self.w].copy_from_slice(row);
             }
         }
-        padded.im2col_unpadded(buf, cols);
+        (padded, buf)
     }
 
     fn im2col_unpadded<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
@@ -1318,12 +1359,23 @@ impl ConvBlock {
         (units, act_len, out_len)
     }
 
-    /// The activation map of one image's convolution output `y` (`[c_out, n]`) into `act`.
-    fn activate<T: Real>(&self, y: &[T], n: usize, act: &mut [T]) {
-        match self.act {
-            BlockActivation::Relu => act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu()),
+    /// The activation map `[units, n]` of one image's convolution output `y` (`[c, n]`, or
+    /// `[n, c]` where `by_pixels`) into `act`.
+    fn activate<T: Real>(&self, y: &[T], c: usize, by_pixels: bool, act: &mut [T]) {
+        let n = y.len() / c;
+        match (self.act, by_pixels) {
+            (BlockActivation::Relu, false) => {
+                act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu())
+            }
+            (BlockActivation::Relu, true) => {
+                for (px, row) in y.chunks_exact(c).enumerate() {
+                    for (u, &v) in row.iter().enumerate() {
+                        act[u * n + px] = v.relu();
+                    }
+                }
+            }
             // As `MaxPieces::forward`: the first piece, then each later one that is larger.
-            BlockActivation::Maxout(p) => {
+            (BlockActivation::Maxout(p), false) => {
                 for (a_u, group) in act.chunks_exact_mut(n).zip(y.chunks_exact(p * n)) {
                     a_u.copy_from_slice(&group[..n]);
                     for piece in group.chunks_exact(n).skip(1) {
@@ -1335,20 +1387,45 @@ impl ConvBlock {
                     }
                 }
             }
+            (BlockActivation::Maxout(p), true) => {
+                for (px, row) in y.chunks_exact(c).enumerate() {
+                    for (u, group) in row.chunks_exact(p).enumerate() {
+                        let mut m = group[0];
+                        for &v in &group[1..] {
+                            if v > m {
+                                m = v;
+                            }
+                        }
+                        act[u * n + px] = m;
+                    }
+                }
+            }
         }
     }
 
-    /// The pieces through which activation value `a` at position `i` passes its gradient.
-    fn passes<T: Real>(&self, y: &[T], n: usize, i: usize, a: T) -> u8 {
+    /// The pieces through which activation value `a` of unit `u` at pixel `px` passes its
+    /// gradient; `y` (`n` pixels) as in [`Self::activate`].
+    #[allow(clippy::too_many_arguments)]
+    fn passes<T: Real>(
+        &self,
+        y: &[T],
+        c: usize,
+        n: usize,
+        by_pixels: bool,
+        u: usize,
+        px: usize,
+        a: T,
+    ) -> u8 {
+        let at = |ch: usize| match by_pixels {
+            true => y[px * c + ch],
+            false => y[ch * n + px],
+        };
         match self.act {
             // As `Relu`'s backward: x ≥ 0 passes.
-            BlockActivation::Relu => u8::from(y[i] >= T::zero()),
+            BlockActivation::Relu => u8::from(at(u) >= T::zero()),
             // As `MaxPieces::backward`: every piece equal to the maximum.
             BlockActivation::Maxout(p) => {
-                let (u, px) = (i / n, i % n);
-                (0..p).fold(0, |bits, q| {
-                    bits | (u8::from(y[(u * p + q) * n + px] == a) << q)
-                })
+                (0..p).fold(0, |bits, q| bits | (u8::from(at(u * p + q) == a) << q))
             }
         }
     }
@@ -1375,6 +1452,15 @@ impl ConvBlock {
             true => index.chunks_mut(out_len).collect(),
             false => (0..batch).map(|_| Default::default()).collect(),
         };
+        let by_pixels = g.by_pixels();
+        let mut wt = vec![zero; if by_pixels { w.len() } else { 0 }];
+        if by_pixels {
+            for (c, row) in w.chunks_exact(patch).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    wt[r * g.c_out + c] = v;
+                }
+            }
+        }
         // One image per task: every thread works on its own buffers.
         out.par_chunks_mut(out_len)
             .zip(mask.par_chunks_mut(out_len))
@@ -1383,29 +1469,42 @@ impl ConvBlock {
             .for_each_init(
                 || {
                     let act = vec![zero; if pooled { act_len } else { 0 }];
-                    (vec![zero; g.c_out * n], vec![zero; patch * n], act, Vec::new())
+                    (
+                        vec![zero; g.c_out * n],
+                        vec![zero; patch * n],
+                        act,
+                        Vec::new(),
+                    )
                 },
                 |(y, cols, act, buf), (((out_b, mask_b), index_b), x_b)| {
-                    for (row, &bias) in y.chunks_mut(n).zip(b) {
-                        row.fill(bias);
+                    if by_pixels {
+                        for row in y.chunks_exact_mut(g.c_out) {
+                            row.copy_from_slice(b);
+                        }
+                        g.im2col_pixels(x_b, cols, buf);
+                        let (cols, wt) =
+                            (Mat::rows(cols, n, patch), Mat::rows(&wt, patch, g.c_out));
+                        matmul(y, cols, wt, true, false);
+                    } else {
+                        for (row, &bias) in y.chunks_mut(n).zip(b) {
+                            row.fill(bias);
+                        }
+                        g.im2col(x_b, cols, buf);
+                        let (w, cols) = (Mat::rows(w, g.c_out, patch), Mat::rows(cols, patch, n));
+                        matmul(y, w, cols, true, false);
                     }
-                    g.im2col(x_b, cols, buf);
-                    matmul(
-                        y,
-                        Mat::rows(w, g.c_out, patch),
-                        Mat::rows(cols, patch, n),
-                        true,
-                        false,
-                    );
                     match &self.pool {
                         None => {
-                            self.activate(y, n, out_b);
-                            for (i, (m, &a)) in mask_b.iter_mut().zip(out_b.iter()).enumerate() {
-                                *m = self.passes(y, n, i, a);
+                            self.activate(y, g.c_out, by_pixels, out_b);
+                            let units = mask_b.chunks_exact_mut(n).zip(out_b.chunks_exact(n));
+                            for (u, (m_u, a_u)) in units.enumerate() {
+                                for (px, (m, &a)) in m_u.iter_mut().zip(a_u).enumerate() {
+                                    *m = self.passes(y, g.c_out, n, by_pixels, u, px, a);
+                                }
                             }
                         }
                         Some(win) => {
-                            self.activate(y, n, act);
+                            self.activate(y, g.c_out, by_pixels, act);
                             let po = win.oh * win.ow;
                             for (u, idx) in index_b.chunks_exact_mut(po).enumerate().take(units) {
                                 win.plane_argmax(&act[u * n..(u + 1) * n], (u * n) as u32, idx);
@@ -1415,7 +1514,7 @@ impl ConvBlock {
                             {
                                 let i = i as usize;
                                 *o = act[i];
-                                *m = self.passes(y, n, i, act[i]);
+                                *m = self.passes(y, g.c_out, n, by_pixels, i / n, i % n, act[i]);
                             }
                         }
                     }

@@ -761,6 +761,18 @@ fn conv_block_is_bitwise_its_layers_one_by_one() -> Result<()> {
             Some(pool(2, 2, 0, true)),
         ),
         ([2, 2, 7, 7], 9, 3, 1, 1, BlockActivation::Maxout(3), None),
+        // Small ragged planes and channels in eights: the forward runs pixel by pixel.
+        (
+            [3, 6, 10, 10],
+            16,
+            8,
+            3,
+            1,
+            BlockActivation::Maxout(2),
+            Some(pool(4, 2, 0, true)),
+        ),
+        ([4, 2, 5, 5], 8, 3, 1, 1, BlockActivation::Relu, None),
+        ([2, 3, 9, 9], 8, 5, 2, 2, BlockActivation::Maxout(4), None),
     ];
     for (i, (shape, c_out, k, pad, stride, act, geometry)) in cases.into_iter().enumerate() {
         let seed = 100 + 10 * i as u64;
