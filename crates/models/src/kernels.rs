@@ -1430,6 +1430,36 @@ impl ConvBlock {
         }
     }
 
+    /// One image's convolution output gradient `dy` (`[c_out, n]`) from its output gradient
+    /// `grad` and its routes (`index` empty where the block does not pool), summed as the
+    /// pooling's backward sums onto each window's arg-max. Activation value `i` (unit `i / n`)
+    /// is fed by channels `(i / n)·pieces + q`: for ReLU channel `i` itself.
+    fn conv_grad<T: Real>(&self, grad: &[T], mask: &[u8], index: &[u32], n: usize, dy: &mut [T]) {
+        let (pieces, zero) = (self.pieces(), T::zero());
+        if index.is_empty() && pieces == 1 {
+            // Every value its own: `0 + g` rounds as the sum onto a zero gradient.
+            for ((d, &gv), &m) in dy.iter_mut().zip(grad).zip(mask) {
+                *d = zero + if m != 0 { gv } else { zero };
+            }
+            return;
+        }
+        dy.fill(zero);
+        for (o, (&gv, &m)) in grad.iter().zip(mask).enumerate() {
+            if m == 0 {
+                continue;
+            }
+            let i = index.get(o).map_or(o, |&i| i as usize);
+            if pieces == 1 {
+                dy[i] += gv;
+                continue;
+            }
+            let (u, px) = (i / n, i % n);
+            for q in (0..pieces).filter(|q| m >> q & 1 == 1) {
+                dy[(u * pieces + q) * n + px] += gv;
+            }
+        }
+    }
+
     fn forward<T: Real>(
         &self,
         g: &ConvShape,
@@ -1537,7 +1567,6 @@ impl ConvBlock {
     ) -> (Option<Vec<T>>, Option<(Vec<T>, Vec<T>)>) {
         let (n, patch, x_len) = (g.out_len(), g.patch(), g.in_len());
         let (_, _, out_len) = self.sizes(g);
-        let pieces = self.pieces();
         let batch = grad.len() / out_len.max(1);
         let zero = T::zero();
         let mut dx = vec![zero; if self.input_grad { batch * x_len } else { 0 }];
@@ -1557,23 +1586,13 @@ impl ConvBlock {
                 let (mut dy, mut cols) = (vec![zero; g.c_out * n], vec![zero; patch * n]);
                 let mut buf = Vec::new();
                 for img in r * run..((r + 1) * run).min(batch) {
-                    dy.fill(zero);
                     let at = img * out_len;
+                    let index = match self.pool {
+                        Some(_) => &route.index[at..at + out_len],
+                        None => &[][..],
+                    };
                     let (g_b, m_b) = (&grad[at..at + out_len], &route.mask[at..at + out_len]);
-                    for (o, (&gv, &m)) in g_b.iter().zip(m_b).enumerate() {
-                        if m == 0 {
-                            continue;
-                        }
-                        let i = match self.pool {
-                            Some(_) => route.index[at + o] as usize,
-                            None => o,
-                        };
-                        // As the pooling's backward sums onto each window's arg-max.
-                        let (u, px) = (i / n, i % n);
-                        for q in (0..pieces).filter(|q| m >> q & 1 == 1) {
-                            dy[(u * pieces + q) * n + px] += gv;
-                        }
-                    }
+                    self.conv_grad(g_b, m_b, index, n, &mut dy);
                     let x_b = &x[img * x_len..(img + 1) * x_len];
                     if self.input_grad {
                         let j = img - r * run;
