@@ -5,7 +5,7 @@ CARGO ?= cargo
 SUITE ?= suites/quickstart.toml
 GAUNTLET := target/release/gauntlet
 
-.PHONY: run test setup build bench fmt lint train-maxout reproduce reproduce-maxout clean check-cuda bench-venv bench-compare
+.PHONY: run test setup build bench fmt lint train-maxout reproduce reproduce-maxout clean check-cuda bench-venv bench-compare bench-compare-paired
 
 setup:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -125,6 +125,28 @@ bench-compare: bench-venv
 	$(MAKE) bench
 	$(VENV_BENCH)/bin/python bench/torch_reference.py --threads $(THREADS) --json $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl $(BENCH_ARGS)
 	python3 bench/compare.py $(BENCH_OUT)/gauntlet-$(THREADS)t.jsonl $(BENCH_OUT)/pytorch-$(THREADS)t.jsonl
+
+# The same comparison model by model, gauntlet's run and PyTorch's back to back, REPEATS
+# times; compare.py pairs the runs and takes the median of the pairs' ratios. On a host whose
+# speed drifts between minutes, both sides of a pair see the same host. BENCH_MODELS picks
+# the models (not --models in BENCH_ARGS); each program measures its sgemm peak once.
+REPEATS ?= 2
+BENCH_MODELS ?= maxout-mlp mlp conv-maxout cnn smallcnn smallcnn-onnx
+bench-compare-paired: bench-venv
+	$(CARGO) build --release -p gauntlet-bench
+	@set -e; mkdir -p $(BENCH_OUT); \
+	g=$(BENCH_OUT)/gauntlet-$(THREADS)t-paired.jsonl; p=$(BENCH_OUT)/pytorch-$(THREADS)t-paired.jsonl; \
+	one=$(BENCH_OUT)/one-run.jsonl; rm -f $$g $$p; \
+	for r in $$(seq $(REPEATS)); do for m in $(BENCH_MODELS); do \
+		echo "repeat $$r, $$m"; \
+		peak=--no-peak; [ -s $$g ] || peak=; \
+		target/release/gauntlet-bench --threads $(THREADS) --models $$m $$peak --json $$one $(BENCH_ARGS) >/dev/null; \
+		cat $$one >> $$g; \
+		peak=--no-peak; [ -s $$p ] || peak=; \
+		$(VENV_BENCH)/bin/python bench/torch_reference.py --threads $(THREADS) --models $$m $$peak --json $$one $(BENCH_ARGS) >/dev/null; \
+		cat $$one >> $$p; \
+	done; done; rm -f $$one; \
+	python3 bench/compare.py $$g $$p
 
 # The PyTorch fixture models the tests load (crates/models/tests/fixtures/torch; committed):
 # scripts/make_fixtures.py in a pinned virtual environment with PyTorch, ONNX, torchattacks and

@@ -880,12 +880,12 @@ impl ConvShape {
     }
 
     /// Whether the forward computes the convolution pixel by pixel, `[oh·ow, c_out] =
-    /// im2col(x)ᵀ · Wᵀ`, with both operands in the layout gemm's microkernel reads unpacked.
-    /// Its 16-row tiles then run along the channels instead of the pixels, whose ragged
-    /// counts on small planes (81 and 36 in the conv Maxout network's upper layers) leave a
-    /// last tile nearly empty and make gemm pack the im2col matrix. The transposed im2col
-    /// copies runs of `k` values instead of `ow`: not worth it for wide planes and small
-    /// kernels. Each value is the same sum in the same order either way.
+    /// im2col(x)ᵀ · Wᵀ`. gemm's 16-row tiles then run along the channels instead of the
+    /// pixels, whose ragged counts on small planes (81 and 36 in the conv Maxout network's
+    /// upper layers) left a last tile nearly empty: its 8-row kernel took 9% of that
+    /// network's forward. The transposed im2col copies runs of `k` values instead of `ow`:
+    /// not worth it for wide planes and small kernels. Each value is the same sum in the same
+    /// order either way.
     fn by_pixels(&self) -> bool {
         !self.out_len().is_multiple_of(8) && self.c_out.is_multiple_of(8) && self.ow <= 2 * self.k
     }
@@ -1314,6 +1314,25 @@ impl Real for f64 {
     }
 }
 
+/// One image's convolution output in a [`conv_block`]: `c` channels of `n` pixels, stored
+/// `[c, n]`, or `[n, c]` where the forward runs [`ConvShape::by_pixels`].
+#[derive(Clone, Copy)]
+struct ConvOut<'a, T> {
+    y: &'a [T],
+    c: usize,
+    n: usize,
+    by_pixels: bool,
+}
+
+impl<T: Copy> ConvOut<'_, T> {
+    fn at(&self, channel: usize, px: usize) -> T {
+        match self.by_pixels {
+            true => self.y[px * self.c + channel],
+            false => self.y[channel * self.n + px],
+        }
+    }
+}
+
 /// Where a [`conv_block`]'s output values came from, per image and output value.
 struct Route {
     /// The value's position in the image's activation map (`[units, oh, ow]`), where the
@@ -1359,10 +1378,9 @@ impl ConvBlock {
         (units, act_len, out_len)
     }
 
-    /// The activation map `[units, n]` of one image's convolution output `y` (`[c, n]`, or
-    /// `[n, c]` where `by_pixels`) into `act`.
-    fn activate<T: Real>(&self, y: &[T], c: usize, by_pixels: bool, act: &mut [T]) {
-        let n = y.len() / c;
+    /// The activation map `[units, n]` of one image's convolution output into `act`.
+    fn activate<T: Real>(&self, out: ConvOut<'_, T>, act: &mut [T]) {
+        let ConvOut { y, c, n, by_pixels } = out;
         match (self.act, by_pixels) {
             (BlockActivation::Relu, false) => {
                 act.iter_mut().zip(y).for_each(|(a, &v)| *a = v.relu())
@@ -1404,22 +1422,9 @@ impl ConvBlock {
     }
 
     /// The pieces through which activation value `a` of unit `u` at pixel `px` passes its
-    /// gradient; `y` (`n` pixels) as in [`Self::activate`].
-    #[allow(clippy::too_many_arguments)]
-    fn passes<T: Real>(
-        &self,
-        y: &[T],
-        c: usize,
-        n: usize,
-        by_pixels: bool,
-        u: usize,
-        px: usize,
-        a: T,
-    ) -> u8 {
-        let at = |ch: usize| match by_pixels {
-            true => y[px * c + ch],
-            false => y[ch * n + px],
-        };
+    /// gradient.
+    fn passes<T: Real>(&self, out: ConvOut<'_, T>, u: usize, px: usize, a: T) -> u8 {
+        let at = |ch: usize| out.at(ch, px);
         match self.act {
             // As `Relu`'s backward: x ≥ 0 passes.
             BlockActivation::Relu => u8::from(at(u) >= T::zero()),
@@ -1523,18 +1528,24 @@ impl ConvBlock {
                         let (w, cols) = (Mat::rows(w, g.c_out, patch), Mat::rows(cols, patch, n));
                         matmul(y, w, cols, true, false);
                     }
+                    let conv = ConvOut {
+                        y: &y[..],
+                        c: g.c_out,
+                        n,
+                        by_pixels,
+                    };
                     match &self.pool {
                         None => {
-                            self.activate(y, g.c_out, by_pixels, out_b);
+                            self.activate(conv, out_b);
                             let units = mask_b.chunks_exact_mut(n).zip(out_b.chunks_exact(n));
                             for (u, (m_u, a_u)) in units.enumerate() {
                                 for (px, (m, &a)) in m_u.iter_mut().zip(a_u).enumerate() {
-                                    *m = self.passes(y, g.c_out, n, by_pixels, u, px, a);
+                                    *m = self.passes(conv, u, px, a);
                                 }
                             }
                         }
                         Some(win) => {
-                            self.activate(y, g.c_out, by_pixels, act);
+                            self.activate(conv, act);
                             let po = win.oh * win.ow;
                             for (u, idx) in index_b.chunks_exact_mut(po).enumerate().take(units) {
                                 win.plane_argmax(&act[u * n..(u + 1) * n], (u * n) as u32, idx);
@@ -1544,7 +1555,7 @@ impl ConvBlock {
                             {
                                 let i = i as usize;
                                 *o = act[i];
-                                *m = self.passes(y, g.c_out, n, by_pixels, i / n, i % n, act[i]);
+                                *m = self.passes(conv, i / n, i % n, act[i]);
                             }
                         }
                     }
