@@ -938,20 +938,24 @@ impl ConvShape {
         if self.pad == 0 {
             return (*self, x);
         }
-        let (p, pw) = (self.pad, self.w + 2 * self.pad);
         let padded = self.padded();
         buf.clear();
         buf.resize(padded.in_len(), T::zero());
-        for (dst, plane) in buf
-            .chunks_exact_mut(padded.h * pw)
-            .zip(x.chunks_exact(self.h * self.w))
-        {
-            for (y, row) in plane.chunks_exact(self.w).enumerate() {
-                let at = (y + p) * pw + p;
-                dst[at..at + self.w].copy_from_slice(row);
-            }
+        for (at, at_padded) in self.image_rows() {
+            buf[at_padded..at_padded + self.w].copy_from_slice(&x[at..at + self.w]);
         }
         (padded, buf)
+    }
+
+    /// Where each row of the image (every channel's, `w` values) starts, in the image and
+    /// in the image padded as [`Self::padded`].
+    fn image_rows(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (p, pw, ph) = (self.pad, self.w + 2 * self.pad, self.h + 2 * self.pad);
+        let (h, w) = (self.h, self.w);
+        (0..self.c_in * h).map(move |r| {
+            let (c, y) = (r / h, r % h);
+            (r * w, (c * ph + y + p) * pw + p)
+        })
     }
 
     fn im2col_unpadded<T: WithDType>(&self, x: &[T], cols: &mut [T]) {
@@ -980,20 +984,14 @@ impl ConvShape {
         if self.pad == 0 {
             return self.col2im_unpadded(cols, dx);
         }
-        let (p, pw) = (self.pad, self.w + 2 * self.pad);
         let padded = self.padded();
         buf.clear();
         buf.resize(padded.in_len(), T::zero());
         padded.col2im_unpadded(cols, buf);
-        for (src, plane) in buf
-            .chunks_exact(padded.h * pw)
-            .zip(dx.chunks_exact_mut(self.h * self.w))
-        {
-            for (y, row) in plane.chunks_exact_mut(self.w).enumerate() {
-                let at = (y + p) * pw + p;
-                for (d, &v) in row.iter_mut().zip(&src[at..at + self.w]) {
-                    *d += v;
-                }
+        for (at, at_padded) in self.image_rows() {
+            let src = &buf[at_padded..at_padded + self.w];
+            for (d, &v) in dx[at..at + self.w].iter_mut().zip(src) {
+                *d += v;
             }
         }
     }
