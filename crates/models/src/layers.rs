@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::{self, Gradients};
@@ -58,21 +59,41 @@ impl Dropout {
         if self.is_identity() {
             return Ok(xs.clone());
         }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (include, scale) = (self.include, self.scale as f32);
-        let mask: Vec<f32> = (0..xs.elem_count())
-            .map(|_| {
-                if rng.random::<f64>() < include {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mut mask = vec![0f32; xs.elem_count()];
+        if mask.len() >= 2 * MASK_CHUNK && rayon::current_num_threads() > 1 {
+            mask.par_chunks_mut(MASK_CHUNK)
+                .enumerate()
+                .for_each(|(i, chunk)| self.fill_mask(seed, i * MASK_CHUNK, chunk));
+        } else {
+            self.fill_mask(seed, 0, &mut mask);
+        }
         let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?.to_device(xs.device())?;
         xs.mul(&mask)
     }
+
+    /// The mask values `start..start + mask.len()` of the mask drawn from `seed`.
+    ///
+    /// Each draw takes the next two 32-bit words of the ChaCha stream, so seeking to word
+    /// `2 · start` gives a chunk the draws a single pass would make there: the mask does not
+    /// depend on how it is split over the threads.
+    fn fill_mask(&self, seed: u64, start: usize, mask: &mut [f32]) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_word_pos(2 * start as u128);
+        let (include, scale) = (self.include, self.scale as f32);
+        for m in mask {
+            *m = if rng.random::<f64>() < include {
+                scale
+            } else {
+                0.0
+            };
+        }
+    }
 }
+
+/// Masks at least twice this long are drawn over the compute threads, in chunks of this size
+/// (a draw costs a few nanoseconds: the input layer's mask was a serial share of the training
+/// step).
+const MASK_CHUNK: usize = 4096;
 
 /// Mixes a step seed with a layer index into an independent seed (SplitMix64 finaliser).
 pub fn derive_seed(seed: u64, stream: u64) -> u64 {
@@ -132,6 +153,31 @@ mod tests {
             .mean_all()?
             .to_scalar::<f32>()?;
         assert!((inv - 1.0).abs() < 0.05, "mean {inv}");
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_mask_drawn_in_chunks_is_the_one_pass_mask() -> Result<()> {
+        let d = Dropout::inverted(0.5);
+        let n = 5 * MASK_CHUNK + 77;
+        let mut whole = vec![0f32; n];
+        d.fill_mask(9, 0, &mut whole);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let draws: Vec<f32> = (0..n)
+            .map(|_| if rng.random::<f64>() < 0.5 { 2.0 } else { 0.0 })
+            .collect();
+        assert_eq!(whole, draws);
+        // Uneven pieces, odd starts included.
+        let mut pieces = vec![0f32; n];
+        let mut start = 0;
+        for len in [1, 3, MASK_CHUNK - 1, MASK_CHUNK, 2 * MASK_CHUNK + 5] {
+            d.fill_mask(9, start, &mut pieces[start..start + len]);
+            start += len;
+        }
+        d.fill_mask(9, start, &mut pieces[start..]);
+        assert_eq!(pieces, whole);
+        let xs = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu)?;
+        assert_eq!(d.apply(&xs, 9)?.to_vec1::<f32>()?, whole);
         Ok(())
     }
 
