@@ -1061,7 +1061,7 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
         Op::Linear { w, b } => kernels::linear(&x, w, b, grads),
         Op::Relu => kernels::relu(&x),
         Op::LeakyRelu(slope) => candle_nn::ops::leaky_relu(&x, *slope),
-        Op::Sigmoid => candle_nn::ops::sigmoid(&x),
+        Op::Sigmoid => kernels::sigmoid(&x),
         Op::Tanh => x.tanh(),
         Op::Gelu => x.gelu_erf(),
         Op::Maxout(pieces) => {

@@ -79,13 +79,18 @@ impl Dropout {
     fn fill_mask(&self, seed: u64, start: usize, mask: &mut [f32]) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_word_pos(2 * start as u128);
-        let (include, scale) = (self.include, self.scale as f32);
-        for m in mask {
-            *m = if rng.random::<f64>() < include {
-                scale
-            } else {
-                0.0
-            };
+        // `random::<f64>()` is `(u >> 11) · 2⁻⁵³` of the draw `u`, so `random::<f64>() <
+        // include` is the integer test `u >> 11 < ⌈include · 2⁵³⌉` (the scaling is exact): the
+        // same mask, from draws taken a block at a time.
+        let keep_below = (self.include * (1u64 << 53) as f64).ceil() as u64;
+        let scale = self.scale as f32;
+        let mut draws = [0u64; 256];
+        for chunk in mask.chunks_mut(draws.len()) {
+            let draws = &mut draws[..chunk.len()];
+            rng.fill(draws);
+            for (m, &u) in chunk.iter_mut().zip(draws.iter()) {
+                *m = if u >> 11 < keep_below { scale } else { 0.0 };
+            }
         }
     }
 }
@@ -158,8 +163,28 @@ mod tests {
 
     #[test]
     fn dropout_mask_drawn_in_chunks_is_the_one_pass_mask() -> Result<()> {
-        let d = Dropout::inverted(0.5);
         let n = 5 * MASK_CHUNK + 77;
+        // Each rate's mask is the f64 draws' (the 0.8 input layer, an odd rate, the edges).
+        for include in [0.8, 0.37, 0.0, 1.0] {
+            let d = Dropout {
+                include,
+                scale: 3.0,
+            };
+            let mut mask = vec![0f32; n];
+            d.fill_mask(5, 0, &mut mask);
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let draws: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.random::<f64>() < include {
+                        3.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            assert_eq!(mask, draws, "include {include}");
+        }
+        let d = Dropout::inverted(0.5);
         let mut whole = vec![0f32; n];
         d.fill_mask(9, 0, &mut whole);
         let mut rng = ChaCha8Rng::seed_from_u64(9);

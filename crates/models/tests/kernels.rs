@@ -3,7 +3,9 @@
 //! autograd pass.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use gauntlet_models::kernels::{conv2d, linear, max_pieces, relu, sgd_momentum, Gradients};
+use gauntlet_models::kernels::{
+    conv2d, linear, max_pieces, relu, sgd_momentum, sigmoid, Gradients,
+};
 use gauntlet_models::{
     autograd_input_grad, build, per_example_cross_entropy, Activation, Arch, CnnLayer, CnnSpec,
     ConvMaxoutLayer, ConvMaxoutSpec, MlpSpec, Mode, ModelSpec,
@@ -514,6 +516,50 @@ fn relu_kernel_is_bitwise_candle() -> Result<()> {
         gs.get(x.as_tensor()).unwrap(),
     );
     assert_eq!(bits(gf)?, bits(gs)?, "gradient");
+    Ok(())
+}
+
+/// The sigmoid MLP trains and is attacked through the custom sigmoid: values and gradients bit
+/// for bit Candle's, split over any number of threads, saturated inputs included.
+#[test]
+fn sigmoid_kernel_is_bitwise_candle_on_any_number_of_threads() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        let mut v: Vec<f64> = values(30_000, 23).into_iter().map(|v| 8.0 * v).collect();
+        v[..8].copy_from_slice(&[0.0, -0.0, 1e-40, -1e-40, 90.0, -90.0, 800.0, -800.0]);
+        let x = Var::from_tensor(&Tensor::from_vec(v, (30, 1000), &Device::Cpu)?.to_dtype(dtype)?)?;
+        let probe =
+            Tensor::from_vec(values(30_000, 24), (30, 1000), &Device::Cpu)?.to_dtype(dtype)?;
+        let run = |threads: usize, custom: bool| -> Result<(Vec<f64>, Vec<f64>)> {
+            on_threads(threads, || {
+                let s = if custom {
+                    sigmoid(x.as_tensor())?
+                } else {
+                    candle_nn::ops::sigmoid(x.as_tensor())?
+                };
+                let g = (&s * &probe)?.sum_all()?.backward()?;
+                let g = g.get(x.as_tensor()).expect("an input gradient");
+                let f64s = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+                Ok((f64s(&s)?, f64s(g)?))
+            })
+        };
+        let candle = run(1, false)?;
+        for threads in [1, 3] {
+            let (s, g) = run(threads, true)?;
+            let same = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits())
+            };
+            assert!(
+                same(&s, &candle.0),
+                "{dtype:?} forward on {threads} threads"
+            );
+            assert!(
+                same(&g, &candle.1),
+                "{dtype:?} gradient on {threads} threads"
+            );
+        }
+        assert_eq!(candle.0[6], 1.0);
+        assert_eq!(candle.0[7], 0.0);
+    }
     Ok(())
 }
 
