@@ -20,7 +20,8 @@
 //!
 //! The kernels run for f32 and f64 on the CPU. Elsewhere (CUDA, Metal), and when
 //! `CANDLE_GRAD_DO_NOT_DETACH` asks for second derivatives (a custom backward is not itself
-//! differentiable), [`linear`], [`conv2d`] and [`max_pieces`] fall back to Candle's ops.
+//! differentiable), [`linear`], [`conv2d`], [`max_pieces`], [`relu`] and [`sigmoid`] fall back to
+//! Candle's ops.
 
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
