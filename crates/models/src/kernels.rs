@@ -837,14 +837,14 @@ impl candle_core::CustomOp1 for Relu {
 /// [`sigmoid`] as a custom op.
 struct Sigmoid;
 
-/// Element-wise passes that call a transcendental function split at this many values: an
-/// `exp` costs a few nanoseconds, so a shorter buffer pays for the hand-over.
-const MAP_CHUNK: usize = 4096;
+/// Element-wise passes that cost a few nanoseconds a value (an `exp`, a random draw) split at
+/// this many values: a shorter buffer than [`PASS_CHUNK`] pays for the hand-over.
+pub(crate) const MAP_CHUNK: usize = 4096;
 
 /// `f(start, chunk)` over `dst` in chunks of [`MAP_CHUNK`] over the compute threads, `start`
-/// being the chunk's offset; each value is computed on its own, so the bits do not depend on
-/// the split.
-fn par_fill<T: WithDType>(dst: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+/// being the chunk's offset, where `dst` holds at least two chunks; `f` must compute each value
+/// from its index alone, so that the bits do not depend on the split.
+pub(crate) fn par_fill<T: Send>(dst: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
     if dst.len() < 2 * MAP_CHUNK || rayon::current_num_threads() == 1 {
         return f(0, dst);
     }

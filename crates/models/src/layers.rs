@@ -4,7 +4,6 @@
 use candle_core::{Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::kernels::{self, Gradients};
@@ -59,14 +58,10 @@ impl Dropout {
         if self.is_identity() {
             return Ok(xs.clone());
         }
+        // Drawn over the compute threads: the input layer's mask was a serial share of the
+        // training step.
         let mut mask = vec![0f32; xs.elem_count()];
-        if mask.len() >= 2 * MASK_CHUNK && rayon::current_num_threads() > 1 {
-            mask.par_chunks_mut(MASK_CHUNK)
-                .enumerate()
-                .for_each(|(i, chunk)| self.fill_mask(seed, i * MASK_CHUNK, chunk));
-        } else {
-            self.fill_mask(seed, 0, &mut mask);
-        }
+        kernels::par_fill(&mut mask, |start, chunk| self.fill_mask(seed, start, chunk));
         let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?.to_device(xs.device())?;
         xs.mul(&mask)
     }
@@ -94,11 +89,6 @@ impl Dropout {
         }
     }
 }
-
-/// Masks at least twice this long are drawn over the compute threads, in chunks of this size
-/// (a draw costs a few nanoseconds: the input layer's mask was a serial share of the training
-/// step).
-const MASK_CHUNK: usize = 4096;
 
 /// Mixes a step seed with a layer index into an independent seed (SplitMix64 finaliser).
 pub fn derive_seed(seed: u64, stream: u64) -> u64 {
@@ -163,7 +153,7 @@ mod tests {
 
     #[test]
     fn dropout_mask_drawn_in_chunks_is_the_one_pass_mask() -> Result<()> {
-        let n = 5 * MASK_CHUNK + 77;
+        let n = 5 * kernels::MAP_CHUNK + 77;
         // Each rate's mask is the f64 draws' (the 0.8 input layer, an odd rate, the edges).
         for include in [0.8, 0.37, 0.0, 1.0] {
             let d = Dropout {
@@ -195,7 +185,13 @@ mod tests {
         // Uneven pieces, odd starts included.
         let mut pieces = vec![0f32; n];
         let mut start = 0;
-        for len in [1, 3, MASK_CHUNK - 1, MASK_CHUNK, 2 * MASK_CHUNK + 5] {
+        for len in [
+            1,
+            3,
+            kernels::MAP_CHUNK - 1,
+            kernels::MAP_CHUNK,
+            2 * kernels::MAP_CHUNK + 5,
+        ] {
             d.fill_mask(9, start, &mut pieces[start..start + len]);
             start += len;
         }
