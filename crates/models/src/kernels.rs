@@ -474,40 +474,45 @@ impl CustomOp3 for Linear {
     }
 }
 
-/// Momentum SGD's update in place: `v ← v·μ − g·lr`, then `w ← w + v`.
+/// Momentum SGD's update in place: `v ← v·μ − g·lr`, then `w ← w + v`, where the gradient `g`
+/// is the sum of `grads`, a batch's shard parts, from the first on.
 ///
-/// Each value is rounded as Candle's `affine` (a product plus zero), `sub` and `add` round it,
-/// so training is bit for bit what those tensor ops gave, in two passes instead of five and
-/// with no new buffers (the update was a seventh of the Maxout MLP's training step). Returns
+/// Each value is rounded as Candle's `add` (the sum of the parts), `affine` (a product plus
+/// zero), `sub` and `add` round it, so training is bit for bit what those tensor ops gave, in
+/// two passes instead of six and with no new buffers (the update was a seventh of the Maxout
+/// MLP's training step, and the sum of two shards' gradients a pass of its own). Returns
 /// `false`, touching nothing, where the kernels do not serve; the caller then uses tensor ops.
 pub fn sgd_momentum(
     weight: &Tensor,
     velocity: &Tensor,
-    grad: &Tensor,
+    grads: &[&Tensor],
     momentum: f64,
     lr: f64,
 ) -> Result<bool> {
-    if !in_place_serves(weight, &[velocity, grad]) {
+    let mut operands = vec![velocity];
+    operands.extend_from_slice(grads);
+    if grads.is_empty() || !in_place_serves(weight, &operands) {
         return Ok(false);
     }
-    velocity.inplace_op2(grad, &Pass::Velocity { momentum, lr })?;
+    let pass = Pass::Velocity { momentum, lr };
+    match grads {
+        [g] => velocity.inplace_op2(g, &pass)?,
+        [a, b] => velocity.inplace_op3(a, b, &pass)?,
+        // More than two shards (more than two threads): all but the last summed first.
+        [first, middle @ .., last] => {
+            let head = middle
+                .iter()
+                .try_fold((*first).clone(), |sum, g| sum.add(g))?;
+            velocity.inplace_op3(&head, last, &pass)?
+        }
+        [] => return Ok(false),
+    }
     weight.inplace_op2(velocity, &Pass::AddVelocity)?;
     Ok(true)
 }
 
-/// `dst ← dst + src` in place: the sum of two shards' gradients. `dst` must own its storage
-/// (a gradient fresh from a backward pass); returns `false`, touching nothing, where the
-/// kernels do not serve.
-pub fn add_assign(dst: &Tensor, src: &Tensor) -> Result<bool> {
-    if !in_place_serves(dst, &[src]) {
-        return Ok(false);
-    }
-    dst.inplace_op2(src, &Pass::Add)?;
-    Ok(true)
-}
-
 /// `clean ← clean·α + adv·(1 − α)` in place: the α-mix of a clean and an adversarial
-/// gradient, as [`add_assign`] in one pass.
+/// gradient, in one pass.
 pub fn mix_assign(clean: &Tensor, adv: &Tensor, alpha: f64) -> Result<bool> {
     if !in_place_serves(clean, &[adv]) {
         return Ok(false);
@@ -581,14 +586,29 @@ fn par_zip<T: WithDType>(dst: &mut [T], src: &[T], f: impl Fn(&mut [T], &[T]) + 
         .for_each(|(d, s)| f(d, s));
 }
 
+/// `f` over `dst`, `a` and `b` in chunks over the compute threads, as [`par_zip`].
+fn par_zip2<T: WithDType>(
+    dst: &mut [T],
+    a: &[T],
+    b: &[T],
+    f: impl Fn(&mut [T], &[T], &[T]) + Sync,
+) {
+    if !split_pass(dst.len()) {
+        return f(dst, a, b);
+    }
+    dst.par_chunks_mut(PASS_CHUNK)
+        .zip(a.par_chunks(PASS_CHUNK))
+        .zip(b.par_chunks(PASS_CHUNK))
+        .for_each(|((d, a), b)| f(d, a, b));
+}
+
 /// The element-wise passes over parameter-sized buffers, each in place on its first operand.
 enum Pass {
-    /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient.
+    /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient (as one operand, or as
+    /// two shard parts summed first).
     Velocity { momentum: f64, lr: f64 },
     /// `w ← w + v` on the weight, with the new velocity.
     AddVelocity,
-    /// `a ← a + b`.
-    Add,
     /// `c ← c·α + a·(1 − α)`.
     Mix { alpha: f64 },
 }
@@ -616,7 +636,7 @@ impl candle_core::InplaceOp2 for Pass {
                         }
                     });
                 }
-                Pass::AddVelocity | Pass::Add => par_zip(dst, src, |dst, src| {
+                Pass::AddVelocity => par_zip(dst, src, |dst, src| {
                     for (w, &v) in dst.iter_mut().zip(src) {
                         *w += v;
                     }
@@ -630,6 +650,37 @@ impl candle_core::InplaceOp2 for Pass {
                     });
                 }
             }
+            Ok(())
+        })
+    }
+}
+
+impl candle_core::InplaceOp3 for Pass {
+    fn name(&self) -> &'static str {
+        "gauntlet-parameter-pass"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let Pass::Velocity { momentum, lr } = *self else {
+            bail!("kernels: only the velocity pass takes two gradient parts")
+        };
+        by_dtype!(s2.dtype(), T => {
+            let dst = cpu_slice_mut::<T>(s1, l1)?;
+            let (a, b) = (cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
+            let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
+            par_zip2(dst, a, b, |dst, a, b| {
+                for ((v, &ga), &gb) in dst.iter_mut().zip(a).zip(b) {
+                    *v = (*v * mu + zero) - ((ga + gb) * lr + zero);
+                }
+            });
             Ok(())
         })
     }

@@ -565,7 +565,8 @@ fn sigmoid_kernel_is_bitwise_candle_on_any_number_of_threads() -> Result<()> {
 
 #[test]
 fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
-    // A paper-sized weight, values across magnitudes, negative zeros in the velocity.
+    // A paper-sized weight, values across magnitudes, negative zeros in the velocity; the
+    // gradient whole or as two or three shard parts.
     let n = 1200 * 240;
     let f32s = |seed| {
         values(n, seed)
@@ -577,12 +578,10 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
     let mut v_vals = f32s(2);
     v_vals[..50].iter_mut().for_each(|x| *x = -0.0);
     let v = Tensor::from_vec(v_vals, (1200, 240), &Device::Cpu)?;
-    let g = (Tensor::from_vec(f32s(3), (1200, 240), &Device::Cpu)? * 1e-3)?;
+    let parts = (3..6)
+        .map(|seed| Tensor::from_vec(f32s(seed), (1200, 240), &Device::Cpu)? * 1e-3)
+        .collect::<Result<Vec<_>>>()?;
     let (momentum, lr) = (0.63, 0.0497);
-    let v_ref = ((&v * momentum)? - (&g * lr)?)?;
-    let w_ref = (&w + &v_ref)?;
-    let (w_in, v_in) = (w.copy()?, v.copy()?);
-    assert!(sgd_momentum(&w_in, &v_in, &g, momentum, lr)?);
     let bits = |t: &Tensor| -> Result<Vec<u32>> {
         Ok(t.flatten_all()?
             .to_vec1::<f32>()?
@@ -590,17 +589,33 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
             .map(|x| x.to_bits())
             .collect())
     };
-    assert_eq!(bits(&v_in)?, bits(&v_ref)?);
-    assert_eq!(bits(&w_in)?, bits(&w_ref)?);
-    // Not served (a shape mismatch): nothing touched, the caller falls back.
-    assert!(!sgd_momentum(
-        &w_in,
-        &v_in.reshape((240, 1200))?,
-        &g,
-        momentum,
-        lr
-    )?);
-    assert_eq!(bits(&w_in)?, bits(&w_ref)?);
+    for k in 1..=3 {
+        let grads: Vec<&Tensor> = parts[..k].iter().collect();
+        // The shard sum as the tensor ops make it, from the first part on.
+        let mut g = parts[0].clone();
+        for part in &parts[1..k] {
+            g = (&g + part)?;
+        }
+        let v_ref = ((&v * momentum)? - (&g * lr)?)?;
+        let w_ref = (&w + &v_ref)?;
+        let (w_in, v_in) = (w.copy()?, v.copy()?);
+        assert!(sgd_momentum(&w_in, &v_in, &grads, momentum, lr)?);
+        assert_eq!(bits(&v_in)?, bits(&v_ref)?, "velocity, {k} parts");
+        assert_eq!(bits(&w_in)?, bits(&w_ref)?, "weight, {k} parts");
+        // The parts are read, not changed.
+        assert_eq!(
+            bits(&parts[0])?,
+            bits(&(Tensor::from_vec(f32s(3), (1200, 240), &Device::Cpu)? * 1e-3)?)?
+        );
+        // Not served (a shape mismatch, no parts): nothing touched, the caller falls back.
+        let short = parts[k - 1].narrow(0, 0, 600)?;
+        let mut mismatched = grads.clone();
+        mismatched[k - 1] = &short;
+        assert!(!sgd_momentum(&w_in, &v_in, &mismatched, momentum, lr)?);
+        assert!(!sgd_momentum(&w_in, &v_in, &[], momentum, lr)?);
+        assert_eq!(bits(&w_in)?, bits(&w_ref)?);
+        assert_eq!(bits(&v_in)?, bits(&v_ref)?);
+    }
     Ok(())
 }
 
@@ -676,8 +691,8 @@ fn backward_hands_over_the_gradients_candle_would_store() -> Result<()> {
 }
 
 #[test]
-fn in_place_gradient_passes_match_the_tensor_ops() -> Result<()> {
-    use gauntlet_models::kernels::{add_assign, mix_assign};
+fn in_place_gradient_mix_matches_the_tensor_ops() -> Result<()> {
+    use gauntlet_models::kernels::mix_assign;
     // Long enough to be split over threads, and short.
     for n in [300_000, 1000] {
         let t = |seed| -> Result<Tensor> {
@@ -685,17 +700,14 @@ fn in_place_gradient_passes_match_the_tensor_ops() -> Result<()> {
             Tensor::from_vec(v, n, &Device::Cpu)
         };
         let (a, b) = (t(1)?, t(2)?);
-        let sum = a.copy()?;
-        assert!(add_assign(&sum, &b)?);
-        assert_eq!(f32s_of(&sum)?, f32s_of(&(&a + &b)?)?, "sum of {n}");
         let alpha = 0.3;
         let mixed = a.copy()?;
         assert!(mix_assign(&mixed, &b, alpha)?);
         let expected = ((&a * alpha)? + (&b * (1.0 - alpha))?)?;
         assert_eq!(f32s_of(&mixed)?, f32s_of(&expected)?, "mix of {n}");
         // Not served (another shape): nothing touched.
-        assert!(!add_assign(&sum, &b.narrow(0, 0, n / 2)?)?);
-        assert_eq!(f32s_of(&sum)?, f32s_of(&(&a + &b)?)?);
+        assert!(!mix_assign(&mixed, &b.narrow(0, 0, n / 2)?, alpha)?);
+        assert_eq!(f32s_of(&mixed)?, f32s_of(&expected)?);
     }
     Ok(())
 }

@@ -7,12 +7,49 @@ use candle_core::{bail, Result, Tensor, Var};
 
 use crate::OptimizerConfig;
 
+/// A batch's parameter gradients as the parts its shards computed ([`crate::Regularizer::step`]):
+/// each parameter's gradient is the sum of its parts in shard order. Kept apart so that an
+/// update can sum them in its own pass over the parameter instead of a pass of its own.
+#[derive(Debug)]
+pub struct Gradients {
+    parts: Vec<GradStore>,
+}
+
+impl Gradients {
+    /// The gradients of shards in order.
+    pub fn from_parts(parts: Vec<GradStore>) -> Self {
+        Self { parts }
+    }
+
+    /// The parts of `param`'s gradient, in shard order; empty where it has none.
+    pub fn parts(&self, param: &Tensor) -> Vec<&Tensor> {
+        self.parts.iter().filter_map(|g| g.get(param)).collect()
+    }
+
+    /// `param`'s gradient, the sum of its parts from the first on.
+    pub fn get(&self, param: &Tensor) -> Result<Option<Tensor>> {
+        let mut parts = self.parts(param).into_iter();
+        let Some(first) = parts.next() else {
+            return Ok(None);
+        };
+        parts
+            .try_fold(first.clone(), |sum, part| sum.add(part))
+            .map(Some)
+    }
+}
+
+impl From<GradStore> for Gradients {
+    fn from(grads: GradStore) -> Self {
+        Self::from_parts(vec![grads])
+    }
+}
+
 /// One update rule over a fixed list of parameters.
 pub trait Optimizer {
     /// Called before the first batch of each epoch (1-based), for per-epoch schedules.
     fn start_epoch(&mut self, epoch: usize);
     /// Applies one update from `grads`; parameters without a gradient are left alone.
-    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    fn step(&mut self, grads: &Gradients) -> Result<()>;
     /// The learning rate the next step will use.
     fn learning_rate(&self) -> f64;
     /// The momentum the next step will use, if the rule has one.
@@ -138,21 +175,24 @@ impl Optimizer for SgdMomentum {
             self.start_momentum + (self.final_momentum - self.start_momentum) * progress;
     }
 
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
         let lr = self.learning_rate();
         for (var, velocity) in self.vars.iter().zip(self.velocity.iter_mut()) {
-            let Some(grad) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            if gauntlet_models::kernels::sgd_momentum(
-                var.as_tensor(),
-                velocity,
-                grad,
-                self.momentum,
-                lr,
-            )? {
+            let parts = grads.parts(var.as_tensor());
+            if parts.is_empty()
+                || gauntlet_models::kernels::sgd_momentum(
+                    var.as_tensor(),
+                    velocity,
+                    &parts,
+                    self.momentum,
+                    lr,
+                )?
+            {
                 continue;
             }
+            let Some(grad) = grads.get(var.as_tensor())? else {
+                continue;
+            };
             let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
             var.set(&(var.as_tensor() + &v)?)?;
             *velocity = v;
@@ -220,7 +260,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn start_epoch(&mut self, _epoch: usize) {}
 
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
         self.n_steps += 1;
         let c1 = 1.0 - self.beta1.powi(self.n_steps);
         let c2 = 1.0 - self.beta2.powi(self.n_steps);
@@ -230,7 +270,7 @@ impl Optimizer for Adam {
             .zip(self.m.iter_mut())
             .zip(self.v.iter_mut())
         {
-            let Some(grad) = grads.get(var.as_tensor()) else {
+            let Some(grad) = grads.get(var.as_tensor())? else {
                 continue;
             };
             let grad = grad.detach();
@@ -291,7 +331,7 @@ mod tests {
         opt.start_epoch(1);
         for _ in 0..2 {
             let grads = (theta.as_tensor().sqr()? * 0.5)?.sum_all()?.backward()?;
-            opt.step(&grads)?;
+            opt.step(&grads.into())?;
         }
         assert!((theta.as_tensor().to_vec1::<f32>()?[0] - 0.76).abs() < 1e-6);
         opt.start_epoch(3);
@@ -302,15 +342,15 @@ mod tests {
         // The state is a snapshot: the in-place update of the next step leaves it alone.
         let saved = opt.state()?.tensors[0].to_vec1::<f32>()?;
         let grads = (theta.as_tensor().sqr()? * 0.5)?.sum_all()?.backward()?;
-        opt.step(&grads)?;
+        opt.step(&grads.into())?;
         assert_eq!(opt.state()?.tensors[0].to_vec1::<f32>()?.len(), 1);
         assert_ne!(opt.state()?.tensors[0].to_vec1::<f32>()?, saved);
         assert!((saved[0] + 0.14).abs() < 1e-6, "{saved:?}");
 
         let mut decaying = SgdMomentum::new(vec![], 0.1, 0.5, 0.5, 1, 2.0, 0.03)?;
-        decaying.step(&(theta.as_tensor().sum_all()?.backward()?))?;
+        decaying.step(&theta.as_tensor().sum_all()?.backward()?.into())?;
         assert!((decaying.learning_rate() - 0.05).abs() < 1e-12);
-        decaying.step(&(theta.as_tensor().sum_all()?.backward()?))?;
+        decaying.step(&theta.as_tensor().sum_all()?.backward()?.into())?;
         assert_eq!(decaying.learning_rate(), 0.03);
         Ok(())
     }
@@ -320,7 +360,7 @@ mod tests {
         // With bias correction the first Adam step is lr·sign(g).
         let theta = Var::new(&[2f32, -3.0], &Device::Cpu)?;
         let mut opt = Adam::new(vec![theta.clone()], 0.01, 0.9, 0.999, 1e-8)?;
-        opt.step(&theta.as_tensor().sqr()?.sum_all()?.backward()?)?;
+        opt.step(&theta.as_tensor().sqr()?.sum_all()?.backward()?.into())?;
         let got = theta.as_tensor().to_vec1::<f32>()?;
         assert!(
             (got[0] - 1.99).abs() < 1e-6 && (got[1] + 2.99).abs() < 1e-6,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use gauntlet_models::{kernels, shard};
 
-use crate::{Error, Result};
+use crate::{Error, Gradients, Result};
 
 /// Seed stream of the dropout masks of shards after the first.
 const SHARD_STREAM: u64 = 0x5348_4152_4400;
@@ -79,7 +79,15 @@ pub struct StepOutput {
     pub loss: f32,
     /// Clean logits of the batch (train mode), for the running training error.
     pub logits: Tensor,
-    pub grads: GradStore,
+    /// Per shard: the optimizer sums them in its update pass.
+    pub grads: Gradients,
+}
+
+/// One shard's part of a [`StepOutput`].
+struct ShardOutput {
+    loss: f32,
+    logits: Tensor,
+    grads: GradStore,
 }
 
 impl Regularizer {
@@ -127,8 +135,9 @@ impl Regularizer {
     ///
     /// On the CPU with more than one compute thread, the batch is cut into one shard per
     /// thread ([`shard`]), whose objectives and gradients are
-    /// computed side by side and summed in shard order: every term of the objective is a
-    /// per-example mean, so the sum is the whole batch's. This keeps both cores busy, where
+    /// computed side by side; the gradients stay per shard ([`Gradients`]), to be summed in
+    /// shard order: every term of the objective is a per-example mean, so the sum is the
+    /// whole batch's. This keeps both cores busy, where
     /// the batch-100 matrix products of an MLP are too small for gemm to split well. The
     /// shards depend on the thread count only: the same count gives the same bits, another
     /// count the same objective up to rounding (and other dropout masks).
@@ -154,26 +163,19 @@ impl Regularizer {
             let (xs, ys) = (xs.narrow(0, start, len)?, ys.narrow(0, start, len)?);
             self.shard_step(model, &xs, &ys, seed, n)
         })?;
-        let mut parts = parts.into_iter();
-        let mut out = parts.next().expect("at least one shard");
-        let mut logits = vec![out.logits.clone()];
+        let mut loss = 0f32;
+        let mut logits = Vec::with_capacity(parts.len());
+        let mut grads = Vec::with_capacity(parts.len());
         for part in parts {
-            out.loss += part.loss;
+            loss += part.loss;
             logits.push(part.logits);
-            for (_, var) in model.params().vars() {
-                let t = var.as_tensor();
-                let sum = match (out.grads.get(t), part.grads.get(t)) {
-                    // The store owns its gradients: shard 0's takes the sum in place.
-                    (Some(a), Some(b)) if kernels::add_assign(a, b)? => continue,
-                    (Some(a), Some(b)) => a.add(b)?,
-                    (None, Some(b)) => b.clone(),
-                    _ => continue,
-                };
-                out.grads.insert(t, sum);
-            }
+            grads.push(part.grads);
         }
-        out.logits = Tensor::cat(&logits, 0)?;
-        Ok(out)
+        Ok(StepOutput {
+            loss,
+            logits: Tensor::cat(&logits, 0)?,
+            grads: Gradients::from_parts(grads),
+        })
     }
 
     /// [`Regularizer::step`]'s objective on `xs`, a shard of a batch of `total` examples: each
@@ -185,7 +187,7 @@ impl Regularizer {
         ys: &Tensor,
         seed: u64,
         total: usize,
-    ) -> Result<StepOutput> {
+    ) -> Result<ShardOutput> {
         let mean =
             |per_example: Tensor| -> CandleResult<Tensor> { per_example.sum_all()? / total as f64 };
         let clean_mode = Mode::Train {
@@ -197,7 +199,7 @@ impl Regularizer {
                 let loss = mean(per_example_cross_entropy(&logits, ys)?)?;
                 let value = loss.to_scalar::<f32>()?;
                 let grads = kernels::backward(&loss)?;
-                Ok(StepOutput {
+                Ok(ShardOutput {
                     loss: value,
                     logits: logits.detach(),
                     grads,
@@ -250,7 +252,7 @@ impl Regularizer {
                 let adv_grads = kernels::backward(&adv)?;
                 mix_grads(model, &mut grads, &adv_grads, alpha)?;
                 let value = alpha as f32 * clean_value + (1.0 - alpha as f32) * adv_value;
-                Ok(StepOutput {
+                Ok(ShardOutput {
                     loss: value,
                     logits: logits.detach(),
                     grads,
@@ -278,7 +280,7 @@ impl Regularizer {
                 let loss = (ce.mean_all()? + (penalty.mean_all()? * sigma)?)?;
                 let value = loss.to_scalar::<f32>()?;
                 let grads = loss.backward()?;
-                Ok(StepOutput {
+                Ok(ShardOutput {
                     loss: value,
                     logits: logits.detach(),
                     grads,

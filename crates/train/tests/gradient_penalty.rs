@@ -43,6 +43,7 @@ fn penalty_gradient_matches_finite_differences() {
                 .grads
                 .get(var.as_tensor())
                 .unwrap()
+                .unwrap()
                 .flatten_all()
                 .unwrap()
                 .to_vec1::<f32>()

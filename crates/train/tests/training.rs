@@ -258,6 +258,7 @@ fn lp_with_alpha_one_is_plain_training() {
             .grads
             .get(var.as_tensor())
             .unwrap()
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -265,6 +266,7 @@ fn lp_with_alpha_one_is_plain_training() {
         let b = lp
             .grads
             .get(var.as_tensor())
+            .unwrap()
             .unwrap()
             .flatten_all()
             .unwrap()
