@@ -613,6 +613,12 @@ enum Pass {
     Mix { alpha: f64 },
 }
 
+/// Momentum's new velocity `v·μ + 0 − (g·lr + 0)`, rounded as Candle's `affine` and `sub`.
+#[inline]
+fn velocity<T: WithDType>(v: T, g: T, mu: T, lr: T, zero: T) -> T {
+    (v * mu + zero) - (g * lr + zero)
+}
+
 impl candle_core::InplaceOp2 for Pass {
     fn name(&self) -> &'static str {
         "gauntlet-parameter-pass"
@@ -632,7 +638,7 @@ impl candle_core::InplaceOp2 for Pass {
                     let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
                     par_zip(dst, src, |dst, src| {
                         for (v, &g) in dst.iter_mut().zip(src) {
-                            *v = (*v * mu + zero) - (g * lr + zero);
+                            *v = velocity(*v, g, mu, lr, zero);
                         }
                     });
                 }
@@ -678,7 +684,7 @@ impl candle_core::InplaceOp3 for Pass {
             let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
             par_zip2(dst, a, b, |dst, a, b| {
                 for ((v, &ga), &gb) in dst.iter_mut().zip(a).zip(b) {
-                    *v = (*v * mu + zero) - ((ga + gb) * lr + zero);
+                    *v = velocity(*v, ga + gb, mu, lr, zero);
                 }
             });
             Ok(())
