@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 use gauntlet_attacks::{transfer_matrix, Attack, FastGradient, Goal, Norm, Pgd};
 use gauntlet_models::{accuracy_counts, Classifier, Mode};
-use gauntlet_train::{Optimizer, Regularizer, SgdMomentum};
+use gauntlet_train::{Optimizer, Param, Regularizer, SgdMomentum};
 
 use crate::flops::ForwardFlops;
 
@@ -222,8 +222,7 @@ fn products<'a>(layers: &[(usize, usize)], batch: usize, backward: bool) -> Resu
 /// What the trainer does per batch: the objective's step, momentum SGD, the constraints, and
 /// the running training error.
 fn train_step<'a>(model: &'a dyn Classifier, regularizer: Regularizer) -> Result<RunBatch<'a>> {
-    let vars = model.params().vars().map(|(_, v)| v.clone()).collect();
-    let mut sgd = SgdMomentum::new(vars, 0.01, 0.5, 0.5, 1, 1.0, 0.0)?;
+    let mut sgd = SgdMomentum::new(Param::of_model(model), 0.01, 0.5, 0.5, 1, 1.0, 0.0)?;
     let mut seed = 0u64;
     Ok(Box::new(move |xs, ys| {
         seed += 1;
@@ -234,7 +233,6 @@ fn train_step<'a>(model: &'a dyn Classifier, regularizer: Regularizer) -> Result
             step.loss
         );
         sgd.step(&step.grads)?;
-        model.apply_constraints()?;
         accuracy_counts(&step.logits, ys)?;
         Ok(())
     }))

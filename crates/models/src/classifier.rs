@@ -54,8 +54,20 @@ pub trait Classifier: Send + Sync {
     /// The trainable parameters and fixed buffers, in checkpoint order.
     fn params(&self) -> &Params;
 
-    /// Re-imposes the parameter constraints (max-norm) after an update; a no-op by default.
+    /// The max-norm the rows of parameter `name` (as in [`Classifier::params`]) are clipped to
+    /// after each update, if it has one; none by default. An optimizer built with these
+    /// applies them itself (`gauntlet_train::optim::build`).
+    fn max_norm(&self, _name: &str) -> Option<f64> {
+        None
+    }
+
+    /// Re-imposes the parameter constraints ([`Classifier::max_norm`]) after an update.
     fn apply_constraints(&self) -> Result<()> {
+        for (name, var) in self.params().vars() {
+            if let Some(c) = self.max_norm(name) {
+                crate::layers::apply_max_norm(var, c)?;
+            }
+        }
         Ok(())
     }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::conv::{max_pool2d, pool_out_len, PoolGeometry};
 use crate::kernels::{self, BlockActivation, Gradients};
-use crate::layers::{apply_max_norm, derive_seed, Dropout};
+use crate::layers::{derive_seed, Dropout};
 use crate::shard;
 use crate::spec::{check_dropout, check_max_norm};
 use crate::{autograd_input_grad, preprocess, Classifier, InputGrad, Mode, ModelSpec};
@@ -1170,12 +1170,10 @@ impl Classifier for Graph {
         })
     }
 
-    fn apply_constraints(&self) -> Result<()> {
-        for (name, var) in self.params.vars() {
-            if let Some((_, c)) = self.max_norms.iter().find(|(n, _)| n == name) {
-                apply_max_norm(var, *c)?;
-            }
-        }
-        Ok(())
+    fn max_norm(&self, name: &str) -> Option<f64> {
+        self.max_norms
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| *c)
     }
 }

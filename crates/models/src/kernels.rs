@@ -475,23 +475,29 @@ impl CustomOp3 for Linear {
 }
 
 /// Momentum SGD's update in place: `v ← v·μ − g·lr`, then `w ← w + v`, where the gradient `g`
-/// is the sum of `grads`, a batch's shard parts, from the first on.
+/// is the sum of `grads`, a batch's shard parts, from the first on; then, with a `max_norm`,
+/// each row of `w` (one per output unit) clipped to it as [`max_norm_rows`] clips it.
 ///
 /// Each value is rounded as Candle's `add` (the sum of the parts), `affine` (a product plus
-/// zero), `sub` and `add` round it, so training is bit for bit what those tensor ops gave, in
-/// two passes instead of six and with no new buffers (the update was a seventh of the Maxout
-/// MLP's training step, and the sum of two shards' gradients a pass of its own). Returns
-/// `false`, touching nothing, where the kernels do not serve; the caller then uses tensor ops.
+/// zero), `sub` and `add` round it, so training is bit for bit what those tensor ops and
+/// `layers::apply_max_norm` gave, in two passes instead of six (and the max-norm's five), with
+/// no new buffers: the update was a seventh of the Maxout MLP's training step, and the sum of
+/// two shards' gradients and the clip passes of their own. Returns `false`, touching nothing,
+/// where the kernels do not serve; the caller then uses tensor ops.
 pub fn sgd_momentum(
     weight: &Tensor,
     velocity: &Tensor,
     grads: &[&Tensor],
     momentum: f64,
     lr: f64,
+    max_norm: Option<f64>,
 ) -> Result<bool> {
     let mut operands = vec![velocity];
     operands.extend_from_slice(grads);
-    if grads.is_empty() || !in_place_serves(weight, &operands) {
+    if grads.is_empty()
+        || !in_place_serves(weight, &operands)
+        || (max_norm.is_some() && weight.rank() == 0)
+    {
         return Ok(false);
     }
     let pass = Pass::Velocity { momentum, lr };
@@ -507,7 +513,7 @@ pub fn sgd_momentum(
         }
         [] => return Ok(false),
     }
-    weight.inplace_op2(velocity, &Pass::AddVelocity)?;
+    weight.inplace_op2(velocity, &Pass::AddVelocity { max_norm })?;
     Ok(true)
 }
 
@@ -607,8 +613,8 @@ enum Pass {
     /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient (as one operand, or as
     /// two shard parts summed first).
     Velocity { momentum: f64, lr: f64 },
-    /// `w ← w + v` on the weight, with the new velocity.
-    AddVelocity,
+    /// `w ← w + v` on the weight, with the new velocity, then each row clipped to `max_norm`.
+    AddVelocity { max_norm: Option<f64> },
     /// `c ← c·α + a·(1 − α)`.
     Mix { alpha: f64 },
 }
@@ -642,11 +648,10 @@ impl candle_core::InplaceOp2 for Pass {
                         }
                     });
                 }
-                Pass::AddVelocity => par_zip(dst, src, |dst, src| {
-                    for (w, &v) in dst.iter_mut().zip(src) {
-                        *w += v;
-                    }
-                }),
+                Pass::AddVelocity { max_norm } => {
+                    let rows = l1.shape().dims().first().copied().unwrap_or(1).max(1);
+                    add_velocity(dst, src, max_norm.map(|c| (c, dst.len() / rows)));
+                }
                 Pass::Mix { alpha } => {
                     let (a, b) = (T::from_f64(alpha), T::from_f64(1.0 - alpha));
                     par_zip(dst, src, |dst, src| {
@@ -698,34 +703,72 @@ struct MaxNorm {
 }
 
 impl MaxNorm {
-    /// Each row's norm is summed by Candle's own reduction and every step rounds as the tensor
-    /// ops round, so the rescaled rows are theirs bit for bit.
     fn apply<T: WithDType + VecOps>(&self, w: &mut [T], row_len: usize) {
-        let (max, tiny) = (T::from_f64(self.max_norm), T::from_f64(1e-7));
-        let rescale = |squares: &mut Vec<T>, row: &mut [T]| {
-            squares.clear();
-            squares.extend(row.iter().map(|&v| v * v));
-            let mut sum = T::from_f64(0.0);
-            // SAFETY: `squares` holds `row.len()` values and `sum` is a valid destination.
-            unsafe { T::vec_reduce_sum(squares.as_ptr(), &mut sum, squares.len()) };
-            let norm = T::from_f64(sum.to_f64().sqrt());
-            let kept = if norm < max { norm } else { max };
-            let floor = if norm > tiny { norm } else { tiny };
-            if kept == floor {
-                return; // a factor of exactly one
-            }
-            let factor = kept / floor;
-            row.iter_mut().for_each(|v| *v *= factor);
+        let clip = RowClip {
+            max_norm: self.max_norm,
         };
         if !split_pass(w.len()) {
             let mut squares = Vec::with_capacity(row_len);
             w.chunks_mut(row_len)
-                .for_each(|row| rescale(&mut squares, row));
+                .for_each(|row| clip.apply(&mut squares, row));
         } else {
             w.par_chunks_mut(row_len)
-                .for_each_init(|| Vec::with_capacity(row_len), rescale);
+                .for_each_init(|| Vec::with_capacity(row_len), |s, row| clip.apply(s, row));
         }
     }
+}
+
+/// The max-norm clip of one row: `row · min(‖row‖, c) / max(‖row‖, 1e-7)`.
+struct RowClip {
+    max_norm: f64,
+}
+
+impl RowClip {
+    /// The norm is summed by Candle's own reduction and every step rounds as the tensor ops
+    /// round, so the rescaled row is theirs bit for bit. `squares` is scratch space.
+    fn apply<T: WithDType + VecOps>(&self, squares: &mut Vec<T>, row: &mut [T]) {
+        let (max, tiny) = (T::from_f64(self.max_norm), T::from_f64(1e-7));
+        squares.clear();
+        squares.extend(row.iter().map(|&v| v * v));
+        let mut sum = T::from_f64(0.0);
+        // SAFETY: `squares` holds `row.len()` values and `sum` is a valid destination.
+        unsafe { T::vec_reduce_sum(squares.as_ptr(), &mut sum, squares.len()) };
+        let norm = T::from_f64(sum.to_f64().sqrt());
+        let kept = if norm < max { norm } else { max };
+        let floor = if norm > tiny { norm } else { tiny };
+        if kept == floor {
+            return; // a factor of exactly one
+        }
+        let factor = kept / floor;
+        row.iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
+/// `w ← w + v`, then, with `clip = (c, row_len)`, each row of `w` clipped to norm `c` while it
+/// is still in cache: one pass over the weight for the update and its constraint. The chunks
+/// over the threads are whole rows.
+fn add_velocity<T: WithDType + VecOps>(w: &mut [T], v: &[T], clip: Option<(f64, usize)>) {
+    let add = |w: &mut [T], v: &[T]| {
+        for (w, &v) in w.iter_mut().zip(v) {
+            *w += v;
+        }
+    };
+    let Some((max_norm, row_len)) = clip.filter(|&(_, row_len)| row_len > 0) else {
+        return par_zip(w, v, add);
+    };
+    let clip = RowClip { max_norm };
+    let pass = |squares: &mut Vec<T>, w: &mut [T], v: &[T]| {
+        add(w, v);
+        w.chunks_mut(row_len)
+            .for_each(|row| clip.apply(squares, row));
+    };
+    if !split_pass(w.len()) {
+        return pass(&mut Vec::with_capacity(row_len), w, v);
+    }
+    let chunk = row_len * (PASS_CHUNK / row_len).max(1);
+    w.par_chunks_mut(chunk)
+        .zip(v.par_chunks(chunk))
+        .for_each_init(|| Vec::with_capacity(row_len), |s, (w, v)| pass(s, w, v));
 }
 
 impl candle_core::InplaceOp1 for MaxNorm {

@@ -599,7 +599,7 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
         let v_ref = ((&v * momentum)? - (&g * lr)?)?;
         let w_ref = (&w + &v_ref)?;
         let (w_in, v_in) = (w.copy()?, v.copy()?);
-        assert!(sgd_momentum(&w_in, &v_in, &grads, momentum, lr)?);
+        assert!(sgd_momentum(&w_in, &v_in, &grads, momentum, lr, None)?);
         assert_eq!(bits(&v_in)?, bits(&v_ref)?, "velocity, {k} parts");
         assert_eq!(bits(&w_in)?, bits(&w_ref)?, "weight, {k} parts");
         // The parts are read, not changed.
@@ -611,10 +611,50 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
         let short = parts[k - 1].narrow(0, 0, 600)?;
         let mut mismatched = grads.clone();
         mismatched[k - 1] = &short;
-        assert!(!sgd_momentum(&w_in, &v_in, &mismatched, momentum, lr)?);
-        assert!(!sgd_momentum(&w_in, &v_in, &[], momentum, lr)?);
+        assert!(!sgd_momentum(
+            &w_in,
+            &v_in,
+            &mismatched,
+            momentum,
+            lr,
+            None
+        )?);
+        assert!(!sgd_momentum(&w_in, &v_in, &[], momentum, lr, None)?);
         assert_eq!(bits(&w_in)?, bits(&w_ref)?);
         assert_eq!(bits(&v_in)?, bits(&v_ref)?);
+
+        // With a max-norm (the median row norm, so about half the rows clip), the updated
+        // weight's rows as the tensor ops of `layers::apply_max_norm` clip them.
+        let norms = w_ref.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let mut sorted = f32s_of(&norms)?;
+        sorted.sort_by(f32::total_cmp);
+        let max_norm = sorted[sorted.len() / 2] as f64;
+        let scale = (norms.clamp(0.0, max_norm)? / norms.maximum(1e-7)?)?;
+        let w_clipped = w_ref.broadcast_mul(&scale)?;
+        let (w_in, v_in) = (w.copy()?, v.copy()?);
+        assert!(sgd_momentum(
+            &w_in,
+            &v_in,
+            &grads,
+            momentum,
+            lr,
+            Some(max_norm)
+        )?);
+        assert_eq!(bits(&v_in)?, bits(&v_ref)?, "velocity, {k} parts, clipped");
+        assert_eq!(
+            bits(&w_in)?,
+            bits(&w_clipped)?,
+            "weight, {k} parts, clipped"
+        );
+        let clipped = bits(&w_in)?
+            .chunks(240)
+            .zip(bits(&w_ref)?.chunks(240))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            (400..=800).contains(&clipped),
+            "{clipped} of 1200 rows clipped"
+        );
     }
     Ok(())
 }

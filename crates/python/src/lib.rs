@@ -82,8 +82,8 @@ impl Classifier for Interruptible<'_> {
         self.inner.params()
     }
 
-    fn apply_constraints(&self) -> candle_core::Result<()> {
-        self.inner.apply_constraints()
+    fn max_norm(&self, name: &str) -> Option<f64> {
+        self.inner.max_norm(name)
     }
 
     fn n_classes(&self) -> usize {

@@ -24,6 +24,6 @@ pub use error::{Error, Result};
 pub use eval::{evaluate, EvalResult};
 pub use log::{EpochRecord, TrainLog};
 pub use names::{check_file_name, MAX_NAME_LEN};
-pub use optim::{Adam, Gradients, Optimizer, OptimizerState, SgdMomentum};
+pub use optim::{Adam, Gradients, Optimizer, OptimizerState, Param, SgdMomentum};
 pub use regularizer::{double_backprop_works, PerturbLabels, PerturbMode, Regularizer, StepOutput};
 pub use trainer::{train, train_resumable, Observer, SilentObserver};

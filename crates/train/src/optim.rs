@@ -4,6 +4,8 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{bail, Result, Tensor, Var};
+use gauntlet_models::layers::apply_max_norm;
+use gauntlet_models::Classifier;
 
 use crate::OptimizerConfig;
 
@@ -44,11 +46,52 @@ impl From<GradStore> for Gradients {
     }
 }
 
-/// One update rule over a fixed list of parameters.
+/// A parameter an optimizer updates, and the max-norm its rows (one per output unit) are
+/// clipped to after every update, if any ([`Classifier::max_norm`]).
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub var: Var,
+    pub max_norm: Option<f64>,
+}
+
+impl Param {
+    /// Every trainable parameter of `model`, in checkpoint order, with its constraint.
+    pub fn of_model(model: &dyn Classifier) -> Vec<Param> {
+        model
+            .params()
+            .vars()
+            .map(|(name, var)| Param {
+                var: var.clone(),
+                max_norm: model.max_norm(name),
+            })
+            .collect()
+    }
+
+    /// Re-imposes the constraint, if there is one.
+    fn constrain(&self) -> Result<()> {
+        match self.max_norm {
+            Some(c) => apply_max_norm(&self.var, c),
+            None => Ok(()),
+        }
+    }
+}
+
+impl From<Var> for Param {
+    fn from(var: Var) -> Self {
+        Self {
+            var,
+            max_norm: None,
+        }
+    }
+}
+
+/// One update rule over a fixed list of parameters, each clipped to its max-norm after the
+/// update.
 pub trait Optimizer {
     /// Called before the first batch of each epoch (1-based), for per-epoch schedules.
     fn start_epoch(&mut self, epoch: usize);
-    /// Applies one update from `grads`; parameters without a gradient are left alone.
+    /// Applies one update from `grads`, then the max-norms; parameters without a gradient are
+    /// not updated (but still clipped).
     fn step(&mut self, grads: &Gradients) -> Result<()>;
     /// The learning rate the next step will use.
     fn learning_rate(&self) -> f64;
@@ -95,8 +138,8 @@ fn restore_buffers(what: &str, buffers: &mut [Tensor], new: &[Tensor]) -> Result
     Ok(())
 }
 
-/// Builds the optimizer of `config` over `vars`.
-pub fn build(config: &OptimizerConfig, vars: Vec<Var>) -> Result<Box<dyn Optimizer>> {
+/// Builds the optimizer of `config` over `params`.
+pub fn build(config: &OptimizerConfig, params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
     Ok(match *config {
         OptimizerConfig::Sgd {
             lr,
@@ -106,7 +149,7 @@ pub fn build(config: &OptimizerConfig, vars: Vec<Var>) -> Result<Box<dyn Optimiz
             lr_decay,
             min_lr,
         } => Box::new(SgdMomentum::new(
-            vars,
+            params,
             lr,
             momentum,
             final_momentum.unwrap_or(momentum),
@@ -119,13 +162,13 @@ pub fn build(config: &OptimizerConfig, vars: Vec<Var>) -> Result<Box<dyn Optimiz
             beta1,
             beta2,
             eps,
-        } => Box::new(Adam::new(vars, lr, beta1, beta2, eps)?),
+        } => Box::new(Adam::new(params, lr, beta1, beta2, eps)?),
     })
 }
 
 /// pylearn2's SGD with (Hinton) momentum and its `ExponentialDecay` and `MomentumAdjustor`.
 pub struct SgdMomentum {
-    vars: Vec<Var>,
+    params: Vec<Param>,
     velocity: Vec<Tensor>,
     lr: f64,
     decay: f64,
@@ -138,8 +181,8 @@ pub struct SgdMomentum {
 }
 
 impl SgdMomentum {
-    pub fn new(
-        vars: Vec<Var>,
+    pub fn new<P: Into<Param>>(
+        params: impl IntoIterator<Item = P>,
         lr: f64,
         start_momentum: f64,
         final_momentum: f64,
@@ -147,9 +190,13 @@ impl SgdMomentum {
         decay: f64,
         min_lr: f64,
     ) -> Result<Self> {
-        let velocity = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+        let params: Vec<Param> = params.into_iter().map(Into::into).collect();
+        let velocity = params
+            .iter()
+            .map(|p| p.var.zeros_like())
+            .collect::<Result<_>>()?;
         Ok(Self {
-            vars,
+            params,
             velocity,
             lr,
             decay,
@@ -177,25 +224,27 @@ impl Optimizer for SgdMomentum {
 
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         let lr = self.learning_rate();
-        for (var, velocity) in self.vars.iter().zip(self.velocity.iter_mut()) {
+        for (param, velocity) in self.params.iter().zip(self.velocity.iter_mut()) {
+            let var = &param.var;
             let parts = grads.parts(var.as_tensor());
-            if parts.is_empty()
-                || gauntlet_models::kernels::sgd_momentum(
+            if !parts.is_empty()
+                && gauntlet_models::kernels::sgd_momentum(
                     var.as_tensor(),
                     velocity,
                     &parts,
                     self.momentum,
                     lr,
+                    param.max_norm,
                 )?
             {
                 continue;
             }
-            let Some(grad) = grads.get(var.as_tensor())? else {
-                continue;
-            };
-            let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
-            var.set(&(var.as_tensor() + &v)?)?;
-            *velocity = v;
+            if let Some(grad) = grads.get(var.as_tensor())? {
+                let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
+                var.set(&(var.as_tensor() + &v)?)?;
+                *velocity = v;
+            }
+            param.constrain()?;
         }
         self.n_steps += 1;
         Ok(())
@@ -230,7 +279,7 @@ impl Optimizer for SgdMomentum {
 
 /// Adam with bias correction.
 pub struct Adam {
-    vars: Vec<Var>,
+    params: Vec<Param>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     lr: f64,
@@ -241,11 +290,23 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(vars: Vec<Var>, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Result<Self> {
-        let m = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
-        let v = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+    pub fn new<P: Into<Param>>(
+        params: impl IntoIterator<Item = P>,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    ) -> Result<Self> {
+        let params: Vec<Param> = params.into_iter().map(Into::into).collect();
+        let zeros = || {
+            params
+                .iter()
+                .map(|p| p.var.zeros_like())
+                .collect::<Result<Vec<_>>>()
+        };
+        let (m, v) = (zeros()?, zeros()?);
         Ok(Self {
-            vars,
+            params,
             m,
             v,
             lr,
@@ -264,20 +325,21 @@ impl Optimizer for Adam {
         self.n_steps += 1;
         let c1 = 1.0 - self.beta1.powi(self.n_steps);
         let c2 = 1.0 - self.beta2.powi(self.n_steps);
-        for ((var, m), v) in self
-            .vars
+        for ((param, m), v) in self
+            .params
             .iter()
             .zip(self.m.iter_mut())
             .zip(self.v.iter_mut())
         {
-            let Some(grad) = grads.get(var.as_tensor())? else {
-                continue;
-            };
-            let grad = grad.detach();
-            *m = ((&*m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
-            *v = ((&*v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
-            let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.eps)?)?;
-            var.set(&(var.as_tensor() - (update * self.lr)?)?)?;
+            let var = &param.var;
+            if let Some(grad) = grads.get(var.as_tensor())? {
+                let grad = grad.detach();
+                *m = ((&*m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
+                *v = ((&*v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+                let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.eps)?)?;
+                var.set(&(var.as_tensor() - (update * self.lr)?)?)?;
+            }
+            param.constrain()?;
         }
         Ok(())
     }
@@ -347,7 +409,7 @@ mod tests {
         assert_ne!(opt.state()?.tensors[0].to_vec1::<f32>()?, saved);
         assert!((saved[0] + 0.14).abs() < 1e-6, "{saved:?}");
 
-        let mut decaying = SgdMomentum::new(vec![], 0.1, 0.5, 0.5, 1, 2.0, 0.03)?;
+        let mut decaying = SgdMomentum::new(Vec::<Param>::new(), 0.1, 0.5, 0.5, 1, 2.0, 0.03)?;
         decaying.step(&theta.as_tensor().sum_all()?.backward()?.into())?;
         assert!((decaying.learning_rate() - 0.05).abs() < 1e-12);
         decaying.step(&theta.as_tensor().sum_all()?.backward()?.into())?;

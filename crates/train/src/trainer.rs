@@ -93,8 +93,7 @@ fn train_inner(
         }
     }
     flush_denormals();
-    let vars = model.params().vars().map(|(_, v)| v.clone()).collect();
-    let mut optimizer = optim::build(&config.optimizer, vars)?;
+    let mut optimizer = optim::build(&config.optimizer, optim::Param::of_model(model))?;
     let mut log = TrainLog {
         regularizer: config.regularizer.clone(),
         sigma_eff: config.regularizer.sigma_eff(),
@@ -164,7 +163,6 @@ fn train_inner(
                 });
             }
             optimizer.step(&step.grads)?;
-            model.apply_constraints()?;
             let logits = step.logits;
 
             let n = batch.len();

@@ -75,8 +75,8 @@ impl Classifier for Counted<'_> {
         self.inner.params()
     }
 
-    fn apply_constraints(&self) -> Result<()> {
-        self.inner.apply_constraints()
+    fn max_norm(&self, name: &str) -> Option<f64> {
+        self.inner.max_norm(name)
     }
 
     fn note_backward(&self, rows: usize) {
