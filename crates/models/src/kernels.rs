@@ -517,6 +517,168 @@ pub fn sgd_momentum(
     Ok(true)
 }
 
+/// [`sgd_momentum`] with the velocity in the caller's memory (`velocity`, the weight's values
+/// in order, of its type): the velocity and the weight in one pass over both and one parallel
+/// region, where a velocity tensor takes two (Candle lends one tensor at a time for writing).
+/// Rounds as [`sgd_momentum`] does. Returns `false`, touching nothing, where the kernels do not
+/// serve.
+pub fn sgd_momentum_host(
+    weight: &Tensor,
+    velocity: &mut CpuStorage,
+    grads: &[&Tensor],
+    momentum: f64,
+    lr: f64,
+    max_norm: Option<f64>,
+) -> Result<bool> {
+    let fits = velocity.dtype() == weight.dtype()
+        && storage_len(velocity) == Some(weight.elem_count())
+        && !(max_norm.is_some() && weight.rank() == 0);
+    if grads.is_empty() || !fits || !in_place_serves(weight, grads) {
+        return Ok(false);
+    }
+    let rows = weight.dims().first().copied().unwrap_or(1).max(1);
+    let op = HostSgd {
+        velocity: RefCell::new(velocity),
+        momentum,
+        lr,
+        clip: max_norm.map(|c| (c, weight.elem_count() / rows)),
+    };
+    match grads {
+        [g] => weight.inplace_op2(g, &op)?,
+        [a, b] => weight.inplace_op3(a, b, &op)?,
+        [first, middle @ .., last] => {
+            let head = middle
+                .iter()
+                .try_fold((*first).clone(), |sum, g| sum.add(g))?;
+            weight.inplace_op3(&head, last, &op)?
+        }
+        [] => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The number of values of a float CPU storage.
+fn storage_len(s: &CpuStorage) -> Option<usize> {
+    match s {
+        CpuStorage::F32(v) => Some(v.len()),
+        CpuStorage::F64(v) => Some(v.len()),
+        _ => None,
+    }
+}
+
+/// [`sgd_momentum_host`] as an in-place op on the weight.
+struct HostSgd<'a> {
+    velocity: RefCell<&'a mut CpuStorage>,
+    momentum: f64,
+    lr: f64,
+    clip: Option<(f64, usize)>,
+}
+
+impl HostSgd<'_> {
+    /// `v ← v·μ + 0 − (g·lr + 0)`, `w ← w + v`, then each row of `w` clipped: chunk by chunk
+    /// (whole rows where it clips), each value as the two passes of [`sgd_momentum`] round it.
+    fn apply<T: WithDType + VecOps>(&self, w: &mut [T], a: &[T], b: Option<&[T]>) -> Result<()> {
+        let mut guard = self.velocity.borrow_mut();
+        let v: &mut [T] = match &mut **guard {
+            CpuStorage::F32(v) if T::DTYPE == DType::F32 => same_type_slice(v),
+            CpuStorage::F64(v) if T::DTYPE == DType::F64 => same_type_slice(v),
+            _ => bail!("kernels: the velocity's type is not the weight's"),
+        };
+        let (mu, lr, zero) = (
+            T::from_f64(self.momentum),
+            T::from_f64(self.lr),
+            T::from_f64(0.0),
+        );
+        let clip = self
+            .clip
+            .filter(|&(_, row_len)| row_len > 0)
+            .map(|(c, row_len)| (RowClip { max_norm: c }, row_len));
+        let pass = |squares: &mut Vec<T>, w: &mut [T], v: &mut [T], a: &[T], b: Option<&[T]>| {
+            match b {
+                Some(b) => {
+                    for (((w, v), &ga), &gb) in w.iter_mut().zip(v.iter_mut()).zip(a).zip(b) {
+                        *v = velocity(*v, ga + gb, mu, lr, zero);
+                        *w += *v;
+                    }
+                }
+                None => {
+                    for ((w, v), &g) in w.iter_mut().zip(v.iter_mut()).zip(a) {
+                        *v = velocity(*v, g, mu, lr, zero);
+                        *w += *v;
+                    }
+                }
+            }
+            if let Some((clip, row_len)) = &clip {
+                w.chunks_mut(*row_len)
+                    .for_each(|row| clip.apply(squares, row));
+            }
+        };
+        let row_len = clip.as_ref().map_or(1, |(_, r)| *r);
+        if !split_pass(w.len()) {
+            pass(&mut Vec::with_capacity(row_len), w, v, a, b);
+            return Ok(());
+        }
+        let chunk = row_len * (PASS_CHUNK / row_len).max(1);
+        let grads: Vec<(&[T], Option<&[T]>)> = match b {
+            Some(b) => a
+                .chunks(chunk)
+                .zip(b.chunks(chunk))
+                .map(|(a, b)| (a, Some(b)))
+                .collect(),
+            None => a.chunks(chunk).map(|a| (a, None)).collect(),
+        };
+        w.par_chunks_mut(chunk)
+            .zip(v.par_chunks_mut(chunk))
+            .zip(grads.into_par_iter())
+            .for_each_init(
+                || Vec::with_capacity(row_len),
+                |s, ((w, v), (a, b))| pass(s, w, v, a, b),
+            );
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp2 for HostSgd<'_> {
+    fn name(&self) -> &'static str {
+        "gauntlet-sgd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        by_dtype!(s2.dtype(), T => {
+            let (w, g) = (cpu_slice_mut::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
+            self.apply(w, g, None)
+        })
+    }
+}
+
+impl candle_core::InplaceOp3 for HostSgd<'_> {
+    fn name(&self) -> &'static str {
+        "gauntlet-sgd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        by_dtype!(s2.dtype(), T => {
+            let w = cpu_slice_mut::<T>(s1, l1)?;
+            let (a, b) = (cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
+            self.apply(w, a, Some(b))
+        })
+    }
+}
+
 /// `clean ← clean·α + adv·(1 − α)` in place: the α-mix of a clean and an adversarial
 /// gradient, in one pass.
 pub fn mix_assign(clean: &Tensor, adv: &Tensor, alpha: f64) -> Result<bool> {

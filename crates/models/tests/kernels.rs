@@ -2,9 +2,9 @@
 //! every architecture's input gradient with weight gradients skipped against the full
 //! autograd pass.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, Result, Tensor, Var};
 use gauntlet_models::kernels::{
-    conv2d, linear, max_pieces, relu, sgd_momentum, sigmoid, Gradients,
+    conv2d, linear, max_pieces, relu, sgd_momentum, sgd_momentum_host, sigmoid, Gradients,
 };
 use gauntlet_models::{
     autograd_input_grad, build, per_example_cross_entropy, Activation, Arch, CnnLayer, CnnSpec,
@@ -655,6 +655,39 @@ fn in_place_sgd_momentum_rounds_as_the_tensor_ops() -> Result<()> {
             (400..=800).contains(&clipped),
             "{clipped} of 1200 rows clipped"
         );
+        // The velocity in host memory, weight and velocity in one pass: the same bits.
+        for (clip, w_expected) in [(None, &w_ref), (Some(max_norm), &w_clipped)] {
+            let w_in = w.copy()?;
+            let mut v_host = CpuStorage::F32(v.flatten_all()?.to_vec1::<f32>()?);
+            assert!(sgd_momentum_host(
+                &w_in,
+                &mut v_host,
+                &grads,
+                momentum,
+                lr,
+                clip
+            )?);
+            let CpuStorage::F32(v_out) = &v_host else {
+                panic!("the velocity changed type")
+            };
+            let v_out: Vec<u32> = v_out.iter().map(|x| x.to_bits()).collect();
+            assert_eq!(
+                v_out,
+                bits(&v_ref)?,
+                "host velocity, {k} parts, clip {clip:?}"
+            );
+            assert_eq!(
+                bits(&w_in)?,
+                bits(w_expected)?,
+                "host weight, {k} parts, clip {clip:?}"
+            );
+            // A velocity of another length: not served, nothing touched.
+            let mut short = CpuStorage::F32(vec![0.0; 10]);
+            assert!(!sgd_momentum_host(
+                &w_in, &mut short, &grads, momentum, lr, clip
+            )?);
+            assert_eq!(bits(&w_in)?, bits(w_expected)?);
+        }
     }
     Ok(())
 }

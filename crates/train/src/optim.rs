@@ -3,7 +3,8 @@
 //! its step's whole graph alive (research/candle.md, Q4).
 
 use candle_core::backprop::GradStore;
-use candle_core::{bail, Result, Tensor, Var};
+use candle_core::{bail, CpuStorage, DType, Device, Result, Shape, Tensor, Var};
+use gauntlet_models::kernels;
 use gauntlet_models::layers::apply_max_norm;
 use gauntlet_models::Classifier;
 
@@ -169,7 +170,7 @@ pub fn build(config: &OptimizerConfig, params: Vec<Param>) -> Result<Box<dyn Opt
 /// pylearn2's SGD with (Hinton) momentum and its `ExponentialDecay` and `MomentumAdjustor`.
 pub struct SgdMomentum {
     params: Vec<Param>,
-    velocity: Vec<Tensor>,
+    velocity: Vec<Velocity>,
     lr: f64,
     decay: f64,
     min_lr: f64,
@@ -193,7 +194,7 @@ impl SgdMomentum {
         let params: Vec<Param> = params.into_iter().map(Into::into).collect();
         let velocity = params
             .iter()
-            .map(|p| p.var.zeros_like())
+            .map(|p| Velocity::zeros(&p.var))
             .collect::<Result<_>>()?;
         Ok(Self {
             params,
@@ -225,24 +226,24 @@ impl Optimizer for SgdMomentum {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         let lr = self.learning_rate();
         for (param, velocity) in self.params.iter().zip(self.velocity.iter_mut()) {
-            let var = &param.var;
-            let parts = grads.parts(var.as_tensor());
-            if !parts.is_empty()
-                && gauntlet_models::kernels::sgd_momentum(
-                    var.as_tensor(),
-                    velocity,
-                    &parts,
-                    self.momentum,
-                    lr,
-                    param.max_norm,
-                )?
-            {
+            let (var, max_norm) = (param.var.as_tensor(), param.max_norm);
+            let parts = grads.parts(var);
+            let done = !parts.is_empty()
+                && match velocity {
+                    Velocity::Host { data, .. } => {
+                        kernels::sgd_momentum_host(var, data, &parts, self.momentum, lr, max_norm)?
+                    }
+                    Velocity::Tensor(v) => {
+                        kernels::sgd_momentum(var, v, &parts, self.momentum, lr, max_norm)?
+                    }
+                };
+            if done {
                 continue;
             }
-            if let Some(grad) = grads.get(var.as_tensor())? {
-                let v = ((&*velocity * self.momentum)? - (grad.detach() * lr)?)?;
-                var.set(&(var.as_tensor() + &v)?)?;
-                *velocity = v;
+            if let Some(grad) = grads.get(var)? {
+                let v = ((velocity.tensor()? * self.momentum)? - (grad.detach() * lr)?)?;
+                param.var.set(&(var + &v)?)?;
+                velocity.set(v)?;
             }
             param.constrain()?;
         }
@@ -265,14 +266,64 @@ impl Optimizer for SgdMomentum {
             tensors: self
                 .velocity
                 .iter()
-                .map(Tensor::copy)
+                .map(Velocity::tensor)
                 .collect::<Result<_>>()?,
         })
     }
 
     fn set_state(&mut self, state: OptimizerState) -> Result<()> {
-        restore_buffers("sgd", &mut self.velocity, &state.tensors)?;
+        let mut buffers = self.state()?.tensors;
+        restore_buffers("sgd", &mut buffers, &state.tensors)?;
+        for (velocity, buffer) in self.velocity.iter_mut().zip(buffers) {
+            velocity.set(buffer)?;
+        }
         self.n_steps = state.steps;
+        Ok(())
+    }
+}
+
+/// A parameter's momentum velocity: in the optimizer's own memory on the CPU, so that the
+/// weight and its velocity are updated in one pass ([`kernels::sgd_momentum_host`]); a
+/// tensor elsewhere.
+enum Velocity {
+    Host { data: CpuStorage, shape: Shape },
+    Tensor(Tensor),
+}
+
+impl Velocity {
+    fn zeros(var: &Var) -> Result<Self> {
+        let zeros = var.zeros_like()?;
+        let mut v = Velocity::Tensor(zeros.clone());
+        v.set(zeros)?;
+        Ok(v)
+    }
+
+    /// The velocity as a tensor of its own (a copy).
+    fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Velocity::Host { data, shape } => match data {
+                CpuStorage::F32(v) => Tensor::from_slice(v, shape, &Device::Cpu),
+                CpuStorage::F64(v) => Tensor::from_slice(v, shape, &Device::Cpu),
+                _ => bail!("sgd: a host velocity is f32 or f64"),
+            },
+            Velocity::Tensor(t) => t.copy(),
+        }
+    }
+
+    /// Replaces the velocity by `v` (the parameter's shape, type and device).
+    fn set(&mut self, v: Tensor) -> Result<()> {
+        *self = match v.dtype() {
+            DType::F32 | DType::F64 if v.device().is_cpu() => {
+                let shape = v.shape().clone();
+                let flat = v.flatten_all()?;
+                let data = match v.dtype() {
+                    DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+                    _ => CpuStorage::F64(flat.to_vec1::<f64>()?),
+                };
+                Velocity::Host { data, shape }
+            }
+            _ => Velocity::Tensor(v),
+        };
         Ok(())
     }
 }
