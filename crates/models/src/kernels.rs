@@ -476,53 +476,17 @@ impl CustomOp3 for Linear {
 
 /// Momentum SGD's update in place: `v ← v·μ − g·lr`, then `w ← w + v`, where the gradient `g`
 /// is the sum of `grads`, a batch's shard parts, from the first on; then, with a `max_norm`,
-/// each row of `w` (one per output unit) clipped to it as [`max_norm_rows`] clips it.
+/// each row of `w` (one per output unit) clipped to it as [`max_norm_rows`] clips it. The
+/// velocity lives in the caller's memory (`velocity`, the weight's values in order, of its
+/// type), so that one pass over both updates it and the weight (Candle lends one tensor at a
+/// time for writing).
 ///
 /// Each value is rounded as Candle's `add` (the sum of the parts), `affine` (a product plus
 /// zero), `sub` and `add` round it, so training is bit for bit what those tensor ops and
-/// `layers::apply_max_norm` gave, in two passes instead of six (and the max-norm's five), with
-/// no new buffers: the update was a seventh of the Maxout MLP's training step, and the sum of
-/// two shards' gradients and the clip passes of their own. Returns `false`, touching nothing,
-/// where the kernels do not serve; the caller then uses tensor ops.
+/// `layers::apply_max_norm` gave, in one pass instead of six (and the max-norm's five), with
+/// no new buffers: the update was a seventh of the Maxout MLP's training step. Returns
+/// `false`, touching nothing, where the kernels do not serve; the caller then uses tensor ops.
 pub fn sgd_momentum(
-    weight: &Tensor,
-    velocity: &Tensor,
-    grads: &[&Tensor],
-    momentum: f64,
-    lr: f64,
-    max_norm: Option<f64>,
-) -> Result<bool> {
-    let mut operands = vec![velocity];
-    operands.extend_from_slice(grads);
-    if grads.is_empty()
-        || !in_place_serves(weight, &operands)
-        || (max_norm.is_some() && weight.rank() == 0)
-    {
-        return Ok(false);
-    }
-    let pass = Pass::Velocity { momentum, lr };
-    match grads {
-        [g] => velocity.inplace_op2(g, &pass)?,
-        [a, b] => velocity.inplace_op3(a, b, &pass)?,
-        // More than two shards (more than two threads): all but the last summed first.
-        [first, middle @ .., last] => {
-            let head = middle
-                .iter()
-                .try_fold((*first).clone(), |sum, g| sum.add(g))?;
-            velocity.inplace_op3(&head, last, &pass)?
-        }
-        [] => return Ok(false),
-    }
-    weight.inplace_op2(velocity, &Pass::AddVelocity { max_norm })?;
-    Ok(true)
-}
-
-/// [`sgd_momentum`] with the velocity in the caller's memory (`velocity`, the weight's values
-/// in order, of its type): the velocity and the weight in one pass over both and one parallel
-/// region, where a velocity tensor takes two (Candle lends one tensor at a time for writing).
-/// Rounds as [`sgd_momentum`] does. Returns `false`, touching nothing, where the kernels do not
-/// serve.
-pub fn sgd_momentum_host(
     weight: &Tensor,
     velocity: &mut CpuStorage,
     grads: &[&Tensor],
@@ -566,7 +530,7 @@ fn storage_len(s: &CpuStorage) -> Option<usize> {
     }
 }
 
-/// [`sgd_momentum_host`] as an in-place op on the weight.
+/// [`sgd_momentum`] as an in-place op on the weight.
 struct HostSgd<'a> {
     velocity: RefCell<&'a mut CpuStorage>,
     momentum: f64,
@@ -576,7 +540,7 @@ struct HostSgd<'a> {
 
 impl HostSgd<'_> {
     /// `v ← v·μ + 0 − (g·lr + 0)`, `w ← w + v`, then each row of `w` clipped: chunk by chunk
-    /// (whole rows where it clips), each value as the two passes of [`sgd_momentum`] round it.
+    /// (whole rows where it clips), each value rounded as the tensor ops round it.
     fn apply<T: WithDType + VecOps>(&self, w: &mut [T], a: &[T], b: Option<&[T]>) -> Result<()> {
         let mut guard = self.velocity.borrow_mut();
         let v: &mut [T] = match &mut **guard {
@@ -685,7 +649,7 @@ pub fn mix_assign(clean: &Tensor, adv: &Tensor, alpha: f64) -> Result<bool> {
     if !in_place_serves(clean, &[adv]) {
         return Ok(false);
     }
-    clean.inplace_op2(adv, &Pass::Mix { alpha })?;
+    clean.inplace_op2(adv, &Mix { alpha })?;
     Ok(true)
 }
 
@@ -754,31 +718,9 @@ fn par_zip<T: WithDType>(dst: &mut [T], src: &[T], f: impl Fn(&mut [T], &[T]) + 
         .for_each(|(d, s)| f(d, s));
 }
 
-/// `f` over `dst`, `a` and `b` in chunks over the compute threads, as [`par_zip`].
-fn par_zip2<T: WithDType>(
-    dst: &mut [T],
-    a: &[T],
-    b: &[T],
-    f: impl Fn(&mut [T], &[T], &[T]) + Sync,
-) {
-    if !split_pass(dst.len()) {
-        return f(dst, a, b);
-    }
-    dst.par_chunks_mut(PASS_CHUNK)
-        .zip(a.par_chunks(PASS_CHUNK))
-        .zip(b.par_chunks(PASS_CHUNK))
-        .for_each(|((d, a), b)| f(d, a, b));
-}
-
-/// The element-wise passes over parameter-sized buffers, each in place on its first operand.
-enum Pass {
-    /// `v ← v·μ + 0 − (g·lr + 0)` on the velocity, with the gradient (as one operand, or as
-    /// two shard parts summed first).
-    Velocity { momentum: f64, lr: f64 },
-    /// `w ← w + v` on the weight, with the new velocity, then each row clipped to `max_norm`.
-    AddVelocity { max_norm: Option<f64> },
-    /// `c ← c·α + a·(1 − α)`.
-    Mix { alpha: f64 },
+/// `c ← c·α + a·(1 − α)` in place on `c` ([`mix_assign`]).
+struct Mix {
+    alpha: f64,
 }
 
 /// Momentum's new velocity `v·μ + 0 − (g·lr + 0)`, rounded as Candle's `affine` and `sub`.
@@ -787,9 +729,9 @@ fn velocity<T: WithDType>(v: T, g: T, mu: T, lr: T, zero: T) -> T {
     (v * mu + zero) - (g * lr + zero)
 }
 
-impl candle_core::InplaceOp2 for Pass {
+impl candle_core::InplaceOp2 for Mix {
     fn name(&self) -> &'static str {
-        "gauntlet-parameter-pass"
+        "gauntlet-gradient-mix"
     }
 
     fn cpu_fwd(
@@ -801,57 +743,10 @@ impl candle_core::InplaceOp2 for Pass {
     ) -> Result<()> {
         by_dtype!(s2.dtype(), T => {
             let (dst, src) = (cpu_slice_mut::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?);
-            match *self {
-                Pass::Velocity { momentum, lr } => {
-                    let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
-                    par_zip(dst, src, |dst, src| {
-                        for (v, &g) in dst.iter_mut().zip(src) {
-                            *v = velocity(*v, g, mu, lr, zero);
-                        }
-                    });
-                }
-                Pass::AddVelocity { max_norm } => {
-                    let rows = l1.shape().dims().first().copied().unwrap_or(1).max(1);
-                    add_velocity(dst, src, max_norm.map(|c| (c, dst.len() / rows)));
-                }
-                Pass::Mix { alpha } => {
-                    let (a, b) = (T::from_f64(alpha), T::from_f64(1.0 - alpha));
-                    par_zip(dst, src, |dst, src| {
-                        for (c, &g) in dst.iter_mut().zip(src) {
-                            *c = *c * a + g * b;
-                        }
-                    });
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
-impl candle_core::InplaceOp3 for Pass {
-    fn name(&self) -> &'static str {
-        "gauntlet-parameter-pass"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let Pass::Velocity { momentum, lr } = *self else {
-            bail!("kernels: only the velocity pass takes two gradient parts")
-        };
-        by_dtype!(s2.dtype(), T => {
-            let dst = cpu_slice_mut::<T>(s1, l1)?;
-            let (a, b) = (cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
-            let (mu, lr, zero) = (T::from_f64(momentum), T::from_f64(lr), T::from_f64(0.0));
-            par_zip2(dst, a, b, |dst, a, b| {
-                for ((v, &ga), &gb) in dst.iter_mut().zip(a).zip(b) {
-                    *v = velocity(*v, ga + gb, mu, lr, zero);
+            let (a, b) = (T::from_f64(self.alpha), T::from_f64(1.0 - self.alpha));
+            par_zip(dst, src, |dst, src| {
+                for (c, &g) in dst.iter_mut().zip(src) {
+                    *c = *c * a + g * b;
                 }
             });
             Ok(())
@@ -904,33 +799,6 @@ impl RowClip {
         let factor = kept / floor;
         row.iter_mut().for_each(|v| *v *= factor);
     }
-}
-
-/// `w ← w + v`, then, with `clip = (c, row_len)`, each row of `w` clipped to norm `c` while it
-/// is still in cache: one pass over the weight for the update and its constraint. The chunks
-/// over the threads are whole rows.
-fn add_velocity<T: WithDType + VecOps>(w: &mut [T], v: &[T], clip: Option<(f64, usize)>) {
-    let add = |w: &mut [T], v: &[T]| {
-        for (w, &v) in w.iter_mut().zip(v) {
-            *w += v;
-        }
-    };
-    let Some((max_norm, row_len)) = clip.filter(|&(_, row_len)| row_len > 0) else {
-        return par_zip(w, v, add);
-    };
-    let clip = RowClip { max_norm };
-    let pass = |squares: &mut Vec<T>, w: &mut [T], v: &[T]| {
-        add(w, v);
-        w.chunks_mut(row_len)
-            .for_each(|row| clip.apply(squares, row));
-    };
-    if !split_pass(w.len()) {
-        return pass(&mut Vec::with_capacity(row_len), w, v);
-    }
-    let chunk = row_len * (PASS_CHUNK / row_len).max(1);
-    w.par_chunks_mut(chunk)
-        .zip(v.par_chunks(chunk))
-        .for_each_init(|| Vec::with_capacity(row_len), |s, (w, v)| pass(s, w, v));
 }
 
 impl candle_core::InplaceOp1 for MaxNorm {

@@ -228,15 +228,12 @@ impl Optimizer for SgdMomentum {
         for (param, velocity) in self.params.iter().zip(self.velocity.iter_mut()) {
             let (var, max_norm) = (param.var.as_tensor(), param.max_norm);
             let parts = grads.parts(var);
-            let done = !parts.is_empty()
-                && match velocity {
-                    Velocity::Host { data, .. } => {
-                        kernels::sgd_momentum_host(var, data, &parts, self.momentum, lr, max_norm)?
-                    }
-                    Velocity::Tensor(v) => {
-                        kernels::sgd_momentum(var, v, &parts, self.momentum, lr, max_norm)?
-                    }
-                };
+            let done = match velocity {
+                Velocity::Host { data, .. } if !parts.is_empty() => {
+                    kernels::sgd_momentum(var, data, &parts, self.momentum, lr, max_norm)?
+                }
+                _ => false,
+            };
             if done {
                 continue;
             }
@@ -283,7 +280,7 @@ impl Optimizer for SgdMomentum {
 }
 
 /// A parameter's momentum velocity: in the optimizer's own memory on the CPU, so that the
-/// weight and its velocity are updated in one pass ([`kernels::sgd_momentum_host`]); a
+/// weight and its velocity are updated in one pass ([`kernels::sgd_momentum`]); a
 /// tensor elsewhere.
 enum Velocity {
     Host { data: CpuStorage, shape: Shape },
