@@ -510,6 +510,7 @@ pub fn sgd_momentum(
     match grads {
         [g] => weight.inplace_op2(g, &op)?,
         [a, b] => weight.inplace_op3(a, b, &op)?,
+        // More than two shards (more than two threads): all but the last summed first.
         [first, middle @ .., last] => {
             let head = middle
                 .iter()

@@ -240,7 +240,7 @@ impl Optimizer for SgdMomentum {
             if let Some(grad) = grads.get(var)? {
                 let v = ((velocity.tensor()? * self.momentum)? - (grad.detach() * lr)?)?;
                 param.var.set(&(var + &v)?)?;
-                velocity.set(v)?;
+                *velocity = Velocity::from_tensor(v)?;
             }
             param.constrain()?;
         }
@@ -259,7 +259,7 @@ impl Optimizer for SgdMomentum {
     fn state(&self) -> Result<OptimizerState> {
         Ok(OptimizerState {
             steps: self.n_steps,
-            // Copies: the velocities are updated in place (kernels::sgd_momentum).
+            // Snapshots: host velocities are updated in place (kernels::sgd_momentum).
             tensors: self
                 .velocity
                 .iter()
@@ -272,7 +272,7 @@ impl Optimizer for SgdMomentum {
         let mut buffers = self.state()?.tensors;
         restore_buffers("sgd", &mut buffers, &state.tensors)?;
         for (velocity, buffer) in self.velocity.iter_mut().zip(buffers) {
-            velocity.set(buffer)?;
+            *velocity = Velocity::from_tensor(buffer)?;
         }
         self.n_steps = state.steps;
         Ok(())
@@ -289,13 +289,11 @@ enum Velocity {
 
 impl Velocity {
     fn zeros(var: &Var) -> Result<Self> {
-        let zeros = var.zeros_like()?;
-        let mut v = Velocity::Tensor(zeros.clone());
-        v.set(zeros)?;
-        Ok(v)
+        Self::from_tensor(var.zeros_like()?)
     }
 
-    /// The velocity as a tensor of its own (a copy).
+    /// The velocity as a tensor that later steps leave alone: a copy of a host velocity, the
+    /// tensor itself otherwise (the tensor ops replace it rather than change it).
     fn tensor(&self) -> Result<Tensor> {
         match self {
             Velocity::Host { data, shape } => match data {
@@ -303,13 +301,13 @@ impl Velocity {
                 CpuStorage::F64(v) => Tensor::from_slice(v, shape, &Device::Cpu),
                 _ => bail!("sgd: a host velocity is f32 or f64"),
             },
-            Velocity::Tensor(t) => t.copy(),
+            Velocity::Tensor(t) => Ok(t.clone()),
         }
     }
 
-    /// Replaces the velocity by `v` (the parameter's shape, type and device).
-    fn set(&mut self, v: Tensor) -> Result<()> {
-        *self = match v.dtype() {
+    /// `v` as a velocity: copied to host memory where it is an f32 or f64 CPU tensor.
+    fn from_tensor(v: Tensor) -> Result<Self> {
+        Ok(match v.dtype() {
             DType::F32 | DType::F64 if v.device().is_cpu() => {
                 let shape = v.shape().clone();
                 let flat = v.flatten_all()?;
@@ -320,8 +318,7 @@ impl Velocity {
                 Velocity::Host { data, shape }
             }
             _ => Velocity::Tensor(v),
-        };
-        Ok(())
+        })
     }
 }
 
