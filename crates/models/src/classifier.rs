@@ -55,8 +55,8 @@ pub trait Classifier: Send + Sync {
     fn params(&self) -> &Params;
 
     /// The max-norm the rows of parameter `name` (as in [`Classifier::params`]) are clipped to
-    /// after each update, if it has one; none by default. An optimizer built with these
-    /// applies them itself (`gauntlet_train::optim::build`).
+    /// after each update, if it has one; none by default. An optimizer built over
+    /// `gauntlet_train::Param::of_model` applies them itself.
     fn max_norm(&self, _name: &str) -> Option<f64> {
         None
     }
