@@ -544,11 +544,7 @@ impl HostSgd<'_> {
     /// (whole rows where it clips), each value rounded as the tensor ops round it.
     fn apply<T: WithDType + VecOps>(&self, w: &mut [T], a: &[T], b: Option<&[T]>) -> Result<()> {
         let mut guard = self.velocity.borrow_mut();
-        let v: &mut [T] = match &mut **guard {
-            CpuStorage::F32(v) if T::DTYPE == DType::F32 => same_type_slice(v),
-            CpuStorage::F64(v) if T::DTYPE == DType::F64 => same_type_slice(v),
-            _ => bail!("kernels: the velocity's type is not the weight's"),
-        };
+        let v = storage_slice_mut::<T>(&mut guard)?;
         let (mu, lr, zero) = (
             T::from_f64(self.momentum),
             T::from_f64(self.lr),
@@ -584,20 +580,15 @@ impl HostSgd<'_> {
             return Ok(());
         }
         let chunk = row_len * (PASS_CHUNK / row_len).max(1);
-        let grads: Vec<(&[T], Option<&[T]>)> = match b {
-            Some(b) => a
-                .chunks(chunk)
-                .zip(b.chunks(chunk))
-                .map(|(a, b)| (a, Some(b)))
-                .collect(),
-            None => a.chunks(chunk).map(|a| (a, None)).collect(),
-        };
         w.par_chunks_mut(chunk)
             .zip(v.par_chunks_mut(chunk))
-            .zip(grads.into_par_iter())
+            .enumerate()
             .for_each_init(
                 || Vec::with_capacity(row_len),
-                |s, ((w, v), (a, b))| pass(s, w, v, a, b),
+                |s, (i, (w, v))| {
+                    let span = i * chunk..i * chunk + w.len();
+                    pass(s, w, v, &a[span.clone()], b.map(|b| &b[span]));
+                },
             );
         Ok(())
     }
@@ -684,13 +675,17 @@ fn cpu_slice_mut<'a, T: WithDType>(
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("kernels: expected a contiguous tensor")
     };
+    Ok(&mut storage_slice_mut::<T>(storage)?[start..end])
+}
+
+/// All the data of a CPU storage of type `T`, mutable.
+fn storage_slice_mut<T: WithDType>(storage: &mut CpuStorage) -> Result<&mut [T]> {
     let dtype = storage.dtype();
-    let all: &mut [T] = match storage {
+    Ok(match storage {
         CpuStorage::F32(v) if T::DTYPE == DType::F32 => same_type_slice(v),
         CpuStorage::F64(v) if T::DTYPE == DType::F64 => same_type_slice(v),
         _ => bail!("kernels: expected {:?}, got {dtype:?}", T::DTYPE),
-    };
-    Ok(&mut all[start..end])
+    })
 }
 
 /// `v` as `&mut [T]`, where `T` is `v`'s own element type (checked by the caller's dtype match).
