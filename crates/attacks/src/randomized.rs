@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Result, Tensor};
 use gauntlet_models::layers::derive_seed;
-use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
+use gauntlet_models::{Classifier, Frozen, Mode, ModelSpec, Params};
 
 /// `inner` with its training-mode randomness at every evaluation: each forward pass in
 /// [`Mode::Eval`] runs `inner` in [`Mode::Train`] with a fresh seed, the `k`-th call using
@@ -50,6 +50,10 @@ impl Classifier for Randomized {
 
     fn params(&self) -> &Params {
         self.inner.params()
+    }
+
+    fn freeze(&self) -> Result<Frozen<'_>> {
+        self.inner.freeze()
     }
 }
 

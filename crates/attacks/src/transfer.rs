@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use candle_core::{bail, DType, Result, Tensor};
-use gauntlet_models::{Classifier, Mode, ModelSpec, Params};
+use gauntlet_models::{Classifier, Frozen, Mode, ModelSpec, Params};
 
 use crate::batch::check_output_shape;
 use crate::norm::check_eps;
@@ -71,6 +71,12 @@ impl Classifier for EnsembleModel {
     fn params(&self) -> &Params {
         &self.params
     }
+
+    fn freeze(&self) -> Result<Frozen<'_>> {
+        self.members
+            .iter()
+            .try_fold(Frozen::none(), |all, m| Ok(all.and(m.freeze()?)))
+    }
 }
 
 /// Untargeted adversarial examples for `images` against `model`, `batch_size` at a time.
@@ -94,6 +100,8 @@ pub fn craft(
     let n = check_batch(images, labels, batch_size)?;
     let labels = labels.to_dtype(DType::U32)?;
     let mut parts = Vec::with_capacity(n.div_ceil(batch_size));
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     for (start, len) in batches(n, batch_size) {
         let xs = images.narrow(0, start, len)?;
         let ys = labels.narrow(0, start, len)?;
@@ -277,6 +285,8 @@ fn predictions(
     if batch_size == 0 {
         bail!("batch size must be positive, got 0")
     }
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     let n = images.dim(0)?;
     let mut res = Vec::with_capacity(n);
     for (start, len) in batches(n, batch_size) {

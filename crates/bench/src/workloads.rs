@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use gauntlet_attacks::{transfer_matrix, Attack, FastGradient, Goal, Norm, Pgd};
-use gauntlet_models::{accuracy_counts, Classifier, Mode};
+use gauntlet_models::{accuracy_counts, Classifier, Frozen, Mode};
 use gauntlet_train::{Optimizer, Param, Regularizer, SgdMomentum};
 
 use crate::flops::ForwardFlops;
@@ -48,6 +48,9 @@ pub struct Workload<'a> {
     /// FLOPs per unit of work.
     pub flops_per_unit: f64,
     run: RunBatch<'a>,
+    /// The models whose weights the workload leaves as they are, frozen while it is measured
+    /// ([`Classifier::freeze`]) as the evaluation loops hold them over their batches.
+    fixed: Vec<&'a dyn Classifier>,
 }
 
 /// The workloads named in `names`, on `model` (trained by the training workloads) and `target`
@@ -73,6 +76,7 @@ pub fn build<'a>(
                     per_batch: batch,
                     flops_per_unit: f,
                     run: products(layers, batch, false)?,
+                    fixed: Vec::new(),
                 }
             }
             "gemm-train" => {
@@ -83,6 +87,7 @@ pub fn build<'a>(
                     per_batch: batch,
                     flops_per_unit: 3.0 * f - flops.first,
                     run: products(layers, batch, true)?,
+                    fixed: Vec::new(),
                 }
             }
             "forward" => Workload {
@@ -94,6 +99,7 @@ pub fn build<'a>(
                     model.forward(xs, Mode::Eval)?;
                     Ok(())
                 }),
+                fixed: vec![model],
             },
             "input-grad" => Workload {
                 name: "input-grad",
@@ -104,6 +110,7 @@ pub fn build<'a>(
                     model.loss_and_input_grad(xs, ys, Mode::Eval)?;
                     Ok(())
                 }),
+                fixed: vec![model],
             },
             "train" => Workload {
                 name: "train",
@@ -111,6 +118,7 @@ pub fn build<'a>(
                 per_batch: batch,
                 flops_per_unit: 3.0 * f - flops.first,
                 run: train_step(model, Regularizer::None)?,
+                fixed: Vec::new(),
             },
             "train-fgsm" => Workload {
                 name: "train-fgsm",
@@ -128,6 +136,7 @@ pub fn build<'a>(
                         clip: false,
                     },
                 )?,
+                fixed: Vec::new(),
             },
             "fgsm" => {
                 let attack = FastGradient::fgsm();
@@ -140,6 +149,7 @@ pub fn build<'a>(
                         attack.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
                         Ok(())
                     }),
+                    fixed: vec![model],
                 }
             }
             "pgd-step" => {
@@ -156,6 +166,7 @@ pub fn build<'a>(
                         pgd.perturb(model, xs, &Goal::Untargeted { labels: ys }, ATTACK_EPS)?;
                         Ok(())
                     }),
+                    fixed: vec![model],
                 }
             }
             "transfer" => {
@@ -177,6 +188,7 @@ pub fn build<'a>(
                         )?;
                         Ok(())
                     }),
+                    fixed: vec![model, target],
                 }
             }
             other => anyhow::bail!(
@@ -262,6 +274,10 @@ pub fn measure(
     for round in 0..=rounds {
         for (w, t) in workloads.iter_mut().zip(&mut times) {
             let start = Instant::now();
+            // Timed: the evaluation loops pay for it too, once per pass over the data.
+            let _frozen = w.fixed.iter().try_fold(Frozen::none(), |all, m| {
+                Ok::<_, candle_core::Error>(all.and(m.freeze()?))
+            })?;
             let mut n = 0usize;
             loop {
                 let (xs, ys) = &batches[cursor % batches.len()];

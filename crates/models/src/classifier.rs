@@ -32,6 +32,44 @@ pub struct InputGrad {
     pub grad: Tensor,
 }
 
+/// A model's weights held as they are: while the guard lives, the model reuses what it
+/// prepared from them for its products ([`Classifier::freeze`]); dropping it frees that.
+#[must_use = "what the model prepared is dropped with the guard"]
+pub struct Frozen<'a> {
+    holds: Vec<&'a dyn Thaw>,
+}
+
+/// A model's side of a [`Frozen`] guard: told when a guard that held it drops.
+pub trait Thaw: Sync {
+    fn thaw(&self);
+}
+
+impl<'a> Frozen<'a> {
+    /// A guard that holds nothing: a model without anything to prepare.
+    pub fn none() -> Self {
+        Frozen { holds: Vec::new() }
+    }
+
+    /// A guard that thaws `model` when it drops; the model has counted the hold.
+    pub fn holding(model: &'a dyn Thaw) -> Self {
+        Frozen { holds: vec![model] }
+    }
+
+    /// One guard for both: an ensemble's members.
+    pub fn and(mut self, mut other: Frozen<'a>) -> Self {
+        self.holds.append(&mut other.holds);
+        self
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        for model in self.holds.drain(..) {
+            model.thaw();
+        }
+    }
+}
+
 /// An image classifier whose inputs live in `[0, 1]`; preprocessing happens inside the model.
 pub trait Classifier: Send + Sync {
     /// The description this model was built from.
@@ -69,6 +107,14 @@ pub trait Classifier: Send + Sync {
             }
         }
         Ok(())
+    }
+
+    /// Prepares the weights for the passes to come (a linear layer's transposed weight) and
+    /// keeps what it made until the guard drops, shared by every shard and call meanwhile:
+    /// a training step's shards, an attack's iterations. Nothing may change the weights while
+    /// a guard is held. Guards nest. Holds nothing by default.
+    fn freeze(&self) -> Result<Frozen<'_>> {
+        Ok(Frozen::none())
     }
 
     fn n_classes(&self) -> usize {

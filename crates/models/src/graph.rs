@@ -22,6 +22,7 @@
 //! A residual block names its branch points: `{ op = "add", inputs = ["block.in", "block.conv2"] }`.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,9 @@ use crate::kernels::{self, BlockActivation, Gradients};
 use crate::layers::{derive_seed, Dropout};
 use crate::shard;
 use crate::spec::{check_dropout, check_max_norm};
-use crate::{autograd_input_grad, preprocess, Classifier, InputGrad, Mode, ModelSpec};
+use crate::{
+    autograd_input_grad, preprocess, Classifier, Frozen, InputGrad, Mode, ModelSpec, Thaw,
+};
 use crate::{ParamBuilder, Params};
 
 /// The name a layer's `inputs` use for the model's (preprocessed) input.
@@ -702,6 +705,18 @@ pub struct Graph {
     /// Per layer: the convolution block that starts there, if any.
     blocks: Vec<Option<Block>>,
     params: Params,
+    /// What the guards of [`Classifier::freeze`] hold.
+    prepared: Mutex<Prepared>,
+}
+
+/// The weights prepared while a [`Frozen`] guard holds the graph.
+#[derive(Default)]
+struct Prepared {
+    /// Guards alive.
+    holds: usize,
+    /// Per op: a linear layer's weight transposed ([`kernels::transposed`]), valid while a
+    /// guard is alive and kept after, to be written over by the next guard's.
+    transposed: Arc<[Option<Tensor>]>,
 }
 
 /// A convolution, then its ReLU or maxout, then a max pool if one follows, each reading only
@@ -857,12 +872,23 @@ impl Graph {
             dense_only,
             blocks,
             params: pb.finish()?,
+            prepared: Mutex::default(),
         })
+    }
+
+    /// The transposed weights of the guards that hold the graph; none when none does.
+    fn transposed(&self) -> Arc<[Option<Tensor>]> {
+        let prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        match prepared.holds {
+            0 => Arc::new([]),
+            _ => prepared.transposed.clone(),
+        }
     }
 
     /// Logits of a pass whose backward computes `grads`.
     fn logits(&self, xs: &Tensor, mode: Mode, grads: Gradients) -> Result<Tensor> {
         self.check_input(xs)?;
+        let transposed = self.transposed();
         let first = preprocess::apply(&self.spec, &self.params, xs)?;
         let mut values: Vec<Option<Tensor>> = Vec::with_capacity(self.ops.len() + 1);
         values.push(Some(first));
@@ -895,7 +921,8 @@ impl Graph {
                     continue;
                 }
             }
-            values.push(Some(run(&self.ops[i], args, mode, grads)?));
+            let weight_t = transposed.get(i).and_then(Option::as_ref);
+            values.push(Some(run(&self.ops[i], args, weight_t, mode, grads)?));
             i += 1;
         }
         Ok(values.pop().flatten().expect("the last layer's output"))
@@ -939,10 +966,12 @@ impl Graph {
             Maxout(Tensor),
         }
         let mut steps = Vec::with_capacity(self.ops.len());
-        for op in &self.ops {
+        let transposed = self.transposed();
+        for (i, op) in self.ops.iter().enumerate() {
             match op {
                 Op::Linear { w, b } => {
-                    h = kernels::linear(&h, w, b, Gradients::All)?;
+                    let weight_t = transposed.get(i).and_then(Option::as_ref);
+                    h = kernels::linear_transposed(&h, w, weight_t, b, Gradients::All)?;
                     steps.push(Step::Linear(w));
                 }
                 Op::Maxout(pieces) => {
@@ -1034,7 +1063,14 @@ fn cast(t: &Tensor, like: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<Tensor> {
+/// One op on its inputs; `weight_t` a linear layer's transposed weight where one is held.
+fn run(
+    op: &Op,
+    mut args: Vec<Tensor>,
+    weight_t: Option<&Tensor>,
+    mode: Mode,
+    grads: Gradients,
+) -> Result<Tensor> {
     let x = args.swap_remove(0);
     match op {
         Op::Conv {
@@ -1058,7 +1094,7 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
             x.conv2d(w, pad, *stride, *dilation, *groups)?
                 .broadcast_add(&b.reshape((1, (), 1, 1))?)
         }
-        Op::Linear { w, b } => kernels::linear(&x, w, b, grads),
+        Op::Linear { w, b } => kernels::linear_transposed(&x, w, weight_t, b, grads),
         Op::Relu => kernels::relu(&x),
         Op::LeakyRelu(slope) => candle_nn::ops::leaky_relu(&x, *slope),
         Op::Sigmoid => kernels::sigmoid(&x),
@@ -1121,6 +1157,13 @@ fn run(op: &Op, mut args: Vec<Tensor>, mode: Mode, grads: Gradients) -> Result<T
     }
 }
 
+impl Thaw for Graph {
+    fn thaw(&self) {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        prepared.holds -= 1;
+    }
+}
+
 impl Classifier for Graph {
     fn spec(&self) -> &ModelSpec {
         &self.spec
@@ -1168,6 +1211,39 @@ impl Classifier for Graph {
             logits: cat(|g| &g.logits)?,
             grad: cat(|g| &g.grad)?,
         })
+    }
+
+    /// Transposes each linear layer's weight on the CPU, once for all the guards alive.
+    fn freeze(&self) -> Result<Frozen<'_>> {
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if prepared.holds == 0 {
+            // The last guard's buffers are written over unless a pass still holds them.
+            let reuse = Arc::get_mut(&mut prepared.transposed).is_some();
+            let kept = prepared.transposed.clone();
+            prepared.transposed = self
+                .ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| match op {
+                    Op::Linear { w, .. } if w.device().is_cpu() => {
+                        match kept.get(i).and_then(Option::as_ref) {
+                            Some(t)
+                                if reuse
+                                    && t.dtype() == w.dtype()
+                                    && t.dims() == [w.dim(1)?, w.dim(0)?] =>
+                            {
+                                kernels::transpose_into(t, w)?;
+                                Ok(Some(t.clone()))
+                            }
+                            _ => kernels::transposed(w).map(Some),
+                        }
+                    }
+                    _ => Ok(None),
+                })
+                .collect::<Result<_>>()?;
+        }
+        prepared.holds += 1;
+        Ok(Frozen::holding(self))
     }
 
     fn max_norm(&self, name: &str) -> Option<f64> {

@@ -43,7 +43,7 @@ pub mod shard;
 mod spec;
 pub mod threads;
 
-pub use classifier::{autograd_input_grad, Classifier, InputGrad, Mode};
+pub use classifier::{autograd_input_grad, Classifier, Frozen, InputGrad, Mode, Thaw};
 pub use conv::{CnnLayer, CnnSpec, ConvMaxoutFc, ConvMaxoutLayer, ConvMaxoutSpec};
 pub use graph::{Graph, GraphSpec, Layer, Node};
 pub use layers::Dropout;

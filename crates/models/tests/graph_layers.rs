@@ -177,3 +177,64 @@ fn layer_errors_name_the_layer() {
         "{err}"
     );
 }
+
+/// A frozen graph's passes read the transposed weights it prepared ([`Classifier::freeze`]):
+/// the same bits as an unfrozen pass, the preparation kept through nested guards, and taken
+/// anew from the current weights by the next guard once the last one drops.
+#[test]
+fn frozen_passes_read_the_weights_prepared_at_the_freeze() -> Result<()> {
+    use gauntlet_models::Arch;
+    let spec = ModelSpec::new(Arch::maxout_mlp(vec![40, 30], 3), [1, 8, 8], 10);
+    let model = build(&spec, 5, &Device::Cpu)?;
+    let xs = Tensor::rand(0f32, 1f32, (70, 1, 8, 8), &Device::Cpu)?;
+    let labels = Tensor::from_vec(
+        (0..70u32).map(|i| i % 10).collect::<Vec<_>>(),
+        70,
+        &Device::Cpu,
+    )?;
+    let bits = |t: &Tensor| -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect())
+    };
+    let logits = || model.forward(&xs, Mode::Eval);
+    let unfrozen = bits(&logits()?)?;
+    let grad = bits(&model.loss_and_input_grad(&xs, &labels, Mode::Eval)?.grad)?;
+    let (name, weight) = model
+        .params()
+        .vars()
+        .find(|(name, v)| name.ends_with("weight") && v.as_tensor().rank() == 2)
+        .map(|(n, v)| (n.to_string(), v.clone()))
+        .expect("a linear layer's weight");
+    let old = weight.as_tensor().copy()?;
+    {
+        let outer = model.freeze()?;
+        assert_eq!(bits(&logits()?)?, unfrozen, "frozen forward");
+        let g = model.loss_and_input_grad(&xs, &labels, Mode::Eval)?.grad;
+        assert_eq!(bits(&g)?, grad, "frozen input gradient");
+        drop(model.freeze()?);
+        // Changing the weights under a guard breaks its contract; here it shows that the
+        // passes still read what the outer guard prepared.
+        weight.set(&old.affine(2.0, 0.0)?)?;
+        assert_eq!(
+            bits(&logits()?)?,
+            unfrozen,
+            "{name} changed under the outer guard"
+        );
+        drop(outer);
+    }
+    let changed = bits(&logits()?)?;
+    assert_ne!(
+        changed, unfrozen,
+        "the new {name} reaches the unfrozen forward"
+    );
+    let _again = model.freeze()?;
+    assert_eq!(
+        bits(&logits()?)?,
+        changed,
+        "the next guard prepares the new {name}"
+    );
+    Ok(())
+}

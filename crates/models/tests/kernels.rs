@@ -4,7 +4,8 @@
 
 use candle_core::{CpuStorage, DType, Device, Result, Tensor, Var};
 use gauntlet_models::kernels::{
-    conv2d, linear, max_pieces, relu, sgd_momentum, sigmoid, Gradients,
+    conv2d, linear, linear_transposed, max_pieces, relu, sgd_momentum, sigmoid, transpose_into,
+    transposed, Gradients,
 };
 use gauntlet_models::{
     autograd_input_grad, build, per_example_cross_entropy, Activation, Arch, CnnLayer, CnnSpec,
@@ -102,6 +103,94 @@ fn linear_and_maxout_kernels_are_bitwise_candle_at_the_paper_sizes() -> Result<(
             assert_eq!(bits(f.unwrap())?, bits(s.unwrap())?, "{case}: {name}");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn transposed_is_candles_transpose_and_rewrites_in_place() -> Result<()> {
+    // Shapes around the 64-wide tiles: single rows and columns, partial tiles both ways.
+    for (rows, cols) in [
+        (1, 1),
+        (1, 70),
+        (70, 1),
+        (3, 130),
+        (64, 64),
+        (65, 129),
+        (1200, 784),
+    ] {
+        for dtype in [DType::F32, DType::F64] {
+            let w = var(&[rows, cols], 7)?.as_tensor().to_dtype(dtype)?;
+            let t = transposed(&w)?;
+            let expected = w.t()?.contiguous()?;
+            assert_eq!(t.dims(), [cols, rows]);
+            let diff = t.sub(&expected)?.abs()?.max_all()?.to_dtype(DType::F64)?;
+            assert_eq!(diff.to_scalar::<f64>()?, 0.0, "{rows}×{cols} {dtype:?}");
+            let w2 = var(&[rows, cols], 8)?.as_tensor().to_dtype(dtype)?;
+            transpose_into(&t, &w2)?;
+            let diff = t.sub(&w2.t()?)?.abs()?.max_all()?.to_dtype(DType::F64)?;
+            assert_eq!(
+                diff.to_scalar::<f64>()?,
+                0.0,
+                "rewritten {rows}×{cols} {dtype:?}"
+            );
+        }
+    }
+    let w = var(&[3, 5], 1)?;
+    let wrong = Tensor::zeros((3, 5), DType::F64, &Device::Cpu)?;
+    let err = transpose_into(&wrong, w.as_tensor())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("5×3"), "{err}");
+    Ok(())
+}
+
+/// Eval loops hand the fully connected kernel a transposed copy of each weight: values and
+/// every gradient must be the bits of the product that reads the weight itself, at the paper
+/// sizes, at a two-thread shard's batch (50) and at widths that are not whole SIMD vectors.
+#[test]
+fn linear_through_the_transposed_weight_is_the_same_bits() -> Result<()> {
+    for (batch, fan_in, fan_out) in [
+        (100, 784, 1200),
+        (50, 784, 1200),
+        (100, 240, 1200),
+        (50, 240, 10),
+        (7, 30, 250),
+    ] {
+        let (x, w, b) = (
+            f32_var(&[batch, fan_in], 11)?,
+            f32_var(&[fan_out, fan_in], 12)?,
+            f32_var(&[fan_out], 13)?,
+        );
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let t = transposed(wt)?;
+        let direct = linear(xt, wt, bt, Gradients::All)?;
+        let via = linear_transposed(xt, wt, Some(&t), bt, Gradients::All)?;
+        let case = format!("{batch}×{fan_in}→{fan_out}");
+        assert_eq!(bits(&direct)?, bits(&via)?, "{case}: forward");
+        let probe = f32_var(&[batch, fan_out], 14)?;
+        let gd = (direct * probe.as_tensor())?.sum_all()?.backward()?;
+        let gv = (via * probe.as_tensor())?.sum_all()?.backward()?;
+        for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
+            let (d, t) = (gd.get(v.as_tensor()), gv.get(v.as_tensor()));
+            assert_eq!(bits(d.unwrap())?, bits(t.unwrap())?, "{case}: {name}");
+        }
+    }
+    let (x, w, b) = (
+        f32_var(&[4, 6], 1)?,
+        f32_var(&[3, 6], 2)?,
+        f32_var(&[3], 3)?,
+    );
+    let not_transposed = w.as_tensor().copy()?;
+    let err = linear_transposed(
+        x.as_tensor(),
+        w.as_tensor(),
+        Some(&not_transposed),
+        b.as_tensor(),
+        Gradients::All,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("does not fit"), "{err}");
     Ok(())
 }
 

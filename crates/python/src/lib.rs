@@ -19,7 +19,7 @@ use gauntlet_attacks::{
     AttackOptions,
 };
 use gauntlet_data::{DataConfig, DatasetName};
-use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
+use gauntlet_models::{Classifier, Frozen, InputGrad, Mode, ModelSpec, Params};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray4, PyUntypedArrayMethods};
 use pyo3::create_exception;
@@ -84,6 +84,10 @@ impl Classifier for Interruptible<'_> {
 
     fn max_norm(&self, name: &str) -> Option<f64> {
         self.inner.max_norm(name)
+    }
+
+    fn freeze(&self) -> candle_core::Result<Frozen<'_>> {
+        self.inner.freeze()
     }
 
     fn n_classes(&self) -> usize {

@@ -31,6 +31,8 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalResult> {
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     let (mut loss_sum, mut correct) = (0f64, 0usize);
     let n = data.len();
     let mut start = 0;

@@ -55,6 +55,8 @@ pub fn evaluate_min_norm(
         check_eps(eps)?;
     }
     let norm = attack.norm();
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     let counted = Counted::new(model);
     let timer = Instant::now();
     let mut minimal = Vec::new();

@@ -35,6 +35,8 @@ pub fn gaussian_noise(
             bail!("sigma must be finite and >= 0, got {sigma}")
         }
     }
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     let mut records = Vec::with_capacity(sigmas.len());
     for &sigma in sigmas {
         let timer = Instant::now();

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Result, Tensor};
-use gauntlet_models::{Classifier, InputGrad, Mode, ModelSpec, Params};
+use gauntlet_models::{Classifier, Frozen, InputGrad, Mode, ModelSpec, Params};
 
 use crate::Queries;
 
@@ -77,6 +77,10 @@ impl Classifier for Counted<'_> {
 
     fn max_norm(&self, name: &str) -> Option<f64> {
         self.inner.max_norm(name)
+    }
+
+    fn freeze(&self) -> Result<Frozen<'_>> {
+        self.inner.freeze()
     }
 
     fn note_backward(&self, rows: usize) {

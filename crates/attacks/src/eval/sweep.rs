@@ -195,6 +195,8 @@ pub(super) fn score(
         check_eps(eps)?;
     }
     let norm = common_norm(attacks)?;
+    // The weights stay fixed through the loop: prepared once for all its batches.
+    let _frozen = model.freeze()?;
     let mut clean_pred = Vec::with_capacity(n);
     let mut spread = LogitSpread::default();
     for (start, len) in batches(n, batch_size) {
