@@ -461,10 +461,9 @@ impl candle_core::InplaceOp2 for Transpose {
     }
 }
 
-/// `t ← wᵀ` for row-major `w` (`rows × cols`), through a `TILE × TILE` block that stays in L1:
-/// each block reads `TILE` runs of `w`'s rows and writes `TILE` runs of `t`'s, whole cache
-/// lines both ways (reading `w` a column at a time stalled on a line per row, writing `t` one
-/// value per row on a line per row). Bands of `TILE` rows of `t` go to the compute threads.
+/// `t ← wᵀ` for row-major `w` (`rows × cols`), through a `TILE × TILE` block that stays in L1,
+/// so that reads and writes both go by runs of whole cache lines (a copy by columns of `w`
+/// waited on a cache miss per row). Bands of `TILE` rows of `t` go to the compute threads.
 fn transpose_tiles<T: Copy + Send + Sync + Default>(
     w: &[T],
     t: &mut [T],
