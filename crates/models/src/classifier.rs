@@ -33,7 +33,8 @@ pub struct InputGrad {
 }
 
 /// A model's weights held as they are: while the guard lives, the model reuses what it
-/// prepared from them for its products ([`Classifier::freeze`]); dropping it frees that.
+/// prepared from them for its products ([`Classifier::freeze`]); dropping it ends the hold
+/// (the model may keep its buffers, to be written over by the next freeze).
 #[must_use = "what the model prepared is dropped with the guard"]
 pub struct Frozen<'a> {
     holds: Vec<&'a dyn Thaw>,
@@ -110,9 +111,9 @@ pub trait Classifier: Send + Sync {
     }
 
     /// Prepares the weights for the passes to come (a linear layer's transposed weight) and
-    /// keeps what it made until the guard drops, shared by every shard and call meanwhile:
-    /// a training step's shards, an attack's iterations. Nothing may change the weights while
-    /// a guard is held. Guards nest. Holds nothing by default.
+    /// uses what it made until the guard drops, in every shard and call meanwhile: an
+    /// evaluation's batches, an attack's iterations. Nothing may change the weights while a
+    /// guard is held (a pass would read the stale copy). Guards nest. Holds nothing by default.
     fn freeze(&self) -> Result<Frozen<'_>> {
         Ok(Frozen::none())
     }
