@@ -73,9 +73,7 @@ impl Classifier for EnsembleModel {
     }
 
     fn freeze(&self) -> Result<Frozen<'_>> {
-        self.members
-            .iter()
-            .try_fold(Frozen::none(), |all, m| Ok(all.and(m.freeze()?)))
+        Frozen::all(self.members.iter().map(|m| m.as_ref()))
     }
 }
 

@@ -275,9 +275,7 @@ pub fn measure(
         for (w, t) in workloads.iter_mut().zip(&mut times) {
             let start = Instant::now();
             // Timed: the evaluation loops pay for it too, once per pass over the data.
-            let _frozen = w.fixed.iter().try_fold(Frozen::none(), |all, m| {
-                Ok::<_, candle_core::Error>(all.and(m.freeze()?))
-            })?;
+            let _frozen = Frozen::all(w.fixed.iter().copied())?;
             let mut n = 0usize;
             loop {
                 let (xs, ys) = &batches[cursor % batches.len()];

@@ -56,10 +56,13 @@ impl<'a> Frozen<'a> {
         Frozen { holds: vec![model] }
     }
 
-    /// One guard for both: an ensemble's members.
-    pub fn and(mut self, mut other: Frozen<'a>) -> Self {
-        self.holds.append(&mut other.holds);
-        self
+    /// One guard for all of `models` (an ensemble's members, a source and a target).
+    pub fn all(models: impl IntoIterator<Item = &'a dyn Classifier>) -> Result<Self> {
+        let mut frozen = Frozen::none();
+        for model in models {
+            frozen.holds.append(&mut model.freeze()?.holds);
+        }
+        Ok(frozen)
     }
 }
 

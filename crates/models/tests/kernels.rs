@@ -64,6 +64,26 @@ fn bits(t: &Tensor) -> Result<Vec<u32>> {
     Ok(v.into_iter().map(f32::to_bits).collect())
 }
 
+/// Asserts that two f32 outputs and their gradients for `vars`, under one probe drawn from
+/// `probe_seed`, are the same bits.
+fn assert_same_bits(
+    case: &str,
+    vars: &[(&str, &Var)],
+    a: Tensor,
+    b: Tensor,
+    probe_seed: u64,
+) -> Result<()> {
+    assert_eq!(bits(&a)?, bits(&b)?, "{case}: forward");
+    let probe = f32_var(a.dims(), probe_seed)?;
+    let ga = (a * probe.as_tensor())?.sum_all()?.backward()?;
+    let gb = (b * probe.as_tensor())?.sum_all()?.backward()?;
+    for (name, v) in vars {
+        let (x, y) = (ga.get(v.as_tensor()), gb.get(v.as_tensor()));
+        assert_eq!(bits(x.unwrap())?, bits(y.unwrap())?, "{case}: {name}");
+    }
+    Ok(())
+}
+
 /// Training runs the custom fully connected and maxout kernels: at the paper models' sizes
 /// they must give Candle's values and gradients bit for bit, so that training results do not
 /// depend on them.
@@ -93,15 +113,13 @@ fn linear_and_maxout_kernels_are_bitwise_candle_at_the_paper_sizes() -> Result<(
             .broadcast_add(bt)?
             .reshape((batch, units, pieces))?
             .max(2)?;
-        let case = format!("{batch}×{fan_in}→{fan_out}");
-        assert_eq!(bits(&fast)?, bits(&slow)?, "{case}: forward");
-        let probe = f32_var(&[batch, units], 4)?;
-        let gf = (fast * probe.as_tensor())?.sum_all()?.backward()?;
-        let gs = (slow * probe.as_tensor())?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
-            let (f, s) = (gf.get(v.as_tensor()), gs.get(v.as_tensor()));
-            assert_eq!(bits(f.unwrap())?, bits(s.unwrap())?, "{case}: {name}");
-        }
+        assert_same_bits(
+            &format!("{batch}×{fan_in}→{fan_out}"),
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            fast,
+            slow,
+            4,
+        )?;
     }
     Ok(())
 }
@@ -165,15 +183,13 @@ fn linear_through_the_transposed_weight_is_the_same_bits() -> Result<()> {
         let t = transposed(wt)?;
         let direct = linear(xt, wt, bt, Gradients::All)?;
         let via = linear_transposed(xt, wt, Some(&t), bt, Gradients::All)?;
-        let case = format!("{batch}×{fan_in}→{fan_out}");
-        assert_eq!(bits(&direct)?, bits(&via)?, "{case}: forward");
-        let probe = f32_var(&[batch, fan_out], 14)?;
-        let gd = (direct * probe.as_tensor())?.sum_all()?.backward()?;
-        let gv = (via * probe.as_tensor())?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
-            let (d, t) = (gd.get(v.as_tensor()), gv.get(v.as_tensor()));
-            assert_eq!(bits(d.unwrap())?, bits(t.unwrap())?, "{case}: {name}");
-        }
+        assert_same_bits(
+            &format!("{batch}×{fan_in}→{fan_out}"),
+            &[("input", &x), ("weight", &w), ("bias", &b)],
+            direct,
+            via,
+            14,
+        )?;
     }
     let (x, w, b) = (
         f32_var(&[4, 6], 1)?,
