@@ -133,6 +133,8 @@ fn transposed_is_candles_transpose_and_rewrites_in_place() -> Result<()> {
         (70, 1),
         (3, 130),
         (64, 64),
+        (9, 17),
+        (16, 70),
         (65, 129),
         (1200, 784),
     ] {

@@ -14,7 +14,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result as CandleResult, Tensor, Var};
 use gauntlet_attacks::Norm;
 use gauntlet_models::layers::derive_seed;
-use gauntlet_models::{per_example_cross_entropy, Classifier, Mode};
+use gauntlet_models::{per_example_cross_entropy, Classifier, Frozen, Mode};
 use serde::{Deserialize, Serialize};
 
 use gauntlet_models::{kernels, shard};
@@ -153,6 +153,12 @@ impl Regularizer {
             // Double backpropagation reads its switch per thread: kept on the caller's.
             Regularizer::GradientPenalty { .. } => 1,
             _ => shard::count(n, xs.device()),
+        };
+        // Each shard would pack every weight for its products itself; one transposed copy
+        // for all is cheaper. Same bits either way.
+        let _frozen = match shards {
+            1 => Frozen::none(),
+            _ => model.freeze()?,
         };
         let parts = shard::map(n, shards, |s, start, len| {
             // Shard 0 keeps the step's masks; the others draw their own.
