@@ -1379,7 +1379,7 @@ impl ConvShape {
     /// upper layers) left a last tile nearly empty: its 8-row kernel took 9% of that
     /// network's forward. The transposed im2col copies runs of `k` values instead of `ow`:
     /// not worth it for wide planes and small kernels. Each value is the same sum in the same
-    /// order either way.
+    /// order either way. The backward then runs pixel-major too (input and weight gradients).
     fn by_pixels(&self) -> bool {
         !self.out_len().is_multiple_of(8) && self.c_out.is_multiple_of(8) && self.ow <= 2 * self.k
     }
@@ -1471,21 +1471,46 @@ impl ConvShape {
         }
     }
 
-    /// Adds the im2col-shaped gradient `cols` back onto the image gradient `dx` (col2im), in
-    /// im2col's order. With padding, the sums run in `buf` (the padded image) and its inside
-    /// is added onto `dx`: each value of `dx` gets the same terms in the same order.
-    fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T], buf: &mut Vec<T>) {
+    /// Adds the im2col-shaped gradient `cols` (`[patch, oh·ow]`, or `[oh·ow, patch]` where
+    /// `by_pixels`) back onto the image gradient `dx` (col2im). Each value of `dx` gets its
+    /// terms in im2col's row order either way. With padding, the sums run in `buf` (the padded
+    /// image) and its inside is added onto `dx`: the same terms in the same order.
+    fn col2im<T: WithDType>(&self, cols: &[T], dx: &mut [T], buf: &mut Vec<T>, by_pixels: bool) {
+        let sum = |g: &ConvShape, dst: &mut [T]| match by_pixels {
+            true => g.col2im_pixels_unpadded(cols, dst),
+            false => g.col2im_unpadded(cols, dst),
+        };
         if self.pad == 0 {
-            return self.col2im_unpadded(cols, dx);
+            return sum(self, dx);
         }
         let padded = self.padded();
         buf.clear();
         buf.resize(padded.in_len(), T::zero());
-        padded.col2im_unpadded(cols, buf);
+        sum(&padded, buf);
         for (at, at_padded) in self.image_rows() {
             let src = &buf[at_padded..at_padded + self.w];
             for (d, &v) in dx[at..at + self.w].iter_mut().zip(src) {
                 *d += v;
+            }
+        }
+    }
+
+    /// col2im of the pixel-major `[oh·ow, patch]` gradient. The pixels run last to first: the
+    /// terms of a value of `dx` then come by ascending kernel position, in
+    /// [`Self::col2im_unpadded`]'s order, so the sums are bit for bit its sums.
+    fn col2im_pixels_unpadded<T: WithDType>(&self, cols: &[T], dx: &mut [T]) {
+        debug_assert_eq!(self.pad, 0);
+        let (k, s, plane_len) = (self.k, self.stride, self.h * self.w);
+        let rows = cols[..self.out_len() * self.patch()].chunks_exact(self.patch());
+        for (px, row) in rows.enumerate().rev() {
+            let (oy, ox) = (px / self.ow, px % self.ow);
+            for (plane, chan) in dx.chunks_exact_mut(plane_len).zip(row.chunks_exact(k * k)) {
+                for (ki, src) in chan.chunks_exact(k).enumerate() {
+                    let at = (oy * s + ki) * self.w + ox * s;
+                    for (d, &v) in plane[at..at + k].iter_mut().zip(src) {
+                        *d += v;
+                    }
+                }
             }
         }
     }
@@ -1634,18 +1659,32 @@ impl ConvShape {
             .zip(dy.par_chunks(self.c_out * n))
             .for_each_init(
                 || (vec![T::from_f64(0.0); patch * n], Vec::new()),
-                |(cols, buf), (dx_b, dy_b)| {
-                    matmul(
-                        cols,
-                        Mat::transposed(w, self.c_out, patch),
-                        Mat::rows(dy_b, self.c_out, n),
-                        false,
-                        false,
-                    );
-                    self.col2im(cols, dx_b, buf);
-                },
+                |(cols, buf), (dx_b, dy_b)| self.add_input_grad(w, dy_b, cols, buf, dx_b),
             );
         dx
+    }
+
+    /// Adds one image's input gradient `col2im(Wᵀ · dy_b)` onto `dx_b`; `cols` and `buf` are
+    /// [`Self::im2col`]'s buffers. Where [`Self::by_pixels`], the product is the pixel-major
+    /// `dy_bᵀ · W`: gemm's register tiles then run along the patch (thousands of rows) instead
+    /// of a few dozen pixels, 13-30% faster on the conv Maxout's upper layers, and its blocked
+    /// path sums each value in the same order (the same bits).
+    fn add_input_grad<T: WithDType>(
+        &self,
+        w: &[T],
+        dy_b: &[T],
+        cols: &mut [T],
+        buf: &mut Vec<T>,
+        dx_b: &mut [T],
+    ) {
+        let (n, patch, c) = (self.out_len(), self.patch(), self.c_out);
+        let by_pixels = self.by_pixels();
+        let (a, b) = match by_pixels {
+            true => (Mat::transposed(dy_b, c, n), Mat::rows(w, c, patch)),
+            false => (Mat::transposed(w, c, patch), Mat::rows(dy_b, c, n)),
+        };
+        matmul(cols, a, b, false, false);
+        self.col2im(cols, dx_b, buf, by_pixels);
     }
 
     /// The weight and bias gradients from the input `x` and the output gradient `dy`:
@@ -1686,14 +1725,19 @@ impl ConvShape {
         db: &mut [T],
     ) {
         let (n, patch) = (self.out_len(), self.patch());
-        self.im2col(x_b, cols, buf);
-        matmul(
-            dw,
-            Mat::rows(dy_b, self.c_out, n),
-            Mat::transposed(cols, patch, n),
-            true,
-            false,
-        );
+        // Pixel-major where the forward is: gemm is 7-15% faster on the conv Maxout's layers
+        // with the same order of sums.
+        let cols_t = match self.by_pixels() {
+            true => {
+                self.im2col_pixels(x_b, cols, buf);
+                Mat::rows(&cols[..], n, patch)
+            }
+            false => {
+                self.im2col(x_b, cols, buf);
+                Mat::transposed(&cols[..], patch, n)
+            }
+        };
+        matmul(dw, Mat::rows(dy_b, self.c_out, n), cols_t, true, false);
         for (s, row) in db.iter_mut().zip(dy_b.chunks(n)) {
             *s += row.iter().fold(T::zero(), |acc, &v| acc + v);
         }
@@ -2099,14 +2143,8 @@ impl ConvBlock {
                     let x_b = &x[img * x_len..(img + 1) * x_len];
                     if self.input_grad {
                         let j = img - r * run;
-                        matmul(
-                            &mut cols,
-                            Mat::transposed(w, g.c_out, patch),
-                            Mat::rows(&dy, g.c_out, n),
-                            false,
-                            false,
-                        );
-                        g.col2im(&cols, &mut dx_run[j * x_len..(j + 1) * x_len], &mut buf);
+                        let dx_b = &mut dx_run[j * x_len..(j + 1) * x_len];
+                        g.add_input_grad(w, &dy, &mut cols, &mut buf, dx_b);
                     }
                     if wg {
                         g.add_weight_grads(x_b, &dy, &mut cols, &mut buf, &mut dw, &mut db);
@@ -2277,5 +2315,52 @@ mod tests {
         assert!(
             !blocked_gemm(16, 100, 16) && !blocked_gemm(100, 2, 100) && !blocked_gemm(1, 100, 300)
         );
+    }
+
+    /// Where the convolution runs pixel-major ([`ConvShape::by_pixels`]), its input and weight
+    /// gradients are bit for bit those of the channel-major products and col2im, with padding
+    /// and strides, at the conv Maxout network's second-layer sizes and small odd ones that
+    /// gemm still blocks (its smallest products sum in another order).
+    #[test]
+    fn pixel_major_conv_gradients_are_the_channel_major_bits() {
+        let value =
+            |i: usize, seed: usize| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0;
+        // (c_in, h, c_out, k, pad, stride)
+        for (c_in, h, c_out, k, pad, stride) in [
+            (48, 10, 96, 8, 3, 1),
+            (3, 9, 16, 5, 1, 1),
+            (2, 11, 16, 4, 2, 2),
+            (1, 8, 24, 4, 0, 1),
+        ] {
+            let x_shape = Shape::from((1, c_in, h, h));
+            let w_shape = Shape::from((c_out, c_in, k, k));
+            let (_, g) = ConvShape::new(&x_shape, &w_shape, &Shape::from(c_out), pad, stride)
+                .expect("shapes fit");
+            assert!(g.by_pixels(), "{g:?} should run pixel-major");
+            let (n, patch) = (g.out_len(), g.patch());
+            let x: Vec<f32> = (0..g.in_len()).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..c_out * patch).map(|i| value(i, 2)).collect();
+            let dy: Vec<f32> = (0..c_out * n).map(|i| value(i, 3)).collect();
+            let (mut cols, mut buf) = (vec![0f32; patch * n], Vec::new());
+
+            let mut dx = vec![0f32; g.in_len()];
+            g.add_input_grad(&w, &dy, &mut cols, &mut buf, &mut dx);
+            let (mut dw, mut db) = (vec![0f32; c_out * patch], vec![0f32; c_out]);
+            g.add_weight_grads(&x, &dy, &mut cols, &mut buf, &mut dw, &mut db);
+
+            let mut dx_ref = vec![0f32; g.in_len()];
+            let (wt, dy_m) = (Mat::transposed(&w, c_out, patch), Mat::rows(&dy, c_out, n));
+            matmul(&mut cols, wt, dy_m, false, false);
+            g.col2im(&cols, &mut dx_ref, &mut buf, false);
+            let mut dw_ref = vec![0f32; c_out * patch];
+            g.im2col(&x, &mut cols, &mut buf);
+            let cols_t = Mat::transposed(&cols[..], patch, n);
+            matmul(&mut dw_ref, Mat::rows(&dy, c_out, n), cols_t, true, false);
+
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(dx.iter().any(|&v| v != 0.0) && dw.iter().any(|&v| v != 0.0));
+            assert_eq!(bits(&dx), bits(&dx_ref), "input gradient, {g:?}");
+            assert_eq!(bits(&dw), bits(&dw_ref), "weight gradient, {g:?}");
+        }
     }
 }
