@@ -238,6 +238,44 @@ impl Windows {
     }
 }
 
+impl Windows {
+    /// The maximum of every window of one plane: the value at [`Windows::plane_argmax`]'s
+    /// index, bit for bit (the same scan, first maximum in row-major order), for passes that
+    /// keep no indices.
+    pub(crate) fn plane_max<T: PartialOrd + Copy>(&self, plane: &[T], out: &mut [T]) {
+        let Windows {
+            h,
+            w,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            oh,
+            ow,
+        } = *self;
+        let span = |i: usize, s: usize, p: usize, k: usize, n: usize| {
+            let start = (i * s).saturating_sub(p);
+            (start, (i * s + k).saturating_sub(p).min(n))
+        };
+        for i in 0..oh {
+            let (y0, y1) = span(i, sh, ph, kh, h);
+            for (j, slot) in out[i * ow..(i + 1) * ow].iter_mut().enumerate() {
+                let (x0, x1) = span(j, sw, pw, kw, w);
+                let mut top = plane[y0 * w + x0];
+                for y in y0..y1 {
+                    for &v in &plane[y * w + x0..y * w + x1] {
+                        // A select, not a branch: which value wins is unpredictable.
+                        top = if v > top { v } else { top };
+                    }
+                }
+                *slot = top;
+            }
+        }
+    }
+}
+
 /// `[channels, height, width]` after a `kernel × kernel` convolution with zero padding `pad`
 /// and stride 1, then pooling; `what` names the layer in errors.
 fn conv_pool_shape(

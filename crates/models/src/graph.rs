@@ -1169,15 +1169,18 @@ impl Classifier for Graph {
         &self.spec
     }
 
-    /// Eval logits of data (an input off the graph) come shard by shard ([`shard`]); a
-    /// training pass is one, so that its dropout masks stay those of the whole batch.
+    /// Eval logits of data (an input off the graph) come shard by shard ([`shard`]), from
+    /// blocks that keep nothing for a backward ([`Gradients::None`]); a training pass is one,
+    /// so that its dropout masks stay those of the whole batch.
     fn forward(&self, xs: &Tensor, mode: Mode) -> Result<Tensor> {
-        let shards = match mode {
-            Mode::Eval if !xs.track_op() => shard::count(xs.dim(0)?, xs.device()),
-            _ => 1,
+        let (shards, grads) = match mode {
+            Mode::Eval if !xs.track_op() => {
+                (shard::count(xs.dim(0)?, xs.device()), Gradients::None)
+            }
+            _ => (1, Gradients::All),
         };
         let parts = shard::map(xs.dim(0)?, shards, |_, start, len| {
-            self.logits(&xs.narrow(0, start, len)?, mode, Gradients::All)
+            self.logits(&xs.narrow(0, start, len)?, mode, grads)
         })?;
         Tensor::cat(&parts, 0)
     }

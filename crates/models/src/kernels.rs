@@ -44,6 +44,9 @@ pub enum Gradients {
     All,
     /// The input's only: an attack, whose weights stay fixed.
     InputOnly,
+    /// None: evaluation logits. A [`conv_block`] then keeps no routes for a backward, and
+    /// refuses one; the other kernels compute what a backward asks for.
+    None,
 }
 
 /// `xs @ weightᵀ + bias`, with `weight` stored `[out, in]`.
@@ -84,7 +87,7 @@ pub fn linear_transposed(
     };
     let op = Linear {
         input_grad: xs.track_op(),
-        weight_grads: grads == Gradients::All,
+        weight_grads: grads != Gradients::InputOnly,
         weight_t,
     };
     xs.contiguous()?
@@ -114,7 +117,7 @@ pub fn conv2d(
         pad,
         stride,
         input_grad: xs.track_op(),
-        weight_grads: grads == Gradients::All,
+        weight_grads: grads != Gradients::InputOnly,
     };
     xs.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
@@ -1825,6 +1828,7 @@ pub fn conv_block(
         pool,
         input_grad: xs.track_op(),
         weight_grads: grads == Gradients::All,
+        backward: grads != Gradients::None,
         route: OnceLock::new(),
     };
     xs.contiguous()?
@@ -1886,6 +1890,8 @@ struct ConvBlock {
     pool: Option<Windows>,
     input_grad: bool,
     weight_grads: bool,
+    /// Whether a backward may follow: without one the forward keeps no routes.
+    backward: bool,
     /// The forward pass's routes, kept for the backward.
     route: OnceLock<Route>,
 }
@@ -2013,14 +2019,25 @@ impl ConvBlock {
         let (units, act_len, out_len) = self.sizes(g);
         let zero = T::zero();
         let mut out = vec![zero; batch * out_len];
-        let mut mask = vec![0u8; batch * out_len];
+        let mut mask = vec![0u8; if self.backward { batch * out_len } else { 0 }];
         let pooled = self.pool.is_some();
-        let mut index = vec![0u32; if pooled { batch * out_len } else { 0 }];
+        let mut index = vec![
+            0u32;
+            if pooled && self.backward {
+                batch * out_len
+            } else {
+                0
+            }
+        ];
         if out_len == 0 {
             return (out, Route { index, mask });
         }
-        let index_chunks: Vec<&mut [u32]> = match pooled {
+        let index_chunks: Vec<&mut [u32]> = match pooled && self.backward {
             true => index.chunks_mut(out_len).collect(),
+            false => (0..batch).map(|_| Default::default()).collect(),
+        };
+        let mask_chunks: Vec<&mut [u8]> = match self.backward {
+            true => mask.chunks_mut(out_len).collect(),
             false => (0..batch).map(|_| Default::default()).collect(),
         };
         let by_pixels = g.by_pixels();
@@ -2034,7 +2051,7 @@ impl ConvBlock {
         }
         // One image per task: every thread works on its own buffers.
         out.par_chunks_mut(out_len)
-            .zip(mask.par_chunks_mut(out_len))
+            .zip(mask_chunks)
             .zip(index_chunks)
             .zip(x.par_chunks(g.in_len()))
             .for_each_init(
@@ -2071,6 +2088,14 @@ impl ConvBlock {
                         by_pixels,
                     };
                     match &self.pool {
+                        None if !self.backward => self.activate(conv, out_b),
+                        Some(win) if !self.backward => {
+                            self.activate(conv, act);
+                            let po = win.oh * win.ow;
+                            for (u, o) in out_b.chunks_exact_mut(po).enumerate().take(units) {
+                                win.plane_max(&act[u * n..(u + 1) * n], o);
+                            }
+                        }
                         None => {
                             self.activate(conv, out_b);
                             let units = mask_b.chunks_exact_mut(n).zip(out_b.chunks_exact(n));
@@ -2181,8 +2206,10 @@ impl CustomOp3 for ConvBlock {
         by_dtype!(s1.dtype(), T => {
             let (x, w, b) = (cpu_slice::<T>(s1, l1)?, cpu_slice::<T>(s2, l2)?, cpu_slice::<T>(s3, l3)?);
             let (out, route) = self.forward(&g, batch, x, w, b);
-            // A second forward of the same op would find the same routes.
-            let _ = self.route.set(route);
+            if self.backward {
+                // A second forward of the same op would find the same routes.
+                let _ = self.route.set(route);
+            }
             Ok((T::to_cpu_storage_owned(out), (batch, units, oh, ow).into()))
         })
     }
@@ -2197,6 +2224,9 @@ impl CustomOp3 for ConvBlock {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !self.input_grad && !self.weight_grads {
             return Ok((None, None, None));
+        }
+        if !self.backward {
+            bail!("conv block: a backward through a pass built for evaluation logits only (Gradients::None)")
         }
         let Some(route) = self.route.get() else {
             bail!("conv block: backward before forward")

@@ -1025,6 +1025,9 @@ fn conv_block_is_bitwise_its_layers_one_by_one() -> Result<()> {
                 let (want, got) = (chain(Gradients::All)?, block(Gradients::All)?);
                 assert_eq!(want.dims(), got.dims(), "{case}");
                 assert_eq!(bits(&want)?, bits(&got)?, "{case}: output");
+                // Evaluation logits: the same bits without routes, and no backward.
+                let eval = block(Gradients::None)?;
+                assert_eq!(bits(&want)?, bits(&eval)?, "{case}: eval output");
                 // A loss with a distinct weight per output value.
                 let r = Tensor::from_vec(
                     values(want.elem_count(), seed + 2),
@@ -1040,6 +1043,11 @@ fn conv_block_is_bitwise_its_layers_one_by_one() -> Result<()> {
                     let (a, c) = (gw.get(t).unwrap(), gg.get(t).unwrap());
                     assert_eq!(bits(a)?, bits(c)?, "{case}: {name} gradient");
                 }
+                let err = (eval * &r)?.sum_all()?.backward().unwrap_err();
+                assert!(
+                    err.to_string().contains("evaluation logits"),
+                    "{case}: {err}"
+                );
                 // The input gradient alone, as an attack asks for it.
                 let gg = (block(Gradients::InputOnly)? * &r)?.sum_all()?.backward()?;
                 assert!(
