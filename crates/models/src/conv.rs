@@ -212,15 +212,10 @@ impl Windows {
             }
             return;
         }
-        // The part of a window inside the plane: padding never wins a maximum.
-        let span = |i: usize, s: usize, p: usize, k: usize, n: usize| {
-            let start = (i * s).saturating_sub(p);
-            (start, (i * s + k).saturating_sub(p).min(n))
-        };
         for i in 0..oh {
-            let (y0, y1) = span(i, sh, ph, kh, h);
+            let (y0, y1) = self.window_rows(i);
             for j in 0..ow {
-                let (x0, x1) = span(j, sw, pw, kw, w);
+                let (x0, x1) = self.window_cols(j);
                 // The first maximum in row-major order: later ties do not replace it.
                 let mut best = y0 * w + x0;
                 let mut top = plane[best];
@@ -236,33 +231,16 @@ impl Windows {
             }
         }
     }
-}
 
-impl Windows {
     /// The maximum of every window of one plane: the value at [`Windows::plane_argmax`]'s
     /// index, bit for bit (the same scan, first maximum in row-major order), for passes that
     /// keep no indices.
     pub(crate) fn plane_max<T: PartialOrd + Copy>(&self, plane: &[T], out: &mut [T]) {
-        let Windows {
-            h,
-            w,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            oh,
-            ow,
-        } = *self;
-        let span = |i: usize, s: usize, p: usize, k: usize, n: usize| {
-            let start = (i * s).saturating_sub(p);
-            (start, (i * s + k).saturating_sub(p).min(n))
-        };
-        for i in 0..oh {
-            let (y0, y1) = span(i, sh, ph, kh, h);
+        let (w, ow) = (self.w, self.ow);
+        for i in 0..self.oh {
+            let (y0, y1) = self.window_rows(i);
             for (j, slot) in out[i * ow..(i + 1) * ow].iter_mut().enumerate() {
-                let (x0, x1) = span(j, sw, pw, kw, w);
+                let (x0, x1) = self.window_cols(j);
                 let mut top = plane[y0 * w + x0];
                 for y in y0..y1 {
                     for &v in &plane[y * w + x0..y * w + x1] {
@@ -274,6 +252,22 @@ impl Windows {
             }
         }
     }
+
+    /// The rows of window row `i` inside the plane, `y0..y1`: padding never wins a maximum.
+    fn window_rows(&self, i: usize) -> (usize, usize) {
+        span(i, self.sh, self.ph, self.kh, self.h)
+    }
+
+    /// The columns of window column `j` inside the plane, `x0..x1`.
+    fn window_cols(&self, j: usize) -> (usize, usize) {
+        span(j, self.sw, self.pw, self.kw, self.w)
+    }
+}
+
+/// The part of window `i` (stride `s`, padding `p`, size `k`) inside `0..n`.
+fn span(i: usize, s: usize, p: usize, k: usize, n: usize) -> (usize, usize) {
+    let start = (i * s).saturating_sub(p);
+    (start, (i * s + k).saturating_sub(p).min(n))
 }
 
 /// `[channels, height, width]` after a `kernel × kernel` convolution with zero padding `pad`
