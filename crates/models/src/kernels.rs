@@ -2222,11 +2222,12 @@ impl CustomOp3 for ConvBlock {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if !self.input_grad && !self.weight_grads {
-            return Ok((None, None, None));
-        }
+        // Before the early return: the weights of an eval pass over data may still be asked.
         if !self.backward {
             bail!("conv block: a backward through a pass built for evaluation logits only (Gradients::None)")
+        }
+        if !self.input_grad && !self.weight_grads {
+            return Ok((None, None, None));
         }
         let Some(route) = self.route.get() else {
             bail!("conv block: backward before forward")

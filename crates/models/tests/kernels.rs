@@ -1025,8 +1025,18 @@ fn conv_block_is_bitwise_its_layers_one_by_one() -> Result<()> {
                 let (want, got) = (chain(Gradients::All)?, block(Gradients::All)?);
                 assert_eq!(want.dims(), got.dims(), "{case}");
                 assert_eq!(bits(&want)?, bits(&got)?, "{case}: output");
-                // Evaluation logits: the same bits without routes, and no backward.
-                let eval = block(Gradients::None)?;
+                // Evaluation logits of data: the same bits without routes, and no backward.
+                let eval = conv_block(
+                    &xt.detach(),
+                    wt,
+                    bt,
+                    pad,
+                    stride,
+                    act,
+                    geometry.as_ref(),
+                    Gradients::None,
+                )?
+                .ok_or_else(|| candle_core::Error::Msg("the block did not run".into()))?;
                 assert_eq!(bits(&want)?, bits(&eval)?, "{case}: eval output");
                 // A loss with a distinct weight per output value.
                 let r = Tensor::from_vec(
