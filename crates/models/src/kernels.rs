@@ -1088,10 +1088,9 @@ impl MaxPieces {
             let start = out.len();
             out.extend_from_slice(&g[..self.inner]);
             for piece in g.chunks_exact(self.inner).skip(1) {
+                // A select, which vectorizes, not a conditional store.
                 for (m, &v) in out[start..].iter_mut().zip(piece) {
-                    if v > *m {
-                        *m = v;
-                    }
+                    *m = if v > *m { v } else { *m };
                 }
             }
         }
@@ -1939,10 +1938,9 @@ impl ConvBlock {
                 for (a_u, group) in act.chunks_exact_mut(n).zip(y.chunks_exact(p * n)) {
                     a_u.copy_from_slice(&group[..n]);
                     for piece in group.chunks_exact(n).skip(1) {
+                        // A select, which vectorizes, not a conditional store.
                         for (m, &v) in a_u.iter_mut().zip(piece) {
-                            if v > *m {
-                                *m = v;
-                            }
+                            *m = if v > *m { v } else { *m };
                         }
                     }
                 }
@@ -1950,13 +1948,10 @@ impl ConvBlock {
             (BlockActivation::Maxout(p), true) => {
                 for (px, row) in y.chunks_exact(c).enumerate() {
                     for (u, group) in row.chunks_exact(p).enumerate() {
-                        let mut m = group[0];
-                        for &v in &group[1..] {
-                            if v > m {
-                                m = v;
-                            }
-                        }
-                        act[u * n + px] = m;
+                        act[u * n + px] =
+                            group[1..]
+                                .iter()
+                                .fold(group[0], |m, &v| if v > m { v } else { m });
                     }
                 }
             }
