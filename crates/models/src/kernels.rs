@@ -96,7 +96,7 @@ pub fn linear_transposed(
 
 /// `xs` convolved with `weight` `[out, in, k, k]` (zero padding `pad` on every side, stride
 /// `stride`), plus one bias per output channel. The backward computes the weight and bias
-/// gradients only for [`Gradients::All`].
+/// gradients unless [`Gradients::InputOnly`] is asked for.
 ///
 /// # Shapes
 /// - `xs`: `(batch, in, h, w)`; returns `(batch, out, (h + 2·pad − k) / stride + 1, …)`
