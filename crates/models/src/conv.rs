@@ -244,8 +244,7 @@ impl Windows {
                 let mut top = plane[y0 * w + x0];
                 for y in y0..y1 {
                     for &v in &plane[y * w + x0..y * w + x1] {
-                        // A select, not a branch: which value wins is unpredictable.
-                        top = if v > top { v } else { top };
+                        top = kernels::keep_max(top, v);
                     }
                 }
                 *slot = top;

@@ -1067,6 +1067,18 @@ fn column_sums(grad: &Tensor) -> Result<Tensor> {
 }
 
 /// [`max_pieces`] as a custom op, producing `[outer, inner]`.
+/// The larger of the kept maximum `m` and a later value `v`, keeping `m` unless `v` is
+/// strictly greater: the rule of every maximum here (maxout, the conv blocks, eval pooling),
+/// so that they agree to the bit on ties. A select, which vectorizes, not a branch.
+#[inline]
+pub(crate) fn keep_max<T: PartialOrd>(m: T, v: T) -> T {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
+
 struct MaxPieces {
     pieces: usize,
     inner: usize,
@@ -1079,7 +1091,7 @@ impl MaxPieces {
             // costs a slice extend per group, a fifth of the Maxout MLP's forward).
             return z
                 .chunks_exact(self.pieces)
-                .map(|g| g[1..].iter().fold(g[0], |m, &v| if v > m { v } else { m }))
+                .map(|g| g[1..].iter().fold(g[0], |m, &v| keep_max(m, v)))
                 .collect();
         }
         let group = self.pieces * self.inner;
@@ -1088,9 +1100,8 @@ impl MaxPieces {
             let start = out.len();
             out.extend_from_slice(&g[..self.inner]);
             for piece in g.chunks_exact(self.inner).skip(1) {
-                // A select, which vectorizes, not a conditional store.
                 for (m, &v) in out[start..].iter_mut().zip(piece) {
-                    *m = if v > *m { v } else { *m };
+                    *m = keep_max(*m, v);
                 }
             }
         }
@@ -1835,6 +1846,15 @@ pub fn conv_block(
         .map(Some)
 }
 
+/// `values` cut into `batch` slices of `len`, or `batch` empty slices where it is empty (a
+/// route the pass does not keep).
+fn per_image<U>(values: &mut [U], len: usize, batch: usize) -> Vec<&mut [U]> {
+    match values.is_empty() {
+        true => (0..batch).map(|_| Default::default()).collect(),
+        false => values.chunks_mut(len).collect(),
+    }
+}
+
 /// What a [`conv_block`] needs of a float type beside Candle's `WithDType`.
 trait Real: WithDType {
     /// `max(self, 0)` as [`relu`] rounds it.
@@ -1938,9 +1958,8 @@ impl ConvBlock {
                 for (a_u, group) in act.chunks_exact_mut(n).zip(y.chunks_exact(p * n)) {
                     a_u.copy_from_slice(&group[..n]);
                     for piece in group.chunks_exact(n).skip(1) {
-                        // A select, which vectorizes, not a conditional store.
                         for (m, &v) in a_u.iter_mut().zip(piece) {
-                            *m = if v > *m { v } else { *m };
+                            *m = keep_max(*m, v);
                         }
                     }
                 }
@@ -1948,10 +1967,7 @@ impl ConvBlock {
             (BlockActivation::Maxout(p), true) => {
                 for (px, row) in y.chunks_exact(c).enumerate() {
                     for (u, group) in row.chunks_exact(p).enumerate() {
-                        act[u * n + px] =
-                            group[1..]
-                                .iter()
-                                .fold(group[0], |m, &v| if v > m { v } else { m });
+                        act[u * n + px] = group[1..].iter().fold(group[0], |m, &v| keep_max(m, v));
                     }
                 }
             }
@@ -2014,27 +2030,18 @@ impl ConvBlock {
         let (units, act_len, out_len) = self.sizes(g);
         let zero = T::zero();
         let mut out = vec![zero; batch * out_len];
-        let mut mask = vec![0u8; if self.backward { batch * out_len } else { 0 }];
+        // Routes only where a backward may follow; the index only where the block pools.
+        let routed = if self.backward { batch * out_len } else { 0 };
         let pooled = self.pool.is_some();
-        let mut index = vec![
-            0u32;
-            if pooled && self.backward {
-                batch * out_len
-            } else {
-                0
-            }
-        ];
+        let mut mask = vec![0u8; routed];
+        let mut index = vec![0u32; if pooled { routed } else { 0 }];
         if out_len == 0 {
             return (out, Route { index, mask });
         }
-        let index_chunks: Vec<&mut [u32]> = match pooled && self.backward {
-            true => index.chunks_mut(out_len).collect(),
-            false => (0..batch).map(|_| Default::default()).collect(),
-        };
-        let mask_chunks: Vec<&mut [u8]> = match self.backward {
-            true => mask.chunks_mut(out_len).collect(),
-            false => (0..batch).map(|_| Default::default()).collect(),
-        };
+        let (mask_chunks, index_chunks) = (
+            per_image(&mut mask, out_len, batch),
+            per_image(&mut index, out_len, batch),
+        );
         let by_pixels = g.by_pixels();
         let mut wt = vec![zero; if by_pixels { w.len() } else { 0 }];
         if by_pixels {
@@ -2083,14 +2090,7 @@ impl ConvBlock {
                         by_pixels,
                     };
                     match &self.pool {
-                        None if !self.backward => self.activate(conv, out_b),
-                        Some(win) if !self.backward => {
-                            self.activate(conv, act);
-                            let po = win.oh * win.ow;
-                            for (u, o) in out_b.chunks_exact_mut(po).enumerate().take(units) {
-                                win.plane_max(&act[u * n..(u + 1) * n], o);
-                            }
-                        }
+                        // Without a backward `mask_b` is empty: no masks.
                         None => {
                             self.activate(conv, out_b);
                             let units = mask_b.chunks_exact_mut(n).zip(out_b.chunks_exact(n));
@@ -2098,6 +2098,13 @@ impl ConvBlock {
                                 for (px, (m, &a)) in m_u.iter_mut().zip(a_u).enumerate() {
                                     *m = self.passes(conv, u, px, a);
                                 }
+                            }
+                        }
+                        Some(win) if !self.backward => {
+                            self.activate(conv, act);
+                            let po = win.oh * win.ow;
+                            for (u, o) in out_b.chunks_exact_mut(po).enumerate().take(units) {
+                                win.plane_max(&act[u * n..(u + 1) * n], o);
                             }
                         }
                         Some(win) => {
